@@ -1,0 +1,277 @@
+"""One trainable model behind a single interface, for plain torch (optionally DDP) or DeepSpeed ZeRO 0-3.
+
+The caller owns the loop: ``forward`` -> ``backward`` -> ``step`` once per optimizer step (no gradient
+accumulation inside the engine). DeepSpeed is imported lazily, only on the deepspeed path, and works on
+CPU through its ``cpu`` accelerator (``DS_ACCELERATOR=cpu``) with a gloo process group.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+_TORCH_STATE = "engine_state.pt"
+
+
+@dataclass
+class OptimConfig:
+    lr: float
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    total_steps: int = 1
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class StrategySpec:
+    name: str = "torch"  # "torch" | "deepspeed"
+    zero_stage: int = 0  # 0..3, deepspeed only
+    offload: bool = False  # ZeRO-offload of optimizer states to CPU (deepspeed only, stage >= 1)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+
+
+def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup 0 -> 1 over ``warmup_steps``, then cosine 1 -> ``min_lr_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return step / warmup_steps
+    progress = min(max((step - warmup_steps) / max(1, total_steps - warmup_steps), 0.0), 1.0)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable params split in two groups: no weight decay on biases and norm weights (any 1-d param)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or name.endswith("bias") or "norm" in name.lower()
+        (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError("model has no trainable parameters")
+    return groups
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _import_deepspeed(device: torch.device) -> Any:
+    """Import deepspeed with the accelerator matching ``device`` and make sure a process group exists."""
+    if device.type == "cpu" or not torch.cuda.is_available():
+        # Must happen before the first deepspeed import: the accelerator is chosen once and cached.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator().device_name()
+    if accel != device.type:
+        raise RuntimeError(
+            f"DeepSpeed accelerator is {accel!r} but the engine device is {device}; set DS_ACCELERATOR "
+            "before deepspeed is first imported in this process"
+        )
+    if not dist.is_initialized():
+        single = {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+        for key, value in single.items():
+            os.environ.setdefault(key, value)
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(_free_port())
+        deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl")
+    return deepspeed
+
+
+def _enable_checkpointing(model: torch.nn.Module) -> None:
+    enable = getattr(model, "activation_checkpointing_enable", None) or getattr(
+        model, "gradient_checkpointing_enable", None
+    )
+    if enable is None or not getattr(model, "supports_gradient_checkpointing", True):
+        log.warning("%s does not support gradient checkpointing; ignoring", type(model).__name__)
+        return
+    enable()
+
+
+class TrainingEngine:
+    """Wraps ``model`` with AdamW + warmup/cosine LambdaLR, grad clipping and the chosen strategy."""
+
+    def __init__(
+        self, model: torch.nn.Module, optim: OptimConfig, strategy: StrategySpec, device: torch.device
+    ) -> None:
+        if strategy.name not in ("torch", "deepspeed"):
+            raise ValueError(f"unknown strategy {strategy.name!r}; choose 'torch' or 'deepspeed'")
+        self.optim_cfg, self.spec, self.device = optim, strategy, torch.device(device)
+        self.global_step = 0
+        if strategy.gradient_checkpointing:
+            _enable_checkpointing(model)
+        if strategy.name == "torch":
+            if strategy.zero_stage or strategy.offload:
+                log.warning("zero_stage/offload only apply to strategy 'deepspeed'; ignored on 'torch'")
+            model.to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps
+        )
+        schedule = partial(
+            lr_lambda,
+            warmup_steps=optim.warmup_steps,
+            total_steps=optim.total_steps,
+            min_lr_ratio=optim.min_lr_ratio,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self._ds: Any = None
+        if strategy.name == "deepspeed":
+            self._init_deepspeed(model)
+        else:
+            self._model = model
+            self._wrapped: torch.nn.Module = model
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self._wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _init_deepspeed(self, model: torch.nn.Module) -> None:
+        spec = self.spec
+        if spec.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"ZeRO stage must be 0..3, got {spec.zero_stage}")
+        if spec.offload and spec.zero_stage == 0:
+            raise ValueError("ZeRO stage 0 cannot offload optimizer states; use stage 1, 2 or 3")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # before the nccl process group is created
+        deepspeed = _import_deepspeed(self.device)
+        zero: dict[str, Any] = {"stage": spec.zero_stage}
+        if spec.offload:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        config = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": self.optim_cfg.max_grad_norm,
+            "zero_optimization": zero,
+            "bf16": {"enabled": spec.bf16},
+            # offload with a client torch.optim.AdamW (instead of DeepSpeedCPUAdam) is refused without this
+            "zero_force_ds_cpu_optimizer": False,
+            "steps_per_print": 2**31 - 1,
+        }
+        self._ds, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=config
+        )
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The unwrapped model (under ZeRO-3 its parameters are partitioned)."""
+        return self._ds.module if self._ds is not None else self._model
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._ds is not None:
+            return self._ds(*args, **kwargs)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.spec.bf16):
+            return self._wrapped(*args, **kwargs)
+
+    __call__ = forward
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self._ds is not None:
+            self._ds.backward(loss)
+        else:
+            loss.backward()
+
+    def step(self) -> dict[str, float]:
+        """Clip, optimizer step, scheduler step, zero grads. ``grad_norm`` is the pre-clip global norm."""
+        lr = self.lr
+        if self._ds is None:
+            params = [p for p in self._model.parameters() if p.requires_grad]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            pre = None
+            if self.spec.zero_stage == 0 and not self.spec.bf16:
+                # plain fp32 stage 0 clips with torch and discards the norm: get_global_grad_norm() is None
+                grads = [p.grad for p in self._ds.module.parameters() if p.grad is not None]
+                pre = torch.nn.utils.get_total_norm(grads)
+            self._ds.step()
+            norm = self._ds.get_global_grad_norm()
+            norm = pre if norm is None else norm
+        self.global_step += 1
+        return {"grad_norm": float(norm) if norm is not None else float("nan"), "lr": lr}
+
+    def save_checkpoint(self, ckpt_dir: str | os.PathLike[str]) -> None:
+        """Model + optimizer + scheduler + step, for resuming. Collective: call on every rank."""
+        ckpt_dir = Path(ckpt_dir)
+        if self._ds is not None:
+            self._ds.save_checkpoint(str(ckpt_dir), client_state={"global_step": self.global_step})
+            return
+        if _is_rank0():
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            state = {
+                "model": self._model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "global_step": self.global_step,
+            }
+            torch.save(state, ckpt_dir / _TORCH_STATE)
+        _barrier()
+
+    def load_checkpoint(self, ckpt_dir: str | os.PathLike[str]) -> None:
+        """Restore what ``save_checkpoint`` wrote (same strategy and world size). Call on every rank.
+
+        Under ZeRO-3 load into a freshly built engine, not one that has already trained/saved.
+        """
+        if self._ds is not None:
+            path, client = self._ds.load_checkpoint(str(ckpt_dir))
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed checkpoint found in {ckpt_dir}")
+            self.global_step = int(client.get("global_step", 0))
+            return
+        state = torch.load(Path(ckpt_dir) / _TORCH_STATE, map_location=self.device, weights_only=True)
+        self._model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.global_step = int(state["global_step"])
+
+    def save_model(
+        self, path: str | os.PathLike[str], save_fn: Callable[[torch.nn.Module, str], Any]
+    ) -> None:
+        """Rank 0 calls ``save_fn(module, path)`` with the unwrapped module holding full weights.
+
+        Under ZeRO-3 the parameters are gathered around the call (collective: call on every rank).
+        E.g. ``save_fn=lambda m, p: m.save_pretrained(p)``.
+        """
+        if self._ds is not None and self.spec.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+                if _is_rank0():
+                    save_fn(self.module, str(path))
+        elif _is_rank0():
+            save_fn(self.module, str(path))
+        _barrier()

@@ -1,0 +1,84 @@
+"""Actor groups: the ranks of one role, placed with a placement group and called together."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from experiments.config import ActorResources
+
+
+def bundles(res: ActorResources) -> list[dict[str, float]]:
+    one = {"CPU": res.num_cpus} | ({"GPU": res.num_gpus} if res.num_gpus else {})
+    return [dict(one) for _ in range(res.num_actors)]
+
+
+class RoleGroup:
+    """``res.num_actors`` data-parallel actors of ``actor_cls``, named ``<run>/<role>-<rank>``.
+
+    With ``pg`` and ``bundle_offset`` a group shares a placement group with other roles
+    (colocation); otherwise it reserves its own.
+    """
+
+    def __init__(
+        self, actor_cls: type, role: str, res: ActorResources, num_threads: int = 2,
+        pg: PlacementGroup | None = None, bundle_offset: int = 0, run_tag: str | None = None,
+    ):
+        self.role = role
+        self.owns_pg = pg is None
+        if pg is None:
+            pg = placement_group(bundles(res), strategy="PACK")
+            ray.get(pg.ready())
+        self.pg = pg
+        tag = run_tag or uuid.uuid4().hex[:6]
+        remote_cls = ray.remote(actor_cls)
+        self.actors = [
+            remote_cls.options(
+                name=f"{tag}/{role}-{rank}",
+                num_cpus=res.num_cpus,
+                num_gpus=res.num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle_offset + rank),
+            ).remote(rank, res.num_actors, num_threads)
+            for rank in range(res.num_actors)
+        ]
+        addr, port = ray.get(self.actors[0].master_address.remote())
+        ray.get([a.setup_distributed.remote(addr, port) for a in self.actors])
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """Call ``method`` on every rank with the same arguments; wait for all results."""
+        return ray.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+
+    def call_rank0(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return ray.get(getattr(self.actors[0], method).remote(*args, **kwargs))
+
+    def call_sharded(self, method: str, shards: Sequence[Any], **kwargs: Any) -> list[Any]:
+        """Call ``method`` on rank i with ``shards[i]``."""
+        if len(shards) != self.size:
+            raise ValueError(f"{self.role}: got {len(shards)} shards for {self.size} actors")
+        return ray.get([getattr(a, method).remote(s, **kwargs) for a, s in zip(self.actors, shards)])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        if self.owns_pg:
+            remove_placement_group(self.pg)
+
+
+def shard(items: Sequence[Any], n: int) -> list[list[Any]]:
+    """Split ``items`` into ``n`` contiguous, near-equal shards."""
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (i < extra)
+        out.append(list(items[start:end]))
+        start = end
+    return out

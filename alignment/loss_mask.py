@@ -1,0 +1,83 @@
+"""Token ids and loss masks, built from the format's segments (never by string search).
+
+The default policy puts loss on what the model writes: the MOSS reply, Inner Thoughts and
+Commands (body and closing token). Results are written by the tools and never get loss
+(MOSS §8.2). Human turns and the meta-instruction can be switched on for full-LM training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from alignment.chat_format import Conversation, Section, segments
+
+DEFAULT_LOSS_ON: tuple[str, ...] = ("moss", "inner_thoughts", "commands")
+
+
+@dataclass(frozen=True)
+class LossPolicy:
+    """Which sections carry loss. ``last_turn_only`` keeps loss on the final round alone."""
+
+    sections: frozenset[Section]
+    last_turn_only: bool = False
+
+    @classmethod
+    def from_names(cls, names: Iterable[str], last_turn_only: bool = False) -> LossPolicy:
+        valid = {s.value: s for s in Section}
+        chosen = set()
+        for name in names:
+            if name not in valid:
+                raise ValueError(f"unknown loss section {name!r}; choose from {sorted(valid)}")
+            if name == Section.RESULTS.value:
+                raise ValueError("Results are written by tools and never get loss (MOSS §8.2)")
+            chosen.add(valid[name])
+        return cls(frozenset(chosen), last_turn_only)
+
+    def wants(self, section: Section, model_written: bool) -> bool:
+        if section not in self.sections or section is Section.RESULTS:
+            return False
+        # Model-written sections get loss on what the model writes; program-written ones
+        # (meta, human) get loss on all their text when switched on.
+        if section in (Section.META, Section.HUMAN):
+            return True
+        return model_written
+
+
+DEFAULT_POLICY = LossPolicy.from_names(DEFAULT_LOSS_ON)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    loss_mask: list[int]
+
+
+def encode(conv: Conversation, tokenizer, policy: LossPolicy = DEFAULT_POLICY) -> Encoded:
+    """Tokenize a conversation segment by segment; the mask marks tokens that get loss."""
+    ids: list[int] = []
+    mask: list[int] = []
+    segs = segments(conv)
+    last_turn_start = _last_turn_start(segs)
+    pieces = tokenizer([s.text for s in segs], add_special_tokens=False)["input_ids"]
+    for i, (seg, piece) in enumerate(zip(segs, pieces)):
+        on = policy.wants(seg.section, seg.model_written)
+        if policy.last_turn_only and i < last_turn_start:
+            on = False
+        ids.extend(piece)
+        mask.extend([int(on)] * len(piece))
+    return Encoded(ids, mask)
+
+
+def _last_turn_start(segs: Sequence) -> int:
+    for i in range(len(segs) - 1, -1, -1):
+        if segs[i].section is Section.HUMAN and not segs[i].model_written and segs[i].text.startswith("<|"):
+            return i
+    return 0
+
+
+def truncate(enc: Encoded, max_length: int) -> Encoded:
+    """Keep the last ``max_length`` tokens (the reply under training sits at the end)."""
+    if len(enc.input_ids) <= max_length:
+        return enc
+    return Encoded(enc.input_ids[-max_length:], enc.loss_mask[-max_length:])

@@ -1,0 +1,1 @@
+"""Pure loss and advantage functions (no Ray, no models)."""

@@ -1,0 +1,1 @@
+"""Model, tokenizer and value-head construction."""

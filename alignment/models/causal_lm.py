@@ -1,0 +1,90 @@
+"""Causal LMs from config: the ``tiny`` Llama with random init, or a local HF checkpoint,
+optionally wrapped with LoRA (peft). Saved models are plain ``save_pretrained`` directories."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+
+@dataclass
+class LoraSpec:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ArchSpec:
+    """Shape of the ``tiny`` model (Llama architecture)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position_embeddings: int = 512
+
+
+def tiny_llama_config(arch: ArchSpec, vocab_size: int, pad_id: int, eos_id: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads,
+        num_key_value_heads=arch.num_heads,
+        max_position_embeddings=arch.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=None,
+    )
+
+
+def build_tiny(arch: ArchSpec, tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised tiny Llama sized to ``tokenizer``."""
+    torch.manual_seed(seed)
+    cfg = tiny_llama_config(arch, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    return LlamaForCausalLM(cfg)
+
+
+def load_causal_lm(path: str, tokenizer, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A causal LM from a local checkpoint directory, resized to ``tokenizer`` (which may have
+    gained the MOSS special tokens)."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model.path: {path!r} is not a local checkpoint directory")
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def apply_lora(model: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
+    """Wrap ``model`` with LoRA adapters when enabled; otherwise return it unchanged."""
+    if not spec.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                     target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def mergeable(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain transformers model to save: LoRA adapters merged into a copy of the weights
+    (the live model keeps its adapters, so training can go on after a checkpoint)."""
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        return copy.deepcopy(model).merge_and_unload()
+    return model

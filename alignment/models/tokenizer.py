@@ -1,0 +1,49 @@
+"""Tokenizers: a byte-level BPE trained on the world's corpus, or a local checkpoint's own.
+
+Either way the MOSS special tokens (role prefixes and ``<eoh> <eot> <eoc> <eor> <eom>``) are
+single ids, ``<eom>`` is the end-of-sequence token and ``<pad>`` pads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from alignment.chat_format import EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, UNK_TOKEN
+
+
+def train_bpe(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``corpus`` with the MOSS special tokens."""
+    tok = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD_TOKEN, UNK_TOKEN, *SPECIAL_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD_TOKEN, unk_token=UNK_TOKEN, eos_token=EOS_TOKEN)
+    fast.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    fast.padding_side = "left"
+    return fast
+
+
+def add_moss_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Add the MOSS special tokens (and a pad token if missing); returns how many were new."""
+    added = tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    if tokenizer.pad_token is None:
+        added += tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.eos_token = EOS_TOKEN
+    tokenizer.padding_side = "left"
+    return added
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """A tokenizer from a local directory, with the MOSS special tokens in place."""
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    add_moss_tokens(tokenizer)
+    return tokenizer

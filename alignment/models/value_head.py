@@ -1,0 +1,47 @@
+"""Value-head models: a scalar head on the decoder, for the critic and the preference model.
+
+They are ``AutoModelForSequenceClassification`` models with one label, so they save and load
+with plain transformers; the score of a sequence is read at its last non-pad token.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+
+def load_value_model(path: str, drop_last_layer: bool = False) -> PreTrainedModel:
+    """A value model initialised from a causal-LM checkpoint (the head starts at zero).
+
+    ``drop_last_layer`` replaces the last decoder layer by the head, as the MOSS preference
+    model does (§7.1).
+    """
+    kwargs = {}
+    if drop_last_layer:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        kwargs["num_hidden_layers"] = cfg.num_hidden_layers - 1
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, local_files_only=True, **kwargs)
+    torch.nn.init.zeros_(model.score.weight)
+    return model
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-pad token of each row (works for left and right padding)."""
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    return (positions * attention_mask).argmax(dim=1)
+
+
+def token_values(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-token values ``[B, T]`` (the critic's view)."""
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return model.score(hidden).squeeze(-1)
+
+
+def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """One scalar per sequence, read at its last non-pad token (the preference model's view)."""
+    values = token_values(model, input_ids, attention_mask)
+    idx = last_token_index(attention_mask)
+    return values.gather(1, idx[:, None]).squeeze(1)

@@ -1,0 +1,58 @@
+"""The artifact cache: stage outputs keyed by the hash of the config that made them.
+
+Later stages and sweeps reuse an artifact instead of retraining it. The cache lives in
+``$ALIGNMENT_LAB_CACHE`` (default ``${XDG_CACHE_HOME:-~/.cache}/alignment-lab``); each entry
+is a directory ``<stage>/<key>`` written atomically, with the config that made it in
+``lab_artifact.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alignment.atomic import atomic_dir, write_json
+
+CACHE_VERSION = 1  # bump when an artifact's meaning changes without a config change
+MANIFEST = "lab_artifact.json"
+
+
+def cache_root(override: str | None = None) -> Path:
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("ALIGNMENT_LAB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "alignment-lab"
+
+
+def config_key(stage: str, payload: dict[str, Any]) -> str:
+    """A stable hash of ``payload`` (a plain, JSON-able config subset)."""
+    blob = json.dumps({"stage": stage, "v": CACHE_VERSION, "cfg": payload}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class ArtifactCache:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def get(self, stage: str, key: str) -> Path | None:
+        """The artifact's directory if it is complete, else ``None``."""
+        p = self.path(stage, key)
+        return p if (p / MANIFEST).is_file() else None
+
+    @contextmanager
+    def put(self, stage: str, key: str, payload: dict[str, Any]) -> Iterator[Path]:
+        """Yield a temp dir to fill; it becomes the artifact (with its manifest) on success."""
+        with atomic_dir(self.path(stage, key)) as tmp:
+            yield tmp
+            write_json(tmp / MANIFEST, {"stage": stage, "key": key, "config": payload})

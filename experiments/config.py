@@ -1,0 +1,148 @@
+"""Structured configs: the schema that validates every key of the Hydra tree under conf/.
+
+They are registered in Hydra's ConfigStore as ``lab_schema``; ``conf/config.yaml`` builds on
+it, so an unknown key (``trainer.lrr=``) or a wrong type fails before any work starts, with
+a message that names the key.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ArchConfig:
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position_embeddings: int = 512
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # "tiny": random-init Llama + BPE trained on the world; "pretrained": model.path
+    path: Optional[str] = None  # local Hugging Face checkpoint directory (never downloaded)
+    vocab_size: int = 1024  # tiny tokenizer's BPE vocabulary
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0  # the world itself; the run's ``seed`` drives sampling and init
+    zh_share: float = 0.3
+    turn_weights: List[float] = field(default_factory=lambda: [0.6, 0.3, 0.1])
+    category_weights: Optional[Dict[str, float]] = None  # default: MOSS Table 5 mix
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    sft_source_weights: List[float] = field(default_factory=lambda: [1.0] * 6)
+
+
+@dataclass
+class DataConfig:
+    source: str = "world"  # "world" or "moss_sft"
+    path: Optional[str] = None  # MOSS-003 SFT .json/.jsonl when source=moss_sft
+    n_train: int = 8000  # world conversations for SFT
+    max_length: int = 384
+    loss_on: List[str] = field(default_factory=lambda: ["moss", "inner_thoughts", "commands"])
+    last_turn_only: bool = False
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 1
+    batch_size: int = 32  # global batch (sequences per optimizer step)
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_steps: int = -1  # cap on optimizer steps; -1 for none
+    log_every: int = 10
+    num_threads: int = 2  # torch CPU threads per actor
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "torch"  # "torch" or "deepspeed"
+    zero_stage: int = 0
+    offload: bool = False
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class ActorResources:
+    num_actors: int = 1  # data-parallel actors of this role
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # join this cluster; start a local one when null
+    num_cpus: Optional[int] = None  # local cluster only
+    include_dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    policy: ActorResources = field(default_factory=ActorResources)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = True
+    project: str = "alignment-lab"
+    entity: Optional[str] = None
+    mode: str = "offline"  # WANDB_MODE in the environment overrides it
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    n_prompts: int = 128  # held-out test prompts
+    batch_size: int = 64
+    max_new_tokens: int = 96
+    temperature: float = 0.7
+    top_p: float = 0.8
+    repetition_penalty: float = 1.02
+    do_sample: bool = True
+    evaluate_init: bool = True  # also judge the untrained model
+
+
+@dataclass
+class LabConfig:
+    stage: str = MISSING  # set by an experiment preset: +experiment=sft
+    seed: int = 0
+    cache_dir: Optional[str] = None  # default: $ALIGNMENT_LAB_CACHE or ~/.cache/alignment-lab
+    use_cache: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    extra: Dict[str, Any] = field(default_factory=dict)  # free-form notes, logged with the run
+
+
+def register() -> None:
+    """Register the schema with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="lab_schema", node=LabConfig)
+    for group, node in (("model", ModelConfig), ("data", DataConfig), ("trainer", TrainerConfig),
+                        ("strategy", StrategyConfig), ("ray", RayConfig), ("logger", LoggerConfig)):
+        cs.store(group=group, name=f"{group}_schema", node=node)

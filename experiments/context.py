@@ -1,0 +1,36 @@
+"""What a driver gets: the typed config, its run dir, the artifact cache and the tracker."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from alignment.world import World, WorldSpec
+from experiments.cache import ArtifactCache, config_key
+from experiments.config import LabConfig, WorldConfig
+from experiments.tracking import Tracker
+
+
+def make_world(cfg: WorldConfig) -> World:
+    return World(WorldSpec(seed=cfg.seed, category_weights=cfg.category_weights, zh_share=cfg.zh_share,
+                           turn_weights=tuple(cfg.turn_weights), val_fraction=cfg.val_fraction,
+                           test_fraction=cfg.test_fraction))
+
+
+@dataclass
+class RunContext:
+    cfg: LabConfig
+    run_dir: Path
+    cache: ArtifactCache
+    tracker: Tracker
+    run_tag: str
+    started: float = field(default_factory=time.time)
+
+    @cached_property
+    def world(self) -> World:
+        return make_world(self.cfg.data.world)
+
+    def cache_key(self, stage: str, payload: dict) -> str:
+        return config_key(stage, payload)

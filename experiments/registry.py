@@ -1,0 +1,12 @@
+"""Which driver runs each ``stage`` (set by ``+experiment=<name>``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from experiments import sft
+
+DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "sft": sft.run,
+}

@@ -1,0 +1,217 @@
+"""SFT driver: tokenizer → supervised fine-tuning on a policy actor → gold evaluation.
+
+``sft_stage`` is the cached stage later drivers (PM, PAT, PPO) chain from; ``run`` is
+``python run.py +experiment=sft``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from actors.engine import OptimConfig, StrategySpec
+from actors.group import RoleGroup, shard
+from actors.policy import ModelSpec, PolicyActor
+from alignment.atomic import write_json
+from alignment.chat_format import generation_prompt
+from alignment.data.loaders import load_moss_sft
+from alignment.evaluation import gold_report, source_reference
+from alignment.generation import SamplingSpec
+from alignment.loss_mask import Encoded, LossPolicy, encode, truncate
+from alignment.models.causal_lm import ArchSpec, LoraSpec
+from alignment.models.tokenizer import load_tokenizer, train_bpe
+from experiments.config import LabConfig
+from experiments.context import RunContext
+
+EVAL_FILE = "eval.json"
+
+
+@dataclass
+class Artifact:
+    path: Path
+    cached: bool
+    info: dict[str, Any]
+
+
+def _plain(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def tokenizer_stage(ctx: RunContext) -> Path:
+    """The tokenizer directory: the checkpoint's own, or a BPE trained on the world (cached)."""
+    cfg = ctx.cfg
+    if cfg.model.name == "pretrained":
+        if not cfg.model.path or not Path(cfg.model.path).is_dir():
+            raise FileNotFoundError(f"model.path: {cfg.model.path!r} is not a local checkpoint directory")
+        return Path(cfg.model.path)
+    if cfg.model.name != "tiny":
+        raise ValueError(f"model.name: unknown model {cfg.model.name!r}; choose 'tiny' or 'pretrained'")
+    payload = {"world": _plain(cfg.data.world), "vocab_size": cfg.model.vocab_size}
+    payload["world"].pop("sft_source_weights")
+    key = ctx.cache_key("tokenizer", payload)
+    hit = ctx.cache.get("tokenizer", key)
+    if hit is not None:
+        return hit
+    with ctx.cache.put("tokenizer", key, payload) as tmp:
+        train_bpe(ctx.world.corpus(), cfg.model.vocab_size).save_pretrained(tmp)
+    return ctx.cache.path("tokenizer", key)
+
+
+def sft_payload(cfg: LabConfig, tokenizer_dir: Path) -> dict[str, Any]:
+    """The config subset that determines the SFT checkpoint (its cache key)."""
+    return {"model": _plain(cfg.model), "data": _plain(cfg.data), "trainer": _plain(cfg.trainer),
+            "strategy": _plain(cfg.strategy), "seed": cfg.seed, "tokenizer": str(tokenizer_dir)}
+
+
+def sft_examples(cfg: LabConfig, ctx: RunContext, tokenizer) -> list[Encoded]:
+    policy = LossPolicy.from_names(cfg.data.loss_on, cfg.data.last_turn_only)
+    if cfg.data.source == "world":
+        convs = ctx.world.sft_conversations(cfg.data.n_train, cfg.data.world.sft_source_weights)
+    elif cfg.data.source == "moss_sft":
+        convs = [ex.conversation for ex in load_moss_sft(cfg.data.path)]
+    else:
+        raise ValueError(f"data.source: unknown source {cfg.data.source!r}; choose 'world' or 'moss_sft'")
+    return [truncate(encode(c, tokenizer, policy), cfg.data.max_length) for c in convs]
+
+
+def strategy_spec(cfg: LabConfig, use_gpu: bool) -> StrategySpec:
+    precision = cfg.strategy.precision
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"strategy.precision: {precision!r}; choose auto, fp32 or bf16")
+    bf16 = precision == "bf16" or (precision == "auto" and use_gpu)
+    return StrategySpec(name=cfg.strategy.name, zero_stage=cfg.strategy.zero_stage, offload=cfg.strategy.offload,
+                        bf16=bf16, gradient_checkpointing=cfg.strategy.gradient_checkpointing)
+
+
+def model_spec(cfg: LabConfig, tokenizer_dir: Path, path: str | None = None) -> ModelSpec:
+    return ModelSpec(
+        tokenizer_path=str(tokenizer_dir),
+        path=path if path is not None else (cfg.model.path if cfg.model.name == "pretrained" else None),
+        arch=ArchSpec(**_plain(cfg.model.arch)), lora=LoraSpec(**_plain(cfg.model.lora)), seed=cfg.seed,
+    )
+
+
+def sampling_spec(cfg: LabConfig) -> SamplingSpec:
+    e = cfg.eval
+    return SamplingSpec(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
+                        repetition_penalty=e.repetition_penalty, do_sample=e.do_sample)
+
+
+def evaluate_policy(ctx: RunContext, group: RoleGroup, quality: int | None = None) -> dict[str, float]:
+    """Generate on held-out test prompts and score with the gold judge."""
+    prompts = ctx.world.prompts("test", ctx.cfg.eval.n_prompts)
+    texts = [generation_prompt(p.conversation(), quality) for p in prompts]
+    shards = shard(texts, group.size)
+    outs = group.call_sharded("generate", shards, sampling=sampling_spec(ctx.cfg),
+                              batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
+    replies = [r for part in outs for r in part]
+    report = gold_report(ctx.world, prompts, replies)
+    report["samples"] = [{"prompt": p.task.prompt, "reply": r} for p, r in list(zip(prompts, replies))[:8]]
+    return report
+
+
+def train_sft(ctx: RunContext, group: RoleGroup, examples: list[Encoded]) -> dict[str, float]:
+    """The SFT loop: the driver deals batches to the ranks and logs what they report."""
+    cfg = ctx.cfg.trainer
+    per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total = per_epoch * cfg.epochs if cfg.max_steps < 0 else min(cfg.max_steps, per_epoch * cfg.epochs)
+    rng = random.Random(ctx.cfg.seed)
+    step, last = 0, {}
+    from alignment.data.batching import bucketed_batches
+
+    window_tokens, window_start = 0.0, time.time()
+    with tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True) as bar:
+        for _ in range(cfg.epochs):
+            for batch in bucketed_batches(examples, cfg.batch_size, rng):
+                if step >= total:
+                    break
+                results = group.call_sharded("sft_step", shard(batch, group.size))
+                step += 1
+                tokens = sum(r["tokens"] for r in results)
+                loss = sum(r["loss"] * r["tokens"] for r in results) / max(tokens, 1.0)
+                window_tokens += tokens
+                last = {"train/loss": loss, "train/lr": results[0]["lr"], "train/grad_norm": results[0]["grad_norm"]}
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+                if step % cfg.log_every == 0 or step == total:
+                    elapsed = time.time() - window_start
+                    last["train/tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
+                    ctx.tracker.log(last | {"train/epoch": step / per_epoch}, step=step)
+                    window_tokens, window_start = 0.0, time.time()
+    return last | {"train/steps": step}
+
+
+def _optim(ctx: RunContext, total_steps: int) -> OptimConfig:
+    t = ctx.cfg.trainer
+    return OptimConfig(lr=t.lr, weight_decay=t.weight_decay, warmup_steps=int(t.warmup_ratio * total_steps),
+                       total_steps=total_steps, min_lr_ratio=t.min_lr_ratio, max_grad_norm=t.max_grad_norm)
+
+
+def sft_stage(ctx: RunContext) -> Artifact:
+    """The SFT checkpoint for this config: from the cache, or trained now and cached."""
+    cfg = ctx.cfg
+    tok_dir = tokenizer_stage(ctx)
+    payload = sft_payload(cfg, tok_dir)
+    key = ctx.cache_key("sft", payload)
+    hit = ctx.cache.get("sft", key) if cfg.use_cache else None
+    if hit is not None:
+        print(f"SFT: reusing cached checkpoint {hit}", flush=True)
+        return Artifact(hit, True, json.loads((hit / EVAL_FILE).read_text()))
+    tokenizer = load_tokenizer(str(tok_dir))
+    examples = sft_examples(cfg, ctx, tokenizer)
+    per_epoch = math.ceil(len(examples) / cfg.trainer.batch_size)
+    total = per_epoch * cfg.trainer.epochs if cfg.trainer.max_steps < 0 else cfg.trainer.max_steps
+    group = RoleGroup(PolicyActor, "policy", cfg.ray.policy, cfg.trainer.num_threads, run_tag=ctx.run_tag)
+    try:
+        use_gpu = cfg.ray.policy.num_gpus > 0
+        n_params = group.call("init_model", model_spec(cfg, tok_dir), strategy_spec(cfg, use_gpu),
+                              _optim(ctx, total))[0]
+        info: dict[str, Any] = {"trainable_params": n_params, "n_examples": len(examples)}
+        if cfg.eval.evaluate_init:
+            info["init"] = evaluate_policy(ctx, group)
+        started = time.time()
+        info["train"] = train_sft(ctx, group, examples)
+        info["train_seconds"] = time.time() - started
+        info["eval"] = evaluate_policy(ctx, group)
+        info["sources"] = source_reference(ctx.world, ctx.world.prompts("test", cfg.eval.n_prompts), cfg.seed)
+        with ctx.cache.put("sft", key, payload) as tmp:
+            group.call("save", str(tmp))
+            write_json(tmp / EVAL_FILE, info)
+    finally:
+        group.shutdown()
+    path = ctx.cache.path("sft", key)
+    print(f"SFT: checkpoint written to {path}", flush=True)
+    return Artifact(path, False, info)
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """``+experiment=sft``: train (or reuse) the SFT model and report its gold score."""
+    art = sft_stage(ctx)
+    info = art.info
+    results = {
+        "sft": {"checkpoint": str(art.path), "cached": art.cached, "gold": info["eval"]["gold"],
+                "gold_init": info.get("init", {}).get("gold"), "sources": info["sources"],
+                "trainable_params": info["trainable_params"], "train_seconds": info.get("train_seconds")},
+    }
+    metrics = {"eval/gold_sft": info["eval"]["gold"], "sft/cached": float(art.cached)}
+    if "init" in info:
+        metrics["eval/gold_init"] = info["init"]["gold"]
+    metrics.update({f"eval/gold_source_{i}": s for i, s in enumerate(info["sources"])})
+    metrics.update({f"eval/sft/{k}": v for k, v in info["eval"].items() if k.startswith("gold/")})
+    ctx.tracker.log(metrics)
+    ctx.tracker.summary(metrics)
+    rows = [("untrained model", info.get("init", {}).get("gold")), ("SFT model", info["eval"]["gold"])]
+    rows += [(f"source {i}", s) for i, s in enumerate(info["sources"])]
+    print("\nGold-judge score on held-out test prompts (0..1):")
+    for name, value in rows:
+        print(f"  {name:<18} {'n/a' if value is None else f'{value:.3f}'}")
+    print(f"  checkpoint: {art.path}{' (cached)' if art.cached else ''}")
+    return results

@@ -1,0 +1,58 @@
+"""Run tracking: ``metrics.jsonl`` in the run dir, and W&B (offline unless WANDB_MODE says)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from experiments.config import LoggerConfig
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    def __init__(self, run_dir: str | os.PathLike, cfg: LoggerConfig, config: dict[str, Any], job_type: str):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._file = open(self.metrics_path, "a", encoding="utf-8")
+        self.wandb = None
+        if cfg.wandb:
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.wandb = wandb.init(
+                project=cfg.project, entity=cfg.entity, group=cfg.group, job_type=job_type,
+                tags=list(cfg.tags), config=flatten(config), dir=str(self.run_dir),
+                mode=os.environ.get("WANDB_MODE", cfg.mode), reinit="finish_previous",
+            )
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        if step is not None:
+            row["step"] = step
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.wandb is not None:
+            self.wandb.summary.update(values)
+
+    def finish(self) -> None:
+        self._file.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,56 @@
+"""The lab's one entry point: ``python run.py +experiment=sft`` (Hydra composes the run)."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from experiments.config import register
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from alignment.atomic import write_json, write_text
+    from experiments.registry import DRIVERS
+
+    try:
+        lab = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        sys.exit(f"config error: {err.full_key} is required. Choose an experiment, e.g. "
+                 f"`python run.py +experiment=sft` (available: {', '.join(sorted(DRIVERS))})")
+    if lab.stage not in DRIVERS:
+        sys.exit(f"config error: stage={lab.stage!r} has no driver; choose from {sorted(DRIVERS)}")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    write_text(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    from actors.session import init_ray
+    from experiments.cache import ArtifactCache, cache_root
+    from experiments.context import RunContext
+    from experiments.tracking import Tracker
+
+    init_ray(lab.ray)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    tracker = Tracker(run_dir, lab.logger, container, job_type=lab.stage)
+    ctx = RunContext(lab, run_dir, ArtifactCache(cache_root(lab.cache_dir)), tracker,
+                     run_tag=f"{lab.stage}-{uuid.uuid4().hex[:6]}")
+    try:
+        results = DRIVERS[lab.stage](ctx)
+        results["wall_seconds"] = time.time() - ctx.started
+        tracker.summary({"wall_seconds": results["wall_seconds"]})
+        write_json(run_dir / "results.json", results)
+        print(f"Run dir: {run_dir} (metrics.jsonl, resolved_config.yaml, results.json)")
+    finally:
+        tracker.finish()
+
+
+if __name__ == "__main__":
+    main()
