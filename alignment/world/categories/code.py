@@ -69,6 +69,8 @@ def _eval(node: ast.AST, env: dict[str, int]) -> int:
 def content_score(task: Task, text: str) -> float:
     m = FENCE_RE.search(text)
     source = m.group(1) if m else text[text.find("def "):] if "def " in text else ""
+    if not source.strip():
+        return 0.0
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):

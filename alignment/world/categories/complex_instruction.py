@@ -1,6 +1,7 @@
 """Complex instruction: "Write these words in reverse order, separated by commas: A, B, C."
 
-Judged position by position on the reversed list.
+Judged position by position on the reversed list: the judge reads the world's words in the
+order the reply mentions them, whatever the wording around them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ PROMPTS = {
     "zh": ["请把这些词倒序排列，用逗号隔开：{words}。"],
 }
 HEAD = {"en": "The words in reverse order are: ", "zh": "倒序排列为："}
-SPLIT_RE = re.compile(r"[,，、]")
+WORD_RE = {lang: re.compile("|".join(sorted(map(re.escape, ws), key=len, reverse=True))) for lang, ws in WORDS.items()}
 
 
 def make(rng: random.Random, lang: str) -> Task:
@@ -49,8 +50,7 @@ def respond(task: Task, p: float, rng: random.Random) -> str:
 
 def content_score(task: Task, text: str) -> float:
     target = list(reversed(task.spec["words"]))
-    body = re.split(r"[:：]", text, maxsplit=1)[-1]
-    got = [w.strip(" .。\n") for w in SPLIT_RE.split(body) if w.strip(" .。\n")]
+    got = WORD_RE[task.lang].findall(text)
     if not got:
         return 0.0
     hits = sum(a == b for a, b in zip(got, target))

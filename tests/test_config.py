@@ -1,0 +1,68 @@
+"""The Hydra tree and its schema: presets compose, typos and bad types fail naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from experiments.config import LabConfig, register
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+ROOT = Path(__file__).resolve().parents[1]
+register()
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_sft_preset_composes_into_the_schema():
+    cfg = _compose(["+experiment=sft"])
+    lab = OmegaConf.to_object(cfg)
+    assert isinstance(lab, LabConfig)
+    assert lab.stage == "sft" and lab.model.name == "tiny" and lab.strategy.name == "torch"
+    assert lab.trainer.lr == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize("group", ["strategy=deepspeed_zero2", "trainer=sft_paper", "model=pretrained"])
+def test_group_options_compose(group):
+    cfg = _compose(["+experiment=sft", group])
+    assert OmegaConf.is_config(cfg)
+
+
+def test_typo_in_a_key_fails_naming_it():
+    with pytest.raises(Exception) as err:
+        _compose(["+experiment=sft", "trainer.lrr=1e-3"])
+    text = f"{err.value} {err.value.__cause__}"
+    assert "lrr" in text
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises(Exception) as err:
+        _compose(["+experiment=sft", "trainer.lr=fast"])
+    assert "trainer.lr" in f"{err.value} {err.value.__cause__}"
+
+
+def test_unknown_key_in_a_yaml_is_rejected():
+    cfg = _compose(["+experiment=sft"])
+    with pytest.raises((ConfigKeyError, ValidationError)):
+        OmegaConf.merge(cfg, OmegaConf.create({"data": {"n_trian": 5}}))
+
+
+def test_cli_prints_the_composed_config_and_rejects_typos():
+    out = subprocess.run([sys.executable, "run.py", "+experiment=sft", "--cfg", "job"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "stage: sft" in out.stdout and "zero_stage: 0" in out.stdout
+    bad = subprocess.run([sys.executable, "run.py", "+experiment=sft", "trainer.lrr=1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "trainer.lrr" in bad.stderr + bad.stdout
+    none = subprocess.run([sys.executable, "run.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert none.returncode != 0 and "+experiment=sft" in none.stderr
