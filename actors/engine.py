@@ -217,7 +217,7 @@ class TrainingEngine:
             if self.spec.zero_stage == 0 and not self.spec.bf16:
                 # plain fp32 stage 0 clips with torch and discards the norm: get_global_grad_norm() is None
                 grads = [p.grad for p in self._ds.module.parameters() if p.grad is not None]
-                pre = torch.nn.utils.get_total_norm(grads)
+                pre = torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads]))
             self._ds.step()
             norm = self._ds.get_global_grad_norm()
             norm = pre if norm is None else norm

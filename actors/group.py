@@ -42,7 +42,8 @@ class RoleGroup:
                 name=f"{tag}/{role}-{rank}",
                 num_cpus=res.num_cpus,
                 num_gpus=res.num_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle_offset + rank),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    pg, placement_group_bundle_index=bundle_offset + rank),
             ).remote(rank, res.num_actors, num_threads)
             for rank in range(res.num_actors)
         ]

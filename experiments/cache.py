@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 

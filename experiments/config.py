@@ -64,8 +64,8 @@ class DataConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 1
-    batch_size: int = 32  # global batch (sequences per optimizer step)
-    lr: float = 2e-3
+    batch_size: int = 16  # global batch (sequences per optimizer step)
+    lr: float = 4e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1

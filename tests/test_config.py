@@ -28,7 +28,7 @@ def test_sft_preset_composes_into_the_schema():
     lab = OmegaConf.to_object(cfg)
     assert isinstance(lab, LabConfig)
     assert lab.stage == "sft" and lab.model.name == "tiny" and lab.strategy.name == "torch"
-    assert lab.trainer.lr == pytest.approx(2e-3)
+    assert lab.trainer.lr == pytest.approx(4e-3)
 
 
 @pytest.mark.parametrize("group", ["strategy=deepspeed_zero2", "trainer=sft_paper", "model=pretrained"])

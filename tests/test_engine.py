@@ -19,10 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 from actors.engine import (
     OptimConfig,
     StrategySpec,
@@ -30,6 +26,8 @@ from actors.engine import (
     lr_lambda,
     param_groups,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CPU = torch.device("cpu")
 DS_RUNS = {"zero0": (0, False), "zero2_offload": (2, True), "zero3": (3, False)}

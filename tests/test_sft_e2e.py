@@ -23,7 +23,8 @@ def run_lab(ray_address: str, run_dir: Path, cache: Path, *overrides: str) -> su
 
 
 def test_sft_raises_gold_score_and_is_cached(ray_address, tmp_path):
-    small = ["data.n_train=3200", "eval.n_prompts=48", "trainer.log_every=5"]
+    small = ["data.n_train=2400", "trainer.batch_size=8", "trainer.lr=4e-3", "eval.n_prompts=48",
+             "trainer.log_every=15"]
     first = run_lab(ray_address, tmp_path / "run1", tmp_path / "cache", *small)
     run1 = tmp_path / "run1"
     results = json.loads((run1 / "results.json").read_text())["sft"]

@@ -1,0 +1,56 @@
+"""The artifact cache and atomic writes: nothing half-written is ever visible."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignment.atomic import atomic_dir, write_json, write_text
+from experiments.cache import ArtifactCache, cache_root, config_key
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALIGNMENT_LAB_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    monkeypatch.delenv("ALIGNMENT_LAB_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "alignment-lab"
+    assert cache_root(str(tmp_path / "o")) == tmp_path / "o"
+
+
+def test_config_key_is_stable_and_sensitive():
+    a = config_key("sft", {"lr": 1e-3, "model": {"layers": 4}})
+    assert a == config_key("sft", {"model": {"layers": 4}, "lr": 1e-3})
+    assert a != config_key("sft", {"lr": 2e-3, "model": {"layers": 4}})
+    assert a != config_key("pm", {"lr": 1e-3, "model": {"layers": 4}})
+
+
+def test_failed_artifact_leaves_nothing_behind(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    with pytest.raises(RuntimeError):
+        with cache.put("sft", "k1", {"x": 1}) as tmp:
+            (tmp / "weights.bin").write_bytes(b"partial")
+            raise RuntimeError("killed mid-write")
+    assert cache.get("sft", "k1") is None
+    assert list((tmp_path / "sft").iterdir()) == []
+    with cache.put("sft", "k1", {"x": 1}) as tmp:
+        (tmp / "weights.bin").write_bytes(b"full")
+    hit = cache.get("sft", "k1")
+    assert hit is not None and (hit / "weights.bin").read_bytes() == b"full"
+    assert '"x": 1' in (hit / "lab_artifact.json").read_text()
+
+
+def test_a_concurrent_twin_artifact_wins_quietly(tmp_path):
+    with atomic_dir(tmp_path / "a") as first:
+        (first / "f").write_text("1")
+        with atomic_dir(tmp_path / "a") as second:
+            (second / "f").write_text("2")
+    assert (tmp_path / "a" / "f").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_atomic_text_and_json(tmp_path):
+    write_text(tmp_path / "d" / "x.txt", "hello")
+    write_json(tmp_path / "d" / "y.json", {"b": 1, "a": "中"})
+    assert (tmp_path / "d" / "x.txt").read_text() == "hello"
+    assert (tmp_path / "d" / "y.json").read_text().startswith('{\n  "a": "中"')
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["x.txt", "y.json"]

@@ -1,0 +1,87 @@
+"""Model construction: tiny Llama, local checkpoints with the MOSS tokens, LoRA, value heads."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from alignment.chat_format import SPECIAL_TOKENS
+from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tiny, load_causal_lm, mergeable
+from alignment.models.tokenizer import load_tokenizer
+from alignment.models.value_head import last_token_index, load_value_model, sequence_scores, token_values
+
+SMALL = ArchSpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_position_embeddings=128)
+
+
+def test_tiny_model_matches_tokenizer(tokenizer):
+    model = build_tiny(SMALL, tokenizer)
+    assert model.config.vocab_size == len(tokenizer)
+    assert model.config.eos_token_id == tokenizer.convert_tokens_to_ids("<eom>")
+    ids = tokenizer("<|Human|>: hi<eoh>", return_tensors="pt")["input_ids"]
+    assert model(input_ids=ids).logits.shape == (1, ids.size(1), len(tokenizer))
+
+
+def test_local_checkpoint_gets_moss_tokens_and_resized_embeddings(tmp_path, tokenizer):
+    # a "foreign" checkpoint: its tokenizer lacks the MOSS tokens and has no pad token
+    from alignment.models.tokenizer import train_bpe
+
+    plain = train_bpe(["hello world"] * 20, 300)
+    plain.add_special_tokens({"additional_special_tokens": []})
+    base_dir = tmp_path / "base"
+    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2)
+    LlamaForCausalLM(cfg).save_pretrained(base_dir)
+    plain.save_pretrained(base_dir)
+    tok = load_tokenizer(str(base_dir))
+    model = load_causal_lm(str(base_dir), tok)
+    assert model.get_input_embeddings().num_embeddings >= len(tok)
+    for t in SPECIAL_TOKENS:
+        assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1
+    out = tmp_path / "out"
+    model.save_pretrained(out)
+    reloaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    assert reloaded.get_input_embeddings().num_embeddings == model.get_input_embeddings().num_embeddings
+
+
+def test_lora_trains_adapters_only_and_saves_merged(tmp_path, tokenizer):
+    model = apply_lora(build_tiny(SMALL, tokenizer), LoraSpec(enabled=True, r=4, alpha=8))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    ids = torch.randint(0, len(tokenizer), (2, 12))
+    for n, p in model.named_parameters():  # make the adapters non-trivial
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    merged = mergeable(model)
+    merged.save_pretrained(tmp_path / "m")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m", local_files_only=True)
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+    assert any("lora_" in n for n, _ in model.named_parameters())  # the live model keeps its adapters
+
+
+def test_value_head_reads_the_last_non_pad_token(tmp_path, tokenizer):
+    build_tiny(SMALL, tokenizer).save_pretrained(tmp_path / "lm")
+    vm = load_value_model(str(tmp_path / "lm"))
+    assert isinstance(vm, torch.nn.Module) and vm.config.num_labels == 1
+    torch.nn.init.normal_(vm.score.weight)
+    ids = torch.randint(3, len(tokenizer), (2, 6))
+    left = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    assert last_token_index(left).tolist() == [5, 5]
+    assert last_token_index(right).tolist() == [2, 5]
+    values = token_values(vm, ids, right)
+    assert values.shape == (2, 6)
+    torch.testing.assert_close(sequence_scores(vm, ids, right), torch.stack([values[0, 2], values[1, 5]]))
+    vm.save_pretrained(tmp_path / "vm")
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "vm", local_files_only=True)
+    torch.testing.assert_close(sequence_scores(again, ids, right), sequence_scores(vm, ids, right))
+
+
+def test_value_model_can_replace_the_last_layer(tmp_path, tokenizer):
+    build_tiny(SMALL, tokenizer).save_pretrained(tmp_path / "lm")
+    vm = load_value_model(str(tmp_path / "lm"), drop_last_layer=True)
+    assert vm.config.num_hidden_layers == SMALL.num_layers - 1
+    assert float(vm.score.weight.abs().sum()) == 0.0  # the head starts at zero
