@@ -76,6 +76,21 @@ class TrainerConfig:
 
 
 @dataclass
+class PMConfig:
+    """Preference-model stage (MOSS §7.1): data, labeller and training."""
+
+    n_prompts: int = 300  # world training prompts; 6 candidates and 15 labelled pairs each
+    n_val_prompts: int = 60  # held-out (val split) prompts for accuracy and gold agreement
+    labeller_temperature: float = 0.05
+    data_path: Optional[str] = None  # preference JSONL instead of the world
+    multi_response_path: Optional[str] = None  # multi-response JSONL instead of the world
+    val_path: Optional[str] = None  # held-out preference JSONL (real data)
+    drop_last_layer: bool = True  # the paper replaces the last decoder layer by the value head
+    max_length: int = 384
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
 class StrategyConfig:
     name: str = "torch"  # "torch" or "deepspeed"
     zero_stage: int = 0
@@ -99,6 +114,7 @@ class RayConfig:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
     policy: ActorResources = field(default_factory=ActorResources)
+    preference: ActorResources = field(default_factory=ActorResources)
 
 
 @dataclass
@@ -132,6 +148,7 @@ class LabConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    pm: PMConfig = field(default_factory=PMConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -143,6 +160,6 @@ def register() -> None:
     """Register the schema with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="lab_schema", node=LabConfig)
-    for group, node in (("model", ModelConfig), ("data", DataConfig), ("trainer", TrainerConfig),
+    for group, node in (("model", ModelConfig), ("data", DataConfig), ("trainer", TrainerConfig), ("pm", PMConfig),
                         ("strategy", StrategyConfig), ("ray", RayConfig), ("logger", LoggerConfig)):
         cs.store(group=group, name=f"{group}_schema", node=node)

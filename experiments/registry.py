@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from experiments import sft
+from experiments import pm, sft
 
 DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
     "sft": sft.run,
+    "pm": pm.run,
 }

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from actors.engine import OptimConfig, StrategySpec
+from actors.engine import StrategySpec
 from actors.group import RoleGroup, shard
 from actors.policy import ModelSpec, PolicyActor
 from alignment.atomic import write_json
 from alignment.chat_format import generation_prompt
+from alignment.data.batching import bucketed_batches
 from alignment.data.loaders import load_moss_sft
 from alignment.evaluation import gold_report, source_reference
 from alignment.generation import SamplingSpec
@@ -30,6 +27,7 @@ from alignment.models.causal_lm import ArchSpec, LoraSpec
 from alignment.models.tokenizer import load_tokenizer, train_bpe
 from experiments.config import LabConfig
 from experiments.context import RunContext
+from experiments.loop import optim_config, total_steps, train_loop
 
 EVAL_FILE = "eval.json"
 
@@ -118,43 +116,6 @@ def evaluate_policy(ctx: RunContext, group: RoleGroup, quality: int | None = Non
     return report
 
 
-def train_sft(ctx: RunContext, group: RoleGroup, examples: list[Encoded]) -> dict[str, float]:
-    """The SFT loop: the driver deals batches to the ranks and logs what they report."""
-    cfg = ctx.cfg.trainer
-    per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total = per_epoch * cfg.epochs if cfg.max_steps < 0 else min(cfg.max_steps, per_epoch * cfg.epochs)
-    rng = random.Random(ctx.cfg.seed)
-    step, last = 0, {}
-    from alignment.data.batching import bucketed_batches
-
-    window_tokens, window_start = 0.0, time.time()
-    with tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True) as bar:
-        for _ in range(cfg.epochs):
-            for batch in bucketed_batches(examples, cfg.batch_size, rng):
-                if step >= total:
-                    break
-                results = group.call_sharded("sft_step", shard(batch, group.size))
-                step += 1
-                tokens = sum(r["tokens"] for r in results)
-                loss = sum(r["loss"] * r["tokens"] for r in results) / max(tokens, 1.0)
-                window_tokens += tokens
-                last = {"train/loss": loss, "train/lr": results[0]["lr"], "train/grad_norm": results[0]["grad_norm"]}
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}")
-                if step % cfg.log_every == 0 or step == total:
-                    elapsed = time.time() - window_start
-                    last["train/tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
-                    ctx.tracker.log(last | {"train/epoch": step / per_epoch}, step=step)
-                    window_tokens, window_start = 0.0, time.time()
-    return last | {"train/steps": step}
-
-
-def _optim(ctx: RunContext, total_steps: int) -> OptimConfig:
-    t = ctx.cfg.trainer
-    return OptimConfig(lr=t.lr, weight_decay=t.weight_decay, warmup_steps=int(t.warmup_ratio * total_steps),
-                       total_steps=total_steps, min_lr_ratio=t.min_lr_ratio, max_grad_norm=t.max_grad_norm)
-
-
 def sft_stage(ctx: RunContext) -> Artifact:
     """The SFT checkpoint for this config: from the cache, or trained now and cached."""
     cfg = ctx.cfg
@@ -167,18 +128,18 @@ def sft_stage(ctx: RunContext) -> Artifact:
         return Artifact(hit, True, json.loads((hit / EVAL_FILE).read_text()))
     tokenizer = load_tokenizer(str(tok_dir))
     examples = sft_examples(cfg, ctx, tokenizer)
-    per_epoch = math.ceil(len(examples) / cfg.trainer.batch_size)
-    total = per_epoch * cfg.trainer.epochs if cfg.trainer.max_steps < 0 else cfg.trainer.max_steps
+    steps = total_steps(len(examples), cfg.trainer)
     group = RoleGroup(PolicyActor, "policy", cfg.ray.policy, cfg.trainer.num_threads, run_tag=ctx.run_tag)
     try:
         use_gpu = cfg.ray.policy.num_gpus > 0
         n_params = group.call("init_model", model_spec(cfg, tok_dir), strategy_spec(cfg, use_gpu),
-                              _optim(ctx, total))[0]
+                              optim_config(cfg.trainer, steps))[0]
         info: dict[str, Any] = {"trainable_params": n_params, "n_examples": len(examples)}
         if cfg.eval.evaluate_init:
             info["init"] = evaluate_policy(ctx, group)
         started = time.time()
-        info["train"] = train_sft(ctx, group, examples)
+        info["train"] = train_loop(group, "sft_step", examples, cfg.trainer, ctx.tracker, "sft", "tokens",
+                                   cfg.seed, batcher=bucketed_batches)
         info["train_seconds"] = time.time() - started
         info["eval"] = evaluate_policy(ctx, group)
         info["sources"] = source_reference(ctx.world, ctx.world.prompts("test", cfg.eval.n_prompts), cfg.seed)

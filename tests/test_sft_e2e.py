@@ -33,7 +33,7 @@ def test_sft_raises_gold_score_and_is_cached(ray_address, tmp_path):
     assert min(results["sources"]) <= results["gold"] <= max(results["sources"])
     assert "Ray dashboard:" in first.stdout
     rows = [json.loads(line) for line in (run1 / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    losses = [r["sft/loss"] for r in rows if "sft/loss" in r]
     assert len(losses) == 20 and losses[-1] < losses[0] / 2
     assert "stage: sft" in (run1 / "resolved_config.yaml").read_text()
 
@@ -58,6 +58,6 @@ def test_sft_on_two_data_parallel_deepspeed_actors(ray_address, tmp_path, stage)
             "ray.policy.num_actors=2", "trainer.max_steps=4", "trainer.log_every=1", "data.n_train=256",
             "eval.n_prompts=4", "eval.max_new_tokens=8", "eval.evaluate_init=false", "logger.wandb=false")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows if "sft/loss" in r] == [1, 2, 3, 4]
     ckpt = Path(json.loads((tmp_path / "run" / "results.json").read_text())["sft"]["checkpoint"])
     assert (ckpt / "config.json").is_file() and (ckpt / "lab_artifact.json").is_file()

@@ -1,0 +1,68 @@
+"""The preference-model actor: a value-head model trained on pairs (PM stage), then a frozen
+reward that scores sequences (PAT tagging, evaluation, PPO)."""
+
+from __future__ import annotations
+
+import torch
+
+from actors.base import RoleActor
+from actors.engine import OptimConfig, StrategySpec, TrainingEngine
+from alignment.losses.pairwise import pairwise_loss
+from alignment.models.tokenizer import load_tokenizer
+from alignment.models.value_head import load_value_model, sequence_scores
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+class PreferenceActor(RoleActor):
+    def init_model(self, path: str, drop_last_layer: bool, strategy: StrategySpec, optim: OptimConfig | None,
+                   seed: int = 0) -> int:
+        """A value model from ``path``: an SFT checkpoint (head new) or a trained preference model."""
+        torch.manual_seed(seed)
+        self.tokenizer = load_tokenizer(path)
+        model = load_value_model(path, drop_last_layer=drop_last_layer)
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.engine = TrainingEngine(model, optim or OptimConfig(lr=0.0), strategy, self.device)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def _scores(self, seqs: list[list[int]]) -> torch.Tensor:
+        ids, mask = pad_right(seqs, self.tokenizer.pad_token_id)
+        out = self.engine.forward(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        return out.logits.squeeze(-1).float()  # read at the last non-pad token by transformers
+
+    def pm_step(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, float]:
+        """One optimizer step of the pairwise loss on this rank's pairs (chosen, rejected)."""
+        scores = self._scores([c for c, _ in pairs] + [r for _, r in pairs])
+        chosen, rejected = scores[: len(pairs)], scores[len(pairs):]
+        loss, acc = pairwise_loss(chosen, rejected)
+        self.engine.backward(loss)
+        stats = self.engine.step()
+        return {"loss": loss.item(), "accuracy": acc.item(), "n": float(len(pairs)), **stats}
+
+    @torch.no_grad()
+    def score(self, seqs: list[list[int]], batch_size: int = 64) -> list[float]:
+        """Scalar reward of each sequence (no gradients)."""
+        model = self.engine.module
+        was_training = model.training
+        model.eval()
+        out: list[float] = []
+        for start in range(0, len(seqs), batch_size):
+            ids, mask = pad_right(seqs[start:start + batch_size], self.tokenizer.pad_token_id)
+            out.extend(sequence_scores(model, ids.to(self.device), mask.to(self.device)).float().tolist())
+        model.train(was_training)
+        return out
+
+    def save(self, path: str) -> None:
+        def save_fn(module: torch.nn.Module, out: str) -> None:
+            module.save_pretrained(out)
+            self.tokenizer.save_pretrained(out)
+
+        self.engine.save_model(path, save_fn)

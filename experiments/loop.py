@@ -1,0 +1,68 @@
+"""The driver-side training loop shared by stages: deal batches to a role's ranks, log what
+they report, show progress. The maths runs in the actors."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from actors.engine import OptimConfig
+from actors.group import RoleGroup, shard
+from experiments.config import TrainerConfig
+from experiments.tracking import Tracker
+
+
+def total_steps(n_items: int, t: TrainerConfig) -> int:
+    per_epoch = math.ceil(n_items / t.batch_size)
+    return per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, per_epoch * t.epochs)
+
+
+def optim_config(t: TrainerConfig, steps: int) -> OptimConfig:
+    return OptimConfig(lr=t.lr, weight_decay=t.weight_decay, warmup_steps=int(t.warmup_ratio * steps),
+                       total_steps=steps, min_lr_ratio=t.min_lr_ratio, max_grad_norm=t.max_grad_norm)
+
+
+def batches(items: Sequence[Any], batch_size: int, rng: random.Random, order: Sequence[int] | None = None):
+    idx = list(order) if order is not None else rng.sample(range(len(items)), len(items))
+    for start in range(0, len(idx), batch_size):
+        yield [items[i] for i in idx[start:start + batch_size]]
+
+
+def train_loop(
+    group: RoleGroup, method: str, items: Sequence[Any], t: TrainerConfig, tracker: Tracker, name: str,
+    weight_key: str, seed: int, batcher=None,
+) -> dict[str, float]:
+    """Run ``t.epochs`` over ``items``: each step calls ``method`` on every rank with its shard.
+
+    Ranks report stats with a ``weight_key`` count (tokens, pairs); the logged value of each
+    stat is its weighted mean over ranks, except ``lr`` and ``grad_norm`` (global, from rank 0).
+    """
+    steps = total_steps(len(items), t)
+    rng = random.Random(seed)
+    step, last = 0, {}
+    window_weight, window_start = 0.0, time.time()
+    with tqdm(total=steps, desc=name, unit="step", dynamic_ncols=True) as bar:
+        for _ in range(t.epochs):
+            epoch = batcher(items, t.batch_size, rng) if batcher else batches(items, t.batch_size, rng)
+            for batch in epoch:
+                if step >= steps:
+                    break
+                results = group.call_sharded(method, shard(batch, group.size))
+                step += 1
+                weight = sum(r[weight_key] for r in results)
+                window_weight += weight
+                last = {f"{name}/{k}": sum(r[k] * r[weight_key] for r in results) / max(weight, 1e-9)
+                        for k in results[0] if k not in (weight_key, "lr", "grad_norm")}
+                last |= {f"{name}/lr": results[0]["lr"], f"{name}/grad_norm": results[0]["grad_norm"]}
+                bar.update(1)
+                bar.set_postfix(loss=f"{last[f'{name}/loss']:.3f}")
+                if step % t.log_every == 0 or step == steps:
+                    rate = window_weight / max(time.time() - window_start, 1e-9)
+                    tracker.log(last | {f"{name}/{weight_key}_per_s": rate}, step=step)
+                    window_weight, window_start = 0.0, time.time()
+    return last | {f"{name}/steps": step}
