@@ -23,7 +23,7 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 class PreferenceActor(RoleActor):
-    def init_model(self, path: str, drop_last_layer: bool, strategy: StrategySpec, optim: OptimConfig | None,
+    def init_model(self, path: str, drop_last_layer: bool, strategy: StrategySpec, optim: OptimConfig | None = None,
                    seed: int = 0) -> int:
         """A value model from ``path``: an SFT checkpoint (head new) or a trained preference model."""
         torch.manual_seed(seed)

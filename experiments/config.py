@@ -91,6 +91,19 @@ class PMConfig:
 
 
 @dataclass
+class PATConfig:
+    """Preference-aware training (MOSS §7.2): tagging and fine-tuning."""
+
+    n_train: int = 8000  # SFT conversations sampled, scored by the preference model and tagged
+    n_buckets: int = 6
+    rule: str = "quantile"  # "quantile" (equal frequency) or "fixed" (pat.thresholds)
+    thresholds: Optional[List[float]] = None  # n_buckets - 1 ascending preference-model scores
+    inference_tag: int = 100
+    control_prompts: int = 64  # test prompts for the controllability curve (every tag)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
 class StrategyConfig:
     name: str = "torch"  # "torch" or "deepspeed"
     zero_stage: int = 0
@@ -149,6 +162,7 @@ class LabConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pm: PMConfig = field(default_factory=PMConfig)
+    pat: PATConfig = field(default_factory=PATConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -160,6 +174,7 @@ def register() -> None:
     """Register the schema with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="lab_schema", node=LabConfig)
-    for group, node in (("model", ModelConfig), ("data", DataConfig), ("trainer", TrainerConfig), ("pm", PMConfig),
-                        ("strategy", StrategyConfig), ("ray", RayConfig), ("logger", LoggerConfig)):
+    groups = {"model": ModelConfig, "data": DataConfig, "trainer": TrainerConfig, "pm": PMConfig, "pat": PATConfig,
+              "strategy": StrategyConfig, "ray": RayConfig, "logger": LoggerConfig}
+    for group, node in groups.items():
         cs.store(group=group, name=f"{group}_schema", node=node)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from experiments import pm, sft
+from experiments import pat, pm, sft
 
 DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
     "sft": sft.run,
     "pm": pm.run,
+    "pat": pat.run,
 }

@@ -25,6 +25,7 @@ from alignment.generation import SamplingSpec
 from alignment.loss_mask import Encoded, LossPolicy, encode, truncate
 from alignment.models.causal_lm import ArchSpec, LoraSpec
 from alignment.models.tokenizer import load_tokenizer, train_bpe
+from alignment.world import WorldPrompt
 from experiments.config import LabConfig
 from experiments.context import RunContext
 from experiments.loop import optim_config, total_steps, train_loop
@@ -103,14 +104,18 @@ def sampling_spec(cfg: LabConfig) -> SamplingSpec:
                         repetition_penalty=e.repetition_penalty, do_sample=e.do_sample)
 
 
+def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt], quality: int | None = None) -> list[str]:
+    """The group's replies to ``prompts`` with the run's fixed sampling settings (sharded over ranks)."""
+    texts = [generation_prompt(p.conversation(), quality) for p in prompts]
+    outs = group.call_sharded("generate", shard(texts, group.size), sampling=sampling_spec(ctx.cfg),
+                              batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
+    return [r for part in outs for r in part]
+
+
 def evaluate_policy(ctx: RunContext, group: RoleGroup, quality: int | None = None) -> dict[str, float]:
     """Generate on held-out test prompts and score with the gold judge."""
     prompts = ctx.world.prompts("test", ctx.cfg.eval.n_prompts)
-    texts = [generation_prompt(p.conversation(), quality) for p in prompts]
-    shards = shard(texts, group.size)
-    outs = group.call_sharded("generate", shards, sampling=sampling_spec(ctx.cfg),
-                              batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
-    replies = [r for part in outs for r in part]
+    replies = generate(ctx, group, prompts, quality)
     report = gold_report(ctx.world, prompts, replies)
     report["samples"] = [{"prompt": p.task.prompt, "reply": r} for p, r in list(zip(prompts, replies))[:8]]
     return report

@@ -48,6 +48,13 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
+    def log_images(self, images: dict[str, Any]) -> None:
+        """Log PNG files (already in the run dir) to W&B."""
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({f"report/{k}": wandb.Image(str(v)) for k, v in images.items()})
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.wandb is not None:
             self.wandb.summary.update(values)

@@ -11,18 +11,31 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 
 def load_value_model(path: str, drop_last_layer: bool = False) -> PreTrainedModel:
-    """A value model initialised from a causal-LM checkpoint (the head starts at zero).
+    """A value model from ``path``: a causal-LM checkpoint gets a new head that starts at zero;
+    a saved value model (preference model, critic) keeps its trained head.
 
-    ``drop_last_layer`` replaces the last decoder layer by the head, as the MOSS preference
-    model does (§7.1).
+    ``drop_last_layer`` replaces the last decoder layer of a causal LM by the head, as the MOSS
+    preference model does (§7.1).
     """
+    from transformers import AutoConfig
+
+    is_value_model = any(a.endswith("ForSequenceClassification")
+                         for a in (AutoConfig.from_pretrained(path, local_files_only=True).architectures or []))
+    if is_value_model:
+        return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
     kwargs = {}
     if drop_last_layer:
-        from transformers import AutoConfig
-
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
         kwargs["num_hidden_layers"] = cfg.num_hidden_layers - 1
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, local_files_only=True, **kwargs)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the dropped layer and the new head are expected, not news
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, local_files_only=True,
+                                                                   **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     torch.nn.init.zeros_(model.score.weight)
     return model
 

@@ -1,0 +1,141 @@
+"""PAT driver (MOSS §7.2): SFT → preference model → score and tag SFT data → fine-tune the SFT
+model on the tagged data → evaluation against SFT with the gold judge and the preference model,
+and the controllability curve. ``+experiment=pat``."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from actors.group import RoleGroup, shard
+from actors.policy import PolicyActor
+from actors.preference import PreferenceActor
+from alignment.atomic import write_json
+from alignment.chat_format import Conversation
+from alignment.data.batching import bucketed_batches
+from alignment.data.loaders import load_moss_sft
+from alignment.loss_mask import LossPolicy, encode, truncate
+from alignment.models.tokenizer import load_tokenizer
+from alignment.pat import bucket_tags, tag_conversation, tag_scores
+from alignment.sequences import scored_sequence
+from alignment.winrate import spearman
+from experiments.context import RunContext
+from experiments.evaluate import Job, generate_with, head_to_head, pm_scores
+from experiments.loop import optim_config, total_steps, train_loop
+from experiments.pm import pm_stage
+from experiments.report import write_pat_report
+from experiments.sft import EVAL_FILE, Artifact, _plain, model_spec, sft_stage, strategy_spec
+
+
+def pat_conversations(ctx: RunContext) -> list[Conversation]:
+    """The SFT conversations PAT samples, scores and tags."""
+    cfg = ctx.cfg
+    if cfg.data.source == "moss_sft":
+        return [ex.conversation for ex in load_moss_sft(cfg.data.path)][: cfg.pat.n_train]
+    return ctx.world.sft_conversations(cfg.pat.n_train, cfg.data.world.sft_source_weights)
+
+
+def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
+    """The PAT model for this config: from the cache, or tagged and trained now."""
+    cfg = ctx.cfg
+    payload = {"pat": _plain(cfg.pat), "data": _plain(cfg.data), "strategy": _plain(cfg.strategy),
+               "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}
+    key = ctx.cache_key("pat", payload)
+    hit = ctx.cache.get("pat", key) if cfg.use_cache else None
+    if hit is not None:
+        print(f"PAT: reusing cached model {hit}", flush=True)
+        return Artifact(hit, True, json.loads((hit / EVAL_FILE).read_text()))
+    tokenizer = load_tokenizer(str(sft.path))
+    convs = pat_conversations(ctx)
+    seqs = [scored_sequence(tokenizer, c, c.turns[-1].moss, cfg.pm.max_length) for c in convs]
+    scorer = RoleGroup(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads,
+                       run_tag=ctx.run_tag)
+    try:
+        scorer.call("init_model", str(pm.path), False, strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
+        scores = [s for part in scorer.call_sharded("score", shard(seqs, scorer.size), batch_size=cfg.eval.batch_size)
+                  for s in part]
+    finally:
+        scorer.shutdown()
+    tags, edges = tag_scores(scores, cfg.pat.n_buckets, cfg.pat.rule, cfg.pat.thresholds)
+    policy = LossPolicy.from_names(cfg.data.loss_on, cfg.data.last_turn_only)
+    examples = [truncate(encode(tag_conversation(c, t), tokenizer, policy), cfg.data.max_length)
+                for c, t in zip(convs, tags)]
+    steps = total_steps(len(examples), cfg.pat.trainer)
+    group = RoleGroup(PolicyActor, "policy", cfg.ray.policy, cfg.pat.trainer.num_threads, run_tag=ctx.run_tag)
+    try:
+        group.call("init_model", model_spec(cfg, sft.path, str(sft.path)),
+                   strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim_config(cfg.pat.trainer, steps))
+        counts = Counter(tags)
+        info: dict[str, Any] = {"edges": edges, "n_examples": len(examples),
+                                "tag_counts": {str(t): counts[t] for t in bucket_tags(cfg.pat.n_buckets)}}
+        info["train"] = train_loop(group, "sft_step", examples, cfg.pat.trainer, ctx.tracker, "pat", "tokens",
+                                   cfg.seed, batcher=bucketed_batches)
+        with ctx.cache.put("pat", key, payload) as tmp:
+            group.call("save", str(tmp))
+            write_json(tmp / EVAL_FILE, info)
+    finally:
+        group.shutdown()
+    path = ctx.cache.path("pat", key)
+    print(f"PAT: model written to {path}", flush=True)
+    return Artifact(Path(path), False, info)
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """``+experiment=pat``: the whole chain, then PAT vs SFT and the controllability curve."""
+    cfg = ctx.cfg
+    sft = sft_stage(ctx)
+    pm = pm_stage(ctx, sft)
+    pat = pat_stage(ctx, sft, pm)
+
+    prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
+    control = prompts[: cfg.pat.control_prompts]
+    tags = bucket_tags(cfg.pat.n_buckets)
+    jobs = {"pat": Job(prompts, cfg.pat.inference_tag)} | {f"tag_{t}": Job(control, t) for t in tags}
+    replies = generate_with(ctx, pat.path, jobs, "pat-eval")
+    replies |= generate_with(ctx, sft.path, {"sft": Job(prompts)}, "sft-eval")
+    gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts if name in jobs else prompts, rs)]
+            for name, rs in replies.items()}
+    pm_s = pm_scores(ctx, pm.path, sft.path, prompts, {k: replies[k] for k in ("pat", "sft")})
+    wins = head_to_head(ctx, prompts, gold, pm_s, [("pat", "sft")])
+    curve = [sum(gold[f"tag_{t}"]) / len(control) for t in tags]
+    results = {
+        "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
+               "gold_agreement": pm.info["eval"].get("gold_agreement")},
+        "win_rate": {judge: {pair: {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]], "win": w["win"],
+                                    "tie": w["tie"], "lose": w["lose"], "n": w["n"]} for pair, w in d.items()}
+                     for judge, d in wins.items()},
+        "gold": {"sft": sum(gold["sft"]) / len(prompts), "pat": sum(gold["pat"]) / len(prompts)},
+        "controllability": {"tags": tags, "gold": curve, "spearman": spearman(tags, curve)},
+        "pat": {"tag_counts": pat.info["tag_counts"], "edges": pat.info["edges"]},
+        "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "pat": str(pat.path)},
+        "cached": {"sft": sft.cached, "pm": pm.cached, "pat": pat.cached},
+        "samples": [{"prompt": p.task.prompt, "sft": s, "pat": t}
+                    for p, s, t in list(zip(prompts, replies["sft"], replies["pat"]))[:6]],
+    }
+    images = write_pat_report(ctx.run_dir, results)
+    flat = {"pm/val_accuracy": results["pm"]["val_accuracy"],
+            "win_rate/gold/pat_vs_sft": results["win_rate"]["gold"]["pat_vs_sft"]["value"],
+            "win_rate/pm/pat_vs_sft": results["win_rate"]["pm"]["pat_vs_sft"]["value"],
+            "controllability/spearman": results["controllability"]["spearman"],
+            "eval/gold_sft": results["gold"]["sft"], "eval/gold_pat": results["gold"]["pat"]}
+    ctx.tracker.log(flat)
+    ctx.tracker.summary(flat)
+    ctx.tracker.log_images(images)
+    print_summary(results)
+    return results
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    g, p = results["win_rate"]["gold"]["pat_vs_sft"], results["win_rate"]["pm"]["pat_vs_sft"]
+    print("\nPAT vs SFT on held-out test prompts")
+    print(f"  {'judge':<18}{'win':>7}{'tie':>7}{'lose':>7}{'win rate':>10}   95% CI")
+    for name, w in (("gold judge", g), ("preference model", p)):
+        print(f"  {name:<18}{w['win']:>7.2f}{w['tie']:>7.2f}{w['lose']:>7.2f}{w['value']:>10.3f}"
+              f"   [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}]")
+    c = results["controllability"]
+    print(f"  mean gold: SFT {results['gold']['sft']:.3f}, PAT <quality: 100> {results['gold']['pat']:.3f}")
+    print("  controllability (tag -> gold): " + ", ".join(f"{t}:{v:.2f}" for t, v in zip(c["tags"], c["gold"]))
+          + f"  (Spearman {c['spearman']:.2f})")
+    print(f"  preference model val accuracy {results['pm']['val_accuracy']:.3f}")

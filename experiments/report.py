@@ -1,0 +1,85 @@
+"""Run reports: ``report.md`` and PNG plots in the run dir (matplotlib, no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from alignment.atomic import write_text  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def win_tie_lose_plot(rows: list[tuple[str, dict[str, Any]]], path: Path, title: str) -> Path:
+    """Stacked horizontal bars of win / tie / lose shares, one row per (label, result)."""
+    fig, ax = plt.subplots(figsize=(7, 0.7 * len(rows) + 1.2))
+    for i, (_, w) in enumerate(rows):
+        left = 0.0
+        for share, color, name in ((w["win"], "#2a9d8f", "win"), (w["tie"], "#c9c9c9", "tie"),
+                                   (w["lose"], "#e76f51", "lose")):
+            ax.barh(i, share, left=left, color=color, label=name if i == 0 else None)
+            if share > 0.06:
+                ax.text(left + share / 2, i, f"{share:.0%}", ha="center", va="center", fontsize=9)
+            left += share
+        ax.text(1.02, i, f"win rate {w['value']:.2f} [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]", va="center", fontsize=9)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlim(0, 1)
+    ax.axvline(0.5, color="black", lw=0.8, ls=":")
+    ax.set_title(title)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.45 - 0.05 * len(rows)), ncol=3, frameon=False)
+    return _save(fig, path)
+
+
+def controllability_plot(tags: list[int], gold: list[float], path: Path, rho: float) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(tags, gold, marker="o", color="#264653")
+    ax.set_xlabel("quality tag at inference")
+    ax.set_ylabel("mean gold score")
+    ax.set_title(f"PAT controllability (Spearman {rho:.2f})")
+    ax.set_xticks(tags)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def write_pat_report(run_dir: Path, r: dict[str, Any]) -> dict[str, Path]:
+    """``report.md`` plus ``win_rates.png`` and ``controllability.png``; returns the images."""
+    wr = r["win_rate"]
+    rows = [("gold judge", wr["gold"]["pat_vs_sft"]), ("preference model", wr["pm"]["pat_vs_sft"])]
+    images = {
+        "win_rates": win_tie_lose_plot(rows, run_dir / "win_rates.png", "PAT vs SFT"),
+        "controllability": controllability_plot(r["controllability"]["tags"], r["controllability"]["gold"],
+                                                run_dir / "controllability.png", r["controllability"]["spearman"]),
+    }
+    lines = ["# PAT vs SFT", "", "![win rates](win_rates.png)", "",
+             "| judge | win | tie | lose | win rate | 95% CI |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, w in rows:
+        lines.append(f"| {name} | {w['win']:.2f} | {w['tie']:.2f} | {w['lose']:.2f} | **{w['value']:.3f}** "
+                     f"| [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] |")
+    c = r["controllability"]
+    lines += ["", f"Mean gold score: SFT {r['gold']['sft']:.3f}, PAT with `<quality: 100>` {r['gold']['pat']:.3f}.",
+              f"Preference model: validation accuracy {r['pm']['val_accuracy']:.3f}"
+              + (f", agreement with the gold judge {r['pm']['gold_agreement']:.3f}." if r["pm"].get("gold_agreement")
+                 is not None else "."),
+              "", "## Controllability", "", "![controllability](controllability.png)", "",
+              "| tag | " + " | ".join(str(t) for t in c["tags"]) + " |",
+              "| --- |" + " --- |" * len(c["tags"]),
+              "| mean gold | " + " | ".join(f"{v:.3f}" for v in c["gold"]) + " |", "",
+              f"Spearman correlation of tag and gold score: {c['spearman']:.3f}.", "",
+              "## PAT training data", "",
+              "Tag counts: " + ", ".join(f"{k}: {v}" for k, v in r["pat"]["tag_counts"].items()),
+              "", "## Samples", ""]
+    for s in r["samples"]:
+        lines += [f"**Prompt:** {s['prompt']}", "", f"- SFT: {s['sft']!r}", f"- PAT: {s['pat']!r}", ""]
+    write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    return images
