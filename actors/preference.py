@@ -38,14 +38,23 @@ class PreferenceActor(RoleActor):
         out = self.engine.forward(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
         return out.logits.squeeze(-1).float()  # read at the last non-pad token by transformers
 
-    def pm_step(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, float]:
-        """One optimizer step of the pairwise loss on this rank's pairs (chosen, rejected)."""
-        scores = self._scores([c for c, _ in pairs] + [r for _, r in pairs])
-        chosen, rejected = scores[: len(pairs)], scores[len(pairs):]
-        loss, acc = pairwise_loss(chosen, rejected)
+    def pm_step(self, groups: list[tuple[list[list[int]], list[tuple[int, int]]]]) -> dict[str, float]:
+        """One optimizer step of the pairwise loss over this rank's comparison groups.
+
+        A group is (candidate sequences, [(chosen, rejected) indices]): each candidate is scored
+        once and the loss averages over every labelled pair.
+        """
+        seqs, chosen, rejected = [], [], []
+        for cands, pairs in groups:
+            base = len(seqs)
+            seqs.extend(cands)
+            chosen.extend(base + c for c, _ in pairs)
+            rejected.extend(base + r for _, r in pairs)
+        scores = self._scores(seqs)
+        loss, acc = pairwise_loss(scores[chosen], scores[rejected])
         self.engine.backward(loss)
         stats = self.engine.step()
-        return {"loss": loss.item(), "accuracy": acc.item(), "n": float(len(pairs)), **stats}
+        return {"loss": loss.item(), "accuracy": acc.item(), "n": float(len(chosen)), **stats}
 
     @torch.no_grad()
     def score(self, seqs: list[list[int]], batch_size: int = 64) -> list[float]:

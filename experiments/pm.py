@@ -3,6 +3,7 @@ preference actor → validation accuracy and gold agreement. ``+experiment=pm``.
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 from actors.group import RoleGroup, shard
 from actors.preference import PreferenceActor
 from alignment.atomic import write_json
-from alignment.data.loaders import PreferencePair, load_multi_response, load_preference_pairs
-from alignment.data.preference import multi_response_pairs, world_pairs
+from alignment.data.loaders import load_multi_response, load_preference_pairs
+from alignment.data.preference import ComparisonGroup, multi_response_groups, pair_groups, world_groups
 from alignment.models.tokenizer import load_tokenizer
 from alignment.sequences import scored_sequence
 from alignment.world import AIFeedbackLabeller
@@ -26,40 +27,46 @@ def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:
             "seed": cfg.seed, "sft": str(sft.path)}
 
 
-def preference_pairs(ctx: RunContext) -> tuple[list[PreferencePair], list[PreferencePair], list[float] | None]:
-    """Training pairs, validation pairs and, on the world, the gold margin of each val pair."""
+def comparison_groups(ctx: RunContext) -> tuple[list[ComparisonGroup], list[ComparisonGroup], list[list[float]] | None]:
+    """Training groups, validation groups and, on the world, the gold score of each val candidate."""
     pm = ctx.cfg.pm
     if pm.data_path or pm.multi_response_path:
-        train = (load_preference_pairs(pm.data_path) if pm.data_path
-                 else multi_response_pairs(load_multi_response(pm.multi_response_path)))
+        train = (pair_groups(load_preference_pairs(pm.data_path)) if pm.data_path
+                 else multi_response_groups(load_multi_response(pm.multi_response_path)))
         if not pm.val_path:
             raise ValueError("pm.val_path: real preference data needs a held-out preference JSONL")
-        return train, load_preference_pairs(pm.val_path), None
+        return train, pair_groups(load_preference_pairs(pm.val_path)), None
     world, seed = ctx.world, ctx.cfg.seed
     labeller = AIFeedbackLabeller(pm.labeller_temperature, seed=seed)
     rng = random.Random(f"pm:{seed}")
-    train = world_pairs(world, world.prompts("train", pm.n_prompts, offset=1000), labeller, rng)
+    train = world_groups(world, world.prompts("train", pm.n_prompts, offset=1000), labeller, rng)
     val_prompts = world.prompts("val", pm.n_val_prompts)
-    val: list[PreferencePair] = []
-    gold_margins: list[float] = []
-    for prompt in val_prompts:
-        pairs = world_pairs(world, [prompt], labeller, rng)
-        val.extend(pairs)
-        gold_margins.extend(world.judge(prompt, p.chosen) - world.judge(prompt, p.rejected) for p in pairs)
-    return train, val, gold_margins
+    val = world_groups(world, val_prompts, labeller, rng)
+    gold = [[world.judge(p, c) for c in g.candidates] for p, g in zip(val_prompts, val)]
+    return train, val, gold
 
 
-def validate(group: RoleGroup, seqs: list[tuple[list[int], list[int]]], gold_margins: list[float] | None,
-             batch_size: int) -> dict[str, float]:
-    """Pairwise accuracy against the labels, and agreement with the gold judge (gold ties left out)."""
-    flat = [c for c, _ in seqs] + [r for _, r in seqs]
+def validate(group: RoleGroup, val: list[tuple[list[list[int]], list[tuple[int, int]]]],
+             gold: list[list[float]] | None, batch_size: int) -> dict[str, float]:
+    """Pairwise accuracy against the labels, and agreement with the gold judge on every candidate
+    pair the gold judge does not tie."""
+    flat = [seq for cands, _ in val for seq in cands]
     scores = [s for part in group.call_sharded("score", shard(flat, group.size), batch_size=batch_size)
               for s in part]
-    margins = [c - r for c, r in zip(scores[: len(seqs)], scores[len(seqs):])]
-    out = {"val_accuracy": sum(m > 0 for m in margins) / len(margins), "val_pairs": float(len(margins))}
-    if gold_margins is not None:
-        decided = [(m, g) for m, g in zip(margins, gold_margins) if g != 0]
-        out["gold_agreement"] = sum((m > 0) == (g > 0) for m, g in decided) / max(len(decided), 1)
+    right, n_pairs, agree, decided, pos = 0, 0, 0, 0, 0
+    for i, (cands, pairs) in enumerate(val):
+        s = scores[pos: pos + len(cands)]
+        pos += len(cands)
+        right += sum(s[c] > s[r] for c, r in pairs)
+        n_pairs += len(pairs)
+        if gold is not None:
+            for a, b in itertools.combinations(range(len(cands)), 2):
+                if gold[i][a] != gold[i][b]:
+                    decided += 1
+                    agree += (s[a] > s[b]) == (gold[i][a] > gold[i][b])
+    out = {"val_accuracy": right / max(n_pairs, 1), "val_pairs": float(n_pairs)}
+    if gold is not None:
+        out["gold_agreement"] = agree / max(decided, 1)
     return out
 
 
@@ -76,11 +83,11 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
 
         return Artifact(hit, True, json.loads((hit / EVAL_FILE).read_text()))
     tokenizer = load_tokenizer(str(sft.path))
-    train, val, gold_margins = preference_pairs(ctx)
+    train, val, gold = comparison_groups(ctx)
 
-    def encode(pairs: list[PreferencePair]) -> list[tuple[list[int], list[int]]]:
-        return [(scored_sequence(tokenizer, p.context, p.chosen, cfg.pm.max_length),
-                 scored_sequence(tokenizer, p.context, p.rejected, cfg.pm.max_length)) for p in pairs]
+    def encode(groups: list[ComparisonGroup]) -> list[tuple[list[list[int]], list[tuple[int, int]]]]:
+        return [([scored_sequence(tokenizer, g.context, c, cfg.pm.max_length) for c in g.candidates], list(g.pairs))
+                for g in groups]
 
     train_seqs, val_seqs = encode(train), encode(val)
     steps = total_steps(len(train_seqs), cfg.pm.trainer)
@@ -90,9 +97,10 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
         use_gpu = cfg.ray.preference.num_gpus > 0
         n_params = group.call("init_model", str(sft.path), cfg.pm.drop_last_layer, strategy_spec(cfg, use_gpu),
                               optim_config(cfg.pm.trainer, steps), cfg.seed)[0]
-        info: dict[str, Any] = {"trainable_params": n_params, "train_pairs": len(train_seqs)}
+        info: dict[str, Any] = {"trainable_params": n_params, "train_groups": len(train_seqs),
+                                "train_pairs": sum(len(p) for _, p in train_seqs)}
         info["train"] = train_loop(group, "pm_step", train_seqs, cfg.pm.trainer, ctx.tracker, "pm", "n", cfg.seed)
-        info["eval"] = validate(group, val_seqs, gold_margins, cfg.eval.batch_size)
+        info["eval"] = validate(group, val_seqs, gold, cfg.eval.batch_size)
         with ctx.cache.put("pm", key, payload) as tmp:
             group.call("save", str(tmp))
             write_json(tmp / EVAL_FILE, info)

@@ -99,3 +99,19 @@ def test_spearman():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3], [1, 1, 1]) == 0.0
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+
+
+def test_comparison_groups_from_files_and_world(world):
+    import random
+
+    from alignment.data.loaders import MultiResponse, PreferencePair
+    from alignment.data.preference import multi_response_groups, pair_groups, world_groups
+    from alignment.world import AIFeedbackLabeller
+
+    ctx = Conversation(meta_instruction(), (Turn("q", ""),))
+    assert pair_groups([PreferencePair(ctx, "good", "bad")])[0].pairs == ((0, 1),)
+    groups = multi_response_groups([MultiResponse(ctx, ("a", "b", "c"), (1.0, 3.0, 1.0))])
+    assert set(groups[0].pairs) == {(1, 0), (1, 2)}  # the tie a=c gives no pair
+    assert multi_response_groups([MultiResponse(ctx, ("a", "b"), (2.0, 2.0))]) == []
+    wg = world_groups(world, world.prompts("train", 3), AIFeedbackLabeller(0.05, 0), random.Random(0))
+    assert [len(g.candidates) for g in wg] == [6, 6, 6] and all(len(g.pairs) == 15 for g in wg)

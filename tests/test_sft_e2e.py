@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_lab(ray_address: str, run_dir: Path, cache: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "run.py", "+experiment=sft", f"ray.address={ray_address}", f"cache_dir={cache}",
-           f"hydra.run.dir={run_dir}", *overrides]
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT))
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    return out
+from tests.lab import run_lab
 
 
 def test_sft_raises_gold_score_and_is_cached(ray_address, tmp_path):

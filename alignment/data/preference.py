@@ -1,34 +1,57 @@
-"""Preference data for the preference model: AI-feedback pairs on the world, or real files."""
+"""Preference data for the preference model, as comparison groups.
+
+A comparison group is one context with its candidate replies and the labelled pairs among
+them: the world gives 6 candidates and all 15 AI-feedback pairs per prompt (MOSS §7.1); a
+preference-pair file gives groups of 2 candidates and 1 pair. Training on a whole group scores
+each candidate once, however many pairs it appears in (as InstructGPT trains on all K-choose-2
+comparisons of a prompt as one batch element).
+"""
 
 from __future__ import annotations
 
 import itertools
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from alignment.chat_format import Conversation
 from alignment.data.loaders import MultiResponse, PreferencePair
 from alignment.world import AIFeedbackLabeller, World, WorldPrompt
 
 
-def world_pairs(
+@dataclass(frozen=True)
+class ComparisonGroup:
+    context: Conversation
+    candidates: tuple[str, ...]
+    pairs: tuple[tuple[int, int], ...]  # (chosen index, rejected index)
+
+
+def world_groups(
     world: World, prompts: Sequence[WorldPrompt], labeller: AIFeedbackLabeller, rng: random.Random
-) -> list[PreferencePair]:
+) -> list[ComparisonGroup]:
     """Six candidates per prompt (one per source), all 15 pairs labelled by the AI labeller."""
-    pairs = []
+    groups = []
     for prompt in prompts:
         cands = world.candidates(prompt, rng)
-        for label in labeller.label_all_pairs(prompt.task, cands):
-            pairs.append(PreferencePair(prompt.conversation(), cands[label.chosen], cands[label.rejected]))
-    return pairs
+        labels = labeller.label_all_pairs(prompt.task, cands)
+        groups.append(ComparisonGroup(prompt.conversation(), tuple(cands),
+                                      tuple((lb.chosen, lb.rejected) for lb in labels)))
+    return groups
 
 
-def multi_response_pairs(records: Sequence[MultiResponse]) -> list[PreferencePair]:
+def pair_groups(pairs: Sequence[PreferencePair]) -> list[ComparisonGroup]:
+    """One group of two candidates per preference pair (chosen first)."""
+    return [ComparisonGroup(p.context, (p.chosen, p.rejected), ((0, 1),)) for p in pairs]
+
+
+def multi_response_groups(records: Sequence[MultiResponse]) -> list[ComparisonGroup]:
     """Every pair of a scored response set, the higher score chosen (ties carry no preference)."""
-    pairs = []
+    groups = []
     for rec in records:
+        pairs = []
         for i, j in itertools.combinations(range(len(rec.responses)), 2):
-            if rec.scores[i] == rec.scores[j]:
-                continue
-            hi, lo = (i, j) if rec.scores[i] > rec.scores[j] else (j, i)
-            pairs.append(PreferencePair(rec.context, rec.responses[hi], rec.responses[lo]))
-    return pairs
+            if rec.scores[i] != rec.scores[j]:
+                pairs.append((i, j) if rec.scores[i] > rec.scores[j] else (j, i))
+        if pairs:
+            groups.append(ComparisonGroup(rec.context, tuple(rec.responses), tuple(pairs)))
+    return groups

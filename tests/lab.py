@@ -1,0 +1,21 @@
+"""Running the lab's entry point in a subprocess, joined to the test session's Ray instance."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_lab(ray_address: str, run_dir: Path, cache: Path, *overrides: str) -> subprocess.CompletedProcess:
+    if not any(o.startswith("+experiment=") for o in overrides):
+        overrides = ("+experiment=sft", *overrides)
+    cmd = [sys.executable, "run.py", f"ray.address={ray_address}", f"cache_dir={cache}", f"hydra.run.dir={run_dir}",
+           *overrides]
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT))
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
