@@ -79,7 +79,7 @@ class TrainerConfig:
 class PMConfig:
     """Preference-model stage (MOSS §7.1): data, labeller and training."""
 
-    n_prompts: int = 300  # world training prompts; 6 candidates and 15 labelled pairs each
+    n_prompts: int = 600  # world training prompts; 6 candidates and 15 labelled pairs each
     n_val_prompts: int = 60  # held-out (val split) prompts for accuracy and gold agreement
     labeller_temperature: float = 0.05
     data_path: Optional[str] = None  # preference JSONL instead of the world
@@ -96,12 +96,12 @@ class PMConfig:
 class PATConfig:
     """Preference-aware training (MOSS §7.2): tagging and fine-tuning."""
 
-    n_train: int = 8000  # SFT conversations sampled, scored by the preference model and tagged
+    n_train: int = 4000  # SFT conversations sampled, scored by the preference model and tagged
     n_buckets: int = 6
     rule: str = "quantile"  # "quantile" (equal frequency) or "fixed" (pat.thresholds)
     thresholds: Optional[List[float]] = None  # n_buckets - 1 ascending preference-model scores
     inference_tag: int = 100
-    control_prompts: int = 64  # test prompts for the controllability curve (every tag)
+    control_prompts: int = 48  # test prompts for the controllability curve (every tag)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
