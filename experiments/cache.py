@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from alignment.atomic import atomic_dir, write_json
 
 CACHE_VERSION = 1  # bump when an artifact's meaning changes without a config change
 MANIFEST = "lab_artifact.json"
+INFO_FILE = "eval.json"  # what the stage reported (evaluation, training stats)
 
 
 def cache_root(override: str | None = None) -> Path:
@@ -56,3 +58,33 @@ class ArtifactCache:
         with atomic_dir(self.path(stage, key)) as tmp:
             yield tmp
             write_json(tmp / MANIFEST, {"stage": stage, "key": key, "config": payload})
+
+
+
+@dataclass
+class Artifact:
+    """A stage's output directory, whether it came from the cache, and what the stage reported."""
+
+    path: Path
+    cached: bool
+    info: dict[str, Any]
+
+
+def reuse(cache: ArtifactCache, stage: str, key: str, what: str) -> Artifact | None:
+    """The cached artifact of ``stage`` with ``key``, announced on stdout, or ``None``."""
+    hit = cache.get(stage, key)
+    if hit is None:
+        return None
+    print(f"{stage.upper()}: reusing cached {what} {hit}", flush=True)
+    return Artifact(hit, True, json.loads((hit / INFO_FILE).read_text()))
+
+
+def commit(cache: ArtifactCache, stage: str, key: str, payload: dict[str, Any], group: Any,
+           info: dict[str, Any], what: str) -> Artifact:
+    """Save the model held by ``group`` (rank 0 writes) and ``info`` as the artifact, atomically."""
+    with cache.put(stage, key, payload) as tmp:
+        group.call("save", str(tmp))
+        write_json(tmp / INFO_FILE, info)
+    path = cache.path(stage, key)
+    print(f"{stage.upper()}: {what} written to {path}", flush=True)
+    return Artifact(path, False, info)

@@ -5,6 +5,7 @@ it, so an unknown key (``trainer.lrr=``) or a wrong type fails before any work s
 a message that names the key.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -170,6 +171,11 @@ class LabConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     extra: Dict[str, Any] = field(default_factory=dict)  # free-form notes, logged with the run
+
+
+def as_plain(node: Any) -> Any:
+    """A config dataclass as plain dicts and lists (for cache keys and logging)."""
+    return dataclasses.asdict(node) if dataclasses.is_dataclass(node) else node
 
 
 def register() -> None:

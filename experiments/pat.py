@@ -4,15 +4,12 @@ and the controllability curve. ``+experiment=pat``."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from actors.group import RoleGroup, shard
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
-from alignment.atomic import write_json
 from alignment.chat_format import Conversation
 from alignment.data.batching import bucketed_batches
 from alignment.data.loaders import load_moss_sft
@@ -21,12 +18,14 @@ from alignment.models.tokenizer import load_tokenizer
 from alignment.pat import bucket_tags, tag_conversation, tag_scores
 from alignment.sequences import scored_sequence
 from alignment.winrate import spearman
+from experiments.cache import Artifact, commit, reuse
+from experiments.config import as_plain
 from experiments.context import RunContext
 from experiments.evaluate import Job, generate_with, head_to_head, pm_scores
 from experiments.loop import optim_config, total_steps, train_loop
 from experiments.pm import pm_stage
 from experiments.report import write_pat_report
-from experiments.sft import EVAL_FILE, Artifact, _plain, model_spec, sft_stage, strategy_spec
+from experiments.sft import model_spec, sft_stage, strategy_spec
 
 
 def pat_conversations(ctx: RunContext) -> list[Conversation]:
@@ -40,13 +39,12 @@ def pat_conversations(ctx: RunContext) -> list[Conversation]:
 def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
     """The PAT model for this config: from the cache, or tagged and trained now."""
     cfg = ctx.cfg
-    payload = {"pat": _plain(cfg.pat), "data": _plain(cfg.data), "strategy": _plain(cfg.strategy),
+    payload = {"pat": as_plain(cfg.pat), "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy),
                "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}
     key = ctx.cache_key("pat", payload)
-    hit = ctx.cache.get("pat", key) if cfg.use_cache else None
+    hit = reuse(ctx.cache, "pat", key, "model") if cfg.use_cache else None
     if hit is not None:
-        print(f"PAT: reusing cached model {hit}", flush=True)
-        return Artifact(hit, True, json.loads((hit / EVAL_FILE).read_text()))
+        return hit
     tokenizer = load_tokenizer(str(sft.path))
     convs = pat_conversations(ctx)
     seqs = [scored_sequence(tokenizer, c, c.turns[-1].moss, cfg.pm.max_length) for c in convs]
@@ -72,14 +70,9 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                                 "tag_counts": {str(t): counts[t] for t in bucket_tags(cfg.pat.n_buckets)}}
         info["train"] = train_loop(group, "sft_step", examples, cfg.pat.trainer, ctx.tracker, "pat", "tokens",
                                    cfg.seed, batcher=bucketed_batches)
-        with ctx.cache.put("pat", key, payload) as tmp:
-            group.call("save", str(tmp))
-            write_json(tmp / EVAL_FILE, info)
+        return commit(ctx.cache, "pat", key, payload, group, info, "model")
     finally:
         group.shutdown()
-    path = ctx.cache.path("pat", key)
-    print(f"PAT: model written to {path}", flush=True)
-    return Artifact(Path(path), False, info)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 import itertools
 import random
-from pathlib import Path
 from typing import Any
 
 from actors.group import RoleGroup, shard
 from actors.preference import PreferenceActor
-from alignment.atomic import write_json
 from alignment.data.loaders import load_multi_response, load_preference_pairs
 from alignment.data.preference import ComparisonGroup, multi_response_groups, pair_groups, world_groups
 from alignment.models.tokenizer import load_tokenizer
 from alignment.sequences import scored_sequence
 from alignment.world import AIFeedbackLabeller
+from experiments.cache import Artifact, commit, reuse
+from experiments.config import as_plain
 from experiments.context import RunContext
 from experiments.loop import optim_config, total_steps, train_loop
-from experiments.sft import EVAL_FILE, Artifact, _plain, sft_stage, strategy_spec
+from experiments.sft import sft_stage, strategy_spec
 
 
 def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:
     cfg = ctx.cfg
-    return {"pm": _plain(cfg.pm), "world": _plain(cfg.data.world), "strategy": _plain(cfg.strategy),
+    return {"pm": as_plain(cfg.pm), "world": as_plain(cfg.data.world), "strategy": as_plain(cfg.strategy),
             "seed": cfg.seed, "sft": str(sft.path)}
 
 
@@ -76,12 +76,9 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
     sft = sft or sft_stage(ctx)
     payload = pm_payload(ctx, sft)
     key = ctx.cache_key("pm", payload)
-    hit = ctx.cache.get("pm", key) if cfg.use_cache else None
+    hit = reuse(ctx.cache, "pm", key, "preference model") if cfg.use_cache else None
     if hit is not None:
-        print(f"PM: reusing cached preference model {hit}", flush=True)
-        import json
-
-        return Artifact(hit, True, json.loads((hit / EVAL_FILE).read_text()))
+        return hit
     tokenizer = load_tokenizer(str(sft.path))
     train, val, gold = comparison_groups(ctx)
 
@@ -101,14 +98,9 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
                                 "train_pairs": sum(len(p) for _, p in train_seqs)}
         info["train"] = train_loop(group, "pm_step", train_seqs, cfg.pm.trainer, ctx.tracker, "pm", "n", cfg.seed)
         info["eval"] = validate(group, val_seqs, gold, cfg.eval.batch_size)
-        with ctx.cache.put("pm", key, payload) as tmp:
-            group.call("save", str(tmp))
-            write_json(tmp / EVAL_FILE, info)
+        return commit(ctx.cache, "pm", key, payload, group, info, "preference model")
     finally:
         group.shutdown()
-    path = ctx.cache.path("pm", key)
-    print(f"PM: preference model written to {path}", flush=True)
-    return Artifact(Path(path), False, info)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:

@@ -6,17 +6,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actors.engine import StrategySpec
 from actors.group import RoleGroup, shard
 from actors.policy import ModelSpec, PolicyActor
-from alignment.atomic import write_json
 from alignment.chat_format import generation_prompt
 from alignment.data.batching import bucketed_batches
 from alignment.data.loaders import load_moss_sft
@@ -26,22 +22,10 @@ from alignment.loss_mask import Encoded, LossPolicy, encode, truncate
 from alignment.models.causal_lm import ArchSpec, LoraSpec
 from alignment.models.tokenizer import load_tokenizer, train_bpe
 from alignment.world import WorldPrompt
-from experiments.config import LabConfig
+from experiments.cache import Artifact, commit, reuse
+from experiments.config import LabConfig, as_plain
 from experiments.context import RunContext
 from experiments.loop import optim_config, total_steps, train_loop
-
-EVAL_FILE = "eval.json"
-
-
-@dataclass
-class Artifact:
-    path: Path
-    cached: bool
-    info: dict[str, Any]
-
-
-def _plain(obj: Any) -> Any:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
 def tokenizer_stage(ctx: RunContext) -> Path:
@@ -53,7 +37,7 @@ def tokenizer_stage(ctx: RunContext) -> Path:
         return Path(cfg.model.path)
     if cfg.model.name != "tiny":
         raise ValueError(f"model.name: unknown model {cfg.model.name!r}; choose 'tiny' or 'pretrained'")
-    payload = {"world": _plain(cfg.data.world), "vocab_size": cfg.model.vocab_size}
+    payload = {"world": as_plain(cfg.data.world), "vocab_size": cfg.model.vocab_size}
     payload["world"].pop("sft_source_weights")
     key = ctx.cache_key("tokenizer", payload)
     hit = ctx.cache.get("tokenizer", key)
@@ -66,8 +50,8 @@ def tokenizer_stage(ctx: RunContext) -> Path:
 
 def sft_payload(cfg: LabConfig, tokenizer_dir: Path) -> dict[str, Any]:
     """The config subset that determines the SFT checkpoint (its cache key)."""
-    return {"model": _plain(cfg.model), "data": _plain(cfg.data), "trainer": _plain(cfg.trainer),
-            "strategy": _plain(cfg.strategy), "seed": cfg.seed, "tokenizer": str(tokenizer_dir)}
+    return {"model": as_plain(cfg.model), "data": as_plain(cfg.data), "trainer": as_plain(cfg.trainer),
+            "strategy": as_plain(cfg.strategy), "seed": cfg.seed, "tokenizer": str(tokenizer_dir)}
 
 
 def sft_examples(cfg: LabConfig, ctx: RunContext, tokenizer) -> list[Encoded]:
@@ -94,7 +78,7 @@ def model_spec(cfg: LabConfig, tokenizer_dir: Path, path: str | None = None) -> 
     return ModelSpec(
         tokenizer_path=str(tokenizer_dir),
         path=path if path is not None else (cfg.model.path if cfg.model.name == "pretrained" else None),
-        arch=ArchSpec(**_plain(cfg.model.arch)), lora=LoraSpec(**_plain(cfg.model.lora)), seed=cfg.seed,
+        arch=ArchSpec(**as_plain(cfg.model.arch)), lora=LoraSpec(**as_plain(cfg.model.lora)), seed=cfg.seed,
     )
 
 
@@ -127,10 +111,9 @@ def sft_stage(ctx: RunContext) -> Artifact:
     tok_dir = tokenizer_stage(ctx)
     payload = sft_payload(cfg, tok_dir)
     key = ctx.cache_key("sft", payload)
-    hit = ctx.cache.get("sft", key) if cfg.use_cache else None
+    hit = reuse(ctx.cache, "sft", key, "checkpoint") if cfg.use_cache else None
     if hit is not None:
-        print(f"SFT: reusing cached checkpoint {hit}", flush=True)
-        return Artifact(hit, True, json.loads((hit / EVAL_FILE).read_text()))
+        return hit
     tokenizer = load_tokenizer(str(tok_dir))
     examples = sft_examples(cfg, ctx, tokenizer)
     steps = total_steps(len(examples), cfg.trainer)
@@ -148,14 +131,9 @@ def sft_stage(ctx: RunContext) -> Artifact:
         info["train_seconds"] = time.time() - started
         info["eval"] = evaluate_policy(ctx, group)
         info["sources"] = source_reference(ctx.world, ctx.world.prompts("test", cfg.eval.n_prompts), cfg.seed)
-        with ctx.cache.put("sft", key, payload) as tmp:
-            group.call("save", str(tmp))
-            write_json(tmp / EVAL_FILE, info)
+        return commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
     finally:
         group.shutdown()
-    path = ctx.cache.path("sft", key)
-    print(f"SFT: checkpoint written to {path}", flush=True)
-    return Artifact(path, False, info)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:

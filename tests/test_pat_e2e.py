@@ -33,5 +33,6 @@ def test_pat_chain_writes_report_and_results(ray_address, tmp_path):
     assert any("pm/loss" in r for r in rows) and any("pat/loss" in r for r in rows)
 
     again = run_lab(ray_address, tmp_path / "run2", tmp_path / "cache", "+experiment=pat", *small)
-    assert "reusing cached checkpoint" in again.stdout and "reusing cached preference model" in again.stdout
+    assert "SFT: reusing cached checkpoint" in again.stdout
+    assert "PM: reusing cached preference model" in again.stdout
     assert "PAT: reusing cached model" in again.stdout

@@ -36,7 +36,7 @@ def test_sft_raises_gold_score_and_is_cached(ray_address, tmp_path):
     second = run_lab(ray_address, tmp_path / "run2", tmp_path / "cache", *small)
     again = json.loads((tmp_path / "run2" / "results.json").read_text())["sft"]
     assert again["cached"] and again["checkpoint"] == results["checkpoint"]
-    assert "reusing cached checkpoint" in second.stdout
+    assert "SFT: reusing cached checkpoint" in second.stdout
     assert "sft:" not in second.stderr  # no training progress bar: nothing was retrained
 
 
