@@ -35,9 +35,10 @@ def win_tie_lose_plot(rows: list[tuple[str, dict[str, Any]]], path: Path, title:
         ax.text(1.02, i, f"win rate {w['value']:.2f} [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]", va="center", fontsize=9)
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax.set_xlim(0, 1)
+    ax.invert_yaxis()  # first row on top
     ax.axvline(0.5, color="black", lw=0.8, ls=":")
     ax.set_title(title)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.45 - 0.05 * len(rows)), ncol=3, frameon=False)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.2 - 0.05 * len(rows)), ncol=3, frameon=False)
     return _save(fig, path)
 
 

@@ -49,3 +49,23 @@ def test_sft_on_two_data_parallel_deepspeed_actors(ray_address, tmp_path, stage)
     assert [r["step"] for r in rows if "sft/loss" in r] == [1, 2, 3, 4]
     ckpt = Path(json.loads((tmp_path / "run" / "results.json").read_text())["sft"]["checkpoint"])
     assert (ckpt / "config.json").is_file() and (ckpt / "lab_artifact.json").is_file()
+
+
+def test_bad_sft_file_fails_before_training_naming_file_and_line(ray_address, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.lab import ROOT
+
+    bad = tmp_path / "moss.jsonl"
+    good = {"conversation_id": 1, "meta_instruction": "You are MOSS.\n", "num_turns": 1, "category": "writing",
+            "chat": {"turn_1": {"Human": "<|Human|>: hi<eoh>\n", "Inner Thoughts": None, "Commands": None,
+                                "Tool Responses": None, "MOSS": "<|MOSS|>: hello<eom>\n"}}}
+    bad.write_text(json.dumps(good) + "\n" + '{"conversation_id": 2, "chat": {}}\n')
+    cmd = [sys.executable, "run.py", "+experiment=sft", "data=moss_sft", f"data.path={bad}",
+           f"ray.address={ray_address}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
+           "logger.wandb=false"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "moss.jsonl" in out.stderr and "line 2" in out.stderr
+    assert not (tmp_path / "cache" / "sft").exists()  # nothing half-written
