@@ -97,7 +97,7 @@ class PMConfig:
 class PATConfig:
     """Preference-aware training (MOSS §7.2): tagging and fine-tuning."""
 
-    n_train: int = 4000  # SFT conversations sampled, scored by the preference model and tagged
+    n_train: int = 8000  # SFT conversations sampled, scored by the preference model and tagged
     n_buckets: int = 6
     rule: str = "quantile"  # "quantile" (equal frequency) or "fixed" (pat.thresholds)
     thresholds: Optional[List[float]] = None  # n_buckets - 1 ascending preference-model scores
