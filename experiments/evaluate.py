@@ -57,8 +57,8 @@ def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path, prompts: list
         group.shutdown()
 
 
-def head_to_head(ctx: RunContext, prompts: list[WorldPrompt], gold: dict[str, list[float]],
-                 pm: dict[str, list[float]], pairs: list[tuple[str, str]]) -> dict[str, dict[str, dict]]:
+def head_to_head(ctx: RunContext, gold: dict[str, list[float]], pm: dict[str, list[float]],
+                 pairs: list[tuple[str, str]]) -> dict[str, dict[str, dict]]:
     """``{judge: {"a_vs_b": WinRate dict}}`` for every pair, judged by gold and by the PM."""
     seed = ctx.cfg.seed
     out: dict[str, dict[str, dict]] = {"gold": {}, "pm": {}}

@@ -85,13 +85,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
     control = prompts[: cfg.pat.control_prompts]
     tags = bucket_tags(cfg.pat.n_buckets)
-    jobs = {"pat": Job(prompts, cfg.pat.inference_tag)} | {f"tag_{t}": Job(control, t) for t in tags}
-    replies = generate_with(ctx, pat.path, jobs, "pat-eval")
-    replies |= generate_with(ctx, sft.path, {"sft": Job(prompts)}, "sft-eval")
-    gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts if name in jobs else prompts, rs)]
-            for name, rs in replies.items()}
+    pat_jobs = {"pat": Job(prompts, cfg.pat.inference_tag)} | {f"tag_{t}": Job(control, t) for t in tags}
+    sft_jobs = {"sft": Job(prompts)}
+    replies = generate_with(ctx, pat.path, pat_jobs, "pat-eval") | generate_with(ctx, sft.path, sft_jobs, "sft-eval")
+    jobs = pat_jobs | sft_jobs
+    gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
     pm_s = pm_scores(ctx, pm.path, sft.path, prompts, {k: replies[k] for k in ("pat", "sft")})
-    wins = head_to_head(ctx, prompts, gold, pm_s, [("pat", "sft")])
+    wins = head_to_head(ctx, gold, pm_s, [("pat", "sft")])
     curve = [sum(gold[f"tag_{t}"]) / len(control) for t in tags]
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
