@@ -58,9 +58,6 @@ class RoleGroup:
         """Call ``method`` on every rank with the same arguments; wait for all results."""
         return ray.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
 
-    def call_rank0(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return ray.get(getattr(self.actors[0], method).remote(*args, **kwargs))
-
     def call_sharded(self, method: str, shards: Sequence[Any], **kwargs: Any) -> list[Any]:
         """Call ``method`` on rank i with ``shards[i]``."""
         if len(shards) != self.size:
