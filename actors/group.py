@@ -64,6 +64,10 @@ class RoleGroup:
             raise ValueError(f"{self.role}: got {len(shards)} shards for {self.size} actors")
         return ray.get([getattr(a, method).remote(s, **kwargs) for a, s in zip(self.actors, shards)])
 
+    def map_sharded(self, method: str, items: Sequence[Any], **kwargs: Any) -> list[Any]:
+        """Split ``items`` over the ranks, call ``method`` on each share, and join the results in order."""
+        return [out for part in self.call_sharded(method, shard(items, self.size), **kwargs) for out in part]
+
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)

@@ -7,19 +7,10 @@ import torch
 
 from actors.base import RoleActor
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
+from alignment.data.batching import pad_right
 from alignment.losses.pairwise import pairwise_loss
 from alignment.models.tokenizer import load_tokenizer
 from alignment.models.value_head import load_value_model, sequence_scores
-
-
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
 
 
 class PreferenceActor(RoleActor):

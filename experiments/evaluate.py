@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.group import RoleGroup, shard
+from actors.group import RoleGroup
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
 from alignment.models.tokenizer import load_tokenizer
@@ -50,8 +50,7 @@ def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path, prompts: list
         out = {}
         for name, texts in replies.items():
             seqs = [scored_sequence(tokenizer, p.conversation(), r, cfg.pm.max_length) for p, r in zip(prompts, texts)]
-            parts = group.call_sharded("score", shard(seqs, group.size), batch_size=cfg.eval.batch_size)
-            out[name] = [s for part in parts for s in part]
+            out[name] = group.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
         return out
     finally:
         group.shutdown()

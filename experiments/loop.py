@@ -27,8 +27,9 @@ def optim_config(t: TrainerConfig, steps: int) -> OptimConfig:
                        total_steps=steps, min_lr_ratio=t.min_lr_ratio, max_grad_norm=t.max_grad_norm)
 
 
-def batches(items: Sequence[Any], batch_size: int, rng: random.Random, order: Sequence[int] | None = None):
-    idx = list(order) if order is not None else rng.sample(range(len(items)), len(items))
+def batches(items: Sequence[Any], batch_size: int, rng: random.Random):
+    """One epoch of shuffled batches."""
+    idx = rng.sample(range(len(items)), len(items))
     for start in range(0, len(idx), batch_size):
         yield [items[i] for i in idx[start:start + batch_size]]
 

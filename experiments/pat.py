@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from actors.group import RoleGroup, shard
+from actors.group import RoleGroup
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
 from alignment.chat_format import Conversation
@@ -52,8 +52,7 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                        run_tag=ctx.run_tag)
     try:
         scorer.call("init_model", str(pm.path), False, strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
-        scores = [s for part in scorer.call_sharded("score", shard(seqs, scorer.size), batch_size=cfg.eval.batch_size)
-                  for s in part]
+        scores = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
     finally:
         scorer.shutdown()
     tags, edges = tag_scores(scores, cfg.pat.n_buckets, cfg.pat.rule, cfg.pat.thresholds)

@@ -7,7 +7,7 @@ import itertools
 import random
 from typing import Any
 
-from actors.group import RoleGroup, shard
+from actors.group import RoleGroup
 from actors.preference import PreferenceActor
 from alignment.data.loaders import load_multi_response, load_preference_pairs
 from alignment.data.preference import ComparisonGroup, multi_response_groups, pair_groups, world_groups
@@ -51,8 +51,7 @@ def validate(group: RoleGroup, val: list[tuple[list[list[int]], list[tuple[int, 
     """Pairwise accuracy against the labels, and agreement with the gold judge on every candidate
     pair the gold judge does not tie."""
     flat = [seq for cands, _ in val for seq in cands]
-    scores = [s for part in group.call_sharded("score", shard(flat, group.size), batch_size=batch_size)
-              for s in part]
+    scores = group.map_sharded("score", flat, batch_size=batch_size)
     right, n_pairs, agree, decided, pos = 0, 0, 0, 0, 0
     for i, (cands, pairs) in enumerate(val):
         s = scores[pos: pos + len(cands)]

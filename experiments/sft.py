@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.engine import StrategySpec
-from actors.group import RoleGroup, shard
+from actors.group import RoleGroup
 from actors.policy import ModelSpec, PolicyActor
 from alignment.chat_format import generation_prompt
 from alignment.data.batching import bucketed_batches
@@ -91,9 +91,8 @@ def sampling_spec(cfg: LabConfig) -> SamplingSpec:
 def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt], quality: int | None = None) -> list[str]:
     """The group's replies to ``prompts`` with the run's fixed sampling settings (sharded over ranks)."""
     texts = [generation_prompt(p.conversation(), quality) for p in prompts]
-    outs = group.call_sharded("generate", shard(texts, group.size), sampling=sampling_spec(ctx.cfg),
-                              batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
-    return [r for part in outs for r in part]
+    return group.map_sharded("generate", texts, sampling=sampling_spec(ctx.cfg),
+                             batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
 
 
 def evaluate_policy(ctx: RunContext, group: RoleGroup, quality: int | None = None) -> dict[str, float]:

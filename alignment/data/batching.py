@@ -10,18 +10,22 @@ import torch
 from alignment.loss_mask import Encoded
 
 
+def pad_right(seqs: Sequence[Sequence[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists to the longest one; returns ``(ids, attention_mask)``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_value, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[row, : len(s)] = 1
+    return ids, attn
+
+
 def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example; ``labels`` are -100 where the mask is off."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        attn[row, :n] = 1
-        mask = torch.tensor(e.loss_mask, dtype=torch.bool)
-        labels[row, :n] = torch.where(mask, ids[row, :n], torch.full_like(ids[row, :n], -100))
+    ids, attn = pad_right([e.input_ids for e in examples], pad_id)
+    masks, _ = pad_right([e.loss_mask for e in examples], 0)
+    labels = torch.where(masks.bool(), ids, torch.full_like(ids, -100))
     return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
 
