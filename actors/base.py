@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 
 import torch
+
+from actors.engine import TrainingEngine
 
 
 class RoleActor:
@@ -30,3 +33,35 @@ class RoleActor:
         if self.world_size > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world_size)
+
+
+class TrainableActor(RoleActor):
+    """A role actor whose model trains through ``self.engine`` (a ``TrainingEngine``)."""
+
+    engine: TrainingEngine
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        """Model, optimizer, scheduler and step, for ``resume``. Collective: every rank calls it."""
+        self.engine.save_checkpoint(ckpt_dir)
+
+    def load_checkpoint(self, ckpt_dir: str) -> int:
+        """Restore a ``save_checkpoint`` directory; returns the restored optimizer step."""
+        self.engine.load_checkpoint(ckpt_dir)
+        return self.engine.global_step
+
+    def weights_digest(self) -> str:
+        """SHA-256 of this rank's parameters (equal across data-parallel ranks after every step)."""
+        return _digest(p.detach() for p in self.engine.module.parameters())
+
+    def optimizer_digest(self) -> str:
+        """SHA-256 of this rank's optimizer state tensors and step (to check a resume restored it)."""
+        state = self.engine.optimizer.state_dict()["state"]
+        tensors = [v for k in sorted(state) for _, v in sorted(state[k].items()) if torch.is_tensor(v)]
+        return _digest(iter(tensors)) + f":{self.engine.global_step}"
+
+
+def _digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -54,15 +54,26 @@ class RoleGroup:
     def size(self) -> int:
         return len(self.actors)
 
+    def submit(self, method: str, per_rank: Sequence[tuple] | None = None, **kwargs: Any) -> list[Any]:
+        """Start ``method`` on every rank (rank i gets ``*per_rank[i]``) without waiting; returns
+        object refs for ``wait``. Roles submitted back to back run concurrently."""
+        if per_rank is None:
+            per_rank = [()] * self.size
+        if len(per_rank) != self.size:
+            raise ValueError(f"{self.role}: got {len(per_rank)} argument sets for {self.size} actors")
+        return [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, per_rank)]
+
+    @staticmethod
+    def wait(refs: list[Any]) -> list[Any]:
+        return ray.get(refs)
+
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Call ``method`` on every rank with the same arguments; wait for all results."""
-        return ray.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+        return self.wait(self.submit(method, [args] * self.size, **kwargs))
 
     def call_sharded(self, method: str, shards: Sequence[Any], **kwargs: Any) -> list[Any]:
         """Call ``method`` on rank i with ``shards[i]``."""
-        if len(shards) != self.size:
-            raise ValueError(f"{self.role}: got {len(shards)} shards for {self.size} actors")
-        return ray.get([getattr(a, method).remote(s, **kwargs) for a, s in zip(self.actors, shards)])
+        return self.wait(self.submit(method, [(s,) for s in shards], **kwargs))
 
     def map_sharded(self, method: str, items: Sequence[Any], **kwargs: Any) -> list[Any]:
         """Split ``items`` over the ranks, call ``method`` on each share, and join the results in order."""
@@ -84,3 +95,39 @@ def shard(items: Sequence[Any], n: int) -> list[list[Any]]:
         out.append(list(items[start:end]))
         start = end
     return out
+
+
+class LocalGroup(RoleGroup):
+    """One rank of ``actor_cls`` in this process, behind the ``RoleGroup`` interface (no Ray).
+
+    For measuring what Ray costs, and for debugging a role with a plain debugger."""
+
+    def __init__(self, actor_cls: type, role: str, num_threads: int = 2):
+        self.role, self.owns_pg, self.pg = role, False, None
+        self.actors = [actor_cls(0, 1, num_threads)]
+
+    def submit(self, method: str, per_rank: Sequence[tuple] | None = None, **kwargs: Any) -> list[Any]:
+        args = per_rank[0] if per_rank else ()
+        return [getattr(self.actors[0], method)(*args, **kwargs)]
+
+    @staticmethod
+    def wait(refs: list[Any]) -> list[Any]:
+        return refs
+
+    def shutdown(self) -> None:
+        self.actors = []
+
+
+def colocated_pg(resources: Sequence[ActorResources]) -> PlacementGroup:
+    """One placement group whose bundle i holds rank i of every role (colocation: the roles share
+    the bundle's GPUs, e.g. 0.25 GPU each). All roles need the same number of actors."""
+    sizes = {r.num_actors for r in resources}
+    if len(sizes) != 1:
+        raise ValueError(f"colocated roles need the same num_actors, got {sorted(sizes)}")
+    one: dict[str, float] = {"CPU": sum(r.num_cpus for r in resources)}
+    gpus = sum(r.num_gpus for r in resources)
+    if gpus:
+        one["GPU"] = gpus
+    pg = placement_group([dict(one) for _ in range(sizes.pop())], strategy="PACK")
+    ray.get(pg.ready())
+    return pg

@@ -1,4 +1,4 @@
-"""The policy actor: holds the trainable causal LM; trains it (SFT now, PPO later) and generates."""
+"""The policy actor: holds the trainable causal LM; trains it (SFT, PAT, PPO) and generates."""
 
 from __future__ import annotations
 
@@ -7,14 +7,27 @@ from typing import Any
 
 import torch
 
-from actors.base import RoleActor
+from actors.base import TrainableActor
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
+from alignment.chat_format import reply_text
 from alignment.data.batching import collate
-from alignment.generation import SamplingSpec, generate_replies
+from alignment.generation import RolloutSpec, SamplingSpec, generate_replies, sample_responses
 from alignment.loss_mask import Encoded
 from alignment.losses.lm import masked_lm_loss
+from alignment.losses.logprobs import entropy, token_logprobs
+from alignment.losses.masked import masked_mean
+from alignment.losses.ppo import policy_loss
 from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tiny, load_causal_lm, mergeable
 from alignment.models.tokenizer import load_tokenizer
+from alignment.rollout import Rollout, pack, response_logits, response_tokens
+
+
+@dataclass(frozen=True)
+class PolicyUpdateSpec:
+    clip: float = 0.2
+    epochs: int = 1
+    mini_batches: int = 1
+    temperature: float = 1.0  # the rollout's; log-probs are taken under softmax(logits / temperature)
 
 
 @dataclass
@@ -28,7 +41,7 @@ class ModelSpec:
     seed: int = 0
 
 
-class PolicyActor(RoleActor):
+class PolicyActor(TrainableActor):
     def init_model(self, spec: ModelSpec, strategy: StrategySpec, optim: OptimConfig | None) -> int:
         """Build the model and its engine; returns the number of trainable parameters."""
         self.tokenizer = load_tokenizer(spec.tokenizer_path)
@@ -52,6 +65,36 @@ class PolicyActor(RoleActor):
 
     def generate(self, prompts: list[str], sampling: SamplingSpec, batch_size: int, seed: int) -> list[str]:
         return generate_replies(self.engine.module, self.tokenizer, prompts, sampling, batch_size, seed + self.rank)
+
+    def rollout(self, prompts: list[list[int]], spec: RolloutSpec, seed: int) -> tuple[Rollout, list[str]]:
+        """Sample a response to each prompt (token ids); returns the rollout and the reply texts."""
+        tok = self.tokenizer
+        responses, logprobs = sample_responses(self.engine.module, prompts, spec, tok.pad_token_id,
+                                               tok.eos_token_id, seed + self.rank)
+        texts = [reply_text(t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
+        return pack(prompts, responses, logprobs, tok.pad_token_id), texts
+
+    def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, spec: PolicyUpdateSpec) -> dict[str, float]:
+        """Clipped-surrogate updates on this rank's share: ``spec.epochs`` passes of
+        ``spec.mini_batches`` optimizer steps. Returns mean stats and the token count."""
+        ro, advantages = rollout.to(self.device), advantages.to(self.device)
+        sums: dict[str, float] = {}
+        n = 0
+        for _ in range(spec.epochs):
+            for mb, adv in zip(ro.split(spec.mini_batches), torch.tensor_split(advantages, spec.mini_batches)):
+                logits = response_logits(self.engine(input_ids=mb.sequences, attention_mask=mb.attention_mask).logits,
+                                         mb)
+                logprobs = token_logprobs(logits, response_tokens(mb), spec.temperature)
+                loss, st = policy_loss(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
+                self.engine.backward(loss)
+                step = self.engine.step()
+                with torch.no_grad():
+                    ent = masked_mean(entropy(logits.detach(), spec.temperature), mb.response_mask)
+                n += 1
+                for k, v in {"policy_loss": loss.item(), "entropy": ent.item(),
+                             **{k: float(v) for k, v in st.items()}, **step}.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        return {f"policy/{k}": v / n for k, v in sums.items()} | {"tokens": ro.response_mask.sum().item()}
 
     def save(self, path: str) -> None:
         """Write a plain ``save_pretrained`` directory (LoRA merged) with the tokenizer; rank 0 writes."""

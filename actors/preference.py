@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from actors.base import RoleActor
+from actors.base import TrainableActor
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
 from alignment.data.batching import pad_right
 from alignment.losses.pairwise import pairwise_loss
@@ -13,7 +13,7 @@ from alignment.models.tokenizer import load_tokenizer
 from alignment.models.value_head import load_value_model, sequence_scores
 
 
-class PreferenceActor(RoleActor):
+class PreferenceActor(TrainableActor):
     def init_model(self, path: str, drop_last_layer: bool, strategy: StrategySpec, optim: OptimConfig | None = None,
                    seed: int = 0) -> int:
         """A value model from ``path``: an SFT checkpoint (head new) or a trained preference model."""

@@ -46,3 +46,51 @@ def generate_replies(
         out.extend(reply_text(t) for t in texts)
     model.train(was_training)
     return out
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """How PPO samples: plain sampling (temperature 1, no top-p) keeps the behaviour policy equal
+    to the policy being trained; ``min_new_tokens`` = ``max_new_tokens`` forces fixed lengths."""
+
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    top_p: float = 1.0
+    min_new_tokens: int = 0
+
+
+@torch.no_grad()
+def sample_responses(
+    model, prompts: Sequence[Sequence[int]], spec: RolloutSpec, pad_id: int, eos_id: int, seed: int = 0,
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Sample one response per prompt (token ids) with ``generate`` and the KV cache.
+
+    Returns the response ids (up to and including ``eos_id``) and their log-probs under
+    ``softmax(logits / temperature)``, read from the logits ``generate`` already computed.
+    """
+    from alignment.losses.logprobs import token_logprobs
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+        ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        attn[i, width - len(p):] = 1
+    torch.manual_seed(seed)
+    out = model.generate(
+        input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=spec.max_new_tokens,
+        min_new_tokens=spec.min_new_tokens, do_sample=True, temperature=spec.temperature, top_p=spec.top_p,
+        top_k=0, pad_token_id=pad_id, eos_token_id=eos_id, output_logits=True, return_dict_in_generate=True,
+    )
+    new = out.sequences[:, width:]
+    logprobs = token_logprobs(torch.stack(out.logits, 1), new, spec.temperature)
+    ended = (new == eos_id).long()
+    # a token is real if no eos came strictly before it (so the eos itself is kept)
+    real = (ended.cumsum(1) - ended) == 0
+    lengths = real.sum(1).tolist()
+    model.train(was_training)
+    return ([row[:n] for row, n in zip(new.tolist(), lengths)],
+            [row[:n] for row, n in zip(logprobs.tolist(), lengths)])

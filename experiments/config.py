@@ -107,6 +107,45 @@ class PATConfig:
 
 
 @dataclass
+class OptimizerConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 1.0  # 1.0: constant after warmup; < 1 decays to lr * min_lr_ratio (cosine)
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class PPOConfig:
+    """RLHF with PPO (MOSS §7.2): rollouts, KL-penalised preference-model reward, GAE, clipped updates."""
+
+    iterations: int = 100  # rollout -> score -> advantages -> updates
+    rollout_batch_size: int = 32  # prompts (one response each) per iteration, over all policy ranks
+    prompt_offset: int = 5000  # world train prompts start here (PM training uses the first ones)
+    max_new_tokens: int = 96
+    min_new_tokens: int = 0
+    temperature: float = 1.0  # rollout sampling; log-probs are taken at the same temperature
+    top_p: float = 1.0
+    beta: float = 0.02  # KL penalty coefficient
+    kl_estimator: str = "k1"  # k1 | k2 | k3
+    clip: float = 0.2  # policy ratio clip
+    value_clip: Optional[float] = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    epochs: int = 1  # passes over each rollout batch
+    mini_batches: int = 1  # optimizer steps per pass, per trainable role
+    whiten_advantages: bool = True
+    normalize_reward: bool = True  # running mean/std of the preference-model score
+    reward_clip: Optional[float] = 5.0  # clip of the (normalised) score
+    critic_init: str = "pm"  # "pm" (the preference model) or "sft" (new head on the SFT model)
+    policy_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    critic_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint_every: int = 10  # iterations; 0 disables
+    keep_checkpoints: int = 2
+    num_threads: int = 2  # torch CPU threads per actor
+
+
+@dataclass
 class StrategyConfig:
     name: str = "torch"  # "torch" or "deepspeed"
     zero_stage: int = 0
@@ -129,7 +168,10 @@ class RayConfig:
     include_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
+    colocate: bool = False  # PPO: rank i of every role shares one placement-group bundle (and its GPUs)
     policy: ActorResources = field(default_factory=ActorResources)
+    critic: ActorResources = field(default_factory=ActorResources)
+    reference: ActorResources = field(default_factory=ActorResources)
     preference: ActorResources = field(default_factory=ActorResources)
 
 
@@ -161,11 +203,13 @@ class LabConfig:
     seed: int = 0
     cache_dir: Optional[str] = None  # default: $ALIGNMENT_LAB_CACHE or ~/.cache/alignment-lab
     use_cache: bool = True
+    resume: bool = False  # PPO: continue from the last checkpoint of the same config
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pm: PMConfig = field(default_factory=PMConfig)
     pat: PATConfig = field(default_factory=PATConfig)
+    algo: PPOConfig = field(default_factory=PPOConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -183,6 +227,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="lab_schema", node=LabConfig)
     groups = {"model": ModelConfig, "data": DataConfig, "trainer": TrainerConfig, "pm": PMConfig, "pat": PATConfig,
+              "algo": PPOConfig,
               "strategy": StrategyConfig, "ray": RayConfig, "logger": LoggerConfig}
     for group, node in groups.items():
         cs.store(group=group, name=f"{group}_schema", node=node)

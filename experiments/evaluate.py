@@ -58,10 +58,13 @@ def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path, prompts: list
 
 def head_to_head(ctx: RunContext, gold: dict[str, list[float]], pm: dict[str, list[float]],
                  pairs: list[tuple[str, str]]) -> dict[str, dict[str, dict]]:
-    """``{judge: {"a_vs_b": WinRate dict}}`` for every pair, judged by gold and by the PM."""
+    """``{judge: {"a_vs_b": {value, ci, win, tie, lose, n}}}`` for every pair, judged by the
+    gold judge and by the preference model (the layout of ``results.json``)."""
     seed = ctx.cfg.seed
     out: dict[str, dict[str, dict]] = {"gold": {}, "pm": {}}
-    for a, b in pairs:
-        out["gold"][f"{a}_vs_{b}"] = win_rate(outcomes(gold[a], gold[b]), seed=seed).as_dict()
-        out["pm"][f"{a}_vs_{b}"] = win_rate(outcomes(pm[a], pm[b]), seed=seed).as_dict()
+    for judge, scores in (("gold", gold), ("pm", pm)):
+        for a, b in pairs:
+            w = win_rate(outcomes(scores[a], scores[b]), seed=seed).as_dict()
+            out[judge][f"{a}_vs_{b}"] = {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]],
+                                         "win": w["win"], "tie": w["tie"], "lose": w["lose"], "n": w["n"]}
     return out

@@ -36,12 +36,18 @@ def pat_conversations(ctx: RunContext) -> list[Conversation]:
     return ctx.world.sft_conversations(cfg.pat.n_train, cfg.data.world.sft_source_weights)
 
 
-def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
-    """The PAT model for this config: from the cache, or tagged and trained now."""
+def pat_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:
+    """The cache key of the PAT model for this config and upstream stages, and its payload."""
     cfg = ctx.cfg
     payload = {"pat": as_plain(cfg.pat), "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy),
                "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}
-    key = ctx.cache_key("pat", payload)
+    return ctx.cache_key("pat", payload), payload
+
+
+def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
+    """The PAT model for this config: from the cache, or tagged and trained now."""
+    cfg = ctx.cfg
+    key, payload = pat_key(ctx, sft, pm)
     hit = reuse(ctx.cache, "pat", key, "model") if cfg.use_cache else None
     if hit is not None:
         return hit
@@ -95,9 +101,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
                "gold_agreement": pm.info["eval"].get("gold_agreement")},
-        "win_rate": {judge: {pair: {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]], "win": w["win"],
-                                    "tie": w["tie"], "lose": w["lose"], "n": w["n"]} for pair, w in d.items()}
-                     for judge, d in wins.items()},
+        "win_rate": wins,
         "gold": {"sft": sum(gold["sft"]) / len(prompts), "pat": sum(gold["pat"]) / len(prompts)},
         "controllability": {"tags": tags, "gold": curve, "spearman": spearman(tags, curve)},
         "pat": {"tag_counts": pat.info["tag_counts"], "edges": pat.info["edges"]},

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from experiments import pat, pm, sft
+from experiments import pat, pm, ppo, sft
 
 DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
     "sft": sft.run,
     "pm": pm.run,
     "pat": pat.run,
+    "ppo": ppo.run,
 }

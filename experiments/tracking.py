@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,27 @@ class Tracker:
         self._file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+class RayMetrics:
+    """Export numeric metrics as Ray gauges (``lab_<name>``) so the dashboard's metrics view
+    (Prometheus/Grafana) can chart them. A no-op when this process is not connected to Ray."""
+
+    def __init__(self, run: str):
+        self.run = run
+        self._gauges: dict[str, Any] = {}
+
+    def export(self, metrics: dict[str, Any]) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        from ray.util.metrics import Gauge
+
+        for key, value in metrics.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            name = "lab_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+            if name not in self._gauges:
+                self._gauges[name] = Gauge(name, description=key, tag_keys=("run",))
+            self._gauges[name].set(float(value), tags={"run": self.run})

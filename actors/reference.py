@@ -1,0 +1,27 @@
+"""The reference actor: the frozen SFT model, for the per-token KL penalty of PPO."""
+
+from __future__ import annotations
+
+import torch
+
+from actors.base import RoleActor
+from alignment.losses.logprobs import token_logprobs
+from alignment.models.causal_lm import load_causal_lm
+from alignment.models.tokenizer import load_tokenizer
+from alignment.rollout import Rollout, response_logits, response_tokens
+
+
+class ReferenceActor(RoleActor):
+    def init_model(self, path: str, bf16: bool = False) -> None:
+        self.tokenizer = load_tokenizer(path)
+        model = load_causal_lm(path, self.tokenizer)
+        if bf16:
+            model = model.to(torch.bfloat16)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def logprobs(self, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
+        """``[B, R]`` log-probs of the rollout's response tokens under the reference model."""
+        ro = rollout.to(self.device)
+        logits = self.model(input_ids=ro.sequences, attention_mask=ro.attention_mask).logits
+        return token_logprobs(response_logits(logits, ro), response_tokens(ro), temperature).cpu()

@@ -1,0 +1,119 @@
+"""A batch of sampled responses, as every PPO role sees it.
+
+Each row is ``prompt + response`` right-padded to a common length ``T`` (positions run
+0, 1, ... from the first prompt token, as in SFT and preference-model training). Per-token
+quantities (log-probs, values, rewards, advantages) live on the *left-aligned response*
+grid ``[B, R]``: column ``j`` is response token ``j`` of the row, ``response_mask`` marks the
+real ones. ``response_index`` maps that grid to the positions of the model's outputs that
+predict those tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Rollout:
+    sequences: torch.Tensor  # [B, T] long, right-padded prompt + response
+    attention_mask: torch.Tensor  # [B, T] long
+    prompt_lens: torch.Tensor  # [B] long
+    response_mask: torch.Tensor  # [B, R] float, 1 on real response tokens
+    logprobs: torch.Tensor  # [B, R] float, the sampling policy's log-probs of the response tokens
+
+    @property
+    def size(self) -> int:
+        return self.sequences.size(0)
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(1).long()
+
+    def response_index(self) -> torch.Tensor:
+        """``[B, R]`` positions ``t`` whose output (logits, value) is read for response token ``j``:
+        ``t = prompt_len - 1 + j``, the last position before the token (clamped on padding)."""
+        steps = torch.arange(self.response_mask.size(1), device=self.prompt_lens.device)
+        return (self.prompt_lens[:, None] - 1 + steps).clamp(max=self.sequences.size(1) - 1)
+
+    def token_lists(self) -> list[list[int]]:
+        """Each row's prompt + response ids without padding (what the preference model scores)."""
+        lengths = self.attention_mask.sum(1).tolist()
+        return [row[:n] for row, n in zip(self.sequences.tolist(), lengths)]
+
+    def to(self, device: torch.device | str) -> Rollout:
+        return Rollout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def split(self, n: int) -> list[Rollout]:
+        """``n`` contiguous, near-equal parts (the same cut as ``torch.tensor_split``)."""
+        parts = {f.name: torch.tensor_split(getattr(self, f.name), n) for f in fields(self)}
+        return [Rollout(**{k: v[i] for k, v in parts.items()}) for i in range(n)]
+
+    @staticmethod
+    def cat(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+        """Join rollouts (e.g. from several ranks), re-padding to the longest ``T`` and ``R``."""
+        t = max(p.sequences.size(1) for p in parts)
+        r = max(p.response_mask.size(1) for p in parts)
+        return Rollout(
+            sequences=torch.cat([pad_to(p.sequences, t, pad_id) for p in parts]),
+            attention_mask=torch.cat([pad_to(p.attention_mask, t, 0) for p in parts]),
+            prompt_lens=torch.cat([p.prompt_lens for p in parts]),
+            response_mask=torch.cat([pad_to(p.response_mask, r, 0) for p in parts]),
+            logprobs=torch.cat([pad_to(p.logprobs, r, 0) for p in parts]),
+        )
+
+
+def pad_to(x: torch.Tensor, length: int, value: float) -> torch.Tensor:
+    """Right-pad the last dimension of ``x`` to ``length``."""
+    return F.pad(x, (0, length - x.size(-1)), value=value)
+
+
+def cat_response(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Join ``[b, r]`` per-token tensors from several ranks, right-padding to the longest ``r``."""
+    r = max(p.size(1) for p in parts)
+    return torch.cat([pad_to(p, r, 0) for p in parts])
+
+
+def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+         logprobs: Sequence[Sequence[float]], pad_id: int) -> Rollout:
+    """Build a ``Rollout`` from per-row prompt ids, response ids and the responses' log-probs."""
+    if not (len(prompts) == len(responses) == len(logprobs)):
+        raise ValueError(f"{len(prompts)} prompts, {len(responses)} responses, {len(logprobs)} log-prob rows")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    b = len(prompts)
+    t = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    r_max = max(1, max(len(r) for r in responses))
+    seqs = torch.full((b, t), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, t), dtype=torch.long)
+    mask = torch.zeros((b, r_max))
+    lp = torch.zeros((b, r_max))
+    for i, (p, r, lps) in enumerate(zip(prompts, responses, logprobs)):
+        if len(lps) != len(r):
+            raise ValueError(f"row {i}: {len(r)} response tokens but {len(lps)} log-probs")
+        n = len(p) + len(r)
+        seqs[i, :n] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        attn[i, :n] = 1
+        mask[i, : len(r)] = 1
+        lp[i, : len(r)] = torch.tensor(list(lps), dtype=torch.float)
+    return Rollout(seqs, attn, torch.tensor([len(p) for p in prompts]), mask, lp)
+
+
+def response_logits(logits: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+    """``[B, T, V]`` model outputs -> ``[B, R, V]``: the logits that predict each response token."""
+    idx = rollout.response_index()
+    return logits.gather(1, idx[:, :, None].expand(-1, -1, logits.size(-1)))
+
+
+def response_tokens(rollout: Rollout) -> torch.Tensor:
+    """``[B, R]`` response token ids (pad where the mask is 0)."""
+    idx = (rollout.response_index() + 1).clamp(max=rollout.sequences.size(1) - 1)
+    return rollout.sequences.gather(1, idx)
+
+
+def response_values(values: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+    """``[B, T]`` per-position values -> ``[B, R]``: the value of the state before each response token."""
+    return values.gather(1, rollout.response_index())

@@ -1,0 +1,360 @@
+"""PPO driver (MOSS §7.2): SFT → preference model → PPO on four Ray roles → evaluation against
+SFT, and against PAT when a PAT model of the same upstream stages is cached. ``+experiment=ppo``.
+
+The driver is thin. Each iteration it deals prompts to the policy ranks, hands the rollout
+(tensors, through Ray's object store) to the reference, preference-model and critic ranks,
+turns their outputs into rewards and whitened advantages with the pure maths of
+``alignment/losses``, and asks the trainable roles to update.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from actors.critic import CriticActor, CriticSpec
+from actors.engine import OptimConfig
+from actors.group import LocalGroup, RoleGroup, colocated_pg, shard
+from actors.policy import PolicyActor, PolicyUpdateSpec
+from actors.preference import PreferenceActor
+from actors.reference import ReferenceActor
+from alignment.atomic import atomic_dir, write_json
+from alignment.generation import RolloutSpec
+from alignment.losses.kl import KL_ESTIMATORS, kl_estimate
+from alignment.losses.masked import masked_mean, masked_whiten
+from alignment.losses.reward import RunningMoments, normalise_scores, token_rewards
+from alignment.models.tokenizer import load_tokenizer
+from alignment.rollout import Rollout
+from alignment.sequences import prompt_ids
+from alignment.world import WorldPrompt
+from experiments.cache import Artifact, commit, reuse
+from experiments.config import OptimizerConfig, PPOConfig, as_plain
+from experiments.context import RunContext
+from experiments.evaluate import Job, generate_with, head_to_head, pm_scores
+from experiments.pat import pat_key
+from experiments.pm import pm_stage
+from experiments.sft import model_spec, sft_stage, strategy_spec
+from experiments.tracking import RayMetrics
+
+STATE_FILE = "trainer_state.json"
+
+
+def check(a: PPOConfig) -> None:
+    """Fail early, naming the key, on settings the loop cannot run with."""
+    if a.kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"algo.kl_estimator: {a.kl_estimator!r}; choose one of {KL_ESTIMATORS}")
+    if a.critic_init not in ("pm", "sft"):
+        raise ValueError(f"algo.critic_init: {a.critic_init!r}; choose 'pm' or 'sft'")
+    for key in ("iterations", "rollout_batch_size", "epochs", "mini_batches", "max_new_tokens"):
+        if getattr(a, key) < 1:
+            raise ValueError(f"algo.{key} must be at least 1, got {getattr(a, key)}")
+
+
+def optim(o: OptimizerConfig, steps: int) -> OptimConfig:
+    return OptimConfig(lr=o.lr, weight_decay=o.weight_decay, warmup_steps=int(o.warmup_ratio * steps),
+                       total_steps=steps, min_lr_ratio=o.min_lr_ratio, max_grad_norm=o.max_grad_norm)
+
+
+@dataclass
+class Roles:
+    """The four PPO roles, each a group of actors (``RoleGroup``) or one in-process rank (``LocalGroup``)."""
+
+    policy: RoleGroup
+    critic: RoleGroup
+    reference: RoleGroup
+    preference: RoleGroup
+    pg: Any = field(default=None, repr=False)
+
+    def shutdown(self) -> None:
+        for g in (self.policy, self.critic, self.reference, self.preference):
+            g.shutdown()
+        if self.pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.pg)
+
+
+def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Roles:
+    """Place the four roles (Ray actors, or in this process with ``local``) and load their models."""
+    cfg, a = ctx.cfg, ctx.cfg.algo
+    r = cfg.ray
+    pg = None
+    if local:
+        roles = Roles(*(LocalGroup(cls, name, a.num_threads) for cls, name in
+                        ((PolicyActor, "policy"), (CriticActor, "critic"), (ReferenceActor, "reference"),
+                         (PreferenceActor, "preference"))))
+    else:
+        if r.colocate:
+            pg = colocated_pg([r.policy, r.critic, r.reference, r.preference])
+
+        def group(cls: type, name: str, res: Any) -> RoleGroup:
+            return RoleGroup(cls, name, res, a.num_threads, pg=pg, run_tag=ctx.run_tag)
+
+        roles = Roles(group(PolicyActor, "policy", r.policy), group(CriticActor, "critic", r.critic),
+                      group(ReferenceActor, "reference", r.reference),
+                      group(PreferenceActor, "preference", r.preference), pg)
+    steps = a.iterations * a.epochs * a.mini_batches
+    critic_path = pm if a.critic_init == "pm" else sft
+    inits = [
+        (roles.policy, roles.policy.submit(
+            "init_model", None, spec=model_spec(cfg, sft, str(sft)),
+            strategy=strategy_spec(cfg, r.policy.num_gpus > 0), optim=optim(a.policy_optim, steps))),
+        (roles.critic, roles.critic.submit(
+            "init_model", None, path=str(critic_path), drop_last_layer=cfg.pm.drop_last_layer,
+            strategy=strategy_spec(cfg, r.critic.num_gpus > 0), optim=optim(a.critic_optim, steps), seed=cfg.seed)),
+        (roles.reference, roles.reference.submit(
+            "init_model", None, path=str(sft), bf16=strategy_spec(cfg, r.reference.num_gpus > 0).bf16)),
+        (roles.preference, roles.preference.submit(
+            "init_model", None, path=str(pm), drop_last_layer=False,
+            strategy=strategy_spec(cfg, r.preference.num_gpus > 0))),
+    ]
+    for g, refs in inits:
+        g.wait(refs)
+    return roles
+
+
+class PPOTrainer:
+    """The PPO loop over ``roles``: ``step`` runs one iteration; checkpoints make it resumable."""
+
+    def __init__(self, ctx: RunContext, roles: Roles, tokenizer: Any, ckpt_root: Path | None = None,
+                 exporter: RayMetrics | None = None):
+        self.ctx, self.roles, self.tokenizer = ctx, roles, tokenizer
+        self.a: PPOConfig = ctx.cfg.algo
+        self.ckpt_root, self.exporter = ckpt_root, exporter
+        self.iteration = 0
+        self.moments = RunningMoments()
+        self.rollout_spec = RolloutSpec(max_new_tokens=self.a.max_new_tokens, temperature=self.a.temperature,
+                                        top_p=self.a.top_p, min_new_tokens=self.a.min_new_tokens)
+        self.critic_spec = CriticSpec(gamma=self.a.gamma, lam=self.a.lam, value_clip=self.a.value_clip,
+                                      epochs=self.a.epochs, mini_batches=self.a.mini_batches)
+        self.policy_spec = PolicyUpdateSpec(clip=self.a.clip, epochs=self.a.epochs, mini_batches=self.a.mini_batches,
+                                            temperature=self.a.temperature)
+
+    def prompts(self, iteration: int) -> list[WorldPrompt]:
+        """The iteration's prompts: a fresh, deterministic batch of world training prompts."""
+        return self.ctx.world.prompts("train", self.a.rollout_batch_size, offset=self.a.prompt_offset + iteration)
+
+    def rollout(self, prompts: list[WorldPrompt]) -> tuple[Rollout, list[str]]:
+        ids = [prompt_ids(self.tokenizer, p.conversation()) for p in prompts]
+        policy = self.roles.policy
+        seed = self.ctx.cfg.seed * 1_000_003 + self.iteration * policy.size
+        outs = policy.call_sharded("rollout", shard(ids, policy.size), spec=self.rollout_spec, seed=seed)
+        return (Rollout.cat([o[0] for o in outs], self.tokenizer.pad_token_id),
+                [t for o in outs for t in o[1]])
+
+    def score(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs and preference-model scores, computed by the two roles concurrently."""
+        ref, pm = self.roles.reference, self.roles.preference
+        max_len = self.ctx.cfg.pm.max_length
+        seqs = [s[-max_len:] for s in ro.token_lists()]
+        ref_refs = ref.submit("logprobs", [(p,) for p in ro.split(ref.size)], temperature=self.a.temperature)
+        pm_refs = pm.submit("score", [(s,) for s in shard(seqs, pm.size)], batch_size=self.a.rollout_batch_size)
+        ref_logprobs = torch.cat(ref.wait(ref_refs))
+        scores = torch.tensor([x for part in pm.wait(pm_refs) for x in part])
+        return ref_logprobs, scores
+
+    def step(self) -> dict[str, float]:
+        """One iteration: rollout → reference / preference scores → rewards → critic (GAE) → policy."""
+        a, roles = self.a, self.roles
+        t0 = time.perf_counter()
+        prompts = self.prompts(self.iteration)
+        ro, texts = self.rollout(prompts)
+        t1 = time.perf_counter()
+        ref_logprobs, scores = self.score(ro)
+        mask = ro.response_mask
+        kl = kl_estimate(ro.logprobs, ref_logprobs, a.kl_estimator) * mask
+        normed = normalise_scores(scores, self.moments if a.normalize_reward else None, a.reward_clip)
+        rewards = token_rewards(normed, kl, mask, a.beta)
+        t2 = time.perf_counter()
+        crit = roles.critic.wait(roles.critic.submit(
+            "update", list(zip(ro.split(roles.critic.size), torch.tensor_split(rewards, roles.critic.size))),
+            spec=self.critic_spec))
+        advantages = torch.cat([c["advantages"] for c in crit])
+        if a.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        pol = roles.policy.wait(roles.policy.submit(
+            "ppo_update", list(zip(ro.split(roles.policy.size), torch.tensor_split(advantages, roles.policy.size))),
+            spec=self.policy_spec))
+        t3 = time.perf_counter()
+        self.iteration += 1
+
+        lengths = ro.response_lengths.float()
+        n_tokens = float(lengths.sum())
+        metrics = {
+            "ppo/reward": scores.mean().item(),
+            "ppo/reward_normalised": normed.mean().item(),
+            "ppo/kl": (kl.sum(1)).mean().item(),  # per response, summed over its tokens
+            "ppo/kl_per_token": masked_mean(kl, mask).item(),
+            "ppo/response_length": lengths.mean().item(),
+            "ppo/advantage_std": masked_mean(advantages**2, mask).sqrt().item(),
+            "time/generate_s": t1 - t0, "time/score_s": t2 - t1, "time/train_s": t3 - t2,
+            "time/iteration_s": t3 - t0,
+            "time/tokens_per_s": n_tokens / max(t3 - t0, 1e-9),
+            "time/generated_tokens_per_s": n_tokens / max(t1 - t0, 1e-9),
+        }
+        if self.ctx.cfg.data.source == "world":
+            metrics["ppo/gold"] = sum(self.ctx.world.judge(p, t) for p, t in zip(prompts, texts)) / len(prompts)
+        metrics |= _weighted([p for p in pol], "tokens") | _weighted([c["stats"] for c in crit], "tokens")
+        return metrics
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Policy and critic engines (weights, optimizer, schedule) and the loop's own state,
+        written atomically to ``<ckpt_root>/iter_<n>``; older ones beyond ``keep_checkpoints`` go."""
+        assert self.ckpt_root is not None
+        final = self.ckpt_root / f"iter_{self.iteration:06d}"
+        with atomic_dir(final) as tmp:
+            self.roles.policy.call("save_checkpoint", str(tmp / "policy"))
+            self.roles.critic.call("save_checkpoint", str(tmp / "critic"))
+            write_json(tmp / STATE_FILE, {"iteration": self.iteration, "moments": self.moments.state_dict()})
+        for old in checkpoints(self.ckpt_root)[: -max(1, self.a.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def restore(self) -> Path | None:
+        """Load the newest checkpoint under ``ckpt_root``, if any; returns its directory."""
+        found = checkpoints(self.ckpt_root) if self.ckpt_root else []
+        if not found:
+            return None
+        latest = found[-1]
+        state = json.loads((latest / STATE_FILE).read_text())
+        self.roles.policy.call("load_checkpoint", str(latest / "policy"))
+        self.roles.critic.call("load_checkpoint", str(latest / "critic"))
+        self.iteration = int(state["iteration"])
+        self.moments.load_state_dict(state["moments"])
+        return latest
+
+    def train(self, until: int) -> dict[str, float]:
+        """Run iterations up to ``until``, logging each and checkpointing every ``checkpoint_every``."""
+        tracker, last = self.ctx.tracker, {}
+        with tqdm(total=until, initial=self.iteration, desc="ppo", unit="it", dynamic_ncols=True) as bar:
+            while self.iteration < until:
+                last = self.step()
+                tracker.log(last, step=self.iteration)
+                if self.exporter is not None:
+                    self.exporter.export(last | {"ppo/iteration": self.iteration})
+                bar.update(1)
+                bar.set_postfix(reward=f"{last['ppo/reward']:.3f}", kl=f"{last['ppo/kl']:.3f}",
+                                **({"gold": f"{last['ppo/gold']:.3f}"} if "ppo/gold" in last else {}))
+                every = self.a.checkpoint_every
+                if self.ckpt_root is not None and every > 0 and (self.iteration % every == 0 or
+                                                                 self.iteration == until):
+                    self.save_checkpoint()
+        return last
+
+
+def checkpoints(root: Path | None) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if root is None or not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("iter_*") if (p / STATE_FILE).is_file())
+
+
+def _weighted(stats: list[dict[str, float]], weight_key: str) -> dict[str, float]:
+    """Mean of each stat over ranks weighted by ``weight_key``; ``lr``/``grad_norm`` keys from rank 0."""
+    total = sum(s[weight_key] for s in stats) or 1.0
+    out = {}
+    for k in stats[0]:
+        if k == weight_key:
+            continue
+        if k.endswith("/lr") or k.endswith("/grad_norm"):
+            out[k] = stats[0][k]
+        else:
+            out[k] = sum(s[k] * s[weight_key] for s in stats) / total
+    return out
+
+
+def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:
+    cfg = ctx.cfg
+    payload = {"algo": {k: v for k, v in as_plain(cfg.algo).items() if k not in ("checkpoint_every",
+                                                                               "keep_checkpoints")},
+               "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy), "pm_max_length": cfg.pm.max_length,
+               "drop_last_layer": cfg.pm.drop_last_layer, "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}
+    return ctx.cache_key("ppo", payload), payload
+
+
+def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
+    """The PPO policy for this config: from the cache, or trained now (resuming when asked)."""
+    cfg = ctx.cfg
+    check(cfg.algo)
+    key, payload = ppo_key(ctx, sft, pm)
+    hit = reuse(ctx.cache, "ppo", key, "policy") if cfg.use_cache else None
+    if hit is not None:
+        return hit
+    ckpt_root = ctx.cache.root / "ppo-checkpoints" / key
+    if not cfg.resume and ckpt_root.exists():
+        shutil.rmtree(ckpt_root)  # a fresh run does not inherit an interrupted one's checkpoints
+    roles = start_roles(ctx, sft.path, pm.path)
+    try:
+        trainer = PPOTrainer(ctx, roles, load_tokenizer(str(sft.path)), ckpt_root, RayMetrics(ctx.run_tag))
+        info: dict[str, Any] = {}
+        if cfg.resume:
+            restored = trainer.restore()
+            print(f"PPO: resuming from {restored} (iteration {trainer.iteration})" if restored else
+                  f"PPO: resume=true but no checkpoint under {ckpt_root}; starting at iteration 0", flush=True)
+            info["resumed_from"] = trainer.iteration
+        started = time.time()
+        info["final"] = trainer.train(cfg.algo.iterations)
+        info["train_seconds"] = time.time() - started
+        return commit(ctx.cache, "ppo", key, payload, roles.policy, info, "policy")
+    finally:
+        roles.shutdown()
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """``+experiment=ppo``: the chain, then PPO vs SFT (and vs PAT when a PAT model is cached)."""
+    cfg = ctx.cfg
+    sft = sft_stage(ctx)
+    pm = pm_stage(ctx, sft)
+    ppo = ppo_stage(ctx, sft, pm)
+
+    prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
+    replies = (generate_with(ctx, ppo.path, {"ppo": Job(prompts)}, "ppo-eval")
+               | generate_with(ctx, sft.path, {"sft": Job(prompts)}, "sft-eval"))
+    pairs = [("ppo", "sft")]
+    pat_path = ctx.cache.get("pat", pat_key(ctx, sft, pm)[0])
+    if pat_path is not None:
+        print(f"PPO: a PAT model of the same SFT and preference model is cached ({pat_path}); adding PPO vs PAT")
+        replies |= generate_with(ctx, pat_path, {"pat": Job(prompts, cfg.pat.inference_tag)}, "pat-eval")
+        pairs.append(("ppo", "pat"))
+    gold = {name: [ctx.world.judge(p, r) for p, r in zip(prompts, rs)] for name, rs in replies.items()}
+    pm_s = pm_scores(ctx, pm.path, sft.path, prompts, replies)
+    wins = head_to_head(ctx, gold, pm_s, pairs)
+    final = ppo.info["final"]
+    results = {
+        "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"]},
+        "win_rate": wins,
+        "gold": {name: sum(v) / len(v) for name, v in gold.items()},
+        "kl": {"final": final["ppo/kl"], "final_per_token": final["ppo/kl_per_token"]},
+        "ppo": {"iterations": cfg.algo.iterations, "final": final, "train_seconds": ppo.info.get("train_seconds")},
+        "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "ppo": str(ppo.path),
+                      **({"pat": str(pat_path)} if pat_path else {})},
+        "cached": {"sft": sft.cached, "pm": pm.cached, "ppo": ppo.cached},
+        "samples": [{"prompt": p.task.prompt, "sft": s, "ppo": t}
+                    for p, s, t in list(zip(prompts, replies["sft"], replies["ppo"]))[:6]],
+    }
+    flat = {f"win_rate/{judge}/{pair}": w["value"] for judge, d in wins.items() for pair, w in d.items()}
+    flat |= {f"eval/gold_{name}": v for name, v in results["gold"].items()} | {"kl/final": results["kl"]["final"]}
+    ctx.tracker.log(flat)
+    ctx.tracker.summary(flat)
+    print_summary(results)
+    return results
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    print("\nPPO on held-out test prompts")
+    print(f"  {'pair':<14}{'judge':<18}{'win':>7}{'tie':>7}{'lose':>7}{'win rate':>10}   95% CI")
+    for judge, name in (("gold", "gold judge"), ("pm", "preference model")):
+        for pair, w in results["win_rate"][judge].items():
+            print(f"  {pair:<14}{name:<18}{w['win']:>7.2f}{w['tie']:>7.2f}{w['lose']:>7.2f}{w['value']:>10.3f}"
+                  f"   [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}]")
+    print("  mean gold: " + ", ".join(f"{k.upper()} {v:.3f}" for k, v in results["gold"].items()))
+    print(f"  KL to the reference at the last iteration: {results['kl']['final']:.3f} nats per response")
