@@ -1,5 +1,5 @@
 """The critic actor: a value model (initialised from the preference model by default) that
-estimates per-token values, turns rewards into GAE advantages, and trains on the returns."""
+estimates per-token values and trains on the returns (clipped value loss)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 
 from actors.base import TrainableActor
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
-from alignment.losses.gae import gae
 from alignment.losses.masked import masked_mean
 from alignment.losses.ppo import explained_variance, value_loss
 from alignment.models.tokenizer import load_tokenizer
@@ -19,8 +18,6 @@ from alignment.rollout import Rollout, response_values
 
 @dataclass(frozen=True)
 class CriticSpec:
-    gamma: float = 1.0
-    lam: float = 0.95
     value_clip: float | None = 0.2
     epochs: int = 1
     mini_batches: int = 1
@@ -43,34 +40,31 @@ class CriticActor(TrainableActor):
         values = self.engine.module.score(out.hidden_states[-1]).squeeze(-1)  # final, normed hidden state
         return response_values(values.float(), ro)
 
-    def update(self, rollout: Rollout, rewards: torch.Tensor, spec: CriticSpec) -> dict:
-        """Values of the rollout, GAE advantages and returns from ``rewards``, then the value-loss
-        updates. With one epoch of one mini-batch the values come from the training forward pass
-        itself (no separate inference pass). Returns advantages, returns and stats."""
-        ro, rewards = rollout.to(self.device), rewards.to(self.device)
-        mask = ro.response_mask
-        if spec.mini_batches == 1:
-            first = self._values(ro)
-            old_values = first.detach()
-        else:
-            with torch.no_grad():
-                old_values = self._values(ro)
-        advantages, returns = gae(rewards, old_values, mask, spec.gamma, spec.lam)
-        stats: dict[str, float] = {}
+    @torch.no_grad()
+    def values(self, rollout: Rollout) -> torch.Tensor:
+        """``[B, R]`` values of the states before each response token (the rollout's old values)."""
+        return self._values(rollout.to(self.device)).cpu()
+
+    def update(self, rollout: Rollout, old_values: torch.Tensor, returns: torch.Tensor,
+               spec: CriticSpec) -> dict[str, float]:
+        """Clipped value-loss updates towards ``returns``: ``spec.epochs`` passes of
+        ``spec.mini_batches`` optimizer steps over this rank's share. Returns mean stats."""
+        ro = rollout.to(self.device)
+        old_values, returns = old_values.to(self.device), returns.to(self.device)
+        sums: dict[str, float] = {}
         n = 0
-        for epoch in range(spec.epochs):
-            parts = zip(ro.split(spec.mini_batches), *(torch.tensor_split(x, spec.mini_batches)
-                                                       for x in (old_values, returns)))
+        for _ in range(spec.epochs):
+            parts = zip(ro.split(spec.mini_batches), torch.tensor_split(old_values, spec.mini_batches),
+                        torch.tensor_split(returns, spec.mini_batches))
             for mb, old_mb, ret_mb in parts:
-                values = first if (epoch == 0 and spec.mini_batches == 1) else self._values(mb)
-                loss, st = value_loss(values, old_mb, ret_mb, mb.response_mask, spec.value_clip)
+                loss, st = value_loss(self._values(mb), old_mb, ret_mb, mb.response_mask, spec.value_clip)
                 self.engine.backward(loss)
                 step = self.engine.step()
                 n += 1
                 for k, v in {"value_loss": loss.item(), **{k: float(v) for k, v in st.items()}, **step}.items():
-                    stats[k] = stats.get(k, 0.0) + v
-        stats = {f"critic/{k}": v / n for k, v in stats.items()}
+                    sums[k] = sums.get(k, 0.0) + v
+        mask = ro.response_mask
+        stats = {f"critic/{k}": v / n for k, v in sums.items()}
         stats["critic/explained_variance"] = explained_variance(old_values, returns, mask).item()
         stats["critic/value_mean"] = masked_mean(old_values, mask).item()
-        stats["tokens"] = mask.sum().item()
-        return {"advantages": advantages.cpu(), "returns": returns.cpu(), "stats": stats}
+        return stats | {"tokens": mask.sum().item()}

@@ -26,7 +26,10 @@ from actors.policy import PolicyActor, PolicyUpdateSpec
 from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.atomic import atomic_dir, write_json
+from alignment.chat_format import Conversation
+from alignment.data.loaders import load_moss_sft
 from alignment.generation import RolloutSpec
+from alignment.losses.gae import gae
 from alignment.losses.kl import KL_ESTIMATORS, kl_estimate
 from alignment.losses.masked import masked_mean, masked_whiten
 from alignment.losses.reward import RunningMoments, normalise_scores, token_rewards
@@ -130,58 +133,72 @@ class PPOTrainer:
         self.ckpt_root, self.exporter = ckpt_root, exporter
         self.iteration = 0
         self.moments = RunningMoments()
+        self._file_convs: list[Conversation] | None = None
         self.rollout_spec = RolloutSpec(max_new_tokens=self.a.max_new_tokens, temperature=self.a.temperature,
                                         top_p=self.a.top_p, min_new_tokens=self.a.min_new_tokens)
-        self.critic_spec = CriticSpec(gamma=self.a.gamma, lam=self.a.lam, value_clip=self.a.value_clip,
-                                      epochs=self.a.epochs, mini_batches=self.a.mini_batches)
+        self.critic_spec = CriticSpec(value_clip=self.a.value_clip, epochs=self.a.epochs,
+                                      mini_batches=self.a.mini_batches)
         self.policy_spec = PolicyUpdateSpec(clip=self.a.clip, epochs=self.a.epochs, mini_batches=self.a.mini_batches,
                                             temperature=self.a.temperature)
 
-    def prompts(self, iteration: int) -> list[WorldPrompt]:
-        """The iteration's prompts: a fresh, deterministic batch of world training prompts."""
-        return self.ctx.world.prompts("train", self.a.rollout_batch_size, offset=self.a.prompt_offset + iteration)
+    def prompt_batch(self, iteration: int) -> tuple[list[list[int]], list[WorldPrompt] | None]:
+        """The iteration's prompts as token ids, and as world prompts for the gold judge: a fresh,
+        deterministic batch of world training prompts."""
+        n = self.a.rollout_batch_size
+        if self.ctx.cfg.data.source == "moss_sft":  # real conversations: their last human turns, in turn
+            if self._file_convs is None:
+                self._file_convs = [ex.conversation for ex in load_moss_sft(self.ctx.cfg.data.path)]
+            convs = self._file_convs
+            picked = [convs[(iteration * n + i) % len(convs)] for i in range(n)]
+            return [prompt_ids(self.tokenizer, c) for c in picked], None
+        prompts = self.ctx.world.prompts("train", n, offset=self.a.prompt_offset + iteration)
+        return [prompt_ids(self.tokenizer, p.conversation()) for p in prompts], prompts
 
-    def rollout(self, prompts: list[WorldPrompt]) -> tuple[Rollout, list[str]]:
-        ids = [prompt_ids(self.tokenizer, p.conversation()) for p in prompts]
+    def rollout(self, ids: list[list[int]]) -> tuple[Rollout, list[str]]:
         policy = self.roles.policy
         seed = self.ctx.cfg.seed * 1_000_003 + self.iteration * policy.size
         outs = policy.call_sharded("rollout", shard(ids, policy.size), spec=self.rollout_spec, seed=seed)
         return (Rollout.cat([o[0] for o in outs], self.tokenizer.pad_token_id),
                 [t for o in outs for t in o[1]])
 
-    def score(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probs and preference-model scores, computed by the two roles concurrently."""
-        ref, pm = self.roles.reference, self.roles.preference
+    def score(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reference log-probs, preference-model scores and critic values, from the three roles
+        concurrently."""
+        ref, pm, critic = self.roles.reference, self.roles.preference, self.roles.critic
         max_len = self.ctx.cfg.pm.max_length
         seqs = [s[-max_len:] for s in ro.token_lists()]
         ref_refs = ref.submit("logprobs", [(p,) for p in ro.split(ref.size)], temperature=self.a.temperature)
         pm_refs = pm.submit("score", [(s,) for s in shard(seqs, pm.size)], batch_size=self.a.rollout_batch_size)
+        value_refs = critic.submit("values", [(p,) for p in ro.split(critic.size)])
         ref_logprobs = torch.cat(ref.wait(ref_refs))
         scores = torch.tensor([x for part in pm.wait(pm_refs) for x in part])
-        return ref_logprobs, scores
+        values = torch.cat(critic.wait(value_refs))
+        return ref_logprobs, scores, values
 
     def step(self) -> dict[str, float]:
-        """One iteration: rollout → reference / preference scores → rewards → critic (GAE) → policy."""
+        """One iteration: rollout → reference / preference / critic passes → KL-penalised rewards
+        → GAE advantages → policy and critic updates (concurrently)."""
         a, roles = self.a, self.roles
         t0 = time.perf_counter()
-        prompts = self.prompts(self.iteration)
-        ro, texts = self.rollout(prompts)
+        ids, prompts = self.prompt_batch(self.iteration)
+        ro, texts = self.rollout(ids)
         t1 = time.perf_counter()
-        ref_logprobs, scores = self.score(ro)
+        ref_logprobs, scores, values = self.score(ro)
+        t2 = time.perf_counter()
         mask = ro.response_mask
         kl = kl_estimate(ro.logprobs, ref_logprobs, a.kl_estimator) * mask
         normed = normalise_scores(scores, self.moments if a.normalize_reward else None, a.reward_clip)
         rewards = token_rewards(normed, kl, mask, a.beta)
-        t2 = time.perf_counter()
-        crit = roles.critic.wait(roles.critic.submit(
-            "update", list(zip(ro.split(roles.critic.size), torch.tensor_split(rewards, roles.critic.size))),
-            spec=self.critic_spec))
-        advantages = torch.cat([c["advantages"] for c in crit])
+        advantages, returns = gae(rewards, values, mask, a.gamma, a.lam)
         if a.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        pol = roles.policy.wait(roles.policy.submit(
-            "ppo_update", list(zip(ro.split(roles.policy.size), torch.tensor_split(advantages, roles.policy.size))),
-            spec=self.policy_spec))
+        policy, critic = roles.policy, roles.critic
+        n_p, n_c = policy.size, critic.size
+        pol_refs = policy.submit("ppo_update", list(zip(ro.split(n_p), torch.tensor_split(advantages, n_p))),
+                                 spec=self.policy_spec)
+        crit_refs = critic.submit("update", list(zip(ro.split(n_c), torch.tensor_split(values, n_c),
+                                                     torch.tensor_split(returns, n_c))), spec=self.critic_spec)
+        pol, crit = policy.wait(pol_refs), critic.wait(crit_refs)
         t3 = time.perf_counter()
         self.iteration += 1
 
@@ -199,9 +216,9 @@ class PPOTrainer:
             "time/tokens_per_s": n_tokens / max(t3 - t0, 1e-9),
             "time/generated_tokens_per_s": n_tokens / max(t1 - t0, 1e-9),
         }
-        if self.ctx.cfg.data.source == "world":
+        if prompts is not None:
             metrics["ppo/gold"] = sum(self.ctx.world.judge(p, t) for p, t in zip(prompts, texts)) / len(prompts)
-        metrics |= _weighted([p for p in pol], "tokens") | _weighted([c["stats"] for c in crit], "tokens")
+        metrics |= _weighted(pol, "tokens") | _weighted(crit, "tokens")
         return metrics
 
     # --- checkpoints ------------------------------------------------------------------------------
