@@ -122,3 +122,24 @@ def _tokenizer(path: Path):
     from alignment.models.tokenizer import load_tokenizer
 
     return load_tokenizer(str(path))
+
+
+def test_colocated_roles_train_with_deepspeed_zero2(ray_address, tmp_path, checkpoints):
+    """All four roles in one placement-group bundle, the trainable ones on DeepSpeed ZeRO-2."""
+    from experiments.ppo import PPOTrainer, start_roles
+
+    sft, pm = checkpoints
+    ctx = make_ctx(tmp_path)
+    ctx.cfg.ray.colocate = True
+    ctx.cfg.strategy.name, ctx.cfg.strategy.zero_stage = "deepspeed", 2
+    roles = start_roles(ctx, sft, pm)
+    try:
+        assert roles.pg is not None and all(g.pg is roles.pg for g in (roles.policy, roles.critic))
+        before = roles.policy.call("weights_digest")[0]
+        trainer = PPOTrainer(ctx, roles, _tokenizer(sft))
+        stats = [trainer.step() for _ in range(2)]
+        assert roles.policy.call("weights_digest")[0] != before
+        assert all(s["policy/grad_norm"] > 0 and s["critic/grad_norm"] > 0 for s in stats)
+    finally:
+        roles.shutdown()
+        ctx.tracker.finish()
