@@ -7,6 +7,7 @@ reference, critic and preference-model passes, advantages and both updates.
 
     python benchmarks/ppo_iteration.py --config tiny --runner ray local trl
     python benchmarks/ppo_iteration.py --config medium --iters 6
+    python benchmarks/ppo_iteration.py --runner ray --ranks 2 --threads 1   # 2 ranks per role, 1 thread each
 
 Prints the median seconds per iteration after ``--warmup`` iterations, the per-phase breakdown
 (the lab only; TRL does not time its phases) and rollouts/s.
@@ -63,23 +64,24 @@ def random_prompts(n: int, vocab: int, seed: int) -> list[list[int]]:
     return torch.randint(10, vocab, (n, PROMPT_LEN), generator=g).tolist()
 
 
-def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool) -> dict:
-    """The lab's PPO iteration, on four Ray actors or (``local``) on the same classes in-process."""
+def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: int = 1, threads: int = THREADS) -> dict:
+    """The lab's PPO iteration, on Ray actors (``ranks`` per role, ``threads`` torch threads each)
+    or (``local``) on the same classes in this process."""
     from alignment.models.tokenizer import load_tokenizer
     from experiments.cache import ArtifactCache
     from experiments.config import ActorResources, LabConfig
     from experiments.context import RunContext
     from experiments.ppo import PPOTrainer, start_roles
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     cfg = LabConfig(stage="ppo")
     cfg.logger.wandb = False
     a = cfg.algo
-    a.iterations, a.rollout_batch_size, a.num_threads = iters, BATCH, THREADS
+    a.iterations, a.rollout_batch_size, a.num_threads = iters, BATCH, threads
     a.max_new_tokens = a.min_new_tokens = NEW_TOKENS
     cfg.strategy.precision = "fp32"
     for role in ("policy", "critic", "reference", "preference"):
-        setattr(cfg.ray, role, ActorResources(num_actors=1, num_cpus=0.5))
+        setattr(cfg.ray, role, ActorResources(num_actors=1 if local else ranks, num_cpus=0.25))
     if not local:
         from actors.session import init_ray
 
@@ -169,6 +171,8 @@ def main() -> None:
     parser.add_argument("--runner", nargs="+", choices=["ray", "local", "trl"], default=["ray", "local", "trl"])
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--ranks", type=int, default=1, help="lab on Ray: actors per role (data parallel)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="lab: torch threads per actor")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -179,7 +183,10 @@ def main() -> None:
         if runner == "trl":
             result = run_trl(policy_dir, value_dir, args.iters)
         else:
-            result = run_lab(policy_dir, value_dir, args.iters, local=runner == "local")
+            local = runner == "local"
+            result = run_lab(policy_dir, value_dir, args.iters, local, args.ranks, args.threads)
+            if not local and args.ranks > 1:
+                runner = f"ray x{args.ranks}"
         summary.append(summarise(runner, result, args.warmup))
         print(json.dumps(summary[-1]), flush=True)
     print(f"\nPPO iteration, {args.config} config: {BATCH} rollouts x {NEW_TOKENS} new tokens, prompts of "
@@ -192,8 +199,8 @@ def main() -> None:
         print(f"{s['runner']:<8}{s['median_s']:>15.3f}{s['rollouts_per_s']:>12.1f}   {phases}")
     by = {s["runner"]: s["median_s"] for s in summary}
     if "trl" in by:
-        for r in ("ray", "local"):
-            if r in by:
+        for r in by:
+            if r != "trl":
                 print(f"lab ({r}) / TRL time per iteration: {by[r] / by['trl']:.2f}")
     if "ray" in by and "local" in by:
         print(f"Ray overhead: ray / in-process time per iteration: {by['ray'] / by['local']:.2f}")

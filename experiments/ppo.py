@@ -291,8 +291,8 @@ def _weighted(stats: list[dict[str, float]], weight_key: str) -> dict[str, float
 
 def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:
     cfg = ctx.cfg
-    payload = {"algo": {k: v for k, v in as_plain(cfg.algo).items() if k not in ("checkpoint_every",
-                                                                               "keep_checkpoints")},
+    ignored = ("checkpoint_every", "keep_checkpoints", "num_threads")  # do not change the result
+    payload = {"algo": {k: v for k, v in as_plain(cfg.algo).items() if k not in ignored},
                "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy), "pm_max_length": cfg.pm.max_length,
                "drop_last_layer": cfg.pm.drop_last_layer, "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}
     return ctx.cache_key("ppo", payload), payload
