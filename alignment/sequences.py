@@ -1,12 +1,19 @@
 """Token ids of a conversation that ends in a given reply, built the way generation builds them.
 
 The preference model scores ``prompt ids + reply ids`` whether the reply came from a data file
-or from the policy, so training and scoring see the same tokens.
+or from the policy, so training and scoring see the same tokens. Its view of the context can be
+narrowed to the last few turns (``context_turns``): the meta-instruction and older rounds then
+drop out, which makes scoring several times cheaper when the judgement rests on the last request.
 """
 
 from __future__ import annotations
 
 from alignment.chat_format import EOS_TOKEN, Conversation, generation_prompt
+
+
+def last_turns(context: Conversation, n: int) -> Conversation:
+    """The last ``n`` turns of ``context`` without its meta-instruction; ``n <= 0`` keeps it whole."""
+    return context if n <= 0 else Conversation("", context.turns[-n:])
 
 
 def prompt_ids(tokenizer, context: Conversation, quality: int | None = None) -> list[int]:
@@ -18,6 +25,9 @@ def reply_ids(tokenizer, reply: str) -> list[int]:
     return tokenizer(f" {reply}{EOS_TOKEN}", add_special_tokens=False)["input_ids"]
 
 
-def scored_sequence(tokenizer, context: Conversation, reply: str, max_length: int) -> list[int]:
-    """Context plus reply, keeping the last ``max_length`` tokens (the score is read at the end)."""
-    return (prompt_ids(tokenizer, context) + reply_ids(tokenizer, reply))[-max_length:]
+def scored_sequence(tokenizer, context: Conversation, reply: str, max_length: int,
+                    context_turns: int = 0) -> list[int]:
+    """Context (its last ``context_turns`` turns, or all of it for 0) plus reply, keeping the last
+    ``max_length`` tokens (the score is read at the end)."""
+    ids = prompt_ids(tokenizer, last_turns(context, context_turns)) + reply_ids(tokenizer, reply)
+    return ids[-max_length:]

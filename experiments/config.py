@@ -88,6 +88,7 @@ class PMConfig:
     val_path: Optional[str] = None  # held-out preference JSONL (real data)
     drop_last_layer: bool = True  # the paper replaces the last decoder layer by the value head
     max_length: int = 384
+    context_turns: int = 0  # the PM sees the last N turns (no meta-instruction); 0: the whole conversation
     # trainer.batch_size counts comparison groups: a prompt with its candidates and all their
     # labelled pairs (a pair from a preference file is a group of two)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -49,7 +49,8 @@ def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path, prompts: list
         group.call("init_model", str(pm_path), False, strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
         out = {}
         for name, texts in replies.items():
-            seqs = [scored_sequence(tokenizer, p.conversation(), r, cfg.pm.max_length) for p, r in zip(prompts, texts)]
+            seqs = [scored_sequence(tokenizer, p.conversation(), r, cfg.pm.max_length, cfg.pm.context_turns)
+                    for p, r in zip(prompts, texts)]
             out[name] = group.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
         return out
     finally:

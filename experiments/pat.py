@@ -53,7 +53,7 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
         return hit
     tokenizer = load_tokenizer(str(sft.path))
     convs = pat_conversations(ctx)
-    seqs = [scored_sequence(tokenizer, c, c.turns[-1].moss, cfg.pm.max_length) for c in convs]
+    seqs = [scored_sequence(tokenizer, c, c.turns[-1].moss, cfg.pm.max_length, cfg.pm.context_turns) for c in convs]
     scorer = RoleGroup(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads,
                        run_tag=ctx.run_tag)
     try:

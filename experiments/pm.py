@@ -82,8 +82,8 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
     train, val, gold = comparison_groups(ctx)
 
     def encode(groups: list[ComparisonGroup]) -> list[tuple[list[list[int]], list[tuple[int, int]]]]:
-        return [([scored_sequence(tokenizer, g.context, c, cfg.pm.max_length) for c in g.candidates], list(g.pairs))
-                for g in groups]
+        return [([scored_sequence(tokenizer, g.context, c, cfg.pm.max_length, cfg.pm.context_turns)
+                  for c in g.candidates], list(g.pairs)) for g in groups]
 
     train_seqs, val_seqs = encode(train), encode(val)
     steps = total_steps(len(train_seqs), cfg.pm.trainer)

@@ -85,3 +85,18 @@ def test_value_model_can_replace_the_last_layer(tmp_path, tokenizer):
     vm = load_value_model(str(tmp_path / "lm"), drop_last_layer=True)
     assert vm.config.num_hidden_layers == SMALL.num_layers - 1
     assert float(vm.score.weight.abs().sum()) == 0.0  # the head starts at zero
+
+
+def test_scored_sequence_can_show_only_the_last_turns(tokenizer):
+    from alignment.chat_format import Conversation, Turn, meta_instruction
+    from alignment.sequences import reply_ids, scored_sequence
+
+    ctx = Conversation(meta_instruction(), (Turn("Hi there.", "Hello!"), Turn("Who made you?", "")))
+    full = scored_sequence(tokenizer, ctx, "Fudan University.", 512)
+    last = scored_sequence(tokenizer, ctx, "Fudan University.", 512, context_turns=1)
+    reply = reply_ids(tokenizer, "Fudan University.")
+    assert full[-len(reply):] == last[-len(reply):] == reply
+    assert len(last) < len(full)
+    assert tokenizer.decode(last).startswith("<|Human|>: Who made you?")
+    both = scored_sequence(tokenizer, ctx, "Fudan University.", 512, context_turns=2)  # only the meta drops out
+    assert len(last) < len(both) < len(full) and full[-len(both):] == both
