@@ -71,7 +71,7 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
     from experiments.cache import ArtifactCache
     from experiments.config import ActorResources, LabConfig
     from experiments.context import RunContext
-    from experiments.ppo import PPOTrainer, start_roles
+    from experiments.ppo import PPOTrainer, PromptBatch, start_roles
 
     torch.set_num_threads(threads)
     cfg = LabConfig(stage="ppo")
@@ -95,7 +95,7 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
 
     class Bench(PPOTrainer):
         def prompt_batch(self, iteration: int):
-            return random_prompts(BATCH, vocab, iteration), None
+            return PromptBatch(random_prompts(BATCH, vocab, iteration))
 
     trainer = Bench(ctx, roles, tokenizer)
     rows = []

@@ -35,7 +35,7 @@ from alignment.losses.masked import masked_mean, masked_whiten
 from alignment.losses.reward import RunningMoments, normalise_scores, token_rewards
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout
-from alignment.sequences import prompt_ids
+from alignment.sequences import prompt_ids, scored_sequence
 from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit, reuse
 from experiments.config import OptimizerConfig, PPOConfig, as_plain
@@ -123,6 +123,16 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
     return roles
 
 
+@dataclass
+class PromptBatch:
+    """One iteration's prompts: token ids for the policy, the conversations for the preference
+    model's view (None: score the rollout's own tokens), world prompts for the gold judge."""
+
+    ids: list[list[int]]
+    contexts: list[Conversation] | None = None
+    world: list[WorldPrompt] | None = None
+
+
 class PPOTrainer:
     """The PPO loop over ``roles``: ``step`` runs one iteration; checkpoints make it resumable."""
 
@@ -141,18 +151,19 @@ class PPOTrainer:
         self.policy_spec = PolicyUpdateSpec(clip=self.a.clip, epochs=self.a.epochs, mini_batches=self.a.mini_batches,
                                             temperature=self.a.temperature)
 
-    def prompt_batch(self, iteration: int) -> tuple[list[list[int]], list[WorldPrompt] | None]:
-        """The iteration's prompts as token ids, and as world prompts for the gold judge: a fresh,
-        deterministic batch of world training prompts."""
+    def prompt_batch(self, iteration: int) -> PromptBatch:
+        """The iteration's prompts: a fresh, deterministic batch of world training prompts, or the
+        next conversations of the SFT file (``data.source=moss_sft``)."""
         n = self.a.rollout_batch_size
         if self.ctx.cfg.data.source == "moss_sft":  # real conversations: their last human turns, in turn
             if self._file_convs is None:
                 self._file_convs = [ex.conversation for ex in load_moss_sft(self.ctx.cfg.data.path)]
             convs = self._file_convs
             picked = [convs[(iteration * n + i) % len(convs)] for i in range(n)]
-            return [prompt_ids(self.tokenizer, c) for c in picked], None
+            return PromptBatch([prompt_ids(self.tokenizer, c) for c in picked], picked)
         prompts = self.ctx.world.prompts("train", n, offset=self.a.prompt_offset + iteration)
-        return [prompt_ids(self.tokenizer, p.conversation()) for p in prompts], prompts
+        contexts = [p.conversation() for p in prompts]
+        return PromptBatch([prompt_ids(self.tokenizer, c) for c in contexts], contexts, prompts)
 
     def rollout(self, ids: list[list[int]]) -> tuple[Rollout, list[str]]:
         policy = self.roles.policy
@@ -161,12 +172,18 @@ class PPOTrainer:
         return (Rollout.cat([o[0] for o in outs], self.tokenizer.pad_token_id),
                 [t for o in outs for t in o[1]])
 
-    def score(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def score(self, ro: Rollout, batch: PromptBatch, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
         """Reference log-probs, preference-model scores and critic values, from the three roles
-        concurrently."""
+        concurrently. The preference model sees each reply the way it was trained to (its
+        ``pm.context_turns`` view of the conversation)."""
         ref, pm, critic = self.roles.reference, self.roles.preference, self.roles.critic
-        max_len = self.ctx.cfg.pm.max_length
-        seqs = [s[-max_len:] for s in ro.token_lists()]
+        pm_cfg = self.ctx.cfg.pm
+        if batch.contexts is not None:
+            seqs = [scored_sequence(self.tokenizer, c, t, pm_cfg.max_length, pm_cfg.context_turns)
+                    for c, t in zip(batch.contexts, texts)]
+        else:
+            seqs = [s[-pm_cfg.max_length:] for s in ro.token_lists()]
         ref_refs = ref.submit("logprobs", [(p,) for p in ro.split(ref.size)], temperature=self.a.temperature)
         pm_refs = pm.submit("score", [(s,) for s in shard(seqs, pm.size)], batch_size=self.a.rollout_batch_size)
         value_refs = critic.submit("values", [(p,) for p in ro.split(critic.size)])
@@ -180,10 +197,10 @@ class PPOTrainer:
         → GAE advantages → policy and critic updates (concurrently)."""
         a, roles = self.a, self.roles
         t0 = time.perf_counter()
-        ids, prompts = self.prompt_batch(self.iteration)
-        ro, texts = self.rollout(ids)
+        batch = self.prompt_batch(self.iteration)
+        ro, texts = self.rollout(batch.ids)
         t1 = time.perf_counter()
-        ref_logprobs, scores, values = self.score(ro)
+        ref_logprobs, scores, values = self.score(ro, batch, texts)
         t2 = time.perf_counter()
         mask = ro.response_mask
         kl = kl_estimate(ro.logprobs, ref_logprobs, a.kl_estimator) * mask
@@ -216,8 +233,8 @@ class PPOTrainer:
             "time/tokens_per_s": n_tokens / max(t3 - t0, 1e-9),
             "time/generated_tokens_per_s": n_tokens / max(t1 - t0, 1e-9),
         }
-        if prompts is not None:
-            metrics["ppo/gold"] = sum(self.ctx.world.judge(p, t) for p, t in zip(prompts, texts)) / len(prompts)
+        if batch.world is not None:
+            metrics["ppo/gold"] = sum(self.ctx.world.judge(p, t) for p, t in zip(batch.world, texts)) / len(texts)
         metrics |= _weighted(pol, "tokens") | _weighted(crit, "tokens")
         return metrics
 
