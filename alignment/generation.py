@@ -57,6 +57,7 @@ class RolloutSpec:
     temperature: float = 1.0
     top_p: float = 1.0
     min_new_tokens: int = 0
+    ignore_eos: bool = False  # always ``max_new_tokens`` tokens, ``<eom>`` or not (benchmarks)
 
 
 @torch.no_grad()
@@ -83,11 +84,12 @@ def sample_responses(
     out = model.generate(
         input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=spec.max_new_tokens,
         min_new_tokens=spec.min_new_tokens, do_sample=True, temperature=spec.temperature, top_p=spec.top_p,
-        top_k=0, pad_token_id=pad_id, eos_token_id=eos_id, output_logits=True, return_dict_in_generate=True,
+        top_k=0, pad_token_id=pad_id, eos_token_id=None if spec.ignore_eos else eos_id, output_logits=True,
+        return_dict_in_generate=True,
     )
     new = out.sequences[:, width:]
     logprobs = token_logprobs(torch.stack(out.logits, 1), new, spec.temperature)
-    ended = (new == eos_id).long()
+    ended = torch.zeros_like(new) if spec.ignore_eos else (new == eos_id).long()
     # a token is real if no eos came strictly before it (so the eos itself is kept)
     real = (ended.cumsum(1) - ended) == 0
     lengths = real.sum(1).tolist()

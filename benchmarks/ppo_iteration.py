@@ -16,6 +16,7 @@ Prints the median seconds per iteration after ``--warmup`` iterations, the per-p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -78,7 +79,7 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
     cfg.logger.wandb = False
     a = cfg.algo
     a.iterations, a.rollout_batch_size, a.num_threads = iters, BATCH, threads
-    a.max_new_tokens = a.min_new_tokens = NEW_TOKENS
+    a.max_new_tokens = NEW_TOKENS
     cfg.strategy.precision = "fp32"
     for role in ("policy", "critic", "reference", "preference"):
         setattr(cfg.ray, role, ActorResources(num_actors=1 if local else ranks, num_cpus=0.25))
@@ -98,6 +99,7 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
             return PromptBatch(random_prompts(BATCH, vocab, iteration))
 
     trainer = Bench(ctx, roles, tokenizer)
+    trainer.rollout_spec = dataclasses.replace(trainer.rollout_spec, ignore_eos=True)  # exactly NEW_TOKENS
     rows = []
     try:
         for _ in range(iters):
@@ -172,7 +174,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--ranks", type=int, default=1, help="lab on Ray: actors per role (data parallel)")
-    parser.add_argument("--threads", type=int, default=THREADS, help="lab: torch threads per actor")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help="lab: torch threads per actor (with several actors per phase, 1 avoids oversubscribing)")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
