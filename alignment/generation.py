@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from alignment.chat_format import reply_text
+from alignment.losses.logprobs import token_logprobs
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,6 @@ def sample_responses(
     Returns the response ids (up to and including ``eos_id``) and their log-probs under
     ``softmax(logits / temperature)``, read from the logits ``generate`` already computed.
     """
-    from alignment.losses.logprobs import token_logprobs
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

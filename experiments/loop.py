@@ -34,6 +34,22 @@ def batches(items: Sequence[Any], batch_size: int, rng: random.Random):
         yield [items[i] for i in idx[start:start + batch_size]]
 
 
+def rank_mean(results: Sequence[dict[str, float]], weight_key: str) -> dict[str, float]:
+    """Join what the ranks of a role report: each stat's mean weighted by ``weight_key`` (tokens,
+    pairs), except learning rates and gradient norms (``.../lr``, ``.../grad_norm``), which are
+    global and taken from rank 0."""
+    total = max(sum(r[weight_key] for r in results), 1e-9)
+    out = {}
+    for k in results[0]:
+        if k == weight_key:
+            continue
+        if k.rsplit("/", 1)[-1] in ("lr", "grad_norm"):
+            out[k] = results[0][k]
+        else:
+            out[k] = sum(r[k] * r[weight_key] for r in results) / total
+    return out
+
+
 def train_loop(
     group: RoleGroup, method: str, items: Sequence[Any], t: TrainerConfig, tracker: Tracker, name: str,
     weight_key: str, seed: int, batcher=None,
@@ -55,11 +71,8 @@ def train_loop(
                     break
                 results = group.call_sharded(method, shard(batch, group.size))
                 step += 1
-                weight = sum(r[weight_key] for r in results)
-                window_weight += weight
-                last = {f"{name}/{k}": sum(r[k] * r[weight_key] for r in results) / max(weight, 1e-9)
-                        for k in results[0] if k not in (weight_key, "lr", "grad_norm")}
-                last |= {f"{name}/lr": results[0]["lr"], f"{name}/grad_norm": results[0]["grad_norm"]}
+                window_weight += sum(r[weight_key] for r in results)
+                last = {f"{name}/{k}": v for k, v in rank_mean(results, weight_key).items()}
                 bar.update(1)
                 bar.set_postfix(loss=f"{last[f'{name}/loss']:.3f}")
                 if step % t.log_every == 0 or step == steps:

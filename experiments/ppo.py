@@ -41,6 +41,7 @@ from experiments.cache import Artifact, commit, reuse
 from experiments.config import OptimizerConfig, PPOConfig, as_plain
 from experiments.context import RunContext
 from experiments.evaluate import Job, generate_with, head_to_head, pm_scores
+from experiments.loop import rank_mean
 from experiments.pat import pat_key
 from experiments.pm import pm_stage
 from experiments.sft import model_spec, sft_stage, strategy_spec
@@ -235,7 +236,7 @@ class PPOTrainer:
         }
         if batch.world is not None:
             metrics["ppo/gold"] = sum(self.ctx.world.judge(p, t) for p, t in zip(batch.world, texts)) / len(texts)
-        metrics |= _weighted(pol, "tokens") | _weighted(crit, "tokens")
+        metrics |= rank_mean(pol, "tokens") | rank_mean(crit, "tokens")
         return metrics
 
     # --- checkpoints ------------------------------------------------------------------------------
@@ -290,20 +291,6 @@ def checkpoints(root: Path | None) -> list[Path]:
     if root is None or not root.is_dir():
         return []
     return sorted(p for p in root.glob("iter_*") if (p / STATE_FILE).is_file())
-
-
-def _weighted(stats: list[dict[str, float]], weight_key: str) -> dict[str, float]:
-    """Mean of each stat over ranks weighted by ``weight_key``; ``lr``/``grad_norm`` keys from rank 0."""
-    total = sum(s[weight_key] for s in stats) or 1.0
-    out = {}
-    for k in stats[0]:
-        if k == weight_key:
-            continue
-        if k.endswith("/lr") or k.endswith("/grad_norm"):
-            out[k] = stats[0][k]
-        else:
-            out[k] = sum(s[k] * s[weight_key] for s in stats) / total
-    return out
 
 
 def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:

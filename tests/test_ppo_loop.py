@@ -49,11 +49,8 @@ def make_ctx(tmp_path: Path, n_ranks: int = 1, iterations: int = 3):
 
 
 def test_two_data_parallel_ranks_per_trainable_role_stay_identical(ray_address, tmp_path, checkpoints):
-    import ray
-
     from experiments.ppo import PPOTrainer, start_roles
 
-    ray.init(address=ray_address, ignore_reinit_error=True)
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path, n_ranks=2)
     roles = start_roles(ctx, sft, pm)
@@ -80,12 +77,9 @@ def test_two_data_parallel_ranks_per_trainable_role_stay_identical(ray_address, 
 
 
 def test_resume_continues_from_saved_iteration_and_optimizer_state(ray_address, tmp_path, checkpoints):
-    import ray
-
     from experiments.ppo import PPOTrainer, start_roles
     from experiments.ppo import checkpoints as list_checkpoints
 
-    ray.init(address=ray_address, ignore_reinit_error=True)
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path, iterations=3)
     ckpt_root = tmp_path / "ckpt"
