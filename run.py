@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -37,9 +38,15 @@ def main(cfg: DictConfig) -> None:
     from experiments.context import RunContext
     from experiments.tracking import Tracker
 
-    init_ray(lab.ray)
+    if lab.stage != "report":  # the report reads finished runs; it needs no cluster
+        init_ray(lab.ray)
     container = OmegaConf.to_container(cfg, resolve=True)
-    tracker = Tracker(run_dir, lab.logger, container, job_type=lab.stage)
+    hc = HydraConfig.get()
+    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None  # one W&B group per sweep
+    model = Path(lab.model.path).name if lab.model.name == "pretrained" and lab.model.path else lab.model.name
+    data = Path(lab.data.path).stem if lab.data.source != "world" and lab.data.path else lab.data.source
+    tracker = Tracker(run_dir, lab.logger, container, job_type=lab.stage, group=group,
+                      tags=[f"model:{model}", f"data:{data}"])
     ctx = RunContext(lab, run_dir, ArtifactCache(cache_root(lab.cache_dir)), tracker,
                      run_tag=f"{lab.stage}-{uuid.uuid4().hex[:6]}")
     try:

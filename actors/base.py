@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import socket
 
 import torch
@@ -18,6 +19,17 @@ class RoleActor:
         self.rank, self.world_size = rank, world_size
         torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokens_generated = 0  # counted by the roles that sample
+
+    def usage(self) -> dict[str, float]:
+        """What this process has cost so far: CPU seconds, peak resident memory, peak GPU memory,
+        tokens sampled and parameter updates (optimizer steps x trainable parameters)."""
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        gpu = torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0
+        engine = getattr(self, "engine", None)
+        updates = engine.global_step * engine.trainable_params if engine is not None else 0
+        return {"cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024, "gpu_peak_mb": gpu,
+                "tokens_generated": float(self.tokens_generated), "param_updates": float(updates)}
 
     def master_address(self) -> tuple[str, int]:
         """This node's IP and a free port, for rank 0 to host the rendezvous."""

@@ -128,6 +128,7 @@ class TrainingEngine:
             raise ValueError(f"unknown strategy {strategy.name!r}; choose 'torch' or 'deepspeed'")
         self.optim_cfg, self.spec, self.device = optim, strategy, torch.device(device)
         self.global_step = 0
+        self.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if strategy.gradient_checkpointing:
             _enable_checkpointing(model)
         if strategy.name == "torch":

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -22,14 +23,16 @@ class RoleGroup:
     """``res.num_actors`` data-parallel actors of ``actor_cls``, named ``<run>/<role>-<rank>``.
 
     With ``pg`` and ``bundle_offset`` a group shares a placement group with other roles
-    (colocation); otherwise it reserves its own.
+    (colocation); otherwise it reserves its own. ``on_shutdown`` receives the group's ``usage()``
+    when it shuts down (the cost ledger of the run).
     """
 
     def __init__(
         self, actor_cls: type, role: str, res: ActorResources, num_threads: int = 2,
         pg: PlacementGroup | None = None, bundle_offset: int = 0, run_tag: str | None = None,
+        on_shutdown: Callable[[dict[str, float]], None] | None = None,
     ):
-        self.role = role
+        self.role, self.on_shutdown, self.started = role, on_shutdown, time.time()
         self.owns_pg = pg is None
         if pg is None:
             pg = placement_group(bundles(res), strategy="PACK")
@@ -79,11 +82,31 @@ class RoleGroup:
         """Split ``items`` over the ranks, call ``method`` on each share, and join the results in order."""
         return [out for part in self.call_sharded(method, shard(items, self.size), **kwargs) for out in part]
 
+    def usage(self) -> dict[str, float]:
+        """The role's cost so far, over its ranks: CPU seconds, peak memory (ranks summed), tokens
+        sampled, and parameter updates (rank 0's: data-parallel ranks update the same weights)."""
+        ranks = self.wait([a.usage.remote() for a in self.actors])
+        return join_usage(self.role, ranks, self.started)
+
     def shutdown(self) -> None:
+        if self.on_shutdown is not None and self.actors:
+            try:
+                self.on_shutdown(self.usage())
+            except ray.exceptions.RayError:  # a dead actor has no usage to report; still clean up
+                pass
         for a in self.actors:
             ray.kill(a)
+        self.actors = []
         if self.owns_pg:
             remove_placement_group(self.pg)
+
+
+def join_usage(role: str, ranks: Sequence[dict[str, float]], started: float) -> dict[str, float]:
+    out: dict[str, float] = {"role": role, "ranks": len(ranks), "started": started, "ended": time.time()}
+    for key in ("cpu_s", "peak_rss_mb", "gpu_peak_mb", "tokens_generated"):
+        out[key] = sum(r[key] for r in ranks)
+    out["param_updates"] = ranks[0]["param_updates"] if ranks else 0.0
+    return out
 
 
 def shard(items: Sequence[Any], n: int) -> list[list[Any]]:
@@ -102,8 +125,10 @@ class LocalGroup(RoleGroup):
 
     For measuring what Ray costs, and for debugging a role with a plain debugger."""
 
-    def __init__(self, actor_cls: type, role: str, num_threads: int = 2):
+    def __init__(self, actor_cls: type, role: str, num_threads: int = 2,
+                 on_shutdown: Callable[[dict[str, float]], None] | None = None):
         self.role, self.owns_pg, self.pg = role, False, None
+        self.on_shutdown, self.started = on_shutdown, time.time()
         self.actors = [actor_cls(0, 1, num_threads)]
 
     def submit(self, method: str, per_rank: Sequence[tuple] | None = None, **kwargs: Any) -> list[Any]:
@@ -114,7 +139,12 @@ class LocalGroup(RoleGroup):
     def wait(refs: list[Any]) -> list[Any]:
         return refs
 
+    def usage(self) -> dict[str, float]:
+        return join_usage(self.role, [a.usage() for a in self.actors], self.started)
+
     def shutdown(self) -> None:
+        if self.on_shutdown is not None and self.actors:
+            self.on_shutdown(self.usage())
         self.actors = []
 
 

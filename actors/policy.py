@@ -20,6 +20,7 @@ from alignment.losses.ppo import policy_loss
 from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tiny, load_causal_lm, mergeable
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack, response_logits, response_tokens
+from alignment.sequences import reply_ids
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,10 @@ class PolicyActor(TrainableActor):
         return {"loss": loss.item(), "tokens": float(n_tokens), **stats}
 
     def generate(self, prompts: list[str], sampling: SamplingSpec, batch_size: int, seed: int) -> list[str]:
-        return generate_replies(self.engine.module, self.tokenizer, prompts, sampling, batch_size, seed + self.rank)
+        replies = generate_replies(self.engine.module, self.tokenizer, prompts, sampling, batch_size,
+                                   seed + self.rank)
+        self.tokens_generated += sum(len(reply_ids(self.tokenizer, r)) for r in replies)
+        return replies
 
     def rollout(self, prompts: list[list[int]], spec: RolloutSpec, seed: int) -> tuple[Rollout, list[str]]:
         """Sample a response to each prompt (token ids); returns the rollout and the reply texts."""
@@ -72,6 +76,7 @@ class PolicyActor(TrainableActor):
         responses, logprobs = sample_responses(self.engine.module, prompts, spec, tok.pad_token_id,
                                                tok.eos_token_id, seed + self.rank)
         texts = [reply_text(t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
+        self.tokens_generated += sum(len(r) for r in responses)
         return pack(prompts, responses, logprobs, tok.pad_token_id), texts
 
     def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, spec: PolicyUpdateSpec) -> dict[str, float]:

@@ -70,3 +70,44 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
     vx = sum((a - mx) ** 2 for a in rx) ** 0.5
     vy = sum((b - my) ** 2 for b in ry) ** 0.5
     return 0.0 if vx == 0 or vy == 0 else cov / (vx * vy)
+
+
+def seeds_win_rate(per_seed: Sequence[Sequence[int]], n_boot: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> WinRate:
+    """Win rate over several training seeds (the mean of the seeds' win rates, each seed judged on
+    its own prompts) with a two-level bootstrap interval: resample the seeds, then the prompts
+    within each resampled seed. With one seed it is ``win_rate`` of that seed."""
+    if not per_seed or any(not s for s in per_seed):
+        raise ValueError("every seed needs at least one outcome")
+    if len(per_seed) == 1:
+        return win_rate(per_seed[0], n_boot, seed, level)
+    rng = random.Random(seed)
+    k = len(per_seed)
+    boots = []
+    for _ in range(n_boot):
+        total = 0.0
+        for _ in range(k):
+            res = per_seed[rng.randrange(k)]
+            total += _rate([res[rng.randrange(len(res))] for _ in range(len(res))])
+        boots.append(total / k)
+    boots.sort()
+    lo = boots[int((1 - level) / 2 * n_boot)]
+    hi = boots[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
+
+    def share(v: int) -> float:
+        return sum(sum(r == v for r in s) / len(s) for s in per_seed) / k
+
+    return WinRate(win=share(1), tie=share(0), lose=share(-1), win_rate=sum(_rate(s) for s in per_seed) / k,
+                   ci_low=lo, ci_high=hi, n=sum(len(s) for s in per_seed))
+
+
+def mean_interval(values: Sequence[float], n_boot: int = 2000, seed: int = 0,
+                  level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of per-seed ``values`` and a percentile bootstrap interval over the seeds."""
+    if not values:
+        raise ValueError("no values")
+    rng = random.Random(seed)
+    n = len(values)
+    boots = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    return (sum(values) / n, boots[int((1 - level) / 2 * n_boot)],
+            boots[min(n_boot - 1, int((1 + level) / 2 * n_boot))])

@@ -168,7 +168,7 @@ class RayConfig:
     num_cpus: Optional[int] = None  # local cluster only
     include_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 8265
+    dashboard_port: Optional[int] = None  # None: 8265, or the next free port when another lab holds it
     colocate: bool = False  # PPO: rank i of every role shares one placement-group bundle (and its GPUs)
     policy: ActorResources = field(default_factory=ActorResources)
     critic: ActorResources = field(default_factory=ActorResources)
@@ -199,12 +199,18 @@ class EvalConfig:
 
 
 @dataclass
+class CompareConfig:
+    concurrent: bool = True  # PAT and PPO side by side; false: one after the other (for timing)
+
+
+@dataclass
 class LabConfig:
     stage: str = MISSING  # set by an experiment preset: +experiment=sft
     seed: int = 0
     cache_dir: Optional[str] = None  # default: $ALIGNMENT_LAB_CACHE or ~/.cache/alignment-lab
     use_cache: bool = True
     resume: bool = False  # PPO: continue from the last checkpoint of the same config
+    sweep_dir: Optional[str] = None  # +experiment=report: the multirun dir to report on
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -215,6 +221,7 @@ class LabConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     extra: Dict[str, Any] = field(default_factory=dict)  # free-form notes, logged with the run
 
 

@@ -6,10 +6,13 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
+from actors.group import RoleGroup
 from alignment.world import World, WorldSpec
 from experiments.cache import ArtifactCache, config_key
-from experiments.config import LabConfig, WorldConfig
+from experiments.config import ActorResources, LabConfig, WorldConfig
+from experiments.costs import Ledger
 from experiments.tracking import Tracker
 
 
@@ -27,6 +30,16 @@ class RunContext:
     tracker: Tracker
     run_tag: str
     started: float = field(default_factory=time.time)
+    costs: Ledger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.costs = Ledger(self.run_dir, self.started)
+
+    def group(self, actor_cls: type, role: str, res: ActorResources, num_threads: int, stage: str,
+              **kwargs: Any) -> RoleGroup:
+        """A named actor group for ``stage``; its usage joins the stage's cost when it shuts down."""
+        return RoleGroup(actor_cls, role, res, num_threads, run_tag=self.run_tag,
+                         on_shutdown=self.costs.recorder(stage), **kwargs)
 
     @cached_property
     def world(self) -> World:

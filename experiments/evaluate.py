@@ -1,21 +1,41 @@
 """Head-to-head evaluation driver: policies generate on held-out test prompts with fixed
 sampling; the gold judge and the preference model score every reply; pairs of policies get
-win / tie / lose shares and win rates with bootstrap intervals (``alignment/winrate.py``)."""
+win / tie / lose shares and win rates with bootstrap intervals (``alignment/winrate.py``).
+
+Replies are cached by (model, prompts, quality tag, sampling, seed), so the jobs of a sweep
+judge the same SFT replies and a later job reuses what an earlier one generated. Every run
+writes the per-prompt scores to ``scores.json``: the sweep report pairs methods from them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from actors.group import RoleGroup
+import torch
+
+from actors.group import shard
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
+from actors.reference import ReferenceActor
+from alignment.atomic import write_json
+from alignment.chat_format import generation_prompt
+from alignment.generation import RolloutSpec
+from alignment.losses.kl import kl_estimate
 from alignment.models.tokenizer import load_tokenizer
-from alignment.sequences import scored_sequence
+from alignment.rollout import Rollout, pack
+from alignment.sequences import prompt_ids, scored_sequence
 from alignment.winrate import outcomes, win_rate
 from alignment.world import WorldPrompt
+from experiments.config import as_plain
 from experiments.context import RunContext
 from experiments.sft import generate, model_spec, strategy_spec
+
+SCORES_FILE = "scores.json"
 
 
 @dataclass
@@ -26,16 +46,51 @@ class Job:
     quality: int | None = None
 
 
+def replies_key(ctx: RunContext, model_path: Path, job: Job) -> str:
+    texts = [generation_prompt(p.conversation(), job.quality) for p in job.prompts]
+    digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
+    payload = {"model": str(model_path), "prompts": digest, "sampling": as_plain(ctx.cfg.eval), "seed": ctx.cfg.seed}
+    payload["sampling"].pop("n_prompts")  # the prompt digest already says which prompts
+    payload["sampling"].pop("evaluate_init")
+    return ctx.cache_key("replies", payload)
+
+
 def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role: str) -> dict[str, list[str]]:
-    """Load the policy at ``model_path`` on a policy group and run every job on it."""
+    """Every job's replies from the policy at ``model_path``: cached ones are read back, the rest
+    are generated on one policy group and cached."""
     cfg = ctx.cfg
-    group = RoleGroup(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, run_tag=ctx.run_tag)
+    keys = {name: replies_key(ctx, model_path, job) for name, job in jobs.items()}
+    out: dict[str, list[str]] = {}
+    for name, key in keys.items():
+        hit = ctx.cache.get("replies", key) if cfg.use_cache else None
+        if hit is not None:
+            out[name] = json.loads((hit / "replies.json").read_text())
+    todo = [name for name in jobs if name not in out]
+    if not todo:
+        print(f"EVAL: reusing cached replies of {model_path.name} ({', '.join(jobs)})", flush=True)
+        return out
+    group = ctx.group(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, "eval")
     try:
         group.call("init_model", model_spec(cfg, model_path, str(model_path)),
                    strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), None)
-        return {name: generate(ctx, group, job.prompts, job.quality) for name, job in jobs.items()}
+        for name in todo:
+            out[name] = generate(ctx, group, jobs[name].prompts, jobs[name].quality)
+            with ctx.cache.put("replies", keys[name], {"model": str(model_path), "job": name}) as tmp:
+                write_json(tmp / "replies.json", out[name])
     finally:
         group.shutdown()
+    return {name: out[name] for name in jobs}
+
+
+def generate_many(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]]) -> dict[str, list[str]]:
+    """``generate_with`` for several models at once (``{role: (model, jobs)}``), one policy group
+    each, side by side when the cluster has room."""
+    with ThreadPoolExecutor(max_workers=len(work)) as pool:
+        futures = [pool.submit(generate_with, ctx, path, jobs, role) for role, (path, jobs) in work.items()]
+        out: dict[str, list[str]] = {}
+        for f in futures:
+            out |= f.result()
+    return out
 
 
 def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path, prompts: list[WorldPrompt],
@@ -43,8 +98,7 @@ def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path, prompts: list
     """The preference model's score of every reply, per policy."""
     cfg = ctx.cfg
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    group = RoleGroup(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads,
-                      run_tag=ctx.run_tag)
+    group = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, "eval")
     try:
         group.call("init_model", str(pm_path), False, strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
         out = {}
@@ -69,3 +123,56 @@ def head_to_head(ctx: RunContext, gold: dict[str, list[float]], pm: dict[str, li
             out[judge][f"{a}_vs_{b}"] = {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]],
                                          "win": w["win"], "tie": w["tie"], "lose": w["lose"], "n": w["n"]}
     return out
+
+
+def write_scores(ctx: RunContext, prompts: list[WorldPrompt], gold: dict[str, list[float]],
+                 pm: dict[str, list[float]]) -> Path:
+    """Per-prompt gold and preference-model scores of each policy, for pairing across runs."""
+    path = ctx.run_dir / SCORES_FILE
+    write_json(path, {"seed": ctx.cfg.seed, "prompts": [p.uid for p in prompts],
+                      "gold": {k: gold[k] for k in pm}, "pm": pm})
+    return path
+
+
+def frontier_points(ctx: RunContext, model_path: Path, sft_path: Path, pm_path: Path, prompts: list[WorldPrompt],
+                    tags: list[int | None]) -> list[dict[str, Any]]:
+    """Reward against KL to the SFT model, one point per quality tag (``None``: no tag).
+
+    The policy samples as PPO does (``algo`` temperature and length, no top-p), so the mean of
+    ``sum_t log pi(y_t) - log pi_SFT(y_t)`` over its samples estimates KL(pi || pi_SFT). The SFT
+    model sees the prompt without the tag. Each point holds that KL, the gold score and the
+    preference-model score of the same samples."""
+    cfg, a = ctx.cfg, ctx.cfg.algo
+    tok = load_tokenizer(str(sft_path))
+    spec = RolloutSpec(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=1.0)
+    plain = [prompt_ids(tok, p.conversation()) for p in prompts]
+    policy = ctx.group(PolicyActor, "policy", cfg.ray.policy, cfg.trainer.num_threads, "eval")
+    reference = ctx.group(ReferenceActor, "reference", cfg.ray.reference, cfg.trainer.num_threads, "eval")
+    scorer = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, "eval")
+    try:
+        policy.wait(policy.submit("init_model", None, spec=model_spec(cfg, model_path, str(model_path)),
+                                  strategy=strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim=None)
+                    + reference.submit("init_model", None, path=str(sft_path))
+                    + scorer.submit("init_model", None, path=str(pm_path), drop_last_layer=False,
+                                    strategy=strategy_spec(cfg, cfg.ray.preference.num_gpus > 0)))
+        points = []
+        for tag in tags:
+            ids = [prompt_ids(tok, p.conversation(), tag) for p in prompts]
+            parts = policy.call_sharded("rollout", shard(ids, policy.size), spec=spec, seed=cfg.seed)
+            sampled = Rollout.cat([p[0] for p in parts], tok.pad_token_id)
+            texts = [t for p in parts for t in p[1]]
+            responses = [row[len(p):] for row, p in zip(sampled.token_lists(), ids)]
+            untagged = pack(plain, responses, [[0.0] * len(r) for r in responses], tok.pad_token_id)
+            ref = torch.cat(reference.wait(reference.submit(
+                "logprobs", [(r,) for r in untagged.split(reference.size)], temperature=spec.temperature)))
+            kl = (kl_estimate(sampled.logprobs, ref, "k1") * sampled.response_mask).sum(1)
+            seqs = [scored_sequence(tok, p.conversation(), t, cfg.pm.max_length, cfg.pm.context_turns)
+                    for p, t in zip(prompts, texts)]
+            pm = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
+            gold = [ctx.world.judge(p, t) for p, t in zip(prompts, texts)]
+            points.append({"tag": tag, "kl": kl.mean().item(), "gold": sum(gold) / len(gold),
+                           "pm": sum(pm) / len(pm), "n": len(prompts)})
+        return points
+    finally:
+        for g in (policy, reference, scorer):
+            g.shutdown()

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from actors.group import RoleGroup
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
 from alignment.chat_format import Conversation
@@ -21,7 +20,7 @@ from alignment.winrate import spearman
 from experiments.cache import Artifact, commit, reuse
 from experiments.config import as_plain
 from experiments.context import RunContext
-from experiments.evaluate import Job, generate_with, head_to_head, pm_scores
+from experiments.evaluate import Job, frontier_points, generate_many, head_to_head, pm_scores, write_scores
 from experiments.loop import optim_config, total_steps, train_loop
 from experiments.pm import pm_stage
 from experiments.report import write_pat_report
@@ -50,34 +49,37 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
     key, payload = pat_key(ctx, sft, pm)
     hit = reuse(ctx.cache, "pat", key, "model") if cfg.use_cache else None
     if hit is not None:
+        ctx.costs.reused("pat", hit.path)
         return hit
-    tokenizer = load_tokenizer(str(sft.path))
-    convs = pat_conversations(ctx)
-    seqs = [scored_sequence(tokenizer, c, c.turns[-1].moss, cfg.pm.max_length, cfg.pm.context_turns) for c in convs]
-    scorer = RoleGroup(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads,
-                       run_tag=ctx.run_tag)
-    try:
-        scorer.call("init_model", str(pm.path), False, strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
-        scores = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
-    finally:
-        scorer.shutdown()
-    tags, edges = tag_scores(scores, cfg.pat.n_buckets, cfg.pat.rule, cfg.pat.thresholds)
-    policy = LossPolicy.from_names(cfg.data.loss_on, cfg.data.last_turn_only)
-    examples = [truncate(encode(tag_conversation(c, t), tokenizer, policy), cfg.data.max_length)
-                for c, t in zip(convs, tags)]
-    steps = total_steps(len(examples), cfg.pat.trainer)
-    group = RoleGroup(PolicyActor, "policy", cfg.ray.policy, cfg.pat.trainer.num_threads, run_tag=ctx.run_tag)
-    try:
-        group.call("init_model", model_spec(cfg, sft.path, str(sft.path)),
-                   strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim_config(cfg.pat.trainer, steps))
-        counts = Counter(tags)
-        info: dict[str, Any] = {"edges": edges, "n_examples": len(examples),
-                                "tag_counts": {str(t): counts[t] for t in bucket_tags(cfg.pat.n_buckets)}}
-        info["train"] = train_loop(group, "sft_step", examples, cfg.pat.trainer, ctx.tracker, "pat", "tokens",
-                                   cfg.seed, batcher=bucketed_batches)
-        return commit(ctx.cache, "pat", key, payload, group, info, "model")
-    finally:
-        group.shutdown()
+    with ctx.costs.span("pat") as span:
+        tokenizer = load_tokenizer(str(sft.path))
+        convs = pat_conversations(ctx)
+        seqs = [scored_sequence(tokenizer, c, c.turns[-1].moss, cfg.pm.max_length, cfg.pm.context_turns) for c in convs]
+        scorer = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, "pat")
+        try:
+            scorer.call("init_model", str(pm.path), False, strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
+            scores = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
+        finally:
+            scorer.shutdown()
+        tags, edges = tag_scores(scores, cfg.pat.n_buckets, cfg.pat.rule, cfg.pat.thresholds)
+        policy = LossPolicy.from_names(cfg.data.loss_on, cfg.data.last_turn_only)
+        examples = [truncate(encode(tag_conversation(c, t), tokenizer, policy), cfg.data.max_length)
+                    for c, t in zip(convs, tags)]
+        steps = total_steps(len(examples), cfg.pat.trainer)
+        group = ctx.group(PolicyActor, "policy", cfg.ray.policy, cfg.pat.trainer.num_threads, "pat")
+        try:
+            group.call("init_model", model_spec(cfg, sft.path, str(sft.path)),
+                       strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim_config(cfg.pat.trainer, steps))
+            counts = Counter(tags)
+            info: dict[str, Any] = {"edges": edges, "n_examples": len(examples),
+                                    "tag_counts": {str(t): counts[t] for t in bucket_tags(cfg.pat.n_buckets)}}
+            info["train"] = train_loop(group, "sft_step", examples, cfg.pat.trainer, ctx.tracker, "pat", "tokens",
+                                       cfg.seed, batcher=bucketed_batches)
+            art = commit(ctx.cache, "pat", key, payload, group, info, "model")
+        finally:
+            group.shutdown()
+        span.artifact = art.path
+    return art
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -92,10 +94,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     tags = bucket_tags(cfg.pat.n_buckets)
     pat_jobs = {"pat": Job(prompts, cfg.pat.inference_tag)} | {f"tag_{t}": Job(control, t) for t in tags}
     sft_jobs = {"sft": Job(prompts)}
-    replies = generate_with(ctx, pat.path, pat_jobs, "pat-eval") | generate_with(ctx, sft.path, sft_jobs, "sft-eval")
-    jobs = pat_jobs | sft_jobs
-    gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
-    pm_s = pm_scores(ctx, pm.path, sft.path, prompts, {k: replies[k] for k in ("pat", "sft")})
+    with ctx.costs.span("eval"):
+        replies = generate_many(ctx, {"pat-eval": (pat.path, pat_jobs), "sft-eval": (sft.path, sft_jobs)})
+        jobs = pat_jobs | sft_jobs
+        gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
+        pm_s = pm_scores(ctx, pm.path, sft.path, prompts, {k: replies[k] for k in ("pat", "sft")})
+        frontier = frontier_points(ctx, pat.path, sft.path, pm.path, control, list(tags))
+    write_scores(ctx, prompts, gold, pm_s)
     wins = head_to_head(ctx, gold, pm_s, [("pat", "sft")])
     curve = [sum(gold[f"tag_{t}"]) / len(control) for t in tags]
     results = {
@@ -105,6 +110,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "gold": {"sft": sum(gold["sft"]) / len(prompts), "pat": sum(gold["pat"]) / len(prompts)},
         "controllability": {"tags": tags, "gold": curve, "spearman": spearman(tags, curve)},
         "pat": {"tag_counts": pat.info["tag_counts"], "edges": pat.info["edges"]},
+        "frontier": {"pat": frontier},
+        "cost": ctx.costs.summary(),
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "pat": str(pat.path)},
         "cached": {"sft": sft.cached, "pm": pm.cached, "pat": pat.cached},
         "samples": [{"prompt": p.task.prompt, "sft": s, "pat": t}

@@ -77,29 +77,32 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
     key = ctx.cache_key("pm", payload)
     hit = reuse(ctx.cache, "pm", key, "preference model") if cfg.use_cache else None
     if hit is not None:
+        ctx.costs.reused("pm", hit.path)
         return hit
-    tokenizer = load_tokenizer(str(sft.path))
-    train, val, gold = comparison_groups(ctx)
+    with ctx.costs.span("pm") as span:
+        tokenizer = load_tokenizer(str(sft.path))
+        train, val, gold = comparison_groups(ctx)
 
-    def encode(groups: list[ComparisonGroup]) -> list[tuple[list[list[int]], list[tuple[int, int]]]]:
-        return [([scored_sequence(tokenizer, g.context, c, cfg.pm.max_length, cfg.pm.context_turns)
-                  for c in g.candidates], list(g.pairs)) for g in groups]
+        def encode(groups: list[ComparisonGroup]) -> list[tuple[list[list[int]], list[tuple[int, int]]]]:
+            return [([scored_sequence(tokenizer, g.context, c, cfg.pm.max_length, cfg.pm.context_turns)
+                      for c in g.candidates], list(g.pairs)) for g in groups]
 
-    train_seqs, val_seqs = encode(train), encode(val)
-    steps = total_steps(len(train_seqs), cfg.pm.trainer)
-    group = RoleGroup(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads,
-                      run_tag=ctx.run_tag)
-    try:
-        use_gpu = cfg.ray.preference.num_gpus > 0
-        n_params = group.call("init_model", str(sft.path), cfg.pm.drop_last_layer, strategy_spec(cfg, use_gpu),
-                              optim_config(cfg.pm.trainer, steps), cfg.seed)[0]
-        info: dict[str, Any] = {"trainable_params": n_params, "train_groups": len(train_seqs),
-                                "train_pairs": sum(len(p) for _, p in train_seqs)}
-        info["train"] = train_loop(group, "pm_step", train_seqs, cfg.pm.trainer, ctx.tracker, "pm", "n", cfg.seed)
-        info["eval"] = validate(group, val_seqs, gold, cfg.eval.batch_size)
-        return commit(ctx.cache, "pm", key, payload, group, info, "preference model")
-    finally:
-        group.shutdown()
+        train_seqs, val_seqs = encode(train), encode(val)
+        steps = total_steps(len(train_seqs), cfg.pm.trainer)
+        group = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, "pm")
+        try:
+            use_gpu = cfg.ray.preference.num_gpus > 0
+            n_params = group.call("init_model", str(sft.path), cfg.pm.drop_last_layer, strategy_spec(cfg, use_gpu),
+                                  optim_config(cfg.pm.trainer, steps), cfg.seed)[0]
+            info: dict[str, Any] = {"trainable_params": n_params, "train_groups": len(train_seqs),
+                                    "train_pairs": sum(len(p) for _, p in train_seqs)}
+            info["train"] = train_loop(group, "pm_step", train_seqs, cfg.pm.trainer, ctx.tracker, "pm", "n", cfg.seed)
+            info["eval"] = validate(group, val_seqs, gold, cfg.eval.batch_size)
+            art = commit(ctx.cache, "pm", key, payload, group, info, "preference model")
+        finally:
+            group.shutdown()
+        span.artifact = art.path
+    return art
 
 
 def run(ctx: RunContext) -> dict[str, Any]:

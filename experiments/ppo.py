@@ -40,7 +40,7 @@ from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit, reuse
 from experiments.config import OptimizerConfig, PPOConfig, as_plain
 from experiments.context import RunContext
-from experiments.evaluate import Job, generate_with, head_to_head, pm_scores
+from experiments.evaluate import Job, frontier_points, generate_many, head_to_head, pm_scores, write_scores
 from experiments.loop import rank_mean
 from experiments.pat import pat_key
 from experiments.pm import pm_stage
@@ -99,7 +99,7 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
             pg = colocated_pg([r.policy, r.critic, r.reference, r.preference])
 
         def group(cls: type, name: str, res: Any) -> RoleGroup:
-            return RoleGroup(cls, name, res, a.num_threads, pg=pg, run_tag=ctx.run_tag)
+            return ctx.group(cls, name, res, a.num_threads, "ppo", pg=pg)
 
         roles = Roles(group(PolicyActor, "policy", r.policy), group(CriticActor, "critic", r.critic),
                       group(ReferenceActor, "reference", r.reference),
@@ -309,25 +309,29 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
     key, payload = ppo_key(ctx, sft, pm)
     hit = reuse(ctx.cache, "ppo", key, "policy") if cfg.use_cache else None
     if hit is not None:
+        ctx.costs.reused("ppo", hit.path)
         return hit
-    ckpt_root = ctx.cache.root / "ppo-checkpoints" / key
-    if not cfg.resume and ckpt_root.exists():
-        shutil.rmtree(ckpt_root)  # a fresh run does not inherit an interrupted one's checkpoints
-    roles = start_roles(ctx, sft.path, pm.path)
-    try:
-        trainer = PPOTrainer(ctx, roles, load_tokenizer(str(sft.path)), ckpt_root, RayMetrics(ctx.run_tag))
-        info: dict[str, Any] = {}
-        if cfg.resume:
-            restored = trainer.restore()
-            print(f"PPO: resuming from {restored} (iteration {trainer.iteration})" if restored else
-                  f"PPO: resume=true but no checkpoint under {ckpt_root}; starting at iteration 0", flush=True)
-            info["resumed_from"] = trainer.iteration
-        started = time.time()
-        info["final"] = trainer.train(cfg.algo.iterations)
-        info["train_seconds"] = time.time() - started
-        return commit(ctx.cache, "ppo", key, payload, roles.policy, info, "policy")
-    finally:
-        roles.shutdown()
+    with ctx.costs.span("ppo") as span:
+        ckpt_root = ctx.cache.root / "ppo-checkpoints" / key
+        if not cfg.resume and ckpt_root.exists():
+            shutil.rmtree(ckpt_root)  # a fresh run does not inherit an interrupted one's checkpoints
+        roles = start_roles(ctx, sft.path, pm.path)
+        try:
+            trainer = PPOTrainer(ctx, roles, load_tokenizer(str(sft.path)), ckpt_root, RayMetrics(ctx.run_tag))
+            info: dict[str, Any] = {}
+            if cfg.resume:
+                restored = trainer.restore()
+                print(f"PPO: resuming from {restored} (iteration {trainer.iteration})" if restored else
+                      f"PPO: resume=true but no checkpoint under {ckpt_root}; starting at iteration 0", flush=True)
+                info["resumed_from"] = trainer.iteration
+            started = time.time()
+            info["final"] = trainer.train(cfg.algo.iterations)
+            info["train_seconds"] = time.time() - started
+            art = commit(ctx.cache, "ppo", key, payload, roles.policy, info, "policy")
+        finally:
+            roles.shutdown()
+        span.artifact = art.path
+    return art
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -338,16 +342,19 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ppo = ppo_stage(ctx, sft, pm)
 
     prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
-    replies = (generate_with(ctx, ppo.path, {"ppo": Job(prompts)}, "ppo-eval")
-               | generate_with(ctx, sft.path, {"sft": Job(prompts)}, "sft-eval"))
+    work = {"ppo-eval": (ppo.path, {"ppo": Job(prompts)}), "sft-eval": (sft.path, {"sft": Job(prompts)})}
     pairs = [("ppo", "sft")]
     pat_path = ctx.cache.get("pat", pat_key(ctx, sft, pm)[0])
     if pat_path is not None:
         print(f"PPO: a PAT model of the same SFT and preference model is cached ({pat_path}); adding PPO vs PAT")
-        replies |= generate_with(ctx, pat_path, {"pat": Job(prompts, cfg.pat.inference_tag)}, "pat-eval")
+        work["pat-eval"] = (pat_path, {"pat": Job(prompts, cfg.pat.inference_tag)})
         pairs.append(("ppo", "pat"))
-    gold = {name: [ctx.world.judge(p, r) for p, r in zip(prompts, rs)] for name, rs in replies.items()}
-    pm_s = pm_scores(ctx, pm.path, sft.path, prompts, replies)
+    with ctx.costs.span("eval"):
+        replies = generate_many(ctx, work)
+        gold = {name: [ctx.world.judge(p, r) for p, r in zip(prompts, rs)] for name, rs in replies.items()}
+        pm_s = pm_scores(ctx, pm.path, sft.path, prompts, replies)
+        point = frontier_points(ctx, ppo.path, sft.path, pm.path, prompts[: cfg.pat.control_prompts], [None])
+    write_scores(ctx, prompts, gold, pm_s)
     wins = head_to_head(ctx, gold, pm_s, pairs)
     final = ppo.info["final"]
     results = {
@@ -356,6 +363,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "gold": {name: sum(v) / len(v) for name, v in gold.items()},
         "kl": {"final": final["ppo/kl"], "final_per_token": final["ppo/kl_per_token"]},
         "ppo": {"iterations": cfg.algo.iterations, "final": final, "train_seconds": ppo.info.get("train_seconds")},
+        "frontier": {"ppo": point},
+        "cost": ctx.costs.summary(),
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "ppo": str(ppo.path),
                       **({"pat": str(pat_path)} if pat_path else {})},
         "cached": {"sft": sft.cached, "pm": pm.cached, "ppo": ppo.cached},

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from alignment.atomic import write_text  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically and close it."""
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -21,9 +22,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def win_tie_lose_plot(rows: list[tuple[str, dict[str, Any]]], path: Path, title: str) -> Path:
-    """Stacked horizontal bars of win / tie / lose shares, one row per (label, result)."""
-    fig, ax = plt.subplots(figsize=(7, 0.7 * len(rows) + 1.2))
+def draw_win_tie_lose(ax, rows: list[tuple[str, dict[str, Any]]], title: str) -> None:
+    """Stacked horizontal bars of win / tie / lose shares on ``ax``, one row per (label, result),
+    each annotated with its win rate and interval."""
     for i, (_, w) in enumerate(rows):
         left = 0.0
         for share, color, name in ((w["win"], "#2a9d8f", "win"), (w["tie"], "#c9c9c9", "tie"),
@@ -39,7 +40,13 @@ def win_tie_lose_plot(rows: list[tuple[str, dict[str, Any]]], path: Path, title:
     ax.axvline(0.5, color="black", lw=0.8, ls=":")
     ax.set_title(title)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.2 - 0.05 * len(rows)), ncol=3, frameon=False)
-    return _save(fig, path)
+
+
+def win_tie_lose_plot(rows: list[tuple[str, dict[str, Any]]], path: Path, title: str) -> Path:
+    """``draw_win_tie_lose`` as its own PNG."""
+    fig, ax = plt.subplots(figsize=(7, 0.7 * len(rows) + 1.2))
+    draw_win_tie_lose(ax, rows, title)
+    return save_png(fig, path)
 
 
 def controllability_plot(tags: list[int], gold: list[float], path: Path, rho: float) -> Path:
@@ -50,7 +57,7 @@ def controllability_plot(tags: list[int], gold: list[float], path: Path, rho: fl
     ax.set_title(f"PAT controllability (Spearman {rho:.2f})")
     ax.set_xticks(tags)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_pat_report(run_dir: Path, r: dict[str, Any]) -> dict[str, Path]:

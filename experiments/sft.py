@@ -112,27 +112,31 @@ def sft_stage(ctx: RunContext) -> Artifact:
     key = ctx.cache_key("sft", payload)
     hit = reuse(ctx.cache, "sft", key, "checkpoint") if cfg.use_cache else None
     if hit is not None:
+        ctx.costs.reused("sft", hit.path)
         return hit
-    tokenizer = load_tokenizer(str(tok_dir))
-    examples = sft_examples(cfg, ctx, tokenizer)
-    steps = total_steps(len(examples), cfg.trainer)
-    group = RoleGroup(PolicyActor, "policy", cfg.ray.policy, cfg.trainer.num_threads, run_tag=ctx.run_tag)
-    try:
-        use_gpu = cfg.ray.policy.num_gpus > 0
-        n_params = group.call("init_model", model_spec(cfg, tok_dir), strategy_spec(cfg, use_gpu),
-                              optim_config(cfg.trainer, steps))[0]
-        info: dict[str, Any] = {"trainable_params": n_params, "n_examples": len(examples)}
-        if cfg.eval.evaluate_init:
-            info["init"] = evaluate_policy(ctx, group)
-        started = time.time()
-        info["train"] = train_loop(group, "sft_step", examples, cfg.trainer, ctx.tracker, "sft", "tokens",
-                                   cfg.seed, batcher=bucketed_batches)
-        info["train_seconds"] = time.time() - started
-        info["eval"] = evaluate_policy(ctx, group)
-        info["sources"] = source_reference(ctx.world, ctx.world.prompts("test", cfg.eval.n_prompts), cfg.seed)
-        return commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
-    finally:
-        group.shutdown()
+    with ctx.costs.span("sft") as span:
+        tokenizer = load_tokenizer(str(tok_dir))
+        examples = sft_examples(cfg, ctx, tokenizer)
+        steps = total_steps(len(examples), cfg.trainer)
+        group = ctx.group(PolicyActor, "policy", cfg.ray.policy, cfg.trainer.num_threads, "sft")
+        try:
+            use_gpu = cfg.ray.policy.num_gpus > 0
+            n_params = group.call("init_model", model_spec(cfg, tok_dir), strategy_spec(cfg, use_gpu),
+                                  optim_config(cfg.trainer, steps))[0]
+            info: dict[str, Any] = {"trainable_params": n_params, "n_examples": len(examples)}
+            if cfg.eval.evaluate_init:
+                info["init"] = evaluate_policy(ctx, group)
+            started = time.time()
+            info["train"] = train_loop(group, "sft_step", examples, cfg.trainer, ctx.tracker, "sft", "tokens",
+                                       cfg.seed, batcher=bucketed_batches)
+            info["train_seconds"] = time.time() - started
+            info["eval"] = evaluate_policy(ctx, group)
+            info["sources"] = source_reference(ctx.world, ctx.world.prompts("test", cfg.eval.n_prompts), cfg.seed)
+            art = commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
+        finally:
+            group.shutdown()
+        span.artifact = art.path
+    return art
 
 
 def run(ctx: RunContext) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""End-to-end chains through run.py on the session's Ray: SFT → PM → PAT → evaluation, then
-PPO on the same cached SFT and preference model (so it is also judged against PAT)."""
+"""End-to-end through run.py on the session's Ray: one small multirun, ``-m +experiment=pat,ppo``
+(SFT → PM → PAT → evaluation, then PPO on the same cached SFT and preference model), its sweep
+report, and ``+experiment=compare`` training PAT and PPO side by side on those artifacts."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from tests.lab import run_lab
 
 SMALL = ["data.n_train=800", "trainer.batch_size=8", "pm.n_prompts=24", "pm.n_val_prompts=6",
          "pat.n_train=400", "pat.trainer.batch_size=8", "pat.control_prompts=8", "eval.n_prompts=24",
-         "eval.max_new_tokens=48", "logger.wandb=false"]
+         "eval.max_new_tokens=48", "algo.iterations=3", "algo.rollout_batch_size=8", "algo.max_new_tokens=24",
+         "algo.checkpoint_every=2", "logger.wandb=false"]
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def pat_run(ray_address, tmp_path_factory):
+def sweep(ray_address, tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
-    out = run_lab(ray_address, root / "pat", root / "cache", "+experiment=pat", *SMALL)
+    out = run_lab(ray_address, root / "sweep", root / "cache", "+experiment=pat,ppo", "seed=0", *SMALL, multirun=True)
     return root, out
 
 
@@ -27,9 +30,9 @@ def _check_win_rate(w: dict, n: int) -> None:
     assert math.isclose(w["win"] + w["tie"] + w["lose"], 1.0, abs_tol=1e-9) and w["n"] == n
 
 
-def test_pat_chain_writes_report_and_results(ray_address, pat_run):
-    root, out = pat_run
-    run = root / "pat"
+def test_pat_chain_writes_report_and_results(ray_address, sweep):
+    root, out = sweep
+    run = root / "sweep" / "0-pat-seed0"
     results = json.loads((run / "results.json").read_text())
     for key in ("gold", "pm"):
         _check_win_rate(results["win_rate"][key]["pat_vs_sft"], 24)
@@ -37,32 +40,43 @@ def test_pat_chain_writes_report_and_results(ray_address, pat_run):
     assert -1 <= results["controllability"]["spearman"] <= 1
     assert results["controllability"]["tags"] == [0, 20, 40, 60, 80, 100]
     assert sum(results["pat"]["tag_counts"].values()) == 400
+    assert [p["tag"] for p in results["frontier"]["pat"]] == [0, 20, 40, 60, 80, 100]
+    assert all(math.isfinite(p["kl"]) and 0 <= p["gold"] <= 1 for p in results["frontier"]["pat"])
     assert results["wall_seconds"] > 0
+    for stage in ("sft", "pm", "pat"):
+        cost = results["cost"][stage]
+        assert not cost["cached"] and cost["cpu_s"] > 0 and cost["peak_rss_mb"] > 0 and cost["param_updates"] > 0
+    assert list((root / "cache" / "pat").glob("*/cost.json"))
     report = (run / "report.md").read_text()
     assert "| gold judge |" in report and "Spearman" in report
     for png in ("win_rates.png", "controllability.png"):
-        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (run / png).read_bytes()[:8] == PNG
     assert "PAT vs SFT on held-out test prompts" in out.stdout
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("pm/loss" in r for r in rows) and any("pat/loss" in r for r in rows)
+    spans = [json.loads(line)["span"] for line in (run / "timing.jsonl").read_text().splitlines()]
+    assert spans == ["sft", "pm", "pat", "eval"]
 
-    again = run_lab(ray_address, root / "pat2", root / "cache", "+experiment=pat", *SMALL)
+    again = run_lab(ray_address, root / "pat2", root / "cache", "+experiment=pat", "seed=0", *SMALL)
     assert "SFT: reusing cached checkpoint" in again.stdout
     assert "PM: reusing cached preference model" in again.stdout
     assert "PAT: reusing cached model" in again.stdout
+    assert "EVAL: reusing cached replies" in again.stdout
+    cost = json.loads((root / "pat2" / "results.json").read_text())["cost"]
+    assert cost["pat"]["cached"] and cost["pat"]["cpu_s"] == results["cost"]["pat"]["cpu_s"]
 
 
-def test_ppo_reuses_the_chain_and_joins_the_evaluation(ray_address, pat_run):
-    root, _ = pat_run
-    ppo = ["algo.iterations=3", "algo.rollout_batch_size=8", "algo.max_new_tokens=24", "algo.checkpoint_every=2"]
-    out = run_lab(ray_address, root / "ppo", root / "cache", "+experiment=ppo", *SMALL, *ppo)
+def test_ppo_reuses_the_chain_and_joins_the_evaluation(ray_address, sweep):
+    root, out = sweep
+    run = root / "sweep" / "1-ppo-seed0"
     assert "SFT: reusing cached checkpoint" in out.stdout and "PM: reusing cached preference model" in out.stdout
-    results = json.loads((root / "ppo" / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text())
     for judge in ("gold", "pm"):
         for pair in ("ppo_vs_sft", "ppo_vs_pat"):
             _check_win_rate(results["win_rate"][judge][pair], 24)
     assert math.isfinite(results["kl"]["final"]) and results["wall_seconds"] > 0
-    rows = [json.loads(line) for line in (root / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert results["cost"]["ppo"]["tokens_generated"] >= 3 * 8 and results["cost"]["sft"]["cached"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "ppo/reward" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     for key in ("ppo/kl", "ppo/gold", "policy/entropy", "policy/clip_frac", "policy/approx_kl", "critic/value_loss",
@@ -73,3 +87,43 @@ def test_ppo_reuses_the_chain_and_joins_the_evaluation(ray_address, pat_run):
     ckpts = sorted(p.name for p in (root / "cache" / "ppo-checkpoints").glob("*/iter_*"))
     assert ckpts == ["iter_000002", "iter_000003"]
     assert "PPO on held-out test prompts" in out.stdout
+
+
+def test_multirun_ends_with_the_sweep_report(sweep):
+    root, out = sweep
+    d = root / "sweep"
+    results = json.loads((d / "results.json").read_text())
+    assert results["seeds"] == [0] and sorted(r["stage"] for r in results["runs"]) == ["pat", "ppo"]
+    for judge in ("gold", "pm"):
+        assert set(results["win_rate"][judge]) == {"pat_vs_sft", "ppo_vs_sft", "pat_vs_ppo"}
+        for w in results["win_rate"][judge].values():
+            _check_win_rate(w, 24)
+    # the sweep pairs the jobs prompt by prompt: PPO vs PAT from the sweep equals the PPO job's own
+    job = json.loads((d / "1-ppo-seed0" / "results.json").read_text())["win_rate"]["gold"]["ppo_vs_pat"]
+    assert math.isclose(results["win_rate"]["gold"]["pat_vs_ppo"]["value"], 1 - job["value"])
+    assert set(results["cost"]) >= {"sft", "pm", "pat", "ppo"}
+    assert results["frontier"]["ppo_training"] and len(results["frontier"]["pat"]) == 6
+    report = (d / "report.md").read_text()
+    assert report.startswith("# Which method, at what cost") and "| PAT vs PPO | gold judge |" in report
+    for png in ("summary", "win_matrix", "overoptimisation", "frontier", "learning_curves", "cost"):
+        assert (d / f"{png}.png").read_bytes()[:8] == PNG, png
+    assert f"Sweep report: {d / 'report.md'}" in out.stdout
+
+
+def test_compare_trains_pat_and_ppo_side_by_side(ray_address, sweep):
+    root, _ = sweep
+    # new PAT and PPO settings (so both train now) on the cached SFT and preference model
+    out = run_lab(ray_address, root / "compare", root / "cache", "+experiment=compare", "seed=0", *SMALL,
+                  "pat.trainer.max_steps=30", "algo.iterations=2")
+    assert "SFT: reusing cached checkpoint" in out.stdout and "PM: reusing cached preference model" in out.stdout
+    run = root / "compare"
+    spans = {json.loads(line)["span"]: json.loads(line) for line in (run / "timing.jsonl").read_text().splitlines()}
+    pat, ppo = spans["pat"], spans["ppo"]
+    assert min(pat["end_s"], ppo["end_s"]) > max(pat["start_s"], ppo["start_s"])  # they overlapped
+    results = json.loads((run / "results.json").read_text())
+    assert results["concurrency"]["overlap_s"] > 0
+    for judge in ("gold", "pm"):
+        assert set(results["win_rate"][judge]) == {"pat_vs_sft", "ppo_vs_sft", "pat_vs_ppo"}
+    for png in ("summary", "frontier", "timeline"):
+        assert (run / f"{png}.png").read_bytes()[:8] == PNG
+    assert "PAT and PPO overlapped for" in out.stdout

@@ -1,0 +1,235 @@
+"""A sweep's runs, read back and joined: the numbers behind the sweep report.
+
+A sweep dir holds one sub-directory per job (Hydra multirun), each with ``results.json``,
+``scores.json`` (per-prompt gold and preference-model scores of every policy the job judged),
+``metrics.jsonl``, ``resolved_config.yaml`` and ``timing.jsonl``. Jobs of the same seed judge
+the same test prompts, so a PAT job and a PPO job of seed 0 can be paired prompt by prompt
+even though neither judged the other. ``aggregate`` returns the sweep's ``results.json``: the
+seed-averaged figures under the same keys as a single run (``win_rate.gold.pat_vs_sft``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from alignment.winrate import mean_interval, outcomes, seeds_win_rate
+
+PAIRS = [("pat", "sft"), ("ppo", "sft"), ("pat", "ppo")]
+METHODS = ("pat", "ppo")
+COST_KEYS = ("wall_s", "cpu_s", "peak_rss_mb", "gpu_peak_mb", "tokens_generated", "param_updates")
+CURVES = {"sft": ["sft/loss"], "pm": ["pm/loss", "pm/accuracy"], "pat": ["pat/loss"],
+          "ppo": ["ppo/reward", "ppo/gold", "ppo/kl", "policy/entropy", "critic/explained_variance"]}
+
+
+@dataclass
+class Run:
+    path: Path
+    stage: str
+    seed: int
+    results: dict[str, Any]
+    scores: dict[str, Any] | None
+    metrics: list[dict[str, Any]]
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from err
+    return rows
+
+
+def load_runs(sweep_dir: Path) -> list[Run]:
+    """Every finished job under ``sweep_dir`` (a ``results.json`` beside a ``resolved_config.yaml``)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep_dir: {sweep_dir} is not a directory")
+    runs = []
+    for res in sorted(sweep_dir.glob("**/results.json")):
+        cfg_path = res.parent / "resolved_config.yaml"
+        if res.parent == sweep_dir or not cfg_path.is_file():
+            continue
+        cfg = OmegaConf.load(cfg_path)
+        if "stage" not in cfg or "seed" not in cfg:
+            raise ValueError(f"{cfg_path}: no 'stage' or 'seed' key; is this a lab run?")
+        scores = res.parent / "scores.json"
+        runs.append(Run(res.parent, str(cfg.stage), int(cfg.seed), _json(res),
+                        _json(scores) if scores.is_file() else None, _jsonl(res.parent / "metrics.jsonl")))
+    return runs
+
+
+def seed_scores(runs: list[Run]) -> dict[int, dict[str, dict[str, list[float]]]]:
+    """``{seed: {"gold": {policy: scores}, "pm": {...}}}`` pooled over the seed's jobs. A policy
+    judged by several jobs (SFT in all of them) is taken from the job that trained it if there
+    is one, else from the first; all jobs of a seed must have judged the same prompts."""
+    out: dict[int, dict[str, dict[str, list[float]]]] = {}
+    prompts: dict[int, tuple[list[str], Path]] = {}
+    for run in sorted((r for r in runs if r.scores), key=lambda r: (r.seed, r.stage not in METHODS, str(r.path))):
+        s = run.scores
+        if run.seed in prompts and prompts[run.seed][0] != s["prompts"]:
+            raise ValueError(f"{run.path / 'scores.json'}: judged other test prompts than "
+                             f"{prompts[run.seed][1] / 'scores.json'} (same seed {run.seed}); check eval.n_prompts")
+        prompts.setdefault(run.seed, (s["prompts"], run.path))
+        pooled = out.setdefault(run.seed, {"gold": {}, "pm": {}})
+        for judge in ("gold", "pm"):
+            for policy, values in s[judge].items():
+                owner = policy == run.stage
+                if policy not in pooled[judge] or owner:
+                    pooled[judge][policy] = values
+    return out
+
+
+def _win(per_seed: list[list[int]]) -> dict[str, Any]:
+    w = seeds_win_rate(per_seed).as_dict()
+    return {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]], "win": w["win"], "tie": w["tie"],
+            "lose": w["lose"], "n": w["n"], "seeds": len(per_seed)}
+
+
+def _mean(values: list[float]) -> dict[str, Any]:
+    m, lo, hi = mean_interval(values)
+    return {"value": m, "ci": [lo, hi], "per_seed": values}
+
+
+def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Seed-averaged win / tie / lose shares and win rates of every pair both of whose policies
+    were judged, by each judge, with two-level bootstrap intervals (seeds, then prompts)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {"gold": {}, "pm": {}}
+    for judge in ("gold", "pm"):
+        for a, b in PAIRS:
+            seeds = sorted(s for s, d in scores.items() if a in d[judge] and b in d[judge])
+            if not seeds:
+                continue
+            per_seed = [outcomes(scores[s][judge][a], scores[s][judge][b]) for s in seeds]
+            w = _win(per_seed)
+            w["per_seed"] = {str(s): (sum(r == 1 for r in o) + 0.5 * sum(r == 0 for r in o)) / len(o)
+                             for s, o in zip(seeds, per_seed)}
+            out[judge][f"{a}_vs_{b}"] = w
+    return out
+
+
+def overoptimisation(wins: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per method: the preference model's win rate against SFT minus the gold judge's, per seed
+    (positive: the method pleases the reward model more than it improves true quality)."""
+    out = {}
+    for m in METHODS:
+        key = f"{m}_vs_sft"
+        if key in wins["gold"] and key in wins["pm"]:
+            g, p = wins["gold"][key]["per_seed"], wins["pm"][key]["per_seed"]
+            out[m] = _mean([p[s] - g[s] for s in sorted(g) if s in p])
+    return out
+
+
+def _first(runs: list[Run], seed: int, pred) -> Run | None:
+    return next((r for r in runs if r.seed == seed and pred(r)), None)
+
+
+def costs(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """Mean over seeds of what each stage cost when it was made (a reused artifact reports the
+    cost recorded beside it): ``{stage: {wall_s, cpu_s, peak_rss_mb, ..., seeds}}``."""
+    per: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+    for r in runs:
+        for stage, c in r.results.get("cost", {}).items():
+            name = f"eval_{r.stage}" if stage == "eval" else stage
+            have = per[name].get(r.seed)
+            if c and (have is None or (have.get("cached") and not c.get("cached"))):
+                per[name][r.seed] = c
+    out = {}
+    for stage, by_seed in per.items():
+        rows = [c for c in by_seed.values() if all(k in c for k in COST_KEYS)]
+        if rows:
+            out[stage] = {k: sum(c[k] for c in rows) / len(rows) for k in COST_KEYS} | {"seeds": len(rows)}
+    return out
+
+
+def curves(runs: list[Run]) -> dict[str, dict[str, dict[str, list[list[float]]]]]:
+    """Learning curves per stage and metric: ``{stage: {metric: {seed: [[step, value], ...]}}}``,
+    each from the job that trained the stage."""
+    out: dict[str, dict[str, dict[str, list[list[float]]]]] = {}
+    for stage, keys in CURVES.items():
+        for seed in sorted({r.seed for r in runs}):
+            for key in keys:
+                for r in runs:
+                    if r.seed != seed:
+                        continue
+                    pts = [[row["step"], row[key]] for row in r.metrics
+                           if key in row and "step" in row and row[key] is not None]
+                    if pts:
+                        out.setdefault(stage, {}).setdefault(key, {})[str(seed)] = pts
+                        break
+    return out
+
+
+def frontier(runs: list[Run]) -> dict[str, Any]:
+    """Reward against KL to SFT: PAT's points per tag (mean over seeds), PPO's final policy per
+    seed, and PPO's training trajectory (KL and gold per iteration, mean over seeds)."""
+    pat: dict[Any, list[dict[str, float]]] = defaultdict(list)
+    ppo_final = []
+    for r in runs:
+        f = r.results.get("frontier", {})
+        if "pat" in f and r.stage in ("pat", "compare"):
+            for p in f["pat"]:
+                pat[p["tag"]].append(p)
+        if "ppo" in f and r.stage in ("ppo", "compare"):
+            ppo_final += [p | {"seed": r.seed} for p in f["ppo"]]
+    pat_mean = [{"tag": t, **{k: sum(p[k] for p in ps) / len(ps) for k in ("kl", "gold", "pm")}, "seeds": len(ps)}
+                for t, ps in sorted(pat.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
+    by_step: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
+    for r in runs:
+        if r.stage not in ("ppo", "compare"):
+            continue
+        for row in r.metrics:
+            if "ppo/kl" in row and "ppo/gold" in row and "step" in row:
+                by_step[row["step"]].append((row["ppo/kl"], row["ppo/gold"], row.get("ppo/reward", float("nan"))))
+    traj = [{"step": s, "kl": sum(v[0] for v in vs) / len(vs), "gold": sum(v[1] for v in vs) / len(vs),
+             "pm": sum(v[2] for v in vs) / len(vs)} for s, vs in sorted(by_step.items())]
+    return {"pat": pat_mean, "ppo": ppo_final, "ppo_training": traj}
+
+
+def aggregate(runs: list[Run]) -> dict[str, Any]:
+    """The sweep's ``results.json``."""
+    if not runs:
+        raise ValueError("no finished runs (results.json beside resolved_config.yaml) in the sweep dir")
+    scores = seed_scores(runs)
+    wins = win_rates(scores)
+    seeds = sorted({r.seed for r in runs})
+    out: dict[str, Any] = {
+        "seeds": seeds,
+        "runs": [{"path": str(r.path), "stage": r.stage, "seed": r.seed,
+                  "wall_seconds": r.results.get("wall_seconds")} for r in runs],
+        "win_rate": wins,
+        "overoptimisation": overoptimisation(wins),
+        "gold": {p: _mean([sum(v) / len(v) for s in sorted(scores) for v in [scores[s]["gold"].get(p)] if v])
+                 for p in ("sft", "pat", "ppo") if any(p in d["gold"] for d in scores.values())},
+        "cost": costs(runs),
+        "frontier": frontier(runs),
+        "curves": curves(runs),
+        "wall_seconds": sum(r.results.get("wall_seconds") or 0.0 for r in runs),
+    }
+    pm_acc = {r.seed: r.results["pm"]["val_accuracy"] for r in runs if "val_accuracy" in r.results.get("pm", {})}
+    if pm_acc:
+        out["pm"] = {"val_accuracy": _mean(list(pm_acc.values()))}
+    rho = {r.seed: r.results["controllability"]["spearman"] for r in runs if "controllability" in r.results}
+    if rho:
+        out["controllability"] = {"spearman": _mean(list(rho.values()))}
+    kl = {r.seed: r.results["kl"]["final"] for r in runs if "kl" in r.results}
+    if kl:
+        out["kl"] = {"final": _mean(list(kl.values()))}
+    return out

@@ -1,0 +1,302 @@
+"""The sweep report: "which method, at what cost". ``report.md``, PNGs and ``results.json`` in
+the sweep dir, built from its jobs (``experiments/sweep.py``) and logged to W&B.
+
+It is written when a multirun ends (``experiments/callbacks.py``), by ``+experiment=report
+sweep_dir=...``, and by ``+experiment=compare`` for its own run dir. The first figure,
+``summary.png``, carries the answer: gold-judge win rates with intervals, and what each
+method cost.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from alignment.atomic import write_json, write_text  # noqa: E402
+from experiments.report import draw_win_tie_lose, save_png  # noqa: E402
+from experiments.sweep import COST_KEYS, METHODS, PAIRS, aggregate, load_runs  # noqa: E402
+
+NAMES = {"pat": "PAT", "ppo": "PPO", "sft": "SFT"}
+COLORS = {"pat": "#2a9d8f", "ppo": "#e76f51", "sft": "#8d99ae"}
+COST_LABELS = {"wall_s": "wall time (s)", "cpu_s": "CPU time (s)", "peak_rss_mb": "peak memory (MB)",
+               "gpu_peak_mb": "peak GPU memory (MB)", "tokens_generated": "tokens generated",
+               "param_updates": "parameter updates"}
+
+
+def pair_label(key: str) -> str:
+    a, b = key.split("_vs_")
+    return f"{NAMES[a]} vs {NAMES[b]}"
+
+
+def judged(w: dict[str, Any]) -> str:
+    """'beats', 'is level with' or 'loses to', from where the interval lies against 0.5."""
+    lo, hi = w["ci"]
+    return "beats" if lo > 0.5 else "loses to" if hi < 0.5 else "is level with"
+
+
+def fmt(w: dict[str, Any]) -> str:
+    return f"{w['value']:.3f} [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}]"
+
+
+def verdict(r: dict[str, Any]) -> list[str]:
+    """Plain sentences: each method against SFT and each other on the gold judge, and the cost."""
+    gold = r["win_rate"]["gold"]
+    n = len(r["seeds"])
+    out = []
+    for key in (f"{a}_vs_{b}" for a, b in PAIRS):
+        if key in gold:
+            a, b = key.split("_vs_")
+            out.append(f"On the gold judge, **{NAMES[a]} {judged(gold[key])} {NAMES[b]}**: win rate {fmt(gold[key])} "
+                       f"over {n} seed{'s' if n > 1 else ''}.")
+    c = r["cost"]
+    if "pat" in c and "ppo" in c:
+        pat, ppo = c["pat"], c["ppo"]
+        ratio = ppo["cpu_s"] / max(pat["cpu_s"], 1e-9)
+        out.append(f"Cost of the method's own stage (SFT and the preference model are shared): PAT "
+                   f"{pat['cpu_s'] / 60:.1f} CPU-min in {pat['wall_s'] / 60:.1f} min, PPO {ppo['cpu_s'] / 60:.1f} "
+                   f"CPU-min in {ppo['wall_s'] / 60:.1f} min, so PPO costs **{ratio:.1f}x** PAT's CPU time. "
+                   f"PPO samples "
+                   f"{ppo['tokens_generated']:,.0f} tokens to train, PAT {pat['tokens_generated']:,.0f}; PPO keeps "
+                   f"four models in memory ({ppo['peak_rss_mb']:,.0f} MB against {pat['peak_rss_mb']:,.0f} MB).")
+    return out
+
+
+def summary_plot(r: dict[str, Any], path: Path) -> Path:
+    """The answer at a glance: gold win rates (left) and each method's cost (right)."""
+    gold = r["win_rate"]["gold"]
+    rows = [(pair_label(k), gold[k]) for k in (f"{a}_vs_{b}" for a, b in PAIRS) if k in gold]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 0.8 * max(len(rows), 2) + 2.2),
+                                 gridspec_kw={"width_ratios": [3, 2], "wspace": 0.75})
+    if rows:
+        draw_win_tie_lose(ax, rows, f"Gold judge, {len(r['seeds'])} seed(s): 95% intervals over seeds and prompts")
+    methods = [m for m in ("sft", "pm", *METHODS) if m in r["cost"]]
+    labels = {"sft": "SFT (shared)", "pm": "pref. model (shared)", "pat": "PAT", "ppo": "PPO"}
+    cpu = [r["cost"][m]["cpu_s"] / 60 for m in methods]
+    wall = [r["cost"][m]["wall_s"] / 60 for m in methods]
+    y = range(len(methods))
+    bx.barh([i - 0.2 for i in y], cpu, height=0.4, color=[COLORS.get(m, "#bbbbbb") for m in methods],
+            label="CPU-minutes")
+    bx.barh([i + 0.2 for i in y], wall, height=0.4, color="none", edgecolor="black", label="wall minutes")
+    for i, (c_, w_) in enumerate(zip(cpu, wall)):
+        bx.text(max(c_, w_) * 1.02, i, f"{c_:.1f} CPU-min / {w_:.1f} min", va="center", fontsize=8)
+    bx.set_yticks(list(y), [labels[m] for m in methods])
+    bx.invert_yaxis()
+    bx.set_xlim(0, max(cpu + wall + [1e-9]) * 1.6)
+    bx.set_title("Cost of each stage (mean over seeds)")
+    bx.legend(loc="lower right", fontsize=8, frameon=False)
+    return save_png(fig, path)
+
+
+def win_matrix_plot(r: dict[str, Any], path: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(15, 3.2), gridspec_kw={"wspace": 0.7})
+    for ax, judge, name in ((axes[0], "gold", "gold judge"), (axes[1], "pm", "preference model")):
+        rows = [(pair_label(k), w) for k, w in r["win_rate"][judge].items()]
+        if rows:
+            draw_win_tie_lose(ax, rows, f"Judged by the {name}")
+    return save_png(fig, path)
+
+
+def overoptimisation_plot(r: dict[str, Any], path: Path) -> Path:
+    """Win rate against SFT by the gold judge and by the preference model, per method."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    methods = [m for m in METHODS if f"{m}_vs_sft" in r["win_rate"]["gold"]]
+    for j, (judge, color) in enumerate((("gold", "#264653"), ("pm", "#e9c46a"))):
+        ws = [r["win_rate"][judge].get(f"{m}_vs_sft") for m in methods]
+        xs = [i + (j - 0.5) * 0.35 for i in range(len(methods))]
+        vals = [w["value"] if w else math.nan for w in ws]
+        errs = [[w["value"] - w["ci"][0] if w else 0 for w in ws], [w["ci"][1] - w["value"] if w else 0 for w in ws]]
+        ax.bar(xs, vals, width=0.35, color=color, yerr=errs, capsize=4,
+               label="gold judge" if judge == "gold" else "preference model")
+    for i, m in enumerate(methods):
+        gap = r["overoptimisation"].get(m)
+        if gap:
+            ax.text(i, 1.02, f"gap {gap['value']:+.3f}", ha="center", fontsize=9)
+    ax.set_xticks(range(len(methods)), [f"{NAMES[m]} vs SFT" for m in methods])
+    ax.axhline(0.5, color="black", lw=0.8, ls=":")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("win rate")
+    ax.set_title("Reward over-optimisation: preference-model minus gold win rate")
+    ax.legend(loc="lower right", fontsize=8)
+    return save_png(fig, path)
+
+
+def frontier_plot(r: dict[str, Any], path: Path) -> Path:
+    """Reward against KL to SFT: PPO's training path and final policy, PAT's tag sweep."""
+    f = r["frontier"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, key, label in ((axes[0], "gold", "gold score"), (axes[1], "pm", "preference-model score")):
+        traj = f["ppo_training"]
+        if traj:
+            k = max(1, len(traj) // 10)  # moving average over ~10% of the iterations
+            xs = [sum(p["kl"] for p in traj[max(0, i - k + 1): i + 1]) / len(traj[max(0, i - k + 1): i + 1])
+                  for i in range(len(traj))]
+            ys = [sum(p[key] for p in traj[max(0, i - k + 1): i + 1]) / len(traj[max(0, i - k + 1): i + 1])
+                  for i in range(len(traj))]
+            ax.plot(xs, ys, color=COLORS["ppo"], alpha=0.5, lw=1.2, label="PPO training (train prompts)")
+        if f["ppo"]:
+            ax.scatter([p["kl"] for p in f["ppo"]], [p[key] for p in f["ppo"]], marker="*", s=140,
+                       color=COLORS["ppo"], edgecolor="black", zorder=3, label="PPO final policy (per seed)")
+        if f["pat"]:
+            ax.plot([p["kl"] for p in f["pat"]], [p[key] for p in f["pat"]], marker="o", color=COLORS["pat"],
+                    label="PAT, one point per tag")
+            for p in f["pat"]:
+                ax.annotate(str(p["tag"]), (p["kl"], p[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("KL to the SFT model (nats per response)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Reward-KL frontier (samples at temperature 1, as PPO trains)")
+    return save_png(fig, path)
+
+
+def curves_plot(r: dict[str, Any], path: Path) -> Path:
+    panels = [(stage, key) for stage, d in r["curves"].items() for key in d]
+    cols = 3
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3 * rows), squeeze=False)
+    for ax, (stage, key) in zip(axes.flat, panels):
+        for seed, pts in r["curves"][stage][key].items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, alpha=0.8, label=f"seed {seed}")
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if panels:
+        axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def cost_plot(r: dict[str, Any], path: Path) -> Path:
+    stages = list(r["cost"])
+    keys = [k for k in COST_KEYS if any(r["cost"][s][k] for s in stages)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 0.45 * len(stages) + 1.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        vals = [r["cost"][s][key] for s in stages]
+        ax.barh(range(len(stages)), vals, color=[COLORS.get(s, "#bbbbbb") for s in stages])
+        ax.set_yticks(range(len(stages)), stages if ax is axes[0][0] else [""] * len(stages))
+        ax.invert_yaxis()
+        ax.set_title(COST_LABELS[key], fontsize=9)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = ["# Which method, at what cost: PAT vs PPO vs SFT", "", *verdict(r), "", "![summary](summary.png)", "",
+             "## Win / tie / lose", "",
+             "95% intervals: bootstrap over the seeds, then over the test prompts within each seed. "
+             "A tie is an equal score; ties count half.", "",
+             "| pair | judge | win | tie | lose | win rate | 95% interval | per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for judge, name in (("gold", "gold judge"), ("pm", "preference model")):
+        for key, w in r["win_rate"][judge].items():
+            per = ", ".join(f"{s}: {v:.3f}" for s, v in w["per_seed"].items())
+            lines.append(f"| {pair_label(key)} | {name} | {w['win']:.2f} | {w['tie']:.2f} | {w['lose']:.2f} | "
+                         f"**{w['value']:.3f}** | [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] | {per} |")
+    lines += ["", "![win matrix](win_matrix.png)", "", "## Reward over-optimisation", "",
+              "Preference-model win rate against SFT minus the gold judge's (mean over seeds). A positive gap means "
+              "the method pleases the reward model more than it improves true quality.", "",
+              "| method | gap | 95% interval |", "| --- | --- | --- |"]
+    for m, g in r["overoptimisation"].items():
+        lines.append(f"| {NAMES[m]} | {g['value']:+.3f} | [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}] |")
+    lines += ["", "![over-optimisation](overoptimisation.png)", "", "## Reward-KL frontier", "",
+              "KL to the SFT model against the score of samples drawn at temperature 1 (as PPO trains). PAT: "
+              "one point per inference tag on held-out prompts; PPO: its training path (training prompts) and "
+              "its final policy on held-out prompts.", "", "| policy | KL | gold | preference model |",
+              "| --- | --- | --- | --- |"]
+    for p in r["frontier"]["pat"]:
+        lines.append(f"| PAT `<quality: {p['tag']}>` | {p['kl']:.2f} | {p['gold']:.3f} | {p['pm']:.3f} |")
+    for p in r["frontier"]["ppo"]:
+        lines.append(f"| PPO final, seed {p['seed']} | {p['kl']:.2f} | {p['gold']:.3f} | {p['pm']:.3f} |")
+    lines += ["", "![frontier](frontier.png)", "", "## Learning curves", "", "![learning curves](learning_curves.png)",
+              "", "## Cost", "", "Mean over seeds of what each stage cost when it was made (a reused artifact "
+              "counts at the cost recorded when it was built). CPU time sums the actors' processes and the "
+              "driver; peak memory is the largest sum of the actors' peak resident memory over actors alive "
+              "at the same time; parameter updates are optimizer steps times trainable parameters.", "",
+              "| stage | " + " | ".join(COST_LABELS[k] for k in COST_KEYS) + " |",
+              "| --- |" + " --- |" * len(COST_KEYS)]
+    for stage, c in r["cost"].items():
+        lines.append(f"| {stage} | " + " | ".join(f"{c[k]:,.1f}" if k.endswith("_s") else f"{c[k]:,.0f}"
+                                                  for k in COST_KEYS) + " |")
+    lines += ["", "![cost](cost.png)", "", "## Other figures", ""]
+    for key, name in (("pm", "preference-model validation accuracy"), ("controllability", "PAT controllability "
+                                                                                          "Spearman"),
+                      ("kl", "PPO KL to the reference at the last iteration")):
+        if key in r:
+            v = next(iter(r[key].values()))
+            lines.append(f"- {name}: {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]")
+    for p, v in r["gold"].items():
+        lines.append(f"- mean gold score of {NAMES[p]}: {v['value']:.3f}")
+    lines += [f"- sum of the jobs' wall times: {r['wall_seconds']:.0f} s", "", "## Runs", ""]
+    lines += [f"- `{x['path']}`: {x['stage']}, seed {x['seed']}" for x in r["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, r: dict[str, Any]) -> dict[str, Path]:
+    """``report.md`` and the PNGs for aggregated results ``r``; returns the images."""
+    images = {"summary": summary_plot(r, out_dir / "summary.png"),
+              "win_matrix": win_matrix_plot(r, out_dir / "win_matrix.png"),
+              "overoptimisation": overoptimisation_plot(r, out_dir / "overoptimisation.png"),
+              "frontier": frontier_plot(r, out_dir / "frontier.png"),
+              "learning_curves": curves_plot(r, out_dir / "learning_curves.png"),
+              "cost": cost_plot(r, out_dir / "cost.png")}
+    write_text(out_dir / "report.md", markdown(r))
+    return images
+
+
+def build(sweep_dir: str | Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Read the sweep's jobs and write ``results.json``, ``report.md`` and the PNGs into it.
+    Returns the results and the images."""
+    sweep_dir = Path(sweep_dir)
+    r = aggregate(load_runs(sweep_dir))
+    images = write_report(sweep_dir, r)
+    write_json(sweep_dir / "results.json", r)
+    return r, images
+
+
+def timeline_plot(cost: dict[str, dict[str, Any]], path: Path) -> Path:
+    """A Gantt chart of the run's spans (stages that ran now; cached ones are absent)."""
+    spans = sorted(((n, c) for n, c in cost.items() if not c.get("cached") and "start_s" in c),
+                   key=lambda kv: kv[1]["start_s"])
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(spans) + 1.2))
+    for i, (name, c) in enumerate(spans):
+        ax.barh(i, c["end_s"] - c["start_s"], left=c["start_s"], color=COLORS.get(name, "#8d99ae"))
+        ax.text(c["end_s"], i, f" {c['wall_s']:.0f} s", va="center", fontsize=8)
+    ax.set_yticks(range(len(spans)), [n for n, _ in spans])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the run started")
+    ax.set_title("Timeline of the run's stages")
+    return save_png(fig, path)
+
+
+def log_to_wandb(r: dict[str, Any], images: dict[str, Path], tracker: Any) -> None:
+    """The headline figures as the run's summary, and the PNGs, on a ``Tracker``."""
+    flat = {f"win_rate/{judge}/{k}": w["value"] for judge, d in r["win_rate"].items() for k, w in d.items()}
+    flat |= {f"cost/{stage}/{k}": v for stage, c in r["cost"].items() for k, v in c.items() if k in COST_KEYS}
+    tracker.log(flat)
+    tracker.summary(flat)
+    tracker.log_images(images)
+
+
+def print_summary(r: dict[str, Any], sweep_dir: Path) -> None:
+    print(f"\nSweep report: {sweep_dir / 'report.md'}")
+    for line in verdict(r):
+        print("  " + line.replace("**", ""))
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    """``+experiment=report sweep_dir=...``: (re)build a finished sweep's report."""
+    if not ctx.cfg.sweep_dir:
+        raise ValueError("sweep_dir: required, e.g. `python run.py +experiment=report sweep_dir=multirun/<date>`")
+    r, images = build(ctx.cfg.sweep_dir)
+    log_to_wandb(r, images, ctx.tracker)
+    print_summary(r, Path(ctx.cfg.sweep_dir))
+    return {"sweep_dir": str(ctx.cfg.sweep_dir), "win_rate": r["win_rate"], "cost": r["cost"]}

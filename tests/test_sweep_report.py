@@ -1,0 +1,142 @@
+"""The sweep report builder on a fabricated sweep dir: known scores in, the right numbers out."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from alignment.winrate import mean_interval, seeds_win_rate, win_rate
+from experiments.costs import Ledger, peak_concurrent
+from experiments.sweep import aggregate, load_runs
+from experiments.sweep_report import build
+
+PROMPTS = ["p0", "p1", "p2", "p3"]
+COST = {"wall_s": 10.0, "cpu_s": 20.0, "peak_rss_mb": 100.0, "gpu_peak_mb": 0.0, "tokens_generated": 0.0,
+        "param_updates": 1000.0}
+
+
+def write_run(d: Path, stage: str, seed: int, gold: dict, pm: dict, results: dict, metrics: list[dict]) -> None:
+    d.mkdir(parents=True)
+    (d / "resolved_config.yaml").write_text(f"stage: {stage}\nseed: {seed}\n")
+    (d / "scores.json").write_text(json.dumps({"seed": seed, "prompts": PROMPTS, "gold": gold, "pm": pm}))
+    (d / "results.json").write_text(json.dumps(results))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+
+@pytest.fixture()
+def sweep_dir(tmp_path):
+    """Two seeds. Gold: PAT beats SFT on 3 of 4 prompts and ties 1 in seed 0, wins 2 / loses 2 in
+    seed 1; PPO beats SFT on every prompt in seed 0 and on 1 (ties 3) in seed 1."""
+    sft = {0: [0.2, 0.2, 0.2, 0.5], 1: [0.3, 0.3, 0.6, 0.6]}
+    pat = {0: [0.4, 0.3, 0.9, 0.5], 1: [0.4, 0.4, 0.5, 0.5]}
+    ppo = {0: [0.3, 0.3, 0.3, 0.6], 1: [0.4, 0.3, 0.6, 0.6]}
+    pm_shift = 0.05  # the PM scores each policy's reply at gold + a per-policy shift
+    for seed in (0, 1):
+        pat_res = {"wall_seconds": 100.0, "pm": {"val_accuracy": 0.8 + 0.02 * seed},
+                   "controllability": {"spearman": 1.0 - 0.2 * seed},
+                   "frontier": {"pat": [{"tag": t, "kl": t / 50, "gold": 0.3 + t / 1000, "pm": 0.0, "n": 4}
+                                        for t in (0, 50, 100)]},
+                   "cost": {"sft": COST | {"cached": False}, "pm": COST | {"cached": False},
+                            "pat": COST | {"cpu_s": 30.0, "cached": False}, "eval": COST | {"cached": False}}}
+        ppo_res = {"wall_seconds": 50.0, "pm": {"val_accuracy": 0.8 + 0.02 * seed}, "kl": {"final": 1.0 + seed},
+                   "frontier": {"ppo": [{"tag": None, "kl": 1.5, "gold": 0.4, "pm": 0.3, "n": 4}]},
+                   "cost": {"sft": COST | {"cached": True}, "pm": COST | {"cached": True},
+                            "ppo": COST | {"cpu_s": 90.0, "tokens_generated": 5000.0, "cached": False}}}
+        write_run(tmp_path / "sweep" / f"{2 * seed}-pat-seed{seed}", "pat", seed,
+                  {"sft": sft[seed], "pat": pat[seed]}, {"sft": sft[seed], "pat": [x + pm_shift for x in pat[seed]]},
+                  pat_res, [{"pat/loss": 2.0 - s / 10, "step": s} for s in (1, 2, 3)])
+        write_run(tmp_path / "sweep" / f"{2 * seed + 1}-ppo-seed{seed}", "ppo", seed,
+                  {"sft": sft[seed], "ppo": ppo[seed]}, {"sft": sft[seed], "ppo": [x + 0.2 for x in ppo[seed]]},
+                  ppo_res, [{"ppo/kl": 0.1 * s, "ppo/gold": 0.3, "ppo/reward": 0.1 * s, "step": s} for s in (1, 2)])
+    return tmp_path / "sweep"
+
+
+def test_aggregate_pairs_the_jobs_of_each_seed(sweep_dir):
+    r = aggregate(load_runs(sweep_dir))
+    gold = r["win_rate"]["gold"]
+    # seed 0: PAT 3 wins + 1 tie = 0.875; seed 1: 2 wins, 2 losses = 0.5 -> mean 0.6875
+    assert gold["pat_vs_sft"]["per_seed"] == {"0": 0.875, "1": 0.5}
+    assert math.isclose(gold["pat_vs_sft"]["value"], 0.6875)
+    assert math.isclose(gold["pat_vs_sft"]["win"], (0.75 + 0.5) / 2) and math.isclose(gold["pat_vs_sft"]["tie"], 0.125)
+    # seed 0: PPO wins all 4; seed 1: 1 win, 3 ties = 0.625
+    assert gold["ppo_vs_sft"]["per_seed"] == {"0": 1.0, "1": 0.625}
+    # PAT vs PPO, paired although no job judged both: seed 0 PAT [.4 .3 .9 .5] vs PPO [.3 .3 .3 .6]
+    # = W T W L -> 0.625; seed 1 [.4 .4 .5 .5] vs [.4 .3 .6 .6] = T W L L -> 0.375
+    assert gold["pat_vs_ppo"]["per_seed"] == {"0": 0.625, "1": 0.375}
+    assert gold["pat_vs_ppo"]["ci"][0] <= gold["pat_vs_ppo"]["value"] <= gold["pat_vs_ppo"]["ci"][1]
+    # the PM sees PAT and PPO shifted up, so it prefers them more than the gold judge does
+    assert r["win_rate"]["pm"]["ppo_vs_sft"]["per_seed"] == {"0": 1.0, "1": 1.0}
+    assert math.isclose(r["overoptimisation"]["ppo"]["value"], ((1.0 - 1.0) + (1.0 - 0.625)) / 2)
+    # costs: each stage once per seed, a cached record never replaces the one made when it ran
+    assert r["cost"]["pat"]["cpu_s"] == 30.0 and r["cost"]["ppo"]["cpu_s"] == 90.0
+    assert r["cost"]["ppo"]["tokens_generated"] == 5000.0 and r["cost"]["sft"]["seeds"] == 2
+    assert math.isclose(r["pm"]["val_accuracy"]["value"], 0.81) and math.isclose(r["kl"]["final"]["value"], 1.5)
+    assert [p["tag"] for p in r["frontier"]["pat"]] == [0, 50, 100] and len(r["frontier"]["ppo"]) == 2
+    assert [p["step"] for p in r["frontier"]["ppo_training"]] == [1, 2]
+    assert r["curves"]["pat"]["pat/loss"]["1"] == [[1, 1.9], [2, 1.8], [3, 1.7]]
+    assert r["wall_seconds"] == 300.0
+
+
+def test_build_writes_the_table_the_figures_and_results(sweep_dir):
+    r, images = build(sweep_dir)
+    report = (sweep_dir / "report.md").read_text()
+    assert "| PAT vs SFT | gold judge | 0.62 | 0.12 | 0.25 | **0.688** |" in report
+    assert "| PPO vs SFT | gold judge | 0.62 | 0.38 | 0.00 | **0.812** |" in report
+    assert "On the gold judge, **PAT beats SFT**" in report or "On the gold judge, **PAT is level with SFT**" in report
+    assert "PPO costs **3.0x** PAT's CPU time" in report
+    saved = json.loads((sweep_dir / "results.json").read_text())
+    assert saved["win_rate"]["gold"]["pat_vs_ppo"]["value"] == r["win_rate"]["gold"]["pat_vs_ppo"]["value"]
+    for path in images.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_judged_on_other_prompts_are_refused(sweep_dir):
+    scores = sweep_dir / "1-ppo-seed0" / "scores.json"
+    s = json.loads(scores.read_text())
+    scores.write_text(json.dumps(s | {"prompts": ["q0", "q1", "q2", "q3"]}))
+    with pytest.raises(ValueError, match="1-ppo-seed0/scores.json: judged other test prompts"):
+        aggregate(load_runs(sweep_dir))
+
+
+def test_bad_metrics_line_names_file_and_line(sweep_dir):
+    (sweep_dir / "0-pat-seed0" / "metrics.jsonl").write_text('{"step": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
+        load_runs(sweep_dir)
+
+
+def test_seeds_win_rate_pools_seeds():
+    one = [1, 1, 0, -1]
+    assert seeds_win_rate([one], n_boot=200) == win_rate(one, n_boot=200)
+    w = seeds_win_rate([[1] * 10, [-1] * 10], n_boot=500)
+    assert (w.win, w.lose, w.win_rate, w.n) == (0.5, 0.5, 0.5, 20)
+    assert w.ci_low < 0.3 and w.ci_high > 0.7  # seeds that disagree give a wide interval
+    same = seeds_win_rate([[1] * 10, [1] * 10], n_boot=200)
+    assert (same.ci_low, same.ci_high) == (1.0, 1.0)
+    m, lo, hi = mean_interval([0.2, 0.4, 0.6], n_boot=500)
+    assert math.isclose(m, 0.4) and 0.2 <= lo < m < hi <= 0.6
+
+
+def test_ledger_spans_overlap_and_costs_reach_the_artifact(tmp_path):
+    ledger = Ledger(tmp_path, origin=0.0)
+    art = tmp_path / "artifact"
+    art.mkdir()
+    with ledger.span("pat") as span:
+        ledger.recorder("pat")({"role": "policy", "ranks": 1, "started": 1.0, "ended": 5.0, "cpu_s": 3.0,
+                                "peak_rss_mb": 100.0, "gpu_peak_mb": 0.0, "tokens_generated": 0.0,
+                                "param_updates": 10.0})
+        ledger.recorder("pat")({"role": "preference", "ranks": 1, "started": 2.0, "ended": 3.0, "cpu_s": 1.0,
+                                "peak_rss_mb": 50.0, "gpu_peak_mb": 0.0, "tokens_generated": 0.0,
+                                "param_updates": 0.0})
+        span.artifact = art
+    cost = json.loads((art / "cost.json").read_text())
+    assert cost["cpu_s"] >= 4.0 and cost["peak_rss_mb"] == 150.0 and cost["param_updates"] == 10.0
+    row = json.loads((tmp_path / "timing.jsonl").read_text())
+    assert row["span"] == "pat" and row["end_s"] >= row["start_s"]
+    ledger.reused("sft", art)
+    assert ledger.summary()["sft"]["cached"] and not ledger.summary()["pat"]["cached"]
+    # groups one after the other do not add up
+    seq = [{"started": 0, "ended": 1, "m": 5.0}, {"started": 1, "ended": 2, "m": 7.0}]
+    assert peak_concurrent(seq, "m") == 7.0
