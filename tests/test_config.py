@@ -66,3 +66,28 @@ def test_cli_prints_the_composed_config_and_rejects_typos():
     assert bad.returncode != 0 and "trainer.lrr" in bad.stderr + bad.stdout
     none = subprocess.run([sys.executable, "run.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert none.returncode != 0 and "+experiment=sft" in none.stderr
+
+
+@pytest.mark.parametrize("sweep", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_wandb_sweeps_drive_run_py_with_valid_overrides(sweep):
+    """Every W&B sweep parameter is a schema key, and each value composes with the sweep's preset."""
+    spec = OmegaConf.to_container(OmegaConf.load(sweep))
+    assert spec["program"] == "run.py" and "${args_no_hyphens}" in spec["command"]
+    fixed = [a for a in spec["command"] if "=" in a and not a.startswith("$")]
+    for key, p in spec["parameters"].items():
+        for value in p["values"]:
+            lab = OmegaConf.to_object(_compose([*fixed, f"{key}={value}"]))
+            node = lab
+            for part in key.split("."):
+                node = getattr(node, part)
+            assert node == value
+
+
+@pytest.mark.parametrize("preset", ["compare", "report"])
+def test_compare_and_report_presets_compose(preset):
+    lab = OmegaConf.to_object(_compose([f"+experiment={preset}", "sweep_dir=/tmp/x"]))
+    assert lab.stage == preset
+    if preset == "compare":  # PPO's four roles and PAT's trainer fit on 2 CPUs together
+        r = lab.ray
+        assert r.policy.num_cpus + r.critic.num_cpus + r.reference.num_cpus + r.preference.num_cpus \
+            + r.policy.num_cpus + r.preference.num_cpus <= 2
