@@ -54,8 +54,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
         pm_s = pm_scores(ctx, pm.path, sft.path, prompts, {k: replies[k] for k in ("pat", "ppo", "sft")})
         with ThreadPoolExecutor(max_workers=2) as pool:
-            pat_front = pool.submit(frontier_points, ctx, pat.path, sft.path, pm.path, control, list(tags))
-            ppo_front = pool.submit(frontier_points, ctx, ppo.path, sft.path, pm.path, control, [None])
+            pat_front = pool.submit(frontier_points, ctx, "pat", pat.path, sft.path, pm.path, control, list(tags))
+            ppo_front = pool.submit(frontier_points, ctx, "ppo", ppo.path, sft.path, pm.path, control, [None])
             frontier = {"pat": pat_front.result(), "ppo": ppo_front.result()}
     write_scores(ctx, prompts, gold, pm_s)
     wins = head_to_head(ctx, gold, pm_s, PAIRS)

@@ -37,8 +37,9 @@ class RunContext:
 
     def group(self, actor_cls: type, role: str, res: ActorResources, num_threads: int, stage: str,
               **kwargs: Any) -> RoleGroup:
-        """A named actor group for ``stage``; its usage joins the stage's cost when it shuts down."""
-        return RoleGroup(actor_cls, role, res, num_threads, run_tag=self.run_tag,
+        """An actor group for ``stage``, named ``<run>/<stage>/<role>-<rank>``; its usage joins the
+        stage's cost when it shuts down."""
+        return RoleGroup(actor_cls, role, res, num_threads, run_tag=f"{self.run_tag}/{stage}",
                          on_shutdown=self.costs.recorder(stage), **kwargs)
 
     @cached_property

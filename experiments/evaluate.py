@@ -134,21 +134,23 @@ def write_scores(ctx: RunContext, prompts: list[WorldPrompt], gold: dict[str, li
     return path
 
 
-def frontier_points(ctx: RunContext, model_path: Path, sft_path: Path, pm_path: Path, prompts: list[WorldPrompt],
-                    tags: list[int | None]) -> list[dict[str, Any]]:
+def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path, pm_path: Path,
+                    prompts: list[WorldPrompt], tags: list[int | None]) -> list[dict[str, Any]]:
     """Reward against KL to the SFT model, one point per quality tag (``None``: no tag).
 
     The policy samples as PPO does (``algo`` temperature and length, no top-p), so the mean of
     ``sum_t log pi(y_t) - log pi_SFT(y_t)`` over its samples estimates KL(pi || pi_SFT). The SFT
     model sees the prompt without the tag. Each point holds that KL, the gold score and the
-    preference-model score of the same samples."""
+    preference-model score of the same samples. ``name`` labels the actors (``<name>-frontier-policy``)."""
     cfg, a = ctx.cfg, ctx.cfg.algo
     tok = load_tokenizer(str(sft_path))
     spec = RolloutSpec(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=1.0)
     plain = [prompt_ids(tok, p.conversation()) for p in prompts]
-    policy = ctx.group(PolicyActor, "policy", cfg.ray.policy, cfg.trainer.num_threads, "eval")
-    reference = ctx.group(ReferenceActor, "reference", cfg.ray.reference, cfg.trainer.num_threads, "eval")
-    scorer = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, "eval")
+    policy = ctx.group(PolicyActor, f"{name}-frontier-policy", cfg.ray.policy, cfg.trainer.num_threads, "eval")
+    reference = ctx.group(ReferenceActor, f"{name}-frontier-reference", cfg.ray.reference, cfg.trainer.num_threads,
+                          "eval")
+    scorer = ctx.group(PreferenceActor, f"{name}-frontier-preference", cfg.ray.preference,
+                       cfg.pm.trainer.num_threads, "eval")
     try:
         policy.wait(policy.submit("init_model", None, spec=model_spec(cfg, model_path, str(model_path)),
                                   strategy=strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim=None)

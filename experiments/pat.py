@@ -99,7 +99,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         jobs = pat_jobs | sft_jobs
         gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
         pm_s = pm_scores(ctx, pm.path, sft.path, prompts, {k: replies[k] for k in ("pat", "sft")})
-        frontier = frontier_points(ctx, pat.path, sft.path, pm.path, control, list(tags))
+        frontier = frontier_points(ctx, "pat", pat.path, sft.path, pm.path, control, list(tags))
     write_scores(ctx, prompts, gold, pm_s)
     wins = head_to_head(ctx, gold, pm_s, [("pat", "sft")])
     curve = [sum(gold[f"tag_{t}"]) / len(control) for t in tags]

@@ -353,7 +353,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         replies = generate_many(ctx, work)
         gold = {name: [ctx.world.judge(p, r) for p, r in zip(prompts, rs)] for name, rs in replies.items()}
         pm_s = pm_scores(ctx, pm.path, sft.path, prompts, replies)
-        point = frontier_points(ctx, ppo.path, sft.path, pm.path, prompts[: cfg.pat.control_prompts], [None])
+        point = frontier_points(ctx, "ppo", ppo.path, sft.path, pm.path, prompts[: cfg.pat.control_prompts], [None])
     write_scores(ctx, prompts, gold, pm_s)
     wins = head_to_head(ctx, gold, pm_s, pairs)
     final = ppo.info["final"]
