@@ -20,7 +20,6 @@ from alignment.losses.ppo import policy_loss
 from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tiny, load_causal_lm, mergeable
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack, response_logits, response_tokens
-from alignment.sequences import reply_ids
 
 
 @dataclass(frozen=True)
@@ -65,9 +64,9 @@ class PolicyActor(TrainableActor):
         return {"loss": loss.item(), "tokens": float(n_tokens), **stats}
 
     def generate(self, prompts: list[str], sampling: SamplingSpec, batch_size: int, seed: int) -> list[str]:
-        replies = generate_replies(self.engine.module, self.tokenizer, prompts, sampling, batch_size,
-                                   seed + self.rank)
-        self.tokens_generated += sum(len(reply_ids(self.tokenizer, r)) for r in replies)
+        replies, n_tokens = generate_replies(self.engine.module, self.tokenizer, prompts, sampling, batch_size,
+                                             seed + self.rank)
+        self.tokens_generated += n_tokens
         return replies
 
     def rollout(self, prompts: list[list[int]], spec: RolloutSpec, seed: int) -> tuple[Rollout, list[str]]:

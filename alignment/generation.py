@@ -25,13 +25,15 @@ class SamplingSpec:
 @torch.no_grad()
 def generate_replies(
     model, tokenizer, prompts: Sequence[str], spec: SamplingSpec, batch_size: int = 32, seed: int = 0
-) -> list[str]:
-    """Generate one reply per prompt text (each ending ``<|MOSS|>:``); returns the reply bodies."""
+) -> tuple[list[str], int]:
+    """Generate one reply per prompt text (each ending ``<|MOSS|>:``); returns the reply bodies and
+    the number of tokens generated (each reply up to and including its end token)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     out: list[str] = []
+    n_tokens = 0
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -43,10 +45,12 @@ def generate_replies(
             kwargs.update(temperature=spec.temperature, top_p=spec.top_p)
         gen = model.generate(**enc, **kwargs)
         new = gen[:, enc["input_ids"].size(1):]
+        ended = (new == tokenizer.eos_token_id).long()
+        n_tokens += int(((ended.cumsum(1) - ended) == 0).sum())  # no end token strictly before
         texts = tokenizer.batch_decode(new, skip_special_tokens=False)
         out.extend(reply_text(t) for t in texts)
     model.train(was_training)
-    return out
+    return out, n_tokens
 
 
 @dataclass(frozen=True)

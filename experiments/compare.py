@@ -15,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from alignment.pat import bucket_tags
-from alignment.winrate import spearman
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, generate_many, head_to_head, pm_scores, write_scores
-from experiments.pat import pat_stage
+from experiments.evaluate import Job, frontier_points, generate_many, gold_scores, head_to_head, pm_scores, write_scores
+from experiments.pat import controllability, pat_stage, tag_jobs
 from experiments.pm import pm_stage
 from experiments.ppo import ppo_stage
 from experiments.sft import sft_stage
@@ -45,28 +44,26 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
     control = prompts[: cfg.pat.control_prompts]
-    tags = bucket_tags(cfg.pat.n_buckets)
-    pat_jobs = {"pat": Job(prompts, cfg.pat.inference_tag)} | {f"tag_{t}": Job(control, t) for t in tags}
+    pat_jobs = tag_jobs(cfg, prompts)
     with ctx.costs.span("eval"):
         replies = generate_many(ctx, {"pat-eval": (pat.path, pat_jobs), "ppo-eval": (ppo.path, {"ppo": Job(prompts)}),
                                       "sft-eval": (sft.path, {"sft": Job(prompts)})})
-        jobs = pat_jobs | {"ppo": Job(prompts), "sft": Job(prompts)}
-        gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
+        gold = gold_scores(ctx, pat_jobs | {"ppo": Job(prompts), "sft": Job(prompts)}, replies)
         pm_s = pm_scores(ctx, pm.path, sft.path, prompts, {k: replies[k] for k in ("pat", "ppo", "sft")})
+        tags = list(bucket_tags(cfg.pat.n_buckets))
         with ThreadPoolExecutor(max_workers=2) as pool:
-            pat_front = pool.submit(frontier_points, ctx, "pat", pat.path, sft.path, pm.path, control, list(tags))
+            pat_front = pool.submit(frontier_points, ctx, "pat", pat.path, sft.path, pm.path, control, tags)
             ppo_front = pool.submit(frontier_points, ctx, "ppo", ppo.path, sft.path, pm.path, control, [None])
             frontier = {"pat": pat_front.result(), "ppo": ppo_front.result()}
     write_scores(ctx, prompts, gold, pm_s)
     wins = head_to_head(ctx, gold, pm_s, PAIRS)
-    curve = [sum(gold[f"tag_{t}"]) / len(control) for t in tags]
     cost = ctx.costs.summary()
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
                "gold_agreement": pm.info["eval"].get("gold_agreement")},
         "win_rate": wins,
         "gold": {name: sum(gold[name]) / len(prompts) for name in ("sft", "pat", "ppo")},
-        "controllability": {"tags": tags, "gold": curve, "spearman": spearman(tags, curve)},
+        "controllability": controllability(cfg, gold),
         "kl": {"final": ppo.info["final"]["ppo/kl"], "final_per_token": ppo.info["final"]["ppo/kl_per_token"]},
         "frontier": frontier,
         "cost": cost,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from actors.group import RoleGroup
 from alignment.world import World, WorldSpec
-from experiments.cache import ArtifactCache, config_key
+from experiments.cache import Artifact, ArtifactCache, config_key, reuse
 from experiments.config import ActorResources, LabConfig, WorldConfig
 from experiments.costs import Ledger
 from experiments.tracking import Tracker
@@ -34,6 +35,18 @@ class RunContext:
 
     def __post_init__(self) -> None:
         self.costs = Ledger(self.run_dir, self.started)
+
+    def stage(self, name: str, key: str, what: str, build: Callable[[], Artifact]) -> Artifact:
+        """Stage ``name``'s artifact with ``key``: reused from the cache (its cost as recorded when it
+        was made), or made now by ``build`` inside a cost span whose totals are saved beside it."""
+        hit = reuse(self.cache, name, key, what) if self.cfg.use_cache else None
+        if hit is not None:
+            self.costs.reused(name, hit.path)
+            return hit
+        with self.costs.span(name) as span:
+            art = build()
+            span.artifact = art.path
+        return art
 
     def group(self, actor_cls: type, role: str, res: ActorResources, num_threads: int, stage: str,
               **kwargs: Any) -> RoleGroup:

@@ -93,6 +93,11 @@ def generate_many(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]])
     return out
 
 
+def gold_scores(ctx: RunContext, jobs: dict[str, Job], replies: dict[str, list[str]]) -> dict[str, list[float]]:
+    """The gold judge's score of every reply, per job."""
+    return {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
+
+
 def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path, prompts: list[WorldPrompt],
               replies: dict[str, list[str]]) -> dict[str, list[float]]:
     """The preference model's score of every reply, per policy."""

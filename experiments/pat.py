@@ -17,10 +17,11 @@ from alignment.models.tokenizer import load_tokenizer
 from alignment.pat import bucket_tags, tag_conversation, tag_scores
 from alignment.sequences import scored_sequence
 from alignment.winrate import spearman
-from experiments.cache import Artifact, commit, reuse
-from experiments.config import as_plain
+from alignment.world import WorldPrompt
+from experiments.cache import Artifact, commit
+from experiments.config import LabConfig, as_plain
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, generate_many, head_to_head, pm_scores, write_scores
+from experiments.evaluate import Job, frontier_points, generate_many, gold_scores, head_to_head, pm_scores, write_scores
 from experiments.loop import optim_config, total_steps, train_loop
 from experiments.pm import pm_stage
 from experiments.report import write_pat_report
@@ -47,11 +48,8 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
     """The PAT model for this config: from the cache, or tagged and trained now."""
     cfg = ctx.cfg
     key, payload = pat_key(ctx, sft, pm)
-    hit = reuse(ctx.cache, "pat", key, "model") if cfg.use_cache else None
-    if hit is not None:
-        ctx.costs.reused("pat", hit.path)
-        return hit
-    with ctx.costs.span("pat") as span:
+
+    def build() -> Artifact:
         tokenizer = load_tokenizer(str(sft.path))
         convs = pat_conversations(ctx)
         seqs = [scored_sequence(tokenizer, c, c.turns[-1].moss, cfg.pm.max_length, cfg.pm.context_turns) for c in convs]
@@ -75,11 +73,26 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                                     "tag_counts": {str(t): counts[t] for t in bucket_tags(cfg.pat.n_buckets)}}
             info["train"] = train_loop(group, "sft_step", examples, cfg.pat.trainer, ctx.tracker, "pat", "tokens",
                                        cfg.seed, batcher=bucketed_batches)
-            art = commit(ctx.cache, "pat", key, payload, group, info, "model")
+            return commit(ctx.cache, "pat", key, payload, group, info, "model")
         finally:
             group.shutdown()
-        span.artifact = art.path
-    return art
+
+    return ctx.stage("pat", key, "model", build)
+
+
+def tag_jobs(cfg: LabConfig, prompts: list[WorldPrompt]) -> dict[str, Job]:
+    """PAT's evaluation replies: under the inference tag on every test prompt (``pat``), and under
+    each bucket tag on the first ``pat.control_prompts`` (``tag_<t>``, the controllability curve)."""
+    control = prompts[: cfg.pat.control_prompts]
+    return {"pat": Job(prompts, cfg.pat.inference_tag)} | {f"tag_{t}": Job(control, t)
+                                                           for t in bucket_tags(cfg.pat.n_buckets)}
+
+
+def controllability(cfg: LabConfig, gold: dict[str, list[float]]) -> dict[str, Any]:
+    """Mean gold score per inference tag, and its Spearman correlation with the tag."""
+    tags = bucket_tags(cfg.pat.n_buckets)
+    curve = [sum(gold[f"tag_{t}"]) / len(gold[f"tag_{t}"]) for t in tags]
+    return {"tags": tags, "gold": curve, "spearman": spearman(tags, curve)}
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -91,24 +104,22 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
     control = prompts[: cfg.pat.control_prompts]
-    tags = bucket_tags(cfg.pat.n_buckets)
-    pat_jobs = {"pat": Job(prompts, cfg.pat.inference_tag)} | {f"tag_{t}": Job(control, t) for t in tags}
-    sft_jobs = {"sft": Job(prompts)}
+    jobs = tag_jobs(cfg, prompts) | {"sft": Job(prompts)}
     with ctx.costs.span("eval"):
-        replies = generate_many(ctx, {"pat-eval": (pat.path, pat_jobs), "sft-eval": (sft.path, sft_jobs)})
-        jobs = pat_jobs | sft_jobs
-        gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
+        replies = generate_many(ctx, {"pat-eval": (pat.path, {k: v for k, v in jobs.items() if k != "sft"}),
+                                      "sft-eval": (sft.path, {"sft": jobs["sft"]})})
+        gold = gold_scores(ctx, jobs, replies)
         pm_s = pm_scores(ctx, pm.path, sft.path, prompts, {k: replies[k] for k in ("pat", "sft")})
-        frontier = frontier_points(ctx, "pat", pat.path, sft.path, pm.path, control, list(tags))
+        frontier = frontier_points(ctx, "pat", pat.path, sft.path, pm.path, control,
+                                   list(bucket_tags(cfg.pat.n_buckets)))
     write_scores(ctx, prompts, gold, pm_s)
     wins = head_to_head(ctx, gold, pm_s, [("pat", "sft")])
-    curve = [sum(gold[f"tag_{t}"]) / len(control) for t in tags]
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
                "gold_agreement": pm.info["eval"].get("gold_agreement")},
         "win_rate": wins,
         "gold": {"sft": sum(gold["sft"]) / len(prompts), "pat": sum(gold["pat"]) / len(prompts)},
-        "controllability": {"tags": tags, "gold": curve, "spearman": spearman(tags, curve)},
+        "controllability": controllability(cfg, gold),
         "pat": {"tag_counts": pat.info["tag_counts"], "edges": pat.info["edges"]},
         "frontier": {"pat": frontier},
         "cost": ctx.costs.summary(),

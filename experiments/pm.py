@@ -14,7 +14,7 @@ from alignment.data.preference import ComparisonGroup, multi_response_groups, pa
 from alignment.models.tokenizer import load_tokenizer
 from alignment.sequences import scored_sequence
 from alignment.world import AIFeedbackLabeller
-from experiments.cache import Artifact, commit, reuse
+from experiments.cache import Artifact, commit
 from experiments.config import as_plain
 from experiments.context import RunContext
 from experiments.loop import optim_config, total_steps, train_loop
@@ -75,11 +75,8 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
     sft = sft or sft_stage(ctx)
     payload = pm_payload(ctx, sft)
     key = ctx.cache_key("pm", payload)
-    hit = reuse(ctx.cache, "pm", key, "preference model") if cfg.use_cache else None
-    if hit is not None:
-        ctx.costs.reused("pm", hit.path)
-        return hit
-    with ctx.costs.span("pm") as span:
+
+    def build() -> Artifact:
         tokenizer = load_tokenizer(str(sft.path))
         train, val, gold = comparison_groups(ctx)
 
@@ -98,11 +95,11 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
                                     "train_pairs": sum(len(p) for _, p in train_seqs)}
             info["train"] = train_loop(group, "pm_step", train_seqs, cfg.pm.trainer, ctx.tracker, "pm", "n", cfg.seed)
             info["eval"] = validate(group, val_seqs, gold, cfg.eval.batch_size)
-            art = commit(ctx.cache, "pm", key, payload, group, info, "preference model")
+            return commit(ctx.cache, "pm", key, payload, group, info, "preference model")
         finally:
             group.shutdown()
-        span.artifact = art.path
-    return art
+
+    return ctx.stage("pm", key, "preference model", build)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:

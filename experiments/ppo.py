@@ -37,10 +37,10 @@ from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout
 from alignment.sequences import prompt_ids, scored_sequence
 from alignment.world import WorldPrompt
-from experiments.cache import Artifact, commit, reuse
+from experiments.cache import Artifact, commit
 from experiments.config import OptimizerConfig, PPOConfig, as_plain
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, generate_many, head_to_head, pm_scores, write_scores
+from experiments.evaluate import Job, frontier_points, generate_many, gold_scores, head_to_head, pm_scores, write_scores
 from experiments.loop import rank_mean
 from experiments.pat import pat_key
 from experiments.pm import pm_stage
@@ -307,11 +307,8 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
     cfg = ctx.cfg
     check(cfg.algo)
     key, payload = ppo_key(ctx, sft, pm)
-    hit = reuse(ctx.cache, "ppo", key, "policy") if cfg.use_cache else None
-    if hit is not None:
-        ctx.costs.reused("ppo", hit.path)
-        return hit
-    with ctx.costs.span("ppo") as span:
+
+    def build() -> Artifact:
         ckpt_root = ctx.cache.root / "ppo-checkpoints" / key
         if not cfg.resume and ckpt_root.exists():
             shutil.rmtree(ckpt_root)  # a fresh run does not inherit an interrupted one's checkpoints
@@ -327,11 +324,11 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
             started = time.time()
             info["final"] = trainer.train(cfg.algo.iterations)
             info["train_seconds"] = time.time() - started
-            art = commit(ctx.cache, "ppo", key, payload, roles.policy, info, "policy")
+            return commit(ctx.cache, "ppo", key, payload, roles.policy, info, "policy")
         finally:
             roles.shutdown()
-        span.artifact = art.path
-    return art
+
+    return ctx.stage("ppo", key, "policy", build)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -351,7 +348,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         pairs.append(("ppo", "pat"))
     with ctx.costs.span("eval"):
         replies = generate_many(ctx, work)
-        gold = {name: [ctx.world.judge(p, r) for p, r in zip(prompts, rs)] for name, rs in replies.items()}
+        gold = gold_scores(ctx, {name: job for _, jobs in work.values() for name, job in jobs.items()}, replies)
         pm_s = pm_scores(ctx, pm.path, sft.path, prompts, replies)
         point = frontier_points(ctx, "ppo", ppo.path, sft.path, pm.path, prompts[: cfg.pat.control_prompts], [None])
     write_scores(ctx, prompts, gold, pm_s)

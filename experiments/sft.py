@@ -22,7 +22,7 @@ from alignment.loss_mask import Encoded, LossPolicy, encode, truncate
 from alignment.models.causal_lm import ArchSpec, LoraSpec
 from alignment.models.tokenizer import load_tokenizer, train_bpe
 from alignment.world import WorldPrompt
-from experiments.cache import Artifact, commit, reuse
+from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_plain
 from experiments.context import RunContext
 from experiments.loop import optim_config, total_steps, train_loop
@@ -110,11 +110,8 @@ def sft_stage(ctx: RunContext) -> Artifact:
     tok_dir = tokenizer_stage(ctx)
     payload = sft_payload(cfg, tok_dir)
     key = ctx.cache_key("sft", payload)
-    hit = reuse(ctx.cache, "sft", key, "checkpoint") if cfg.use_cache else None
-    if hit is not None:
-        ctx.costs.reused("sft", hit.path)
-        return hit
-    with ctx.costs.span("sft") as span:
+
+    def build() -> Artifact:
         tokenizer = load_tokenizer(str(tok_dir))
         examples = sft_examples(cfg, ctx, tokenizer)
         steps = total_steps(len(examples), cfg.trainer)
@@ -132,11 +129,11 @@ def sft_stage(ctx: RunContext) -> Artifact:
             info["train_seconds"] = time.time() - started
             info["eval"] = evaluate_policy(ctx, group)
             info["sources"] = source_reference(ctx.world, ctx.world.prompts("test", cfg.eval.n_prompts), cfg.seed)
-            art = commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
+            return commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
         finally:
             group.shutdown()
-        span.artifact = art.path
-    return art
+
+    return ctx.stage("sft", key, "checkpoint", build)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:

@@ -137,10 +137,6 @@ def overoptimisation(wins: dict[str, dict[str, dict[str, Any]]]) -> dict[str, di
     return out
 
 
-def _first(runs: list[Run], seed: int, pred) -> Run | None:
-    return next((r for r in runs if r.seed == seed and pred(r)), None)
-
-
 def costs(runs: list[Run]) -> dict[str, dict[str, Any]]:
     """Mean over seeds of what each stage cost when it was made (a reused artifact reports the
     cost recorded beside it): ``{stage: {wall_s, cpu_s, peak_rss_mb, ..., seeds}}``."""

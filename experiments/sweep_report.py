@@ -126,6 +126,11 @@ def overoptimisation_plot(r: dict[str, Any], path: Path) -> Path:
     return save_png(fig, path)
 
 
+def trailing_mean(values: list[float], k: int) -> list[float]:
+    """Mean of each value and the ``k - 1`` before it (fewer at the start)."""
+    return [sum(values[max(0, i - k + 1): i + 1]) / len(values[max(0, i - k + 1): i + 1]) for i in range(len(values))]
+
+
 def frontier_plot(r: dict[str, Any], path: Path) -> Path:
     """Reward against KL to SFT: PPO's training path and final policy, PAT's tag sweep."""
     f = r["frontier"]
@@ -134,11 +139,8 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
         traj = f["ppo_training"]
         if traj:
             k = max(1, len(traj) // 10)  # moving average over ~10% of the iterations
-            xs = [sum(p["kl"] for p in traj[max(0, i - k + 1): i + 1]) / len(traj[max(0, i - k + 1): i + 1])
-                  for i in range(len(traj))]
-            ys = [sum(p[key] for p in traj[max(0, i - k + 1): i + 1]) / len(traj[max(0, i - k + 1): i + 1])
-                  for i in range(len(traj))]
-            ax.plot(xs, ys, color=COLORS["ppo"], alpha=0.5, lw=1.2, label="PPO training (train prompts)")
+            ax.plot(trailing_mean([p["kl"] for p in traj], k), trailing_mean([p[key] for p in traj], k),
+                    color=COLORS["ppo"], alpha=0.5, lw=1.2, label="PPO training (train prompts)")
         if f["ppo"]:
             ax.scatter([p["kl"] for p in f["ppo"]], [p[key] for p in f["ppo"]], marker="*", s=140,
                        color=COLORS["ppo"], edgecolor="black", zorder=3, label="PPO final policy (per seed)")
