@@ -15,11 +15,20 @@ from actors.engine import TrainingEngine
 class RoleActor:
     """Base of the role actors. One process per rank; ranks of a role form one process group."""
 
-    def __init__(self, rank: int, world_size: int, num_threads: int = 2):
+    def __init__(self, rank: int, world_size: int, num_threads: int = 2, nice: int = 0):
         self.rank, self.world_size = rank, world_size
+        if nice:  # absolute (a reused worker keeps its priority); before torch starts threads, which inherit it
+            os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
         torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokens_generated = 0  # counted by the roles that sample
+
+    def set_num_threads(self, num_threads: int) -> None:
+        """Change this process's torch CPU threads (between calls: an actor runs one call at a time)."""
+        torch.set_num_threads(num_threads)
+
+    def num_threads(self) -> int:
+        return torch.get_num_threads()
 
     def usage(self) -> dict[str, float]:
         """What this process has cost so far: CPU seconds, peak resident memory, peak GPU memory,

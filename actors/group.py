@@ -24,13 +24,14 @@ class RoleGroup:
 
     With ``pg`` and ``bundle_offset`` a group shares a placement group with other roles
     (colocation); otherwise it reserves its own. ``on_shutdown`` receives the group's ``usage()``
-    when it shuts down (the cost ledger of the run).
+    when it shuts down (the cost ledger of the run). ``nice`` lowers the actors' OS priority, so
+    they use the CPU time other roles leave idle.
     """
 
     def __init__(
         self, actor_cls: type, role: str, res: ActorResources, num_threads: int = 2,
         pg: PlacementGroup | None = None, bundle_offset: int = 0, run_tag: str | None = None,
-        on_shutdown: Callable[[dict[str, float]], None] | None = None,
+        on_shutdown: Callable[[dict[str, float]], None] | None = None, nice: int = 0,
     ):
         self.role, self.on_shutdown, self.started = role, on_shutdown, time.time()
         self.owns_pg = pg is None
@@ -47,7 +48,7 @@ class RoleGroup:
                 num_gpus=res.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     pg, placement_group_bundle_index=bundle_offset + rank),
-            ).remote(rank, res.num_actors, num_threads)
+            ).remote(rank, res.num_actors, num_threads, nice)
             for rank in range(res.num_actors)
         ]
         addr, port = ray.get(self.actors[0].master_address.remote())
@@ -87,6 +88,11 @@ class RoleGroup:
         sampled, and parameter updates (rank 0's: data-parallel ranks update the same weights)."""
         ranks = self.wait([a.usage.remote() for a in self.actors])
         return join_usage(self.role, ranks, self.started)
+
+    def set_threads(self, num_threads: int) -> None:
+        """Give every rank ``num_threads`` torch threads from its next call on (not awaited)."""
+        for a in self.actors:
+            a.set_num_threads.remote(num_threads)
 
     def shutdown(self) -> None:
         if self.on_shutdown is not None and self.actors:
@@ -141,6 +147,10 @@ class LocalGroup(RoleGroup):
 
     def usage(self) -> dict[str, float]:
         return join_usage(self.role, [a.usage() for a in self.actors], self.started)
+
+    def set_threads(self, num_threads: int) -> None:
+        for a in self.actors:
+            a.set_num_threads(num_threads)
 
     def shutdown(self) -> None:
         if self.on_shutdown is not None and self.actors:

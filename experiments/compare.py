@@ -34,12 +34,18 @@ def overlap(cost: dict[str, dict[str, Any]], a: str, b: str) -> float:
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
+    if not 0 <= cfg.compare.pat_nice <= 19:
+        raise ValueError(f"compare.pat_nice: {cfg.compare.pat_nice}; a Linux nice value from 0 to 19")
     sft = sft_stage(ctx)
     pm = pm_stage(ctx, sft)
     ctx.world  # noqa: B018 -- build the world once, before the threads share it
+    if cfg.compare.concurrent:
+        ctx.nice["pat"] = cfg.compare.pat_nice
     with ThreadPoolExecutor(max_workers=2 if cfg.compare.concurrent else 1) as pool:
         pat_f = pool.submit(pat_stage, ctx, sft, pm)
         ppo_f = pool.submit(ppo_stage, ctx, sft, pm)
+        if cfg.compare.concurrent and cfg.compare.pat_threads_after_ppo > 0:
+            ppo_f.add_done_callback(lambda _: ctx.widen("pat", cfg.compare.pat_threads_after_ppo))
         pat, ppo = pat_f.result(), ppo_f.result()
 
     prompts = ctx.world.prompts("test", cfg.eval.n_prompts)

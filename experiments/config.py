@@ -201,6 +201,11 @@ class EvalConfig:
 @dataclass
 class CompareConfig:
     concurrent: bool = True  # PAT and PPO side by side; false: one after the other (for timing)
+    # torch threads per PAT actor once PPO has finished and left its cores (0: leave them as they are)
+    pat_threads_after_ppo: int = 2
+    # OS priority (Linux nice, 0-19) of PAT's actors while both run: PAT takes the CPU time PPO
+    # leaves idle (its policy generates on one core while the other roles wait) instead of slowing PPO
+    pat_nice: int = 10
 
 
 @dataclass

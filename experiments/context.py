@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ class RunContext:
     run_tag: str
     started: float = field(default_factory=time.time)
     costs: Ledger = field(init=False)
+    # torch threads per actor for a stage, set while the run is going (``widen``), and the live groups
+    threads: dict[str, int] = field(default_factory=dict)
+    nice: dict[str, int] = field(default_factory=dict)  # OS priority (Linux nice) of a stage's actors
+    _groups: dict[str, list[RoleGroup]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.costs = Ledger(self.run_dir, self.started)
@@ -52,8 +58,23 @@ class RunContext:
               **kwargs: Any) -> RoleGroup:
         """An actor group for ``stage``, named ``<run>/<stage>/<role>-<rank>``; its usage joins the
         stage's cost when it shuts down."""
-        return RoleGroup(actor_cls, role, res, num_threads, run_tag=f"{self.run_tag}/{stage}",
-                         on_shutdown=self.costs.recorder(stage), **kwargs)
+        with self._lock:
+            num_threads = self.threads.get(stage, num_threads)
+        group = RoleGroup(actor_cls, role, res, num_threads, run_tag=f"{self.run_tag}/{stage}",
+                          on_shutdown=self.costs.recorder(stage), nice=self.nice.get(stage, 0), **kwargs)
+        with self._lock:
+            self._groups[stage] = [g for g in self._groups.get(stage, []) if g.actors] + [group]
+            if self.threads.get(stage, num_threads) != num_threads:  # widened while the actors started
+                group.set_threads(self.threads[stage])
+        return group
+
+    def widen(self, stage: str, num_threads: int) -> None:
+        """Give ``stage``'s live actors, and those it starts later, ``num_threads`` torch threads each
+        (``compare`` does this when one method finishes and leaves its cores to the other)."""
+        with self._lock:
+            self.threads[stage] = num_threads
+            for group in self._groups.get(stage, []):
+                group.set_threads(num_threads)
 
     @cached_property
     def world(self) -> World:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from actors.group import shard
 from actors.policy import PolicyActor
@@ -55,9 +56,10 @@ def replies_key(ctx: RunContext, model_path: Path, job: Job) -> str:
     return ctx.cache_key("replies", payload)
 
 
-def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role: str) -> dict[str, list[str]]:
+def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role: str,
+                  progress: tqdm | None = None) -> dict[str, list[str]]:
     """Every job's replies from the policy at ``model_path``: cached ones are read back, the rest
-    are generated on one policy group and cached."""
+    are generated on one policy group and cached (``progress`` counts the prompts answered)."""
     cfg = ctx.cfg
     keys = {name: replies_key(ctx, model_path, job) for name, job in jobs.items()}
     out: dict[str, list[str]] = {}
@@ -65,6 +67,8 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
         hit = ctx.cache.get("replies", key) if cfg.use_cache else None
         if hit is not None:
             out[name] = json.loads((hit / "replies.json").read_text())
+            if progress is not None:
+                progress.update(len(jobs[name].prompts))
     todo = [name for name in jobs if name not in out]
     if not todo:
         print(f"EVAL: reusing cached replies of {model_path.name} ({', '.join(jobs)})", flush=True)
@@ -77,6 +81,8 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
             out[name] = generate(ctx, group, jobs[name].prompts, jobs[name].quality)
             with ctx.cache.put("replies", keys[name], {"model": str(model_path), "job": name}) as tmp:
                 write_json(tmp / "replies.json", out[name])
+            if progress is not None:
+                progress.update(len(jobs[name].prompts))
     finally:
         group.shutdown()
     return {name: out[name] for name in jobs}
@@ -85,8 +91,9 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
 def generate_many(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]]) -> dict[str, list[str]]:
     """``generate_with`` for several models at once (``{role: (model, jobs)}``), one policy group
     each, side by side when the cluster has room."""
-    with ThreadPoolExecutor(max_workers=len(work)) as pool:
-        futures = [pool.submit(generate_with, ctx, path, jobs, role) for role, (path, jobs) in work.items()]
+    total = sum(len(job.prompts) for _, jobs in work.values() for job in jobs.values())
+    with ThreadPoolExecutor(max_workers=len(work)) as pool, tqdm(total=total, desc="eval replies") as bar:
+        futures = [pool.submit(generate_with, ctx, path, jobs, role, bar) for role, (path, jobs) in work.items()]
         out: dict[str, list[str]] = {}
         for f in futures:
             out |= f.result()

@@ -39,7 +39,10 @@ def pat_conversations(ctx: RunContext) -> list[Conversation]:
 def pat_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:
     """The cache key of the PAT model for this config and upstream stages, and its payload."""
     cfg = ctx.cfg
-    payload = {"pat": as_plain(cfg.pat), "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy),
+    pat = as_plain(cfg.pat)
+    no_effect = ("num_threads", "log_every")  # settings that do not change the model
+    pat["trainer"] = {k: v for k, v in pat["trainer"].items() if k not in no_effect}
+    payload = {"pat": pat, "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy),
                "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}
     return ctx.cache_key("pat", payload), payload
 

@@ -137,3 +137,28 @@ def test_colocated_roles_train_with_deepspeed_zero2(ray_address, tmp_path, check
     finally:
         roles.shutdown()
         ctx.tracker.finish()
+
+
+def test_widen_gives_a_stages_live_and_later_actors_more_threads(ray_address, tmp_path):
+    """``compare`` hands PPO's cores to PAT when PPO finishes: live actors of the stage change their
+    torch threads between calls, actors it starts afterwards start with the new count, and other
+    stages keep theirs."""
+    import ray
+
+    from actors.reference import ReferenceActor
+
+    ctx = make_ctx(tmp_path)
+    res = ctx.cfg.ray.reference
+    live = ctx.group(ReferenceActor, "reference", res, 1, "pat")
+    other = ctx.group(ReferenceActor, "reference", res, 1, "ppo")
+    try:
+        assert ray.get(live.actors[0].num_threads.remote()) == 1
+        ctx.widen("pat", 2)
+        later = ctx.group(ReferenceActor, "scorer", res, 1, "pat")
+        try:
+            assert [ray.get(g.actors[0].num_threads.remote()) for g in (live, later, other)] == [2, 2, 1]
+        finally:
+            later.shutdown()
+    finally:
+        live.shutdown()
+        other.shutdown()
