@@ -17,8 +17,8 @@ class RoleActor:
 
     def __init__(self, rank: int, world_size: int, num_threads: int = 2, nice: int = 0):
         self.rank, self.world_size = rank, world_size
-        if nice:  # absolute (a reused worker keeps its priority); before torch starts threads, which inherit it
-            os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+        if nice:  # added to the worker's own (Ray starts workers at 15); before torch's threads, which inherit it
+            os.nice(nice)
         torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokens_generated = 0  # counted by the roles that sample

@@ -203,8 +203,9 @@ class CompareConfig:
     concurrent: bool = True  # PAT and PPO side by side; false: one after the other (for timing)
     # torch threads per PAT actor once PPO has finished and left its cores (0: leave them as they are)
     pat_threads_after_ppo: int = 2
-    # OS priority (Linux nice, 0-19) of PAT's actors while both run: PAT takes the CPU time PPO
-    # leaves idle (its policy generates on one core while the other roles wait) instead of slowing PPO
+    # added to the OS niceness of PAT's actors while both run (Ray starts its workers at 15, so 10 puts
+    # PAT at 19): PAT takes the CPU time PPO leaves idle (its policy generates on one core while the
+    # other roles wait) rather than slowing PPO down
     pat_nice: int = 10
 
 

@@ -9,10 +9,7 @@ writes the per-prompt scores to ``scores.json``: the sweep report pairs methods 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,6 @@ from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.atomic import write_json
-from alignment.chat_format import generation_prompt
 from alignment.generation import RolloutSpec
 from alignment.losses.kl import kl_estimate
 from alignment.models.tokenizer import load_tokenizer
@@ -32,28 +28,11 @@ from alignment.rollout import Rollout, pack
 from alignment.sequences import prompt_ids, scored_sequence
 from alignment.winrate import outcomes, win_rate
 from alignment.world import WorldPrompt
-from experiments.config import as_plain
 from experiments.context import RunContext
+from experiments.replies import Job, load_replies, replies_key, save_replies
 from experiments.sft import generate, model_spec, strategy_spec
 
 SCORES_FILE = "scores.json"
-
-
-@dataclass
-class Job:
-    """Replies wanted from one policy: ``prompts`` answered under an optional quality tag."""
-
-    prompts: list[WorldPrompt]
-    quality: int | None = None
-
-
-def replies_key(ctx: RunContext, model_path: Path, job: Job) -> str:
-    texts = [generation_prompt(p.conversation(), job.quality) for p in job.prompts]
-    digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
-    payload = {"model": str(model_path), "prompts": digest, "sampling": as_plain(ctx.cfg.eval), "seed": ctx.cfg.seed}
-    payload["sampling"].pop("n_prompts")  # the prompt digest already says which prompts
-    payload["sampling"].pop("evaluate_init")
-    return ctx.cache_key("replies", payload)
 
 
 def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role: str,
@@ -64,9 +43,9 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
     keys = {name: replies_key(ctx, model_path, job) for name, job in jobs.items()}
     out: dict[str, list[str]] = {}
     for name, key in keys.items():
-        hit = ctx.cache.get("replies", key) if cfg.use_cache else None
-        if hit is not None:
-            out[name] = json.loads((hit / "replies.json").read_text())
+        cached = load_replies(ctx, key)
+        if cached is not None:
+            out[name] = cached
             if progress is not None:
                 progress.update(len(jobs[name].prompts))
     todo = [name for name in jobs if name not in out]
@@ -79,8 +58,7 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
                    strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), None)
         for name in todo:
             out[name] = generate(ctx, group, jobs[name].prompts, jobs[name].quality)
-            with ctx.cache.put("replies", keys[name], {"model": str(model_path), "job": name}) as tmp:
-                write_json(tmp / "replies.json", out[name])
+            save_replies(ctx, keys[name], name, model_path, out[name])
             if progress is not None:
                 progress.update(len(jobs[name].prompts))
     finally:

@@ -26,6 +26,7 @@ from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_plain
 from experiments.context import RunContext
 from experiments.loop import optim_config, total_steps, train_loop
+from experiments.replies import Job, replies_key, save_replies
 
 
 def tokenizer_stage(ctx: RunContext) -> Path:
@@ -95,10 +96,17 @@ def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt], qual
                              batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
 
 
-def evaluate_policy(ctx: RunContext, group: RoleGroup, quality: int | None = None) -> dict[str, float]:
-    """Generate on held-out test prompts and score with the gold judge."""
+def evaluate_policy(ctx: RunContext, group: RoleGroup, quality: int | None = None,
+                    cache_as: Path | None = None) -> dict[str, float]:
+    """Generate on held-out test prompts and score with the gold judge. With ``cache_as`` (the
+    model's artifact path) the replies join the evaluation-reply cache, so later head-to-heads
+    of that model reuse them instead of sampling again."""
     prompts = ctx.world.prompts("test", ctx.cfg.eval.n_prompts)
+    job = Job(prompts, quality)
+    key = replies_key(ctx, cache_as, job) if cache_as is not None else None
     replies = generate(ctx, group, prompts, quality)
+    if key is not None and ctx.cache.get("replies", key) is None:
+        save_replies(ctx, key, "sft" if quality is None else f"tag_{quality}", cache_as, replies)
     report = gold_report(ctx.world, prompts, replies)
     report["samples"] = [{"prompt": p.task.prompt, "reply": r} for p, r in list(zip(prompts, replies))[:8]]
     return report
@@ -127,7 +135,7 @@ def sft_stage(ctx: RunContext) -> Artifact:
             info["train"] = train_loop(group, "sft_step", examples, cfg.trainer, ctx.tracker, "sft", "tokens",
                                        cfg.seed, batcher=bucketed_batches)
             info["train_seconds"] = time.time() - started
-            info["eval"] = evaluate_policy(ctx, group)
+            info["eval"] = evaluate_policy(ctx, group, cache_as=ctx.cache.path("sft", key))
             info["sources"] = source_reference(ctx.world, ctx.world.prompts("test", cfg.eval.n_prompts), cfg.seed)
             return commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
         finally:

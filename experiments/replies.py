@@ -1,0 +1,49 @@
+"""The evaluation-reply cache: replies of a policy to held-out prompts, keyed by (model, prompts,
+quality tag, sampling settings, seed). Every stage that samples test replies with the run's fixed
+sampling settings reads and writes it, so no model answers the same prompts twice in a chain or
+a sweep (the SFT stage's own evaluation becomes the SFT side of every later head-to-head)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignment.atomic import write_json
+from alignment.chat_format import generation_prompt
+from alignment.world import WorldPrompt
+from experiments.config import as_plain
+from experiments.context import RunContext
+
+STAGE = "replies"
+FILE = "replies.json"
+
+
+@dataclass
+class Job:
+    """Replies wanted from one policy: ``prompts`` answered under an optional quality tag."""
+
+    prompts: list[WorldPrompt]
+    quality: int | None = None
+
+
+def replies_key(ctx: RunContext, model_path: Path, job: Job) -> str:
+    texts = [generation_prompt(p.conversation(), job.quality) for p in job.prompts]
+    digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
+    payload = {"model": str(model_path), "prompts": digest, "sampling": as_plain(ctx.cfg.eval), "seed": ctx.cfg.seed}
+    payload["sampling"].pop("n_prompts")  # the prompt digest already says which prompts
+    payload["sampling"].pop("evaluate_init")
+    return ctx.cache_key(STAGE, payload)
+
+
+def load_replies(ctx: RunContext, key: str) -> list[str] | None:
+    """The cached replies with ``key``, or ``None`` (also when the run ignores the cache)."""
+    hit = ctx.cache.get(STAGE, key) if ctx.cfg.use_cache else None
+    return json.loads((hit / FILE).read_text()) if hit is not None else None
+
+
+def save_replies(ctx: RunContext, key: str, name: str, model_path: Path, replies: list[str]) -> None:
+    """Cache ``replies`` (job ``name`` of the model at ``model_path``) under ``key``, atomically."""
+    with ctx.cache.put(STAGE, key, {"model": str(model_path), "job": name}) as tmp:
+        write_json(tmp / FILE, replies)
