@@ -16,7 +16,7 @@ from typing import Any
 
 from alignment.pat import bucket_tags
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, generate_many, gold_scores, head_to_head, pm_scores, write_scores
+from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
 from experiments.pat import controllability, pat_stage, tag_jobs
 from experiments.pm import pm_stage
 from experiments.ppo import ppo_stage
@@ -50,18 +50,15 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
     control = prompts[: cfg.pat.control_prompts]
-    pat_jobs = tag_jobs(cfg, prompts)
     with ctx.costs.span("eval"):
-        replies = generate_many(ctx, {"pat-eval": (pat.path, pat_jobs), "ppo-eval": (ppo.path, {"ppo": Job(prompts)}),
-                                      "sft-eval": (sft.path, {"sft": Job(prompts)})})
-        gold = gold_scores(ctx, pat_jobs | {"ppo": Job(prompts), "sft": Job(prompts)}, replies)
-        pm_s = pm_scores(ctx, pm.path, sft.path, prompts, {k: replies[k] for k in ("pat", "ppo", "sft")})
+        work = {"pat-eval": (pat.path, tag_jobs(cfg, prompts)), "ppo-eval": (ppo.path, {"ppo": Job(prompts)}),
+                "sft-eval": (sft.path, {"sft": Job(prompts)})}
+        _, gold, pm_s = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "ppo", "sft"))
         tags = list(bucket_tags(cfg.pat.n_buckets))
         with ThreadPoolExecutor(max_workers=2) as pool:
             pat_front = pool.submit(frontier_points, ctx, "pat", pat.path, sft.path, pm.path, control, tags)
             ppo_front = pool.submit(frontier_points, ctx, "ppo", ppo.path, sft.path, pm.path, control, [None])
             frontier = {"pat": pat_front.result(), "ppo": ppo_front.result()}
-    write_scores(ctx, prompts, gold, pm_s)
     wins = head_to_head(ctx, gold, pm_s, PAIRS)
     cost = ctx.costs.summary()
     results = {

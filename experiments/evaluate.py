@@ -78,9 +78,18 @@ def generate_many(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]])
     return out
 
 
-def gold_scores(ctx: RunContext, jobs: dict[str, Job], replies: dict[str, list[str]]) -> dict[str, list[float]]:
-    """The gold judge's score of every reply, per job."""
-    return {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
+def judge_jobs(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]], pm_path: Path, sft_path: Path,
+               prompts: list[WorldPrompt], pm_judged: tuple[str, ...],
+               ) -> tuple[dict[str, list[str]], dict[str, list[float]], dict[str, list[float]]]:
+    """Replies of every job in ``work`` (``generate_many``), the gold judge's score of each, and the
+    preference model's scores of the ``pm_judged`` jobs (those answering every test prompt in
+    ``prompts``). The per-prompt scores go to ``scores.json``. Returns (replies, gold, pm)."""
+    replies = generate_many(ctx, work)
+    jobs = {name: job for _, named in work.values() for name, job in named.items()}
+    gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
+    pm = pm_scores(ctx, pm_path, sft_path, prompts, {k: replies[k] for k in pm_judged})
+    write_scores(ctx, prompts, gold, pm)
+    return replies, gold, pm
 
 
 def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path, prompts: list[WorldPrompt],

@@ -21,7 +21,7 @@ from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_plain
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, generate_many, gold_scores, head_to_head, pm_scores, write_scores
+from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
 from experiments.loop import optim_config, total_steps, train_loop
 from experiments.pm import pm_stage
 from experiments.report import write_pat_report
@@ -107,15 +107,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
     control = prompts[: cfg.pat.control_prompts]
-    jobs = tag_jobs(cfg, prompts) | {"sft": Job(prompts)}
     with ctx.costs.span("eval"):
-        replies = generate_many(ctx, {"pat-eval": (pat.path, {k: v for k, v in jobs.items() if k != "sft"}),
-                                      "sft-eval": (sft.path, {"sft": jobs["sft"]})})
-        gold = gold_scores(ctx, jobs, replies)
-        pm_s = pm_scores(ctx, pm.path, sft.path, prompts, {k: replies[k] for k in ("pat", "sft")})
+        work = {"pat-eval": (pat.path, tag_jobs(cfg, prompts)), "sft-eval": (sft.path, {"sft": Job(prompts)})}
+        replies, gold, pm_s = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "sft"))
         frontier = frontier_points(ctx, "pat", pat.path, sft.path, pm.path, control,
                                    list(bucket_tags(cfg.pat.n_buckets)))
-    write_scores(ctx, prompts, gold, pm_s)
     wins = head_to_head(ctx, gold, pm_s, [("pat", "sft")])
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],

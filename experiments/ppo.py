@@ -40,7 +40,7 @@ from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
 from experiments.config import OptimizerConfig, PPOConfig, as_plain
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, generate_many, gold_scores, head_to_head, pm_scores, write_scores
+from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
 from experiments.loop import rank_mean
 from experiments.pat import pat_key
 from experiments.pm import pm_stage
@@ -347,11 +347,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
         work["pat-eval"] = (pat_path, {"pat": Job(prompts, cfg.pat.inference_tag)})
         pairs.append(("ppo", "pat"))
     with ctx.costs.span("eval"):
-        replies = generate_many(ctx, work)
-        gold = gold_scores(ctx, {name: job for _, jobs in work.values() for name, job in jobs.items()}, replies)
-        pm_s = pm_scores(ctx, pm.path, sft.path, prompts, replies)
+        judged = tuple(name for _, jobs in work.values() for name in jobs)
+        replies, gold, pm_s = judge_jobs(ctx, work, pm.path, sft.path, prompts, judged)
         point = frontier_points(ctx, "ppo", ppo.path, sft.path, pm.path, prompts[: cfg.pat.control_prompts], [None])
-    write_scores(ctx, prompts, gold, pm_s)
     wins = head_to_head(ctx, gold, pm_s, pairs)
     final = ppo.info["final"]
     results = {

@@ -26,7 +26,7 @@ from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_plain
 from experiments.context import RunContext
 from experiments.loop import optim_config, total_steps, train_loop
-from experiments.replies import Job, replies_key, save_replies
+from experiments.replies import Job, load_replies, replies_key, save_replies
 
 
 def tokenizer_stage(ctx: RunContext) -> Path:
@@ -102,11 +102,12 @@ def evaluate_policy(ctx: RunContext, group: RoleGroup, quality: int | None = Non
     model's artifact path) the replies join the evaluation-reply cache, so later head-to-heads
     of that model reuse them instead of sampling again."""
     prompts = ctx.world.prompts("test", ctx.cfg.eval.n_prompts)
-    job = Job(prompts, quality)
-    key = replies_key(ctx, cache_as, job) if cache_as is not None else None
-    replies = generate(ctx, group, prompts, quality)
-    if key is not None and ctx.cache.get("replies", key) is None:
-        save_replies(ctx, key, "sft" if quality is None else f"tag_{quality}", cache_as, replies)
+    key = replies_key(ctx, cache_as, Job(prompts, quality)) if cache_as is not None else None
+    replies = load_replies(ctx, key) if key is not None else None
+    if replies is None:
+        replies = generate(ctx, group, prompts, quality)
+        if key is not None:
+            save_replies(ctx, key, "eval", cache_as, replies)
     report = gold_report(ctx.world, prompts, replies)
     report["samples"] = [{"prompt": p.task.prompt, "reply": r} for p, r in list(zip(prompts, replies))[:8]]
     return report
