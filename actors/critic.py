@@ -11,6 +11,7 @@ from actors.base import TrainableActor
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
 from alignment.losses.masked import masked_mean
 from alignment.losses.ppo import explained_variance, value_loss
+from alignment.models.shared_prefix import last_hidden_states
 from alignment.models.tokenizer import load_tokenizer
 from alignment.models.value_head import load_value_model
 from alignment.rollout import Rollout, response_values
@@ -36,8 +37,8 @@ class CriticActor(TrainableActor):
 
     def _values(self, ro: Rollout) -> torch.Tensor:
         """``[B, R]`` values, through the engine (so DDP / DeepSpeed see the forward pass)."""
-        out = self.engine(input_ids=ro.sequences, attention_mask=ro.attention_mask, output_hidden_states=True)
-        values = self.engine.module.score(out.hidden_states[-1]).squeeze(-1)  # final, normed hidden state
+        hidden = last_hidden_states(self.engine, ro.sequences, ro.attention_mask)  # final, normed
+        values = self.engine.module.score(hidden).squeeze(-1)
         return response_values(values.float(), ro)
 
     @torch.no_grad()

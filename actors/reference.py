@@ -7,6 +7,7 @@ import torch
 from actors.base import RoleActor
 from alignment.losses.logprobs import token_logprobs
 from alignment.models.causal_lm import load_causal_lm
+from alignment.models.shared_prefix import causal_lm_logits
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, response_logits, response_tokens
 
@@ -23,5 +24,5 @@ class ReferenceActor(RoleActor):
     def logprobs(self, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
         """``[B, R]`` log-probs of the rollout's response tokens under the reference model."""
         ro = rollout.to(self.device)
-        logits = self.model(input_ids=ro.sequences, attention_mask=ro.attention_mask).logits
+        logits = causal_lm_logits(self.model, ro.sequences, ro.attention_mask)
         return token_logprobs(response_logits(logits, ro), response_tokens(ro), temperature).cpu()

@@ -100,3 +100,63 @@ def test_scored_sequence_can_show_only_the_last_turns(tokenizer):
     assert tokenizer.decode(last).startswith("<|Human|>: Who made you?")
     both = scored_sequence(tokenizer, ctx, "Fudan University.", 512, context_turns=2)  # only the meta drops out
     assert len(last) < len(both) < len(full) and full[-len(both):] == both
+
+
+def _grads(model, logits, mask):
+    model.zero_grad()
+    loss = (logits.log_softmax(-1)[..., 3] * mask).sum() / mask.sum()
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_common_prefix_length_stops_at_the_first_difference_and_before_the_shortest_row_ends():
+    from alignment.models.shared_prefix import common_prefix_length
+
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 1, 0], [5, 6, 7, 8, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
+    assert common_prefix_length(ids, mask) == 3
+    same = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    assert common_prefix_length(same, torch.ones_like(same)) == 2  # every row keeps one token to run
+    left_padded = torch.tensor([[0, 5, 6], [5, 6, 7]])
+    assert common_prefix_length(left_padded, torch.tensor([[0, 1, 1], [1, 1, 1]])) == 0
+
+
+def test_shared_prefix_forward_gives_the_plain_logits_and_gradients(tokenizer):
+    from alignment.models.shared_prefix import causal_lm_logits
+
+    model = build_tiny(SMALL, tokenizer)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, len(tokenizer), (4, 40), generator=g)
+    ids[:, :20] = ids[0, :20]  # a 20-token prefix common to every row, then right padding
+    lengths = torch.tensor([40, 31, 25, 36])
+    mask = (torch.arange(40)[None] < lengths[:, None]).long()
+    ids[mask == 0] = tokenizer.pad_token_id
+    plain = model(input_ids=ids, attention_mask=mask).logits
+    shared = causal_lm_logits(model, ids, mask, min_shared=8)
+    real = mask.bool()
+    assert torch.allclose(plain[real], shared[real], atol=1e-5)
+    for a, b in zip(_grads(model, plain, mask), _grads(model, causal_lm_logits(model, ids, mask, min_shared=8), mask)):
+        assert torch.allclose(a, b, atol=1e-5)
+    # the prefix really ran once: a second call with the prefix broken in one row falls back
+    broken = ids.clone()
+    broken[1, 0] = ids[0, 0] + 1
+    assert torch.allclose(model(input_ids=broken, attention_mask=mask).logits[real],
+                          causal_lm_logits(model, broken, mask, min_shared=8)[real], atol=1e-5)
+
+
+def test_shared_prefix_hidden_states_match_for_a_value_model(tmp_path, tokenizer):
+    from alignment.models.shared_prefix import last_hidden_states
+
+    build_tiny(SMALL, tokenizer).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    model = load_value_model(str(tmp_path / "lm"))
+    ids = torch.randint(5, len(tokenizer), (3, 30), generator=torch.Generator().manual_seed(1))
+    ids[:, :18] = ids[0, :18]
+    mask = torch.ones_like(ids)
+    mask[2, 24:] = 0
+    plain = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    shared = last_hidden_states(model, ids, mask, min_shared=8)
+    assert shared.shape == plain.shape
+    assert torch.allclose(plain[mask.bool()], shared[mask.bool()], atol=1e-5)
+    assert torch.allclose(token_values(model, ids, mask)[mask.bool()],
+                          model.score(plain).squeeze(-1)[mask.bool()], atol=1e-5)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from alignment.models.shared_prefix import shared_prefix_forward
+
 
 def load_value_model(path: str, drop_last_layer: bool = False) -> PreTrainedModel:
     """A value model from ``path``: a causal-LM checkpoint gets a new head that starts at zero;
@@ -49,7 +51,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def token_values(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Per-token values ``[B, T]`` (the critic's view)."""
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = shared_prefix_forward(backbone, input_ids, attention_mask, lambda out: out.last_hidden_state)
     return model.score(hidden).squeeze(-1)
 
 
