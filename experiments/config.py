@@ -89,6 +89,10 @@ class PMConfig:
     drop_last_layer: bool = True  # the paper replaces the last decoder layer by the value head
     max_length: int = 384
     context_turns: int = 0  # the PM sees the last N turns (no meta-instruction); 0: the whole conversation
+    # the first N world training prompts also get a reply sampled from the SFT model (eval sampling
+    # settings) as a seventh candidate, as MOSS §7.1 mixes the SFT model's own samples into the
+    # candidates: the PM then sees the SFT model's own mistakes, the replies PPO starts from
+    sft_samples: int = 0
     # trainer.batch_size counts comparison groups: a prompt with its candidates and all their
     # labelled pairs (a pair from a preference file is a group of two)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -7,6 +7,8 @@ import itertools
 import random
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from actors.group import RoleGroup
 from actors.preference import PreferenceActor
 from alignment.data.loaders import load_multi_response, load_preference_pairs
@@ -17,18 +19,30 @@ from alignment.world import AIFeedbackLabeller
 from experiments.cache import Artifact, commit
 from experiments.config import as_plain
 from experiments.context import RunContext
+from experiments.evaluate import generate_with
 from experiments.loop import optim_config, total_steps, train_loop
+from experiments.replies import Job
 from experiments.sft import sft_stage, strategy_spec
 
 
 def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:
     cfg = ctx.cfg
-    return {"pm": as_plain(cfg.pm), "world": as_plain(cfg.data.world), "strategy": as_plain(cfg.strategy),
-            "seed": cfg.seed, "sft": str(sft.path)}
+    pm = as_plain(cfg.pm)
+    if not cfg.pm.sft_samples:
+        del pm["sft_samples"]  # keeps the keys of preference models trained before the option existed
+    payload = {"pm": pm, "world": as_plain(cfg.data.world), "strategy": as_plain(cfg.strategy),
+               "seed": cfg.seed, "sft": str(sft.path)}
+    if cfg.pm.sft_samples:
+        payload["sampling"] = as_plain(cfg.eval)  # the SFT samples' settings
+    return payload
 
 
-def comparison_groups(ctx: RunContext) -> tuple[list[ComparisonGroup], list[ComparisonGroup], list[list[float]] | None]:
-    """Training groups, validation groups and, on the world, the gold score of each val candidate."""
+def comparison_groups(ctx: RunContext, sft: Artifact,
+                      ) -> tuple[list[ComparisonGroup], list[ComparisonGroup], list[list[float]] | None]:
+    """Training groups, validation groups and, on the world, the gold score of each val candidate.
+
+    With ``pm.sft_samples`` the first that many training prompts also get a reply sampled from the
+    SFT model (generated here, or read from the replies cache) as a seventh candidate."""
     pm = ctx.cfg.pm
     if pm.data_path or pm.multi_response_path:
         train = (pair_groups(load_preference_pairs(pm.data_path)) if pm.data_path
@@ -39,7 +53,16 @@ def comparison_groups(ctx: RunContext) -> tuple[list[ComparisonGroup], list[Comp
     world, seed = ctx.world, ctx.cfg.seed
     labeller = AIFeedbackLabeller(pm.labeller_temperature, seed=seed)
     rng = random.Random(f"pm:{seed}")
-    train = world_groups(world, world.prompts("train", pm.n_prompts, offset=1000), labeller, rng)
+    prompts = world.prompts("train", pm.n_prompts, offset=1000)
+    if not 0 <= pm.sft_samples <= len(prompts):
+        raise ValueError(f"pm.sft_samples: {pm.sft_samples}; between 0 and pm.n_prompts ({len(prompts)})")
+    samples: list[str] = []
+    if pm.sft_samples:
+        with tqdm(total=pm.sft_samples, desc="pm: SFT samples") as bar:
+            samples = generate_with(ctx, sft.path, {"pm-sft-samples": Job(prompts[:pm.sft_samples])},
+                                    "pm-samples", bar)["pm-sft-samples"]
+    train = world_groups(world, prompts, labeller, rng, [[s] for s in samples],
+                         AIFeedbackLabeller(pm.labeller_temperature, seed=seed + 7919))
     val_prompts = world.prompts("val", pm.n_val_prompts)
     val = world_groups(world, val_prompts, labeller, rng)
     gold = [[world.judge(p, c) for c in g.candidates] for p, g in zip(val_prompts, val)]
@@ -78,7 +101,7 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
 
     def build() -> Artifact:
         tokenizer = load_tokenizer(str(sft.path))
-        train, val, gold = comparison_groups(ctx)
+        train, val, gold = comparison_groups(ctx, sft)
 
         def encode(groups: list[ComparisonGroup]) -> list[tuple[list[list[int]], list[tuple[int, int]]]]:
             return [([scored_sequence(tokenizer, g.context, c, cfg.pm.max_length, cfg.pm.context_turns)

@@ -115,3 +115,28 @@ def test_comparison_groups_from_files_and_world(world):
     assert multi_response_groups([MultiResponse(ctx, ("a", "b"), (2.0, 2.0))]) == []
     wg = world_groups(world, world.prompts("train", 3), AIFeedbackLabeller(0.05, 0), random.Random(0))
     assert [len(g.candidates) for g in wg] == [6, 6, 6] and all(len(g.pairs) == 15 for g in wg)
+
+
+def test_sft_samples_join_the_candidates_without_changing_the_sources_labels(world):
+    import random
+
+    from alignment.data.preference import world_groups
+    from alignment.world import AIFeedbackLabeller
+
+    prompts = world.prompts("train", 4)
+    plain = world_groups(world, prompts, AIFeedbackLabeller(0.05, 0), random.Random(0))
+    perfect = world.candidates(prompts[0], random.Random(1))[-1]
+    extra = [["Whatever. no idea"], [perfect]]  # the first two prompts get a seventh candidate
+    mixed = world_groups(world, prompts, AIFeedbackLabeller(0.05, 0), random.Random(0), extra,
+                         AIFeedbackLabeller(0.001, 1))
+    assert [len(g.candidates) for g in mixed] == [7, 7, 6, 6]
+    assert [len(g.pairs) for g in mixed] == [21, 21, 15, 15]
+    for a, b in zip(plain, mixed):  # the sources' candidates and labels are untouched
+        assert b.candidates[:6] == a.candidates and b.pairs[:15] == a.pairs
+    # the new candidate's pairs come from the (here near-noiseless) extra labeller: the gibberish
+    # loses to every source reply the gold judge scores above zero
+    g = mixed[0]
+    for k in range(6):
+        if world.judge(prompts[0], g.candidates[k]) > 0:
+            assert (k, 6) in g.pairs[15:]
+    assert all(6 in pair for pair in g.pairs[15:])

@@ -27,15 +27,28 @@ class ComparisonGroup:
 
 
 def world_groups(
-    world: World, prompts: Sequence[WorldPrompt], labeller: AIFeedbackLabeller, rng: random.Random
+    world: World, prompts: Sequence[WorldPrompt], labeller: AIFeedbackLabeller, rng: random.Random,
+    extra: Sequence[Sequence[str]] = (), extra_labeller: AIFeedbackLabeller | None = None,
 ) -> list[ComparisonGroup]:
-    """Six candidates per prompt (one per source), all 15 pairs labelled by the AI labeller."""
+    """Six candidates per prompt (one per source), all 15 pairs labelled by the AI labeller.
+
+    ``extra[i]`` (when given) adds more candidates to prompt ``i``'s set, e.g. replies sampled from
+    the SFT model as MOSS §7.1 does, and every pair that involves one is labelled too (21 pairs for
+    7 candidates), by ``extra_labeller`` when given, so that the sources' labels (and every later
+    draw of ``labeller``) stay the same with or without the extra candidates."""
+    if len(extra) > len(prompts):
+        raise ValueError(f"{len(extra)} lists of extra candidates for {len(prompts)} prompts")
     groups = []
-    for prompt in prompts:
+    for i, prompt in enumerate(prompts):
         cands = world.candidates(prompt, rng)
-        labels = labeller.label_all_pairs(prompt.task, cands)
-        groups.append(ComparisonGroup(prompt.conversation(), tuple(cands),
-                                      tuple((lb.chosen, lb.rejected) for lb in labels)))
+        pairs = [(lb.chosen, lb.rejected) for lb in labeller.label_all_pairs(prompt.task, cands)]
+        more = list(extra[i]) if i < len(extra) else []
+        judge = extra_labeller or labeller
+        for j, reply in enumerate(more, start=len(cands)):
+            for k in range(j):
+                other = cands[k] if k < len(cands) else more[k - len(cands)]
+                pairs.append((j, k) if judge.label(prompt.task, reply, other) else (k, j))
+        groups.append(ComparisonGroup(prompt.conversation(), tuple(cands + more), tuple(pairs)))
     return groups
 
 
