@@ -56,13 +56,15 @@ def comparison_groups(ctx: RunContext, sft: Artifact,
     prompts = world.prompts("train", pm.n_prompts, offset=1000)
     if not 0 <= pm.sft_samples <= len(prompts):
         raise ValueError(f"pm.sft_samples: {pm.sft_samples}; between 0 and pm.n_prompts ({len(prompts)})")
-    samples: list[str] = []
     if pm.sft_samples:
         with tqdm(total=pm.sft_samples, desc="pm: SFT samples") as bar:
             samples = generate_with(ctx, sft.path, {"pm-sft-samples": Job(prompts[:pm.sft_samples])},
                                     "pm-samples", bar)["pm-sft-samples"]
-    train = world_groups(world, prompts, labeller, rng, [[s] for s in samples],
-                         AIFeedbackLabeller(pm.labeller_temperature, seed=seed + 7919))
+        # the samples' pairs come from their own labeller stream: the sources' labels stay the same
+        train = world_groups(world, prompts, labeller, rng, [[s] for s in samples],
+                             AIFeedbackLabeller(pm.labeller_temperature, seed=seed + 7919))
+    else:
+        train = world_groups(world, prompts, labeller, rng)
     val_prompts = world.prompts("val", pm.n_val_prompts)
     val = world_groups(world, val_prompts, labeller, rng)
     gold = [[world.judge(p, c) for c in g.candidates] for p, g in zip(val_prompts, val)]

@@ -38,17 +38,15 @@ def world_groups(
     draw of ``labeller``) stay the same with or without the extra candidates."""
     if len(extra) > len(prompts):
         raise ValueError(f"{len(extra)} lists of extra candidates for {len(prompts)} prompts")
+    judge = extra_labeller or labeller
     groups = []
     for i, prompt in enumerate(prompts):
-        cands = world.candidates(prompt, rng)
-        pairs = [(lb.chosen, lb.rejected) for lb in labeller.label_all_pairs(prompt.task, cands)]
-        more = list(extra[i]) if i < len(extra) else []
-        judge = extra_labeller or labeller
-        for j, reply in enumerate(more, start=len(cands)):
-            for k in range(j):
-                other = cands[k] if k < len(cands) else more[k - len(cands)]
-                pairs.append((j, k) if judge.label(prompt.task, reply, other) else (k, j))
-        groups.append(ComparisonGroup(prompt.conversation(), tuple(cands + more), tuple(pairs)))
+        sources = world.candidates(prompt, rng)
+        pairs = [(lb.chosen, lb.rejected) for lb in labeller.label_all_pairs(prompt.task, sources)]
+        cands = sources + (list(extra[i]) if i < len(extra) else [])
+        for j in range(len(sources), len(cands)):  # each extra candidate against every earlier one
+            pairs += [(j, k) if judge.label(prompt.task, cands[j], cands[k]) else (k, j) for k in range(j)]
+        groups.append(ComparisonGroup(prompt.conversation(), tuple(cands), tuple(pairs)))
     return groups
 
 

@@ -22,9 +22,9 @@ def common_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     if input_ids.size(0) == 0:
         return 0
     same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
-    n = int(same.size(0)) if bool(same.all()) else int(same.to(torch.int8).argmin())
-    shortest = int(attention_mask.sum(1).min())
-    return max(0, min(n, shortest - 1))
+    # the first column that differs (the width when none does), capped; one host sync in all
+    first_diff = torch.cat([~same, same.new_ones(1)]).to(torch.int8).argmax()
+    return max(0, int(torch.minimum(first_diff, attention_mask.sum(1).min() - 1)))
 
 
 def shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
