@@ -14,7 +14,7 @@ from alignment.losses.ppo import explained_variance, value_loss
 from alignment.models.shared_prefix import last_hidden_states
 from alignment.models.tokenizer import load_tokenizer
 from alignment.models.value_head import load_value_model
-from alignment.rollout import Rollout, response_values
+from alignment.rollout import Rollout, at_responses
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class CriticActor(TrainableActor):
         """``[B, R]`` values, through the engine (so DDP / DeepSpeed see the forward pass)."""
         hidden = last_hidden_states(self.engine, ro.sequences, ro.attention_mask)  # final, normed
         values = self.engine.module.score(hidden).squeeze(-1)
-        return response_values(values.float(), ro)
+        return at_responses(values.float(), ro)
 
     @torch.no_grad()
     def values(self, rollout: Rollout) -> torch.Tensor:

@@ -18,9 +18,9 @@ from alignment.losses.logprobs import entropy, token_logprobs
 from alignment.losses.masked import masked_mean
 from alignment.losses.ppo import policy_loss
 from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tiny, load_causal_lm, mergeable
-from alignment.models.shared_prefix import causal_lm_logits
+from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
-from alignment.rollout import Rollout, pack, response_logits, response_tokens
+from alignment.rollout import Rollout, at_responses, pack, response_tokens
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ class PolicyActor(TrainableActor):
     def sft_step(self, examples: list[Encoded]) -> dict[str, float]:
         """One optimizer step of masked next-token loss on this rank's share of the batch."""
         batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
-        logits = causal_lm_logits(self.engine, batch["input_ids"], batch["attention_mask"])
-        loss, n_tokens = masked_lm_loss(logits, batch["labels"])
+        hidden = lm_hidden_states(self.engine, batch["input_ids"], batch["attention_mask"])
+        loss, n_tokens = masked_lm_loss(hidden, batch["labels"], output_head(self.engine))
         self.engine.backward(loss)
         stats = self.engine.step()
         return {"loss": loss.item(), "tokens": float(n_tokens), **stats}
@@ -87,7 +87,8 @@ class PolicyActor(TrainableActor):
         n = 0
         for _ in range(spec.epochs):
             for mb, adv in zip(ro.split(spec.mini_batches), torch.tensor_split(advantages, spec.mini_batches)):
-                logits = response_logits(causal_lm_logits(self.engine, mb.sequences, mb.attention_mask), mb)
+                hidden = at_responses(lm_hidden_states(self.engine, mb.sequences, mb.attention_mask), mb)
+                logits = output_head(self.engine)(hidden)  # the head runs on response positions only
                 logprobs = token_logprobs(logits, response_tokens(mb), spec.temperature)
                 loss, st = policy_loss(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
                 self.engine.backward(loss)

@@ -102,10 +102,14 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
     return Rollout(seqs, attn, torch.tensor([len(p) for p in prompts]), mask, lp)
 
 
-def response_logits(logits: torch.Tensor, rollout: Rollout) -> torch.Tensor:
-    """``[B, T, V]`` model outputs -> ``[B, R, V]``: the logits that predict each response token."""
+def at_responses(outputs: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+    """Per-position model outputs ``[B, T]`` or ``[B, T, D]`` (values, hidden states, logits) ->
+    ``[B, R]`` or ``[B, R, D]``: the outputs at the position that predicts each response token
+    (for values: the state before it)."""
     idx = rollout.response_index()
-    return logits.gather(1, idx[:, :, None].expand(-1, -1, logits.size(-1)))
+    if outputs.dim() == 2:
+        return outputs.gather(1, idx)
+    return outputs.gather(1, idx[:, :, None].expand(-1, -1, outputs.size(-1)))
 
 
 def response_tokens(rollout: Rollout) -> torch.Tensor:
@@ -114,6 +118,3 @@ def response_tokens(rollout: Rollout) -> torch.Tensor:
     return rollout.sequences.gather(1, idx)
 
 
-def response_values(values: torch.Tensor, rollout: Rollout) -> torch.Tensor:
-    """``[B, T]`` per-position values -> ``[B, R]``: the value of the state before each response token."""
-    return values.gather(1, rollout.response_index())

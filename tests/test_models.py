@@ -122,7 +122,10 @@ def test_common_prefix_length_stops_at_the_first_difference_and_before_the_short
 
 
 def test_shared_prefix_forward_gives_the_plain_logits_and_gradients(tokenizer):
-    from alignment.models.shared_prefix import causal_lm_logits
+    from alignment.models.shared_prefix import lm_hidden_states, output_head
+
+    def causal_lm_logits(model, ids, mask, min_shared):  # the head applied to every position
+        return output_head(model)(lm_hidden_states(model, ids, mask, min_shared=min_shared))
 
     model = build_tiny(SMALL, tokenizer)
     g = torch.Generator().manual_seed(0)
@@ -142,6 +145,33 @@ def test_shared_prefix_forward_gives_the_plain_logits_and_gradients(tokenizer):
     broken[1, 0] = ids[0, 0] + 1
     assert torch.allclose(model(input_ids=broken, attention_mask=mask).logits[real],
                           causal_lm_logits(model, broken, mask, min_shared=8)[real], atol=1e-5)
+
+
+def test_lm_loss_runs_the_head_on_labelled_positions_only(tokenizer):
+    from alignment.losses.lm import masked_lm_loss
+    from alignment.models.shared_prefix import lm_hidden_states, output_head
+
+    model = build_tiny(SMALL, tokenizer)
+    ids = torch.randint(5, len(tokenizer), (3, 24), generator=torch.Generator().manual_seed(2))
+    ids[:, :18] = ids[0, :18]
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :19] = -100  # the loss covers the replies, after the shared prompt
+    seen = []
+
+    def head(h):
+        seen.append(h.shape[0])
+        return output_head(model)(h)
+
+    loss, n = masked_lm_loss(lm_hidden_states(model, ids, mask, min_shared=8), labels, head)
+    assert seen == [int(n)] == [(labels[:, 1:] != -100).sum().item()]
+    logits = model(input_ids=ids, attention_mask=mask).logits  # the plain way: every position
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
+    assert torch.allclose(loss, plain, atol=1e-5)
+    (a,) = torch.autograd.grad(loss, [model.model.layers[0].mlp.up_proj.weight])
+    (b,) = torch.autograd.grad(plain, [model.model.layers[0].mlp.up_proj.weight])
+    assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_shared_prefix_hidden_states_match_for_a_value_model(tmp_path, tokenizer):

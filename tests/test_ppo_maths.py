@@ -12,7 +12,7 @@ from alignment.losses.kl import kl_estimate
 from alignment.losses.masked import masked_mean, masked_whiten
 from alignment.losses.ppo import explained_variance, policy_loss, value_loss
 from alignment.losses.reward import RunningMoments, normalise_scores, token_rewards
-from alignment.rollout import Rollout, pack, response_logits, response_tokens, response_values
+from alignment.rollout import Rollout, at_responses, pack, response_tokens
 
 
 def test_kl_estimators_by_hand():
@@ -168,10 +168,10 @@ def test_pack_and_response_grid(tokenizer):
     # the log-probs generate() saw equal a full forward pass over the packed (right-padded) rows
     with torch.no_grad():
         logits = model(input_ids=ro.sequences, attention_mask=ro.attention_mask).logits
-    forward = token_logprobs(response_logits(logits, ro), tokens, spec.temperature)
+    forward = token_logprobs(at_responses(logits, ro), tokens, spec.temperature)
     assert torch.allclose(forward * ro.response_mask, ro.logprobs, atol=1e-4)
     values = torch.arange(ro.sequences.numel(), dtype=torch.float).view_as(ro.sequences)
-    v = response_values(values, ro)
+    v = at_responses(values, ro)
     assert v[1, 0].item() == values[1, 1].item()  # the state after the 2-token prompt
     # split / cat round trip
     parts = ro.split(2)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 
-def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor,
+                   head: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy over positions whose label is not -100.
 
-    Returns ``(loss, n_tokens)``. ``logits`` is ``[B, T, V]`` and ``labels`` ``[B, T]``, aligned
-    with the inputs (the shift happens here).
+    ``hidden`` is ``[B, T, H]`` (the decoder's final states, aligned with the inputs; the shift
+    happens here) and ``head`` maps ``[N, H]`` states to ``[N, V]`` logits: it runs only on the
+    positions that carry a label. Returns ``(loss, n_tokens)``.
     """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    n_tokens = (shift_labels != -100).sum()
-    loss = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = head(hidden[:, :-1][keep]).float()
+    n_tokens = keep.sum()
+    loss = F.cross_entropy(logits, targets[keep], reduction="sum")
     return loss / n_tokens.clamp(min=1), n_tokens

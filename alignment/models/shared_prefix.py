@@ -54,10 +54,22 @@ def shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch.
     return torch.cat([first.expand(batch, *first.shape[1:]), read(tail)], dim=1)
 
 
-def causal_lm_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def lm_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      min_shared: int = 16) -> torch.Tensor:
-    """Logits ``[B, T, V]`` of a causal LM on a right-padded batch, the shared prefix run once."""
-    return shared_prefix_forward(model, input_ids, attention_mask, lambda out: out.logits, min_shared)
+    """Final (normed) hidden states ``[B, T, H]`` of a causal LM, its LM head skipped, the shared
+    prefix run once. Apply ``output_head(model)`` to the positions whose logits are needed: a
+    loss or a log-prob needs them at a third of the positions or fewer (replies, not prompts), and
+    the head over a whole batch is a ``[B, T, V]`` tensor."""
+    # logits_to_keep with no position: transformers slices the hidden states with it before the head
+    none = torch.empty(0, dtype=torch.long, device=input_ids.device)
+    return shared_prefix_forward(model, input_ids, attention_mask, lambda out: out.hidden_states[-1], min_shared,
+                                 output_hidden_states=True, logits_to_keep=none)
+
+
+def output_head(model) -> torch.nn.Module:
+    """The LM head (``get_output_embeddings``) of a causal LM, also through a training engine's
+    ``module`` or a peft wrapper."""
+    return getattr(model, "module", model).get_output_embeddings()
 
 
 def last_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
