@@ -49,14 +49,18 @@ class PreferenceActor(TrainableActor):
 
     @torch.no_grad()
     def score(self, seqs: list[list[int]], batch_size: int = 64) -> list[float]:
-        """Scalar reward of each sequence (no gradients)."""
+        """Scalar reward of each sequence (no gradients). Batches are cut from the sequences in
+        order of length, so that little of each is padding; the scores come back in input order."""
         model = self.engine.module
         was_training = model.training
         model.eval()
-        out: list[float] = []
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        out = [0.0] * len(seqs)
         for start in range(0, len(seqs), batch_size):
-            ids, mask = pad_right(seqs[start:start + batch_size], self.tokenizer.pad_token_id)
-            out.extend(sequence_scores(model, ids.to(self.device), mask.to(self.device)).float().tolist())
+            part = order[start:start + batch_size]
+            ids, mask = pad_right([seqs[i] for i in part], self.tokenizer.pad_token_id)
+            for i, s in zip(part, sequence_scores(model, ids.to(self.device), mask.to(self.device)).float().tolist()):
+                out[i] = s
         model.train(was_training)
         return out
 

@@ -190,3 +190,18 @@ def test_shared_prefix_hidden_states_match_for_a_value_model(tmp_path, tokenizer
     assert torch.allclose(plain[mask.bool()], shared[mask.bool()], atol=1e-5)
     assert torch.allclose(token_values(model, ids, mask)[mask.bool()],
                           model.score(plain).squeeze(-1)[mask.bool()], atol=1e-5)
+
+
+def test_preference_actor_scores_in_input_order_whatever_the_lengths(tmp_path, tokenizer):
+    from actors.engine import StrategySpec
+    from actors.preference import PreferenceActor
+
+    build_tiny(SMALL, tokenizer).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    actor = PreferenceActor(rank=0, world_size=1, num_threads=1)
+    actor.init_model(str(tmp_path / "lm"), True, StrategySpec())
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(5, len(tokenizer), (int(n),), generator=g).tolist() for n in (9, 3, 14, 5, 3, 11, 7)]
+    alone = [actor.score([s])[0] for s in seqs]  # batches of one: no padding at all
+    batched = actor.score(seqs, batch_size=3)  # cut by length, so not in input order
+    assert torch.allclose(torch.tensor(batched), torch.tensor(alone), atol=1e-5)
