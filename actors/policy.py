@@ -29,6 +29,7 @@ class PolicyUpdateSpec:
     epochs: int = 1
     mini_batches: int = 1
     temperature: float = 1.0  # the rollout's; log-probs are taken under softmax(logits / temperature)
+    num_threads: int = 0  # torch CPU threads during the update (0: the actor's own)
 
 
 @dataclass
@@ -83,6 +84,9 @@ class PolicyActor(TrainableActor):
         """Clipped-surrogate updates on this rank's share: ``spec.epochs`` passes of
         ``spec.mini_batches`` optimizer steps. Returns mean stats and the token count."""
         ro, advantages = rollout.to(self.device), advantages.to(self.device)
+        threads = torch.get_num_threads()
+        if spec.num_threads:  # the other roles wait while the policy updates: it may take their cores
+            torch.set_num_threads(spec.num_threads)
         sums: dict[str, float] = {}
         n = 0
         for _ in range(spec.epochs):
@@ -99,6 +103,7 @@ class PolicyActor(TrainableActor):
                 for k, v in {"policy_loss": loss.item(), "entropy": ent.item(),
                              **{k: float(v) for k, v in st.items()}, **step}.items():
                     sums[k] = sums.get(k, 0.0) + v
+        torch.set_num_threads(threads)
         return {f"policy/{k}": v / n for k, v in sums.items()} | {"tokens": ro.response_mask.sum().item()}
 
     def save(self, path: str) -> None:

@@ -8,6 +8,7 @@ reference, critic and preference-model passes, advantages and both updates.
     python benchmarks/ppo_iteration.py --config tiny --runner ray local trl
     python benchmarks/ppo_iteration.py --config medium --iters 6
     python benchmarks/ppo_iteration.py --runner ray --ranks 2 --threads 1   # 2 ranks per role, 1 thread each
+    python benchmarks/ppo_iteration.py --runner ray trl --threads 1 --update-threads 2   # the tiny default's layout
 
 Prints the median seconds per iteration after ``--warmup`` iterations, the per-phase breakdown
 (the lab only; TRL does not time its phases) and rollouts/s.
@@ -65,8 +66,10 @@ def random_prompts(n: int, vocab: int, seed: int) -> list[list[int]]:
     return torch.randint(10, vocab, (n, PROMPT_LEN), generator=g).tolist()
 
 
-def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: int = 1, threads: int = THREADS) -> dict:
-    """The lab's PPO iteration, on Ray actors (``ranks`` per role, ``threads`` torch threads each)
+def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: int = 1, threads: int = THREADS,
+            update_threads: int = 0) -> dict:
+    """The lab's PPO iteration, on Ray actors (``ranks`` per role, ``threads`` torch threads each,
+    ``update_threads`` for the policy's update: 0 keeps ``threads``)
     or (``local``) on the same classes in this process."""
     from alignment.models.tokenizer import load_tokenizer
     from experiments.cache import ArtifactCache
@@ -79,6 +82,7 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
     cfg.logger.wandb = False
     a = cfg.algo
     a.iterations, a.rollout_batch_size, a.num_threads = iters, BATCH, threads
+    a.policy_update_threads = update_threads
     a.max_new_tokens = NEW_TOKENS
     cfg.strategy.precision = "fp32"
     for role in ("policy", "critic", "reference", "preference"):
@@ -100,15 +104,22 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
 
     trainer = Bench(ctx, roles, tokenizer)
     trainer.rollout_spec = dataclasses.replace(trainer.rollout_spec, ignore_eos=True)  # exactly NEW_TOKENS
-    rows = []
+    rows, walls = [], []
     try:
-        for _ in range(iters):
-            rows.append(trainer.step())
+        # the training loop's own schedule: each rollout overlaps the previous critic update. The
+        # time between two yields is one iteration's (the first covers two, the last only the final
+        # critic update, which is dropped).
+        last = time.perf_counter()
+        for row in trainer.iterate(iters):
+            now = time.perf_counter()
+            rows.append(row)
+            walls.append(now - last)
+            last = now
     finally:
         roles.shutdown()
     lengths = {r["ppo/response_length"] for r in rows}
     assert lengths == {float(NEW_TOKENS)}, f"responses were not {NEW_TOKENS} tokens: {lengths}"
-    return {"iteration_s": [r["time/iteration_s"] for r in rows],
+    return {"iteration_s": walls[:-1],
             "phases": {k: [r[f"time/{k}_s"] for r in rows] for k in ("generate", "score", "train")}}
 
 
@@ -176,6 +187,8 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=1, help="lab on Ray: actors per role (data parallel)")
     parser.add_argument("--threads", type=int, default=THREADS,
                         help="lab: torch threads per actor (with several actors per phase, 1 avoids oversubscribing)")
+    parser.add_argument("--update-threads", type=int, default=0,
+                        help="lab: torch threads of the policy's update, which runs alone (0: --threads)")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -187,7 +200,7 @@ def main() -> None:
             result = run_trl(policy_dir, value_dir, args.iters)
         else:
             local = runner == "local"
-            result = run_lab(policy_dir, value_dir, args.iters, local, args.ranks, args.threads)
+            result = run_lab(policy_dir, value_dir, args.iters, local, args.ranks, args.threads, args.update_threads)
             if not local and args.ranks > 1:
                 runner = f"ray x{args.ranks}"
         summary.append(summarise(runner, result, args.warmup))

@@ -148,6 +148,8 @@ class PPOConfig:
     checkpoint_every: int = 10  # iterations; 0 disables
     keep_checkpoints: int = 2
     num_threads: int = 2  # torch CPU threads per actor
+    # threads of the policy's update (0: num_threads): the other roles wait for it, so it may take their cores
+    policy_update_threads: int = 0
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,14 @@ class PromptBatch:
     world: list[WorldPrompt] | None = None
 
 
+@dataclass
+class PendingIteration:
+    """An iteration whose policy update is done and whose critic update may still be running."""
+
+    metrics: dict[str, float]
+    critic_refs: list[Any]
+
+
 class PPOTrainer:
     """The PPO loop over ``roles``: ``step`` runs one iteration; checkpoints make it resumable."""
 
@@ -150,7 +159,7 @@ class PPOTrainer:
         self.critic_spec = CriticSpec(value_clip=self.a.value_clip, epochs=self.a.epochs,
                                       mini_batches=self.a.mini_batches)
         self.policy_spec = PolicyUpdateSpec(clip=self.a.clip, epochs=self.a.epochs, mini_batches=self.a.mini_batches,
-                                            temperature=self.a.temperature)
+                                            temperature=self.a.temperature, num_threads=self.a.policy_update_threads)
 
     def prompt_batch(self, iteration: int) -> PromptBatch:
         """The iteration's prompts: a fresh, deterministic batch of world training prompts, or the
@@ -194,8 +203,16 @@ class PPOTrainer:
         return ref_logprobs, scores, values
 
     def step(self) -> dict[str, float]:
-        """One iteration: rollout → reference / preference / critic passes → KL-penalised rewards
-        → GAE advantages → policy and critic updates (concurrently)."""
+        """One whole iteration (``launch``, then ``finish``); its metrics."""
+        return self.finish(self.launch())
+
+    def launch(self) -> PendingIteration:
+        """One iteration up to its policy update: rollout → reference / preference / critic passes
+        → KL-penalised rewards → GAE advantages → the policy's update, awaited (the next rollout
+        needs the new policy), then the critic's, left running. The critic's next call (the next
+        iteration's values) queues behind it on the actor, so the next rollout overlaps the critic
+        update and the maths is that of the plain loop; the policy updates while every other role
+        waits, so it may use their cores (``algo.policy_update_threads``)."""
         a, roles = self.a, self.roles
         t0 = time.perf_counter()
         batch = self.prompt_batch(self.iteration)
@@ -214,9 +231,9 @@ class PPOTrainer:
         n_p, n_c = policy.size, critic.size
         pol_refs = policy.submit("ppo_update", list(zip(ro.split(n_p), torch.tensor_split(advantages, n_p))),
                                  spec=self.policy_spec)
+        pol = policy.wait(pol_refs)
         crit_refs = critic.submit("update", list(zip(ro.split(n_c), torch.tensor_split(values, n_c),
                                                      torch.tensor_split(returns, n_c))), spec=self.critic_spec)
-        pol, crit = policy.wait(pol_refs), critic.wait(crit_refs)
         t3 = time.perf_counter()
         self.iteration += 1
 
@@ -229,6 +246,7 @@ class PPOTrainer:
             "ppo/kl_per_token": masked_mean(kl, mask).item(),
             "ppo/response_length": lengths.mean().item(),
             "ppo/advantage_std": masked_mean(advantages**2, mask).sqrt().item(),
+            # score_s includes any of the previous critic update still running; train_s is the policy's
             "time/generate_s": t1 - t0, "time/score_s": t2 - t1, "time/train_s": t3 - t2,
             "time/iteration_s": t3 - t0,
             "time/tokens_per_s": n_tokens / max(t3 - t0, 1e-9),
@@ -236,8 +254,27 @@ class PPOTrainer:
         }
         if batch.world is not None:
             metrics["ppo/gold"] = sum(self.ctx.world.judge(p, t) for p, t in zip(batch.world, texts)) / len(texts)
-        metrics |= rank_mean(pol, "tokens") | rank_mean(crit, "tokens")
-        return metrics
+        metrics["ppo/iteration"] = self.iteration
+        return PendingIteration(metrics | rank_mean(pol, "tokens"), crit_refs)
+
+    def finish(self, pending: PendingIteration) -> dict[str, float]:
+        """Wait for ``pending``'s critic update; the iteration's metrics, the critic's included."""
+        return pending.metrics | rank_mean(self.roles.critic.wait(pending.critic_refs), "tokens")
+
+    def iterate(self, until: int) -> Iterator[dict[str, float]]:
+        """Run iterations up to ``until``, each one's rollout overlapping the previous one's critic
+        update, checkpointing every ``checkpoint_every`` (when there is a ``ckpt_root``); yields each
+        iteration's metrics (one iteration late) in order."""
+        pending, every = None, self.a.checkpoint_every
+        while self.iteration < until:
+            launched = self.launch()
+            if self.ckpt_root is not None and every > 0 and (self.iteration % every == 0 or self.iteration == until):
+                self.save_checkpoint()  # the critic saves once its update is done: calls run in order
+            if pending is not None:
+                yield self.finish(pending)
+            pending = launched
+        if pending is not None:
+            yield self.finish(pending)
 
     # --- checkpoints ------------------------------------------------------------------------------
 
@@ -268,21 +305,16 @@ class PPOTrainer:
         return latest
 
     def train(self, until: int) -> dict[str, float]:
-        """Run iterations up to ``until``, logging each and checkpointing every ``checkpoint_every``."""
+        """Run iterations up to ``until`` (``iterate``), logging each. Returns the last one's metrics."""
         tracker, last = self.ctx.tracker, {}
         with tqdm(total=until, initial=self.iteration, desc="ppo", unit="it", dynamic_ncols=True) as bar:
-            while self.iteration < until:
-                last = self.step()
-                tracker.log(last, step=self.iteration)
+            for last in self.iterate(until):
+                tracker.log(last, step=int(last["ppo/iteration"]))
                 if self.exporter is not None:
-                    self.exporter.export(last | {"ppo/iteration": self.iteration})
+                    self.exporter.export(last)
                 bar.update(1)
                 bar.set_postfix(reward=f"{last['ppo/reward']:.3f}", kl=f"{last['ppo/kl']:.3f}",
                                 **({"gold": f"{last['ppo/gold']:.3f}"} if "ppo/gold" in last else {}))
-                every = self.a.checkpoint_every
-                if self.ckpt_root is not None and every > 0 and (self.iteration % every == 0 or
-                                                                 self.iteration == until):
-                    self.save_checkpoint()
         return last
 
 
@@ -295,7 +327,7 @@ def checkpoints(root: Path | None) -> list[Path]:
 
 def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:
     cfg = ctx.cfg
-    ignored = ("checkpoint_every", "keep_checkpoints", "num_threads")  # do not change the result
+    ignored = ("checkpoint_every", "keep_checkpoints", "num_threads", "policy_update_threads")  # no effect on results
     payload = {"algo": {k: v for k, v in as_plain(cfg.algo).items() if k not in ignored},
                "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy), "pm_max_length": cfg.pm.max_length,
                "drop_last_layer": cfg.pm.drop_last_layer, "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}

@@ -162,3 +162,25 @@ def test_widen_gives_a_stages_live_and_later_actors_more_threads(ray_address, tm
     finally:
         live.shutdown()
         other.shutdown()
+
+
+def test_pipelined_loop_equals_the_plain_loop(ray_address, tmp_path, checkpoints):
+    """``iterate`` overlaps each rollout with the previous critic update; the weights it reaches
+    and the metrics it reports are those of whole iterations run one after the other."""
+    from experiments.ppo import PPOTrainer, start_roles
+
+    sft, pm = checkpoints
+    ctx = make_ctx(tmp_path)
+    outcomes = []
+    for pipelined in (False, True):
+        roles = start_roles(ctx, sft, pm)
+        try:
+            trainer = PPOTrainer(ctx, roles, _tokenizer(sft))
+            rows = list(trainer.iterate(3)) if pipelined else [trainer.step() for _ in range(3)]
+            digests = tuple(getattr(roles, name).call("weights_digest")[0] for name in ("policy", "critic"))
+            outcomes.append((digests, [(r["ppo/iteration"], r["ppo/reward"], r["critic/value_loss"]) for r in rows]))
+        finally:
+            roles.shutdown()
+    ctx.tracker.finish()
+    assert outcomes[0] == outcomes[1]
+    assert [it for it, _, _ in outcomes[1][1]] == [1, 2, 3]
