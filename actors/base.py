@@ -47,8 +47,10 @@ class RoleActor:
             s.bind(("", 0))
             return ip, s.getsockname()[1]
 
-    def setup_distributed(self, addr: str, port: int) -> None:
-        """Join the role's process group (nccl on GPU, gloo on CPU)."""
+    def setup_distributed(self, where: tuple[str, int]) -> None:
+        """Join the role's process group (nccl on GPU, gloo on CPU) hosted at rank 0's ``where``
+        (address, port)."""
+        addr, port = where
         os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
         if self.world_size > 1 and not torch.distributed.is_initialized():

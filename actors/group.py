@@ -51,8 +51,10 @@ class RoleGroup:
             ).remote(rank, res.num_actors, num_threads, nice)
             for rank in range(res.num_actors)
         ]
-        addr, port = ray.get(self.actors[0].master_address.remote())
-        ray.get([a.setup_distributed.remote(addr, port) for a in self.actors])
+        # the rendezvous is queued, not awaited: the actors start (5-6 s of imports each) while the
+        # driver prepares their data; calls run in order on an actor, so every later call follows it
+        where = self.actors[0].master_address.remote()
+        self._joining = [a.setup_distributed.remote(where) for a in self.actors]
 
     @property
     def size(self) -> int:
@@ -65,6 +67,9 @@ class RoleGroup:
             per_rank = [()] * self.size
         if len(per_rank) != self.size:
             raise ValueError(f"{self.role}: got {len(per_rank)} argument sets for {self.size} actors")
+        if self._joining:  # the first call: surface a failed start or rendezvous here
+            ray.get(self._joining)
+            self._joining = []
         return [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, per_rank)]
 
     @staticmethod
@@ -103,8 +108,9 @@ class RoleGroup:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
-        if self.owns_pg:
+        if self.owns_pg:  # once: shutting down twice is harmless
             remove_placement_group(self.pg)
+            self.owns_pg = False
 
 
 def join_usage(role: str, ranks: Sequence[dict[str, float]], started: float) -> dict[str, float]:
@@ -136,6 +142,7 @@ class LocalGroup(RoleGroup):
         self.role, self.owns_pg, self.pg = role, False, None
         self.on_shutdown, self.started = on_shutdown, time.time()
         self.actors = [actor_cls(0, 1, num_threads)]
+        self._joining = []
 
     def submit(self, method: str, per_rank: Sequence[tuple] | None = None, **kwargs: Any) -> list[Any]:
         args = per_rank[0] if per_rank else ()

@@ -55,22 +55,25 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
     def build() -> Artifact:
         tokenizer = load_tokenizer(str(sft.path))
         convs = pat_conversations(ctx)
-        seqs = [scored_sequence(tokenizer, c, c.turns[-1].moss, cfg.pm.max_length, cfg.pm.context_turns) for c in convs]
+        steps = total_steps(len(convs), cfg.pat.trainer)
+        # both groups start, and load their models, while this process prepares the data
         scorer = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, "pat")
-        try:
-            scorer.call("init_model", str(pm.path), False, strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
-            scores = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
-        finally:
-            scorer.shutdown()
-        tags, edges = tag_scores(scores, cfg.pat.n_buckets, cfg.pat.rule, cfg.pat.thresholds)
-        policy = LossPolicy.from_names(cfg.data.loss_on, cfg.data.last_turn_only)
-        examples = [truncate(encode(tag_conversation(c, t), tokenizer, policy), cfg.data.max_length)
-                    for c, t in zip(convs, tags)]
-        steps = total_steps(len(examples), cfg.pat.trainer)
         group = ctx.group(PolicyActor, "policy", cfg.ray.policy, cfg.pat.trainer.num_threads, "pat")
         try:
-            group.call("init_model", model_spec(cfg, sft.path, str(sft.path)),
-                       strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim_config(cfg.pat.trainer, steps))
+            loading = group.submit("init_model", spec=model_spec(cfg, sft.path, str(sft.path)),
+                                   strategy=strategy_spec(cfg, cfg.ray.policy.num_gpus > 0),
+                                   optim=optim_config(cfg.pat.trainer, steps))
+            scorer.submit("init_model", path=str(pm.path), drop_last_layer=False,
+                          strategy=strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
+            seqs = [scored_sequence(tokenizer, c, c.turns[-1].moss, cfg.pm.max_length, cfg.pm.context_turns)
+                    for c in convs]
+            scores = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)  # after its init
+            scorer.shutdown()
+            tags, edges = tag_scores(scores, cfg.pat.n_buckets, cfg.pat.rule, cfg.pat.thresholds)
+            policy = LossPolicy.from_names(cfg.data.loss_on, cfg.data.last_turn_only)
+            examples = [truncate(encode(tag_conversation(c, t), tokenizer, policy), cfg.data.max_length)
+                        for c, t in zip(convs, tags)]
+            group.wait(loading)
             counts = Counter(tags)
             info: dict[str, Any] = {"edges": edges, "n_examples": len(examples),
                                     "tag_counts": {str(t): counts[t] for t in bucket_tags(cfg.pat.n_buckets)}}
@@ -78,6 +81,7 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                                        cfg.seed, batcher=bucketed_batches)
             return commit(ctx.cache, "pat", key, payload, group, info, "model")
         finally:
+            scorer.shutdown()
             group.shutdown()
 
     return ctx.stage("pat", key, "model", build)

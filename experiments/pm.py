@@ -103,16 +103,16 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
 
     def build() -> Artifact:
         tokenizer = load_tokenizer(str(sft.path))
-        train, val, gold = comparison_groups(ctx, sft)
 
         def encode(groups: list[ComparisonGroup]) -> list[tuple[list[list[int]], list[tuple[int, int]]]]:
             return [([scored_sequence(tokenizer, g.context, c, cfg.pm.max_length, cfg.pm.context_turns)
                       for c in g.candidates], list(g.pairs)) for g in groups]
 
-        train_seqs, val_seqs = encode(train), encode(val)
-        steps = total_steps(len(train_seqs), cfg.pm.trainer)
         group = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, "pm")
-        try:
+        try:  # the actors start while the comparisons are collected, labelled and encoded
+            train, val, gold = comparison_groups(ctx, sft)
+            train_seqs, val_seqs = encode(train), encode(val)
+            steps = total_steps(len(train_seqs), cfg.pm.trainer)
             use_gpu = cfg.ray.preference.num_gpus > 0
             n_params = group.call("init_model", str(sft.path), cfg.pm.drop_last_layer, strategy_spec(cfg, use_gpu),
                                   optim_config(cfg.pm.trainer, steps), cfg.seed)[0]

@@ -122,10 +122,10 @@ def sft_stage(ctx: RunContext) -> Artifact:
 
     def build() -> Artifact:
         tokenizer = load_tokenizer(str(tok_dir))
-        examples = sft_examples(cfg, ctx, tokenizer)
-        steps = total_steps(len(examples), cfg.trainer)
-        group = ctx.group(PolicyActor, "policy", cfg.ray.policy, cfg.trainer.num_threads, "sft")
+        group = ctx.group(PolicyActor, "policy", cfg.ray.policy, cfg.trainer.num_threads, "sft")  # starts meanwhile
         try:
+            examples = sft_examples(cfg, ctx, tokenizer)
+            steps = total_steps(len(examples), cfg.trainer)
             use_gpu = cfg.ray.policy.num_gpus > 0
             n_params = group.call("init_model", model_spec(cfg, tok_dir), strategy_spec(cfg, use_gpu),
                                   optim_config(cfg.trainer, steps))[0]
