@@ -20,7 +20,7 @@ from alignment.losses.ppo import policy_loss
 from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tiny, load_causal_lm, mergeable
 from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
-from alignment.rollout import Rollout, at_responses, pack, response_tokens
+from alignment.rollout import Rollout, pack, response_logits, response_tokens
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,7 @@ class PolicyActor(TrainableActor):
         n = 0
         for _ in range(spec.epochs):
             for mb, adv in zip(ro.split(spec.mini_batches), torch.tensor_split(advantages, spec.mini_batches)):
-                hidden = at_responses(lm_hidden_states(self.engine, mb.sequences, mb.attention_mask), mb)
-                logits = output_head(self.engine)(hidden)  # the head runs on response positions only
+                logits = response_logits(self.engine, mb)
                 logprobs = token_logprobs(logits, response_tokens(mb), spec.temperature)
                 loss, st = policy_loss(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
                 self.engine.backward(loss)

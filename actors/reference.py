@@ -7,9 +7,8 @@ import torch
 from actors.base import RoleActor
 from alignment.losses.logprobs import token_logprobs
 from alignment.models.causal_lm import load_causal_lm
-from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
-from alignment.rollout import Rollout, at_responses, response_tokens
+from alignment.rollout import Rollout, response_logits, response_tokens
 
 
 class ReferenceActor(RoleActor):
@@ -24,6 +23,4 @@ class ReferenceActor(RoleActor):
     def logprobs(self, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
         """``[B, R]`` log-probs of the rollout's response tokens under the reference model."""
         ro = rollout.to(self.device)
-        hidden = at_responses(lm_hidden_states(self.model, ro.sequences, ro.attention_mask), ro)
-        logits = output_head(self.model)(hidden)  # the head runs on response positions only
-        return token_logprobs(logits, response_tokens(ro), temperature).cpu()
+        return token_logprobs(response_logits(self.model, ro), response_tokens(ro), temperature).cpu()

@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from alignment.models.shared_prefix import lm_hidden_states, output_head
+
 
 @dataclass
 class Rollout:
@@ -112,9 +114,14 @@ def at_responses(outputs: torch.Tensor, rollout: Rollout) -> torch.Tensor:
     return outputs.gather(1, idx[:, :, None].expand(-1, -1, outputs.size(-1)))
 
 
+def response_logits(model, rollout: Rollout) -> torch.Tensor:
+    """``[B, R, V]`` logits of a causal LM that predict each response token of ``rollout``: the
+    decoder runs over the batch (its shared prefix once), the LM head on response positions only."""
+    hidden = lm_hidden_states(model, rollout.sequences, rollout.attention_mask)
+    return output_head(model)(at_responses(hidden, rollout))
+
+
 def response_tokens(rollout: Rollout) -> torch.Tensor:
     """``[B, R]`` response token ids (pad where the mask is 0)."""
     idx = (rollout.response_index() + 1).clamp(max=rollout.sequences.size(1) - 1)
     return rollout.sequences.gather(1, idx)
-
-
