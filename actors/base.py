@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import resource
@@ -22,6 +23,7 @@ class RoleActor:
         torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokens_generated = 0  # counted by the roles that sample
+        self._cpu_base, self._steps_base = 0.0, (None, 0)  # usage counts from here (``reset_usage``)
 
     def set_num_threads(self, num_threads: int) -> None:
         """Change this process's torch CPU threads (between calls: an actor runs one call at a time)."""
@@ -31,14 +33,46 @@ class RoleActor:
         return torch.get_num_threads()
 
     def usage(self) -> dict[str, float]:
-        """What this process has cost so far: CPU seconds, peak resident memory, peak GPU memory,
-        tokens sampled and parameter updates (optimizer steps x trainable parameters)."""
+        """What this process has cost since it started or since ``reset_usage``: CPU seconds, peak
+        resident memory, peak GPU memory, tokens sampled and parameter updates (optimizer steps x
+        trainable parameters)."""
         ru = resource.getrusage(resource.RUSAGE_SELF)
         gpu = torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0
         engine = getattr(self, "engine", None)
-        updates = engine.global_step * engine.trainable_params if engine is not None else 0
-        return {"cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024, "gpu_peak_mb": gpu,
-                "tokens_generated": float(self.tokens_generated), "param_updates": float(updates)}
+        updates = 0
+        if engine is not None:
+            base_engine, base_steps = self._steps_base
+            updates = (engine.global_step - (base_steps if engine is base_engine else 0)) * engine.trainable_params
+        return {"cpu_s": ru.ru_utime + ru.ru_stime - self._cpu_base, "peak_rss_mb": _peak_rss_mb(ru),
+                "gpu_peak_mb": gpu, "tokens_generated": float(self.tokens_generated),
+                "param_updates": float(updates)}
+
+    def reset_usage(self) -> None:
+        """Count ``usage`` from now on: an actor reused by a later stage reports that stage's cost
+        only (peak memory restarts from the current footprint where Linux allows it)."""
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self._cpu_base = ru.ru_utime + ru.ru_stime
+        engine = getattr(self, "engine", None)
+        self._steps_base = (engine, engine.global_step if engine is not None else 0)
+        self.tokens_generated = 0
+        try:  # "5" resets the process's peak resident set (VmHWM) to its current size
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def unload(self) -> None:
+        """Drop the model, its engine and tokenizer (an idle actor kept for a later stage holds no
+        weights); the next ``init_model`` loads afresh."""
+        for name in ("engine", "model", "tokenizer"):
+            if hasattr(self, name):
+                delattr(self, name)
+        self._steps_base = (None, 0)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def master_address(self) -> tuple[str, int]:
         """This node's IP and a free port, for rank 0 to host the rendezvous."""
@@ -81,6 +115,18 @@ class TrainableActor(RoleActor):
         state = self.engine.optimizer.state_dict()["state"]
         tensors = [v for k in sorted(state) for _, v in sorted(state[k].items()) if torch.is_tensor(v)]
         return _digest(iter(tensors)) + f":{self.engine.global_step}"
+
+
+def _peak_rss_mb(ru: resource.struct_rusage) -> float:
+    """Peak resident memory: ``VmHWM`` (resettable, see ``reset_usage``) where /proc has it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return ru.ru_maxrss / 1024
 
 
 def _digest(tensors) -> str:

@@ -23,18 +23,23 @@ class RoleGroup:
     """``res.num_actors`` data-parallel actors of ``actor_cls``, named ``<run>/<role>-<rank>``.
 
     With ``pg`` and ``bundle_offset`` a group shares a placement group with other roles
-    (colocation); otherwise it reserves its own. ``on_shutdown`` receives the group's ``usage()``
-    when it shuts down (the cost ledger of the run). ``nice`` lowers the actors' OS priority, so
-    they use the CPU time other roles leave idle.
+    (colocation), or uses one reserved for it (``owns_pg``); otherwise it reserves its own.
+    ``on_shutdown`` receives the group's ``usage()`` when it shuts down (the cost ledger of the
+    run). ``nice`` lowers the actors' OS priority, so they use the CPU time other roles leave idle.
+    ``on_release``, when it returns True, has taken the actors over at shutdown (``GroupPool``):
+    they stay alive for a later stage instead of being killed.
     """
+
+    pool_key: tuple | None = None  # set by the ``GroupPool`` that made or lent the group
 
     def __init__(
         self, actor_cls: type, role: str, res: ActorResources, num_threads: int = 2,
         pg: PlacementGroup | None = None, bundle_offset: int = 0, run_tag: str | None = None,
         on_shutdown: Callable[[dict[str, float]], None] | None = None, nice: int = 0,
+        owns_pg: bool = False, on_release: Callable[[RoleGroup], bool] | None = None,
     ):
-        self.role, self.on_shutdown, self.started = role, on_shutdown, time.time()
-        self.owns_pg = pg is None
+        self.role, self.on_shutdown, self.on_release, self.started = role, on_shutdown, on_release, time.time()
+        self.owns_pg = pg is None or owns_pg
         if pg is None:
             pg = placement_group(bundles(res), strategy="PACK")
             ray.get(pg.ready())
@@ -99,12 +104,25 @@ class RoleGroup:
         for a in self.actors:
             a.set_num_threads.remote(num_threads)
 
+    @classmethod
+    def adopt(cls, role: str, actors: list[Any], pg: PlacementGroup, owns_pg: bool,
+              on_shutdown: Callable[[dict[str, float]], None] | None = None,
+              on_release: Callable[[RoleGroup], bool] | None = None) -> RoleGroup:
+        """A group over live, already joined ``actors`` (an idle group handed to a new stage)."""
+        group = cls.__new__(cls)
+        group.role, group.on_shutdown, group.on_release, group.started = role, on_shutdown, on_release, time.time()
+        group.actors, group.pg, group.owns_pg, group._joining = list(actors), pg, owns_pg, []
+        return group
+
     def shutdown(self) -> None:
         if self.on_shutdown is not None and self.actors:
             try:
                 self.on_shutdown(self.usage())
             except ray.exceptions.RayError:  # a dead actor has no usage to report; still clean up
-                pass
+                self.on_release = None
+        if self.actors and self.on_release is not None and self.on_release(self):
+            self.actors, self.owns_pg = [], False  # handed over: this handle is done with them
+            return
         for a in self.actors:
             ray.kill(a)
         self.actors = []

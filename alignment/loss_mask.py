@@ -55,18 +55,30 @@ class Encoded:
 
 def encode(conv: Conversation, tokenizer, policy: LossPolicy = DEFAULT_POLICY) -> Encoded:
     """Tokenize a conversation segment by segment; the mask marks tokens that get loss."""
-    ids: list[int] = []
-    mask: list[int] = []
-    segs = segments(conv)
-    last_turn_start = _last_turn_start(segs)
-    pieces = tokenizer([s.text for s in segs], add_special_tokens=False)["input_ids"]
-    for i, (seg, piece) in enumerate(zip(segs, pieces)):
-        on = policy.wants(seg.section, seg.model_written)
-        if policy.last_turn_only and i < last_turn_start:
-            on = False
-        ids.extend(piece)
-        mask.extend([int(on)] * len(piece))
-    return Encoded(ids, mask)
+    return encode_many([conv], tokenizer, policy)[0]
+
+
+def encode_many(convs: Sequence[Conversation], tokenizer, policy: LossPolicy = DEFAULT_POLICY) -> list[Encoded]:
+    """``encode`` of each conversation. Every distinct segment text is tokenized once, in one
+    batch: the meta-instruction and the role prefixes repeat in every conversation (on the
+    built-in world, 80,000 segments of 8,000 conversations hold 12,000 distinct texts)."""
+    all_segs = [segments(conv) for conv in convs]
+    texts = list(dict.fromkeys(seg.text for segs in all_segs for seg in segs))
+    ids_of = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+    out = []
+    for segs in all_segs:
+        ids: list[int] = []
+        mask: list[int] = []
+        last_turn_start = _last_turn_start(segs)
+        for i, seg in enumerate(segs):
+            on = policy.wants(seg.section, seg.model_written)
+            if policy.last_turn_only and i < last_turn_start:
+                on = False
+            piece = ids_of[seg.text]
+            ids.extend(piece)
+            mask.extend([int(on)] * len(piece))
+        out.append(Encoded(ids, mask))
+    return out
 
 
 def _last_turn_start(segs: Sequence) -> int:

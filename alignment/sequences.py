@@ -8,6 +8,8 @@ drop out, which makes scoring several times cheaper when the judgement rests on 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from alignment.chat_format import EOS_TOKEN, Conversation, generation_prompt
 
 
@@ -20,14 +22,30 @@ def prompt_ids(tokenizer, context: Conversation, quality: int | None = None) -> 
     return tokenizer(generation_prompt(context, quality), add_special_tokens=False)["input_ids"]
 
 
-def reply_ids(tokenizer, reply: str) -> list[int]:
+def reply_text(reply: str) -> str:
     """The reply as the model writes it after ``<|MOSS|>:``: a space, the body, ``<eom>``."""
-    return tokenizer(f" {reply}{EOS_TOKEN}", add_special_tokens=False)["input_ids"]
+    return f" {reply}{EOS_TOKEN}"
+
+
+def reply_ids(tokenizer, reply: str) -> list[int]:
+    return tokenizer(reply_text(reply), add_special_tokens=False)["input_ids"]
 
 
 def scored_sequence(tokenizer, context: Conversation, reply: str, max_length: int,
                     context_turns: int = 0) -> list[int]:
     """Context (its last ``context_turns`` turns, or all of it for 0) plus reply, keeping the last
     ``max_length`` tokens (the score is read at the end)."""
-    ids = prompt_ids(tokenizer, last_turns(context, context_turns)) + reply_ids(tokenizer, reply)
-    return ids[-max_length:]
+    return scored_sequences(tokenizer, [context], [reply], max_length, context_turns)[0]
+
+
+def scored_sequences(tokenizer, contexts: Sequence[Conversation], replies: Sequence[str], max_length: int,
+                     context_turns: int = 0) -> list[list[int]]:
+    """``scored_sequence`` of each (context, reply) pair, the texts tokenized in two batches."""
+    if len(contexts) != len(replies):
+        raise ValueError(f"{len(contexts)} contexts for {len(replies)} replies")
+    if not replies:
+        return []
+    heads = tokenizer([generation_prompt(last_turns(c, context_turns)) for c in contexts],
+                      add_special_tokens=False)["input_ids"]
+    bodies = tokenizer([reply_text(r) for r in replies], add_special_tokens=False)["input_ids"]
+    return [(head + body)[-max_length:] for head, body in zip(heads, bodies)]

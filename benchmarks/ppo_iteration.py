@@ -117,6 +117,7 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
             last = now
     finally:
         roles.shutdown()
+        ctx.close()
     lengths = {r["ppo/response_length"] for r in rows}
     assert lengths == {float(NEW_TOKENS)}, f"responses were not {NEW_TOKENS} tokens: {lengths}"
     return {"iteration_s": walls[:-1],

@@ -176,6 +176,7 @@ class RayConfig:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: Optional[int] = None  # None: 8265, or the next free port when another lab holds it
     colocate: bool = False  # PPO: rank i of every role shares one placement-group bundle (and its GPUs)
+    reuse_actors: bool = True  # a stage's finished actors serve later stages of the run (no new processes)
     policy: ActorResources = field(default_factory=ActorResources)
     critic: ActorResources = field(default_factory=ActorResources)
     reference: ActorResources = field(default_factory=ActorResources)

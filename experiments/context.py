@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.group import RoleGroup
+from actors.pool import GroupPool
 from alignment.world import World, WorldSpec
 from experiments.cache import Artifact, ArtifactCache, config_key, reuse
 from experiments.config import ActorResources, LabConfig, WorldConfig
@@ -33,6 +34,7 @@ class RunContext:
     run_tag: str
     started: float = field(default_factory=time.time)
     costs: Ledger = field(init=False)
+    pool: GroupPool | None = field(init=False, default=None)  # with ``ray.reuse_actors``
     # torch threads per actor for a stage, set while the run is going (``widen``), and the live groups
     threads: dict[str, int] = field(default_factory=dict)
     nice: dict[str, int] = field(default_factory=dict)  # OS priority (Linux nice) of a stage's actors
@@ -41,6 +43,8 @@ class RunContext:
 
     def __post_init__(self) -> None:
         self.costs = Ledger(self.run_dir, self.started)
+        if self.cfg.ray.reuse_actors:
+            self.pool = GroupPool(self.run_tag)
 
     def stage(self, name: str, key: str, what: str, build: Callable[[], Artifact]) -> Artifact:
         """Stage ``name``'s artifact with ``key``: reused from the cache (its cost as recorded when it
@@ -56,17 +60,33 @@ class RunContext:
 
     def group(self, actor_cls: type, role: str, res: ActorResources, num_threads: int, stage: str,
               **kwargs: Any) -> RoleGroup:
-        """An actor group for ``stage``, named ``<run>/<stage>/<role>-<rank>``; its usage joins the
-        stage's cost when it shuts down."""
+        """An actor group for ``stage``; its usage joins the stage's cost when it shuts down.
+
+        With ``ray.reuse_actors`` an idle group of an earlier stage comes back from the pool, or a
+        new one is named ``<run>/<role>-<rank>`` and goes to the pool when the stage shuts it
+        down. Otherwise, and for a group in a shared placement group (``pg=``), it is named
+        ``<run>/<stage>/<role>-<rank>`` and killed at shutdown."""
         with self._lock:
             num_threads = self.threads.get(stage, num_threads)
-        group = RoleGroup(actor_cls, role, res, num_threads, run_tag=f"{self.run_tag}/{stage}",
-                          on_shutdown=self.costs.recorder(stage), nice=self.nice.get(stage, 0), **kwargs)
+        nice, record = self.nice.get(stage, 0), self.costs.recorder(stage)
+        if self.pool is not None and not kwargs:
+            group = self.pool.acquire(actor_cls, role, res, num_threads, nice, record)
+        else:
+            group = RoleGroup(actor_cls, role, res, num_threads, run_tag=f"{self.run_tag}/{stage}",
+                              on_shutdown=record, nice=nice, **kwargs)
         with self._lock:
             self._groups[stage] = [g for g in self._groups.get(stage, []) if g.actors] + [group]
             if self.threads.get(stage, num_threads) != num_threads:  # widened while the actors started
                 group.set_threads(self.threads[stage])
         return group
+
+    def prestart(self, actor_cls: type, role: str, res: ActorResources, num_threads: int, stage: str) -> None:
+        """Start a group that ``stage`` will ask for later, so that its processes start (importing
+        torch and transformers) while the stage does other work. Needs ``ray.reuse_actors``."""
+        if self.pool is not None:
+            with self._lock:
+                num_threads = self.threads.get(stage, num_threads)
+            self.pool.prestart(actor_cls, role, res, num_threads, self.nice.get(stage, 0))
 
     def widen(self, stage: str, num_threads: int) -> None:
         """Give ``stage``'s live actors, and those it starts later, ``num_threads`` torch threads each
@@ -75,6 +95,11 @@ class RunContext:
             self.threads[stage] = num_threads
             for group in self._groups.get(stage, []):
                 group.set_threads(num_threads)
+
+    def close(self) -> None:
+        """Kill the run's idle actors (the end of a run)."""
+        if self.pool is not None:
+            self.pool.close()
 
     @cached_property
     def world(self) -> World:

@@ -25,7 +25,7 @@ from alignment.generation import RolloutSpec
 from alignment.losses.kl import kl_estimate
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack
-from alignment.sequences import prompt_ids, scored_sequence
+from alignment.sequences import prompt_ids, scored_sequences
 from alignment.winrate import outcomes, win_rate
 from alignment.world import WorldPrompt
 from experiments.context import RunContext
@@ -102,8 +102,8 @@ def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path, prompts: list
         group.call("init_model", str(pm_path), False, strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
         out = {}
         for name, texts in replies.items():
-            seqs = [scored_sequence(tokenizer, p.conversation(), r, cfg.pm.max_length, cfg.pm.context_turns)
-                    for p, r in zip(prompts, texts)]
+            seqs = scored_sequences(tokenizer, [p.conversation() for p in prompts], texts, cfg.pm.max_length,
+                                    cfg.pm.context_turns)
             out[name] = group.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
         return out
     finally:
@@ -167,8 +167,8 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
             ref = torch.cat(reference.wait(reference.submit(
                 "logprobs", [(r,) for r in untagged.split(reference.size)], temperature=spec.temperature)))
             kl = (kl_estimate(sampled.logprobs, ref, "k1") * sampled.response_mask).sum(1)
-            seqs = [scored_sequence(tok, p.conversation(), t, cfg.pm.max_length, cfg.pm.context_turns)
-                    for p, t in zip(prompts, texts)]
+            seqs = scored_sequences(tok, [p.conversation() for p in prompts], texts, cfg.pm.max_length,
+                                    cfg.pm.context_turns)
             pm = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
             gold = [ctx.world.judge(p, t) for p, t in zip(prompts, texts)]
             points.append({"tag": tag, "kl": kl.mean().item(), "gold": sum(gold) / len(gold),

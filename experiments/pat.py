@@ -9,13 +9,14 @@ from typing import Any
 
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
+from actors.reference import ReferenceActor
 from alignment.chat_format import Conversation
 from alignment.data.batching import bucketed_batches
 from alignment.data.loaders import load_moss_sft
-from alignment.loss_mask import LossPolicy, encode, truncate
+from alignment.loss_mask import LossPolicy, encode_many, truncate
 from alignment.models.tokenizer import load_tokenizer
 from alignment.pat import bucket_tags, tag_conversation, tag_scores
-from alignment.sequences import scored_sequence
+from alignment.sequences import scored_sequences
 from alignment.winrate import spearman
 from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
@@ -65,14 +66,14 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                                    optim=optim_config(cfg.pat.trainer, steps))
             scorer.submit("init_model", path=str(pm.path), drop_last_layer=False,
                           strategy=strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
-            seqs = [scored_sequence(tokenizer, c, c.turns[-1].moss, cfg.pm.max_length, cfg.pm.context_turns)
-                    for c in convs]
+            seqs = scored_sequences(tokenizer, convs, [c.turns[-1].moss for c in convs], cfg.pm.max_length,
+                                    cfg.pm.context_turns)
             scores = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)  # after its init
             scorer.shutdown()
             tags, edges = tag_scores(scores, cfg.pat.n_buckets, cfg.pat.rule, cfg.pat.thresholds)
             policy = LossPolicy.from_names(cfg.data.loss_on, cfg.data.last_turn_only)
-            examples = [truncate(encode(tag_conversation(c, t), tokenizer, policy), cfg.data.max_length)
-                        for c, t in zip(convs, tags)]
+            tagged = [tag_conversation(c, t) for c, t in zip(convs, tags)]
+            examples = [truncate(e, cfg.data.max_length) for e in encode_many(tagged, tokenizer, policy)]
             group.wait(loading)
             counts = Counter(tags)
             info: dict[str, Any] = {"edges": edges, "n_examples": len(examples),
@@ -112,6 +113,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
     control = prompts[: cfg.pat.control_prompts]
     with ctx.costs.span("eval"):
+        # the frontier's reference is the one role no earlier stage left idle: it starts meanwhile
+        ctx.prestart(ReferenceActor, "reference", cfg.ray.reference, cfg.trainer.num_threads, "eval")
         work = {"pat-eval": (pat.path, tag_jobs(cfg, prompts)), "sft-eval": (sft.path, {"sft": Job(prompts)})}
         replies, gold, pm_s = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "sft"))
         frontier = frontier_points(ctx, "pat", pat.path, sft.path, pm.path, control,

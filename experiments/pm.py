@@ -14,7 +14,7 @@ from actors.preference import PreferenceActor
 from alignment.data.loaders import load_multi_response, load_preference_pairs
 from alignment.data.preference import ComparisonGroup, multi_response_groups, pair_groups, world_groups
 from alignment.models.tokenizer import load_tokenizer
-from alignment.sequences import scored_sequence
+from alignment.sequences import scored_sequences
 from alignment.world import AIFeedbackLabeller
 from experiments.cache import Artifact, commit
 from experiments.config import as_plain
@@ -105,8 +105,8 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
         tokenizer = load_tokenizer(str(sft.path))
 
         def encode(groups: list[ComparisonGroup]) -> list[tuple[list[list[int]], list[tuple[int, int]]]]:
-            return [([scored_sequence(tokenizer, g.context, c, cfg.pm.max_length, cfg.pm.context_turns)
-                      for c in g.candidates], list(g.pairs)) for g in groups]
+            return [(scored_sequences(tokenizer, [g.context] * len(g.candidates), g.candidates, cfg.pm.max_length,
+                                      cfg.pm.context_turns), list(g.pairs)) for g in groups]
 
         group = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, "pm")
         try:  # the actors start while the comparisons are collected, labelled and encoded

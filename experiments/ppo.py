@@ -36,7 +36,7 @@ from alignment.losses.masked import masked_mean, masked_whiten
 from alignment.losses.reward import RunningMoments, normalise_scores, token_rewards
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout
-from alignment.sequences import prompt_ids, scored_sequence
+from alignment.sequences import prompt_ids, scored_sequences
 from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
 from experiments.config import OptimizerConfig, PPOConfig, as_plain
@@ -100,7 +100,8 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
             pg = colocated_pg([r.policy, r.critic, r.reference, r.preference])
 
         def group(cls: type, name: str, res: Any) -> RoleGroup:
-            return ctx.group(cls, name, res, a.num_threads, "ppo", pg=pg)
+            shared = {"pg": pg} if pg is not None else {}  # colocated roles are not pooled
+            return ctx.group(cls, name, res, a.num_threads, "ppo", **shared)
 
         roles = Roles(group(PolicyActor, "policy", r.policy), group(CriticActor, "critic", r.critic),
                       group(ReferenceActor, "reference", r.reference),
@@ -190,8 +191,7 @@ class PPOTrainer:
         ref, pm, critic = self.roles.reference, self.roles.preference, self.roles.critic
         pm_cfg = self.ctx.cfg.pm
         if batch.contexts is not None:
-            seqs = [scored_sequence(self.tokenizer, c, t, pm_cfg.max_length, pm_cfg.context_turns)
-                    for c, t in zip(batch.contexts, texts)]
+            seqs = scored_sequences(self.tokenizer, batch.contexts, texts, pm_cfg.max_length, pm_cfg.context_turns)
         else:
             seqs = [s[-pm_cfg.max_length:] for s in ro.token_lists()]
         ref_refs = ref.submit("logprobs", [(p,) for p in ro.split(ref.size)], temperature=self.a.temperature)

@@ -18,7 +18,7 @@ from alignment.data.batching import bucketed_batches
 from alignment.data.loaders import load_moss_sft
 from alignment.evaluation import gold_report, source_reference
 from alignment.generation import SamplingSpec
-from alignment.loss_mask import Encoded, LossPolicy, encode, truncate
+from alignment.loss_mask import Encoded, LossPolicy, encode_many, truncate
 from alignment.models.causal_lm import ArchSpec, LoraSpec
 from alignment.models.tokenizer import load_tokenizer, train_bpe
 from alignment.world import WorldPrompt
@@ -63,7 +63,7 @@ def sft_examples(cfg: LabConfig, ctx: RunContext, tokenizer) -> list[Encoded]:
         convs = [ex.conversation for ex in load_moss_sft(cfg.data.path)]
     else:
         raise ValueError(f"data.source: unknown source {cfg.data.source!r}; choose 'world' or 'moss_sft'")
-    return [truncate(encode(c, tokenizer, policy), cfg.data.max_length) for c in convs]
+    return [truncate(e, cfg.data.max_length) for e in encode_many(convs, tokenizer, policy)]
 
 
 def strategy_spec(cfg: LabConfig, use_gpu: bool) -> StrategySpec:

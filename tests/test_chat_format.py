@@ -21,7 +21,7 @@ from alignment.chat_format import (
     reply_text,
     segments,
 )
-from alignment.loss_mask import DEFAULT_POLICY, LossPolicy, encode
+from alignment.loss_mask import DEFAULT_POLICY, LossPolicy, encode, encode_many
 
 # Bodies: any text without "<" (so no special token or quality tag can appear by accident).
 body = st.text(st.characters(blacklist_characters="<", blacklist_categories=("Cs",)), min_size=1, max_size=30)
@@ -111,6 +111,14 @@ def test_mask_covers_exactly_the_policy_spans(tokenizer, conv, names):
     assert tokenizer.decode(on) == _expected_masked_text(conv, policy)
     assert tokenizer.decode(off) == "".join(
         s.text for s in segments(conv) if not policy.wants(s.section, s.model_written))
+
+
+@settings(max_examples=20, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(convs=st.lists(conversations, min_size=1, max_size=4), names=section_names, last=st.booleans())
+def test_encoding_many_conversations_equals_one_at_a_time(tokenizer, convs, names, last):
+    policy = LossPolicy.from_names(names, last)
+    many = encode_many(convs + convs[:1], tokenizer, policy)  # a repeated conversation too
+    assert many == [encode(c, tokenizer, policy) for c in convs + convs[:1]]
 
 
 def test_default_mask_is_moss_thoughts_and_commands(tokenizer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
@@ -100,6 +101,21 @@ def test_scored_sequence_can_show_only_the_last_turns(tokenizer):
     assert tokenizer.decode(last).startswith("<|Human|>: Who made you?")
     both = scored_sequence(tokenizer, ctx, "Fudan University.", 512, context_turns=2)  # only the meta drops out
     assert len(last) < len(both) < len(full) and full[-len(both):] == both
+
+
+def test_scored_sequences_equal_one_by_one(tokenizer):
+    from alignment.chat_format import Conversation, Turn, meta_instruction
+    from alignment.sequences import scored_sequence, scored_sequences
+
+    one = Conversation(meta_instruction(), (Turn("Hi there.", "Hello!"), Turn("Who made you?", "")))
+    two = Conversation(meta_instruction(), (Turn("写一首诗。", ""),))
+    contexts, replies = [one, two, one, two], ["Fudan University.", "", "Sure! " * 40, "我是MOSS。"]
+    for turns, max_length in ((0, 512), (1, 512), (0, 30)):
+        batch = scored_sequences(tokenizer, contexts, replies, max_length, turns)
+        assert batch == [scored_sequence(tokenizer, c, r, max_length, turns) for c, r in zip(contexts, replies)]
+        assert all(len(ids) <= max_length for ids in batch)
+    with pytest.raises(ValueError, match="2 contexts for 1 replies"):
+        scored_sequences(tokenizer, [one, two], ["hi"], 512)
 
 
 def _grads(model, logits, mask):

@@ -73,6 +73,7 @@ def test_two_data_parallel_ranks_per_trainable_role_stay_identical(ray_address, 
             assert key in second and second[key] == second[key], key  # present and not NaN
     finally:
         roles.shutdown()
+        ctx.close()
         ctx.tracker.finish()
 
 
@@ -109,6 +110,7 @@ def test_resume_continues_from_saved_iteration_and_optimizer_state(ray_address, 
         assert [p.name for p in list_checkpoints(ckpt_root)] == ["iter_000002", "iter_000003"]
     finally:
         roles.shutdown()
+        ctx.close()
         ctx.tracker.finish()
 
 
@@ -136,6 +138,7 @@ def test_colocated_roles_train_with_deepspeed_zero2(ray_address, tmp_path, check
         assert all(s["policy/grad_norm"] > 0 and s["critic/grad_norm"] > 0 for s in stats)
     finally:
         roles.shutdown()
+        ctx.close()
         ctx.tracker.finish()
 
 
@@ -162,6 +165,7 @@ def test_widen_gives_a_stages_live_and_later_actors_more_threads(ray_address, tm
     finally:
         live.shutdown()
         other.shutdown()
+        ctx.close()
 
 
 def test_pipelined_loop_equals_the_plain_loop(ray_address, tmp_path, checkpoints):
@@ -181,6 +185,7 @@ def test_pipelined_loop_equals_the_plain_loop(ray_address, tmp_path, checkpoints
             outcomes.append((digests, [(r["ppo/iteration"], r["ppo/reward"], r["critic/value_loss"]) for r in rows]))
         finally:
             roles.shutdown()
+    ctx.close()
     ctx.tracker.finish()
     assert outcomes[0] == outcomes[1]
     assert [it for it, _, _ in outcomes[1][1]] == [1, 2, 3]

@@ -110,6 +110,10 @@ def test_labeller_labels_all_fifteen_pairs(world):
     assert len(cands) == 6 and len(labels) == 15
     assert {frozenset((lb.chosen, lb.rejected)) for lb in labels} == {
         frozenset((i, j)) for i in range(6) for j in range(i + 1, 6)}
+    # the same draws as labelling the pairs one at a time, in order
+    one = AIFeedbackLabeller(0.05, seed=0)
+    assert [(lb.chosen, lb.rejected) for lb in labels] == [
+        (i, j) if one.label(prompt.task, cands[i], cands[j]) else (j, i) for i in range(6) for j in range(i + 1, 6)]
     with pytest.raises(ValueError, match="temperature"):
         AIFeedbackLabeller(0.0)
 

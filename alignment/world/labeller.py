@@ -36,11 +36,15 @@ class AIFeedbackLabeller:
 
     def label(self, task: Task, a: str, b: str) -> bool:
         """True when the labeller prefers ``a`` over ``b``."""
-        return self.rng.random() < self.p_prefer(gold_score(task, a), gold_score(task, b))
+        return self._prefers(gold_score(task, a), gold_score(task, b))
+
+    def _prefers(self, score_a: float, score_b: float) -> bool:
+        return self.rng.random() < self.p_prefer(score_a, score_b)
 
     def label_all_pairs(self, task: Task, candidates: list[str]) -> list[Label]:
-        """Label every pair of candidates (15 pairs for 6 candidates)."""
+        """Label every pair of candidates (15 pairs for 6 candidates); each is judged once."""
+        scores = [gold_score(task, c) for c in candidates]
         labels = []
         for i, j in itertools.combinations(range(len(candidates)), 2):
-            labels.append(Label(i, j) if self.label(task, candidates[i], candidates[j]) else Label(j, i))
+            labels.append(Label(i, j) if self._prefers(scores[i], scores[j]) else Label(j, i))
         return labels
