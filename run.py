@@ -33,10 +33,11 @@ def main(cfg: DictConfig) -> None:
     # Ray itself is imported first, so the two threads never wait on each other's imports.
     from actors.session import init_ray
 
-    importing = ThreadPoolExecutor(max_workers=1).submit(importlib.import_module, "experiments.registry")
-    if lab.stage != "report":  # the report reads finished runs; it needs no cluster
-        init_ray(lab.ray)
-    DRIVERS = importing.result().DRIVERS
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        importing = pool.submit(importlib.import_module, "experiments.registry")
+        if lab.stage != "report":  # the report reads finished runs; it needs no cluster
+            init_ray(lab.ray)
+        DRIVERS = importing.result().DRIVERS
 
     from alignment.atomic import write_json, write_text
     from experiments.cache import ArtifactCache, cache_root

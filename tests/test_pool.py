@@ -122,3 +122,33 @@ def test_idle_groups_make_room_for_a_group_that_does_not_fit(ray_address, tmp_pa
     finally:
         ctx.close()
     ctx.tracker.finish()
+
+
+def test_a_reused_data_parallel_group_trains_again_with_deepspeed(ray_address, tmp_path, sft_dir, world, tokenizer):
+    """Two gloo ranks on DeepSpeed ZeRO-2 train, go idle and train a new engine in the same
+    processes (as PAT does on SFT's actors): the ranks stay identical and the model moves."""
+    from actors.engine import OptimConfig, StrategySpec
+    from actors.policy import ModelSpec, PolicyActor
+    from alignment.loss_mask import encode_many
+    from experiments.config import ActorResources
+
+    ctx = _ctx(tmp_path)
+    res = ActorResources(num_actors=2, num_cpus=0.25)
+    examples = encode_many(world.sft_conversations(4, [1] * 6), tokenizer)
+    spec, strategy = ModelSpec(str(sft_dir), str(sft_dir)), StrategySpec(name="deepspeed", zero_stage=2)
+    try:
+        actors = None
+        for stage in ("sft", "pat"):
+            group = ctx.group(PolicyActor, "policy", res, 1, stage)
+            assert actors is None or group.actors == actors  # the second stage got the first's actors
+            actors = group.actors
+            group.call("init_model", spec, strategy, OptimConfig(lr=1e-2, total_steps=2))
+            start = group.call("weights_digest")
+            for _ in range(2):
+                group.call_sharded("sft_step", [examples[:2], examples[2:]])
+            digests = group.call("weights_digest")
+            assert digests[0] == digests[1] and digests[0] != start[0]
+            group.shutdown()
+    finally:
+        ctx.close()
+    ctx.tracker.finish()
