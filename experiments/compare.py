@@ -18,7 +18,7 @@ from alignment.pat import bucket_tags
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
 from experiments.pat import controllability, pat_stage, tag_jobs
-from experiments.pm import pm_stage, prestart_preference_actor
+from experiments.pm import pm_stage
 from experiments.ppo import ppo_stage
 from experiments.sft import sft_stage
 from experiments.sweep import PAIRS, Run, aggregate
@@ -36,7 +36,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     if not 0 <= cfg.compare.pat_nice <= 19:
         raise ValueError(f"compare.pat_nice: {cfg.compare.pat_nice}; a Linux nice value from 0 to 19")
-    prestart_preference_actor(ctx)
     sft = sft_stage(ctx)
     pm = pm_stage(ctx, sft)
     ctx.world  # noqa: B018 -- build the world once, before the threads share it

@@ -24,7 +24,7 @@ from experiments.config import LabConfig, as_plain
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
 from experiments.loop import optim_config, total_steps, train_loop
-from experiments.pm import pm_stage, prestart_preference_actor
+from experiments.pm import pm_stage
 from experiments.report import write_pat_report
 from experiments.sft import model_spec, sft_stage, strategy_spec
 
@@ -106,7 +106,6 @@ def controllability(cfg: LabConfig, gold: dict[str, list[float]]) -> dict[str, A
 def run(ctx: RunContext) -> dict[str, Any]:
     """``+experiment=pat``: the whole chain, then PAT vs SFT and the controllability curve."""
     cfg = ctx.cfg
-    prestart_preference_actor(ctx)
     sft = sft_stage(ctx)
     pm = pm_stage(ctx, sft)
     pat = pat_stage(ctx, sft, pm)

@@ -94,13 +94,6 @@ def validate(group: RoleGroup, val: list[tuple[list[list[int]], list[tuple[int, 
     return out
 
 
-def prestart_preference_actor(ctx: RunContext) -> None:
-    """Start the preference model's actor now, at the start of a chain: its process imports
-    torch and transformers on the core that SFT's own start leaves idle, instead of holding up
-    the preference-model stage (or PAT's scoring, or PPO's reward, when that stage is cached)."""
-    ctx.prestart(PreferenceActor, "preference", ctx.cfg.ray.preference, ctx.cfg.pm.trainer.num_threads, "pm")
-
-
 def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
     """The preference model for this config: from the cache, or trained now from the SFT model."""
     cfg = ctx.cfg

@@ -44,7 +44,7 @@ from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
 from experiments.loop import rank_mean
 from experiments.pat import pat_key
-from experiments.pm import pm_stage, prestart_preference_actor
+from experiments.pm import pm_stage
 from experiments.sft import model_spec, sft_stage, strategy_spec
 from experiments.tracking import RayMetrics
 
@@ -366,7 +366,6 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
 def run(ctx: RunContext) -> dict[str, Any]:
     """``+experiment=ppo``: the chain, then PPO vs SFT (and vs PAT when a PAT model is cached)."""
     cfg = ctx.cfg
-    prestart_preference_actor(ctx)
     sft = sft_stage(ctx)
     pm = pm_stage(ctx, sft)
     ppo = ppo_stage(ctx, sft, pm)
