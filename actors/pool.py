@@ -34,7 +34,6 @@ class _Idle:
     actors: list[Any]
     pg: PlacementGroup
     owns_pg: bool
-    used: bool = True  # False for a prestarted group: its first stage also pays for its start
 
 
 class GroupPool:
@@ -66,8 +65,7 @@ class GroupPool:
         if idle is not None:
             group = RoleGroup.adopt(role, idle.actors, idle.pg, idle.owns_pg, on_shutdown, self._park)
             for a in group.actors:  # queued ahead of the stage's first call
-                if idle.used:
-                    a.reset_usage.remote()
+                a.reset_usage.remote()
                 a.set_num_threads.remote(num_threads)
         else:
             group = RoleGroup(actor_cls, name, res, num_threads, pg=self._reserve(res), owns_pg=True,
@@ -75,24 +73,6 @@ class GroupPool:
             group.role = role
         group.pool_key = key
         return group
-
-    def prestart(self, actor_cls: type, role: str, res: ActorResources, num_threads: int, nice: int = 0) -> None:
-        """Start a group now and keep it idle, without waiting for its processes: a later
-        ``acquire`` of the same kind gets it already started (or starting). Nothing happens when
-        such a group is idle already."""
-        key = self.key(actor_cls, res, nice)
-        with self._lock:
-            if any(g.key == key for g in self._idle):
-                return
-        group = self.acquire(actor_cls, role, res, num_threads, nice)
-        with self._lock:
-            if self._closed:
-                group.on_release = None
-            else:
-                self._idle.append(_Idle(group.pool_key, group.actors, group.pg, group.owns_pg, used=False))
-                group.actors, group.owns_pg = [], False
-                return
-        group.shutdown()
 
     def _reserve(self, res: ActorResources) -> PlacementGroup:
         """A ready placement group for ``res``, evicting idle groups while there is no room."""

@@ -22,13 +22,13 @@ def prompt_ids(tokenizer, context: Conversation, quality: int | None = None) -> 
     return tokenizer(generation_prompt(context, quality), add_special_tokens=False)["input_ids"]
 
 
-def reply_text(reply: str) -> str:
+def written_reply(reply: str) -> str:
     """The reply as the model writes it after ``<|MOSS|>:``: a space, the body, ``<eom>``."""
     return f" {reply}{EOS_TOKEN}"
 
 
 def reply_ids(tokenizer, reply: str) -> list[int]:
-    return tokenizer(reply_text(reply), add_special_tokens=False)["input_ids"]
+    return tokenizer(written_reply(reply), add_special_tokens=False)["input_ids"]
 
 
 def scored_sequence(tokenizer, context: Conversation, reply: str, max_length: int,
@@ -47,5 +47,5 @@ def scored_sequences(tokenizer, contexts: Sequence[Conversation], replies: Seque
         return []
     heads = tokenizer([generation_prompt(last_turns(c, context_turns)) for c in contexts],
                       add_special_tokens=False)["input_ids"]
-    bodies = tokenizer([reply_text(r) for r in replies], add_special_tokens=False)["input_ids"]
+    bodies = tokenizer([written_reply(r) for r in replies], add_special_tokens=False)["input_ids"]
     return [(head + body)[-max_length:] for head, body in zip(heads, bodies)]

@@ -80,14 +80,6 @@ class RunContext:
                 group.set_threads(self.threads[stage])
         return group
 
-    def prestart(self, actor_cls: type, role: str, res: ActorResources, num_threads: int, stage: str) -> None:
-        """Start a group that ``stage`` will ask for later, so that its processes start (importing
-        torch and transformers) while the stage does other work. Needs ``ray.reuse_actors``."""
-        if self.pool is not None:
-            with self._lock:
-                num_threads = self.threads.get(stage, num_threads)
-            self.pool.prestart(actor_cls, role, res, num_threads, self.nice.get(stage, 0))
-
     def widen(self, stage: str, num_threads: int) -> None:
         """Give ``stage``'s live actors, and those it starts later, ``num_threads`` torch threads each
         (``compare`` does this when one method finishes and leaves its cores to the other)."""

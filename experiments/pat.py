@@ -9,7 +9,6 @@ from typing import Any
 
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
-from actors.reference import ReferenceActor
 from alignment.chat_format import Conversation
 from alignment.data.batching import bucketed_batches
 from alignment.data.loaders import load_moss_sft
@@ -113,8 +112,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
     control = prompts[: cfg.pat.control_prompts]
     with ctx.costs.span("eval"):
-        # the frontier's reference is the one role no earlier stage left idle: it starts meanwhile
-        ctx.prestart(ReferenceActor, "reference", cfg.ray.reference, cfg.trainer.num_threads, "eval")
         work = {"pat-eval": (pat.path, tag_jobs(cfg, prompts)), "sft-eval": (sft.path, {"sft": Job(prompts)})}
         replies, gold, pm_s = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "sft"))
         frontier = frontier_points(ctx, "pat", pat.path, sft.path, pm.path, control,

@@ -79,27 +79,6 @@ def test_a_finished_stages_group_serves_the_next_stage(ray_address, tmp_path, sf
     ctx.tracker.finish()
 
 
-def test_a_prestarted_group_is_the_one_a_later_stage_gets(ray_address, tmp_path):
-    from actors.reference import ReferenceActor
-    from experiments.config import ActorResources
-
-    ctx = _ctx(tmp_path)
-    res = ActorResources(num_actors=1, num_cpus=0.25)
-    try:
-        ctx.prestart(ReferenceActor, "reference", res, 1, "eval")  # returns before the process is up
-        assert ctx.pool.idle == 1
-        ctx.prestart(ReferenceActor, "reference", res, 1, "eval")  # one of that kind is idle already
-        assert ctx.pool.idle == 1
-        group = ctx.group(ReferenceActor, "reference", res, 1, "eval")
-        assert ctx.pool.idle == 0
-        # never used before: its first stage also pays for its start (importing torch takes > 1 CPU-s)
-        assert group.usage()["cpu_s"] > 1.0
-        group.shutdown()
-    finally:
-        ctx.close()
-    ctx.tracker.finish()
-
-
 def test_idle_groups_make_room_for_a_group_that_does_not_fit(ray_address, tmp_path):
     import ray
 
