@@ -23,7 +23,7 @@ class RoleActor:
         torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokens_generated = 0  # counted by the roles that sample
-        self._cpu_base, self._steps_base = 0.0, (None, 0)  # usage counts from here (``reset_usage``)
+        self._cpu_base = 0.0  # CPU time counts from here (``reset_usage``)
 
     def set_num_threads(self, num_threads: int) -> None:
         """Change this process's torch CPU threads (between calls: an actor runs one call at a time)."""
@@ -34,15 +34,13 @@ class RoleActor:
 
     def usage(self) -> dict[str, float]:
         """What this process has cost since it started or since ``reset_usage``: CPU seconds, peak
-        resident memory, peak GPU memory, tokens sampled and parameter updates (optimizer steps x
-        trainable parameters)."""
+        resident memory, peak GPU memory, tokens sampled, and the parameter updates of its current
+        engine (optimizer steps x trainable parameters; an actor lent to a new stage has dropped
+        the old one, see ``unload``)."""
         ru = resource.getrusage(resource.RUSAGE_SELF)
         gpu = torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0
         engine = getattr(self, "engine", None)
-        updates = 0
-        if engine is not None:
-            base_engine, base_steps = self._steps_base
-            updates = (engine.global_step - (base_steps if engine is base_engine else 0)) * engine.trainable_params
+        updates = engine.global_step * engine.trainable_params if engine is not None else 0
         return {"cpu_s": ru.ru_utime + ru.ru_stime - self._cpu_base, "peak_rss_mb": _peak_rss_mb(ru),
                 "gpu_peak_mb": gpu, "tokens_generated": float(self.tokens_generated),
                 "param_updates": float(updates)}
@@ -52,8 +50,6 @@ class RoleActor:
         only (peak memory restarts from the current footprint where Linux allows it)."""
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self._cpu_base = ru.ru_utime + ru.ru_stime
-        engine = getattr(self, "engine", None)
-        self._steps_base = (engine, engine.global_step if engine is not None else 0)
         self.tokens_generated = 0
         try:  # "5" resets the process's peak resident set (VmHWM) to its current size
             with open("/proc/self/clear_refs", "w") as f:
@@ -69,7 +65,6 @@ class RoleActor:
         for name in ("engine", "model", "tokenizer"):
             if hasattr(self, name):
                 delattr(self, name)
-        self._steps_base = (None, 0)
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

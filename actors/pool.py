@@ -16,11 +16,9 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup, placement_group
 
 from actors.group import RoleGroup, bundles
 from experiments.config import ActorResources
@@ -28,20 +26,12 @@ from experiments.config import ActorResources
 PLACEMENT_POLL_S = 1.0  # how often a group waiting for room checks for idle groups to evict
 
 
-@dataclass
-class _Idle:
-    key: tuple
-    actors: list[Any]
-    pg: PlacementGroup
-    owns_pg: bool
-
-
 class GroupPool:
     """Actor groups of one run, reused across its stages; ``close`` kills the idle ones."""
 
     def __init__(self, run_tag: str):
         self.run_tag = run_tag
-        self._idle: list[_Idle] = []
+        self._idle: list[RoleGroup] = []  # handles of their own, without a stage's callbacks
         self._names: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._closed = False
@@ -56,7 +46,7 @@ class GroupPool:
         count), or a new one named ``<run>/<role>-<rank>``."""
         key = self.key(actor_cls, res, nice)
         with self._lock:
-            idle = next((g for g in self._idle if g.key == key), None)
+            idle = next((g for g in self._idle if g.pool_key == key), None)
             if idle is not None:
                 self._idle.remove(idle)
             else:
@@ -66,7 +56,7 @@ class GroupPool:
             group = RoleGroup.adopt(role, idle.actors, idle.pg, idle.owns_pg, on_shutdown, self._park)
             for a in group.actors:  # queued ahead of the stage's first call
                 a.reset_usage.remote()
-                a.set_num_threads.remote(num_threads)
+            group.set_threads(num_threads)
         else:
             group = RoleGroup(actor_cls, name, res, num_threads, pg=self._reserve(res), owns_pg=True,
                               run_tag=self.run_tag, on_shutdown=on_shutdown, nice=nice, on_release=self._park)
@@ -82,7 +72,7 @@ class GroupPool:
             with self._lock:
                 victim = self._idle.pop(0) if self._idle else None
             if victim is not None:
-                _kill(victim)
+                victim.shutdown()
         return pg
 
     def _park(self, group: RoleGroup) -> bool:
@@ -92,7 +82,9 @@ class GroupPool:
                 return False
             for a in group.actors:
                 a.unload.remote()
-            self._idle.append(_Idle(group.pool_key, group.actors, group.pg, group.owns_pg))
+            idle = RoleGroup.adopt(group.role, group.actors, group.pg, group.owns_pg)  # killed by shutdown()
+            idle.pool_key = group.pool_key
+            self._idle.append(idle)
         return True
 
     @property
@@ -107,11 +99,4 @@ class GroupPool:
             self._closed = True
             idle, self._idle = self._idle, []
         for g in idle:
-            _kill(g)
-
-
-def _kill(idle: _Idle) -> None:
-    for a in idle.actors:
-        ray.kill(a)
-    if idle.owns_pg:
-        remove_placement_group(idle.pg)
+            g.shutdown()

@@ -27,9 +27,6 @@ def written_reply(reply: str) -> str:
     return f" {reply}{EOS_TOKEN}"
 
 
-def reply_ids(tokenizer, reply: str) -> list[int]:
-    return tokenizer(written_reply(reply), add_special_tokens=False)["input_ids"]
-
 
 def scored_sequence(tokenizer, context: Conversation, reply: str, max_length: int,
                     context_turns: int = 0) -> list[int]:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+
+from ray.util.placement_group import PlacementGroup
 
 from actors.group import RoleGroup
 from actors.pool import GroupPool
@@ -59,21 +60,21 @@ class RunContext:
         return art
 
     def group(self, actor_cls: type, role: str, res: ActorResources, num_threads: int, stage: str,
-              **kwargs: Any) -> RoleGroup:
+              pg: PlacementGroup | None = None) -> RoleGroup:
         """An actor group for ``stage``; its usage joins the stage's cost when it shuts down.
 
         With ``ray.reuse_actors`` an idle group of an earlier stage comes back from the pool, or a
         new one is named ``<run>/<role>-<rank>`` and goes to the pool when the stage shuts it
-        down. Otherwise, and for a group in a shared placement group (``pg=``), it is named
+        down. Otherwise, and for a group in a shared placement group ``pg``, it is named
         ``<run>/<stage>/<role>-<rank>`` and killed at shutdown."""
         with self._lock:
             num_threads = self.threads.get(stage, num_threads)
         nice, record = self.nice.get(stage, 0), self.costs.recorder(stage)
-        if self.pool is not None and not kwargs:
+        if self.pool is not None and pg is None:
             group = self.pool.acquire(actor_cls, role, res, num_threads, nice, record)
         else:
-            group = RoleGroup(actor_cls, role, res, num_threads, run_tag=f"{self.run_tag}/{stage}",
-                              on_shutdown=record, nice=nice, **kwargs)
+            group = RoleGroup(actor_cls, role, res, num_threads, pg=pg, run_tag=f"{self.run_tag}/{stage}",
+                              on_shutdown=record, nice=nice)
         with self._lock:
             self._groups[stage] = [g for g in self._groups.get(stage, []) if g.actors] + [group]
             if self.threads.get(stage, num_threads) != num_threads:  # widened while the actors started

@@ -100,8 +100,7 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
             pg = colocated_pg([r.policy, r.critic, r.reference, r.preference])
 
         def group(cls: type, name: str, res: Any) -> RoleGroup:
-            shared = {"pg": pg} if pg is not None else {}  # colocated roles are not pooled
-            return ctx.group(cls, name, res, a.num_threads, "ppo", **shared)
+            return ctx.group(cls, name, res, a.num_threads, "ppo", pg=pg)  # colocated roles are not pooled
 
         roles = Roles(group(PolicyActor, "policy", r.policy), group(CriticActor, "critic", r.critic),
                       group(ReferenceActor, "reference", r.reference),
