@@ -30,6 +30,7 @@ class PolicyUpdateSpec:
     mini_batches: int = 1
     temperature: float = 1.0  # the rollout's; log-probs are taken under softmax(logits / temperature)
     num_threads: int = 0  # torch CPU threads during the update (0: the actor's own)
+    ptx_coef: float = 0.0  # weight of the SFT loss on the ``ptx`` examples added to each step's loss
 
 
 @dataclass
@@ -56,11 +57,15 @@ class PolicyActor(TrainableActor):
         self.engine = TrainingEngine(model, optim or OptimConfig(lr=0.0), strategy, self.device)
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    def sft_step(self, examples: list[Encoded]) -> dict[str, float]:
-        """One optimizer step of masked next-token loss on this rank's share of the batch."""
+    def lm_loss(self, examples: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked next-token loss of ``examples`` (mean over their labelled tokens) and the token count."""
         batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
         hidden = lm_hidden_states(self.engine, batch["input_ids"], batch["attention_mask"])
-        loss, n_tokens = masked_lm_loss(hidden, batch["labels"], output_head(self.engine))
+        return masked_lm_loss(hidden, batch["labels"], output_head(self.engine))
+
+    def sft_step(self, examples: list[Encoded]) -> dict[str, float]:
+        """One optimizer step of masked next-token loss on this rank's share of the batch."""
+        loss, n_tokens = self.lm_loss(examples)
         self.engine.backward(loss)
         stats = self.engine.step()
         return {"loss": loss.item(), "tokens": float(n_tokens), **stats}
@@ -80,26 +85,36 @@ class PolicyActor(TrainableActor):
         self.tokens_generated += sum(len(r) for r in responses)
         return pack(prompts, responses, logprobs, tok.pad_token_id), texts
 
-    def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, spec: PolicyUpdateSpec) -> dict[str, float]:
+    def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, ptx: list[Encoded] | None,
+                   spec: PolicyUpdateSpec) -> dict[str, float]:
         """Clipped-surrogate updates on this rank's share: ``spec.epochs`` passes of
-        ``spec.mini_batches`` optimizer steps. Returns mean stats and the token count."""
+        ``spec.mini_batches`` optimizer steps. With ``ptx`` examples (PPO-ptx, InstructGPT §3.5) each
+        step adds ``spec.ptx_coef`` times their SFT loss, the examples split over the mini-batches as
+        the rollout is. Returns mean stats and the token count."""
         ro, advantages = rollout.to(self.device), advantages.to(self.device)
+        ptx_parts = [ptx[i::spec.mini_batches] for i in range(spec.mini_batches)] if ptx and spec.ptx_coef else None
         threads = torch.get_num_threads()
         if spec.num_threads:  # the other roles wait while the policy updates: it may take their cores
             torch.set_num_threads(spec.num_threads)
         sums: dict[str, float] = {}
         n = 0
         for _ in range(spec.epochs):
-            for mb, adv in zip(ro.split(spec.mini_batches), torch.tensor_split(advantages, spec.mini_batches)):
+            for i, (mb, adv) in enumerate(zip(ro.split(spec.mini_batches),
+                                              torch.tensor_split(advantages, spec.mini_batches))):
                 logits = response_logits(self.engine, mb)
                 logprobs = token_logprobs(logits, response_tokens(mb), spec.temperature)
-                loss, st = policy_loss(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
+                surrogate, st = policy_loss(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
+                loss = surrogate
+                if ptx_parts is not None and ptx_parts[i]:
+                    ptx_loss, _ = self.lm_loss(ptx_parts[i])
+                    st["ptx_loss"] = ptx_loss.detach()
+                    loss = loss + spec.ptx_coef * ptx_loss
                 self.engine.backward(loss)
                 step = self.engine.step()
                 with torch.no_grad():
                     ent = masked_mean(entropy(logits.detach(), spec.temperature), mb.response_mask)
                 n += 1
-                for k, v in {"policy_loss": loss.item(), "entropy": ent.item(),
+                for k, v in {"policy_loss": surrogate.item(), "entropy": ent.item(),
                              **{k: float(v) for k, v in st.items()}, **step}.items():
                     sums[k] = sums.get(k, 0.0) + v
         torch.set_num_threads(threads)

@@ -143,6 +143,8 @@ class PPOConfig:
     normalize_reward: bool = True  # running mean/std of the preference-model score
     reward_clip: Optional[float] = 5.0  # clip of the (normalised) score
     critic_init: str = "pm"  # "pm" (the preference model) or "sft" (new head on the SFT model)
+    ptx_coef: float = 0.0  # PPO-ptx: weight of the SFT loss mixed into each policy step (0: off)
+    ptx_batch_size: int = 16  # SFT examples per iteration for that loss, over all policy ranks
     policy_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     critic_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint_every: int = 10  # iterations; 0 disables

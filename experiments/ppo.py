@@ -10,6 +10,7 @@ turns their outputs into rewards and whitened advantages with the pure maths of
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from alignment.atomic import atomic_dir, write_json
 from alignment.chat_format import Conversation
 from alignment.data.loaders import load_moss_sft
 from alignment.generation import RolloutSpec
+from alignment.loss_mask import Encoded
 from alignment.losses.gae import gae
 from alignment.losses.kl import KL_ESTIMATORS, kl_estimate
 from alignment.losses.masked import masked_mean, masked_whiten
@@ -45,7 +47,7 @@ from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
 from experiments.loop import rank_mean
 from experiments.pat import pat_key
 from experiments.pm import pm_stage
-from experiments.sft import model_spec, sft_stage, strategy_spec
+from experiments.sft import model_spec, sft_examples, sft_stage, strategy_spec
 from experiments.tracking import RayMetrics
 
 STATE_FILE = "trainer_state.json"
@@ -57,9 +59,11 @@ def check(a: PPOConfig) -> None:
         raise ValueError(f"algo.kl_estimator: {a.kl_estimator!r}; choose one of {KL_ESTIMATORS}")
     if a.critic_init not in ("pm", "sft"):
         raise ValueError(f"algo.critic_init: {a.critic_init!r}; choose 'pm' or 'sft'")
-    for key in ("iterations", "rollout_batch_size", "epochs", "mini_batches", "max_new_tokens"):
+    for key in ("iterations", "rollout_batch_size", "epochs", "mini_batches", "max_new_tokens", "ptx_batch_size"):
         if getattr(a, key) < 1:
             raise ValueError(f"algo.{key} must be at least 1, got {getattr(a, key)}")
+    if a.ptx_coef < 0:
+        raise ValueError(f"algo.ptx_coef must be >= 0, got {a.ptx_coef}")
 
 
 def optim(o: OptimizerConfig, steps: int) -> OptimConfig:
@@ -159,7 +163,9 @@ class PPOTrainer:
         self.critic_spec = CriticSpec(value_clip=self.a.value_clip, epochs=self.a.epochs,
                                       mini_batches=self.a.mini_batches)
         self.policy_spec = PolicyUpdateSpec(clip=self.a.clip, epochs=self.a.epochs, mini_batches=self.a.mini_batches,
-                                            temperature=self.a.temperature, num_threads=self.a.policy_update_threads)
+                                            temperature=self.a.temperature, num_threads=self.a.policy_update_threads,
+                                            ptx_coef=self.a.ptx_coef)
+        self._ptx: list[Encoded] | None = None
 
     def prompt_batch(self, iteration: int) -> PromptBatch:
         """The iteration's prompts: a fresh, deterministic batch of world training prompts, or the
@@ -174,6 +180,18 @@ class PPOTrainer:
         prompts = self.ctx.world.prompts("train", n, offset=self.a.prompt_offset + iteration)
         contexts = [p.conversation() for p in prompts]
         return PromptBatch([prompt_ids(self.tokenizer, c) for c in contexts], contexts, prompts)
+
+    def ptx_batch(self, iteration: int) -> list[Encoded] | None:
+        """The iteration's SFT examples for PPO-ptx (None when ``algo.ptx_coef`` is 0): the SFT
+        stage's own data, shuffled once by seed and dealt out in turn."""
+        if not self.a.ptx_coef:
+            return None
+        if self._ptx is None:
+            examples = sft_examples(self.ctx.cfg, self.ctx, self.tokenizer)
+            random.Random(f"ptx:{self.ctx.cfg.seed}").shuffle(examples)
+            self._ptx = examples
+        n, data = self.a.ptx_batch_size, self._ptx
+        return [data[(iteration * n + i) % len(data)] for i in range(n)]
 
     def rollout(self, ids: list[list[int]]) -> tuple[Rollout, list[str]]:
         policy = self.roles.policy
@@ -228,8 +246,10 @@ class PPOTrainer:
             advantages = masked_whiten(advantages, mask)
         policy, critic = roles.policy, roles.critic
         n_p, n_c = policy.size, critic.size
-        pol_refs = policy.submit("ppo_update", list(zip(ro.split(n_p), torch.tensor_split(advantages, n_p))),
-                                 spec=self.policy_spec)
+        ptx = self.ptx_batch(self.iteration)
+        ptx_shards = shard(ptx, n_p) if ptx else [None] * n_p
+        pol_refs = policy.submit("ppo_update", list(zip(ro.split(n_p), torch.tensor_split(advantages, n_p),
+                                                        ptx_shards)), spec=self.policy_spec)
         pol = policy.wait(pol_refs)
         crit_refs = critic.submit("update", list(zip(ro.split(n_c), torch.tensor_split(values, n_c),
                                                      torch.tensor_split(returns, n_c))), spec=self.critic_spec)
@@ -326,7 +346,9 @@ def checkpoints(root: Path | None) -> list[Path]:
 
 def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:
     cfg = ctx.cfg
-    ignored = ("checkpoint_every", "keep_checkpoints", "num_threads", "policy_update_threads")  # no effect on results
+    ignored = ["checkpoint_every", "keep_checkpoints", "num_threads", "policy_update_threads"]  # no effect on results
+    if not cfg.algo.ptx_coef:
+        ignored += ["ptx_coef", "ptx_batch_size"]  # keeps the keys of PPO models trained before the option existed
     payload = {"algo": {k: v for k, v in as_plain(cfg.algo).items() if k not in ignored},
                "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy), "pm_max_length": cfg.pm.max_length,
                "drop_last_layer": cfg.pm.drop_last_layer, "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}

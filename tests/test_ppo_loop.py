@@ -189,3 +189,39 @@ def test_pipelined_loop_equals_the_plain_loop(ray_address, tmp_path, checkpoints
     ctx.tracker.finish()
     assert outcomes[0] == outcomes[1]
     assert [it for it, _, _ in outcomes[1][1]] == [1, 2, 3]
+
+
+def test_ptx_adds_the_sft_loss_of_its_examples_to_the_policy_step(tmp_path, checkpoints, world):
+    """PPO-ptx: with zero advantages the surrogate has no gradient, so the policy moves only when
+    ``ptx_coef`` > 0, and then it lowers the SFT loss of the examples it was given."""
+    import torch
+
+    from actors.engine import OptimConfig, StrategySpec
+    from actors.policy import ModelSpec, PolicyActor, PolicyUpdateSpec
+    from alignment.generation import RolloutSpec
+    from alignment.loss_mask import LossPolicy, encode_many
+    from alignment.sequences import prompt_ids
+
+    sft, _ = checkpoints
+    tok = _tokenizer(sft)
+    examples = encode_many(world.sft_conversations(8, [0, 0, 0, 0, 0, 1]), tok, LossPolicy.from_names(["moss"]))
+    prompts = [prompt_ids(tok, p.conversation()) for p in world.prompts("train", 4)]
+    outcomes, threads = {}, torch.get_num_threads()
+    for coef in (0.0, 1.0):
+        actor = PolicyActor(0, 1, threads)  # in this process: keep its thread count
+        actor.init_model(ModelSpec(tokenizer_path=str(sft), path=str(sft)), StrategySpec(),
+                         OptimConfig(lr=1e-2, total_steps=1, min_lr_ratio=1.0))
+        rollout, _ = actor.rollout(prompts, RolloutSpec(max_new_tokens=6), seed=0)
+        with torch.no_grad():
+            before = actor.lm_loss(examples)[0].item()
+        digest = actor.weights_digest()
+        stats = actor.ppo_update(rollout, torch.zeros(rollout.response_mask.shape), examples,
+                                 PolicyUpdateSpec(ptx_coef=coef))
+        with torch.no_grad():
+            after = actor.lm_loss(examples)[0].item()
+        outcomes[coef] = (actor.weights_digest() != digest, before, after, stats)
+    moved, before, after, stats = outcomes[0.0]
+    assert not moved and after == before and "policy/ptx_loss" not in stats
+    moved, before, after, stats = outcomes[1.0]
+    assert moved and after < before
+    assert abs(stats["policy/ptx_loss"] - before) < 1e-4  # the loss it added was the examples' SFT loss
