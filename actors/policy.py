@@ -9,6 +9,7 @@ import torch
 
 from actors.base import TrainableActor
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
+from actors.group import shard
 from alignment.chat_format import reply_text
 from alignment.data.batching import collate
 from alignment.generation import RolloutSpec, SamplingSpec, generate_replies, sample_responses
@@ -92,7 +93,7 @@ class PolicyActor(TrainableActor):
         step adds ``spec.ptx_coef`` times their SFT loss, the examples split over the mini-batches as
         the rollout is. Returns mean stats and the token count."""
         ro, advantages = rollout.to(self.device), advantages.to(self.device)
-        ptx_parts = [ptx[i::spec.mini_batches] for i in range(spec.mini_batches)] if ptx and spec.ptx_coef else None
+        ptx_parts = shard(ptx, spec.mini_batches) if ptx and spec.ptx_coef else None
         threads = torch.get_num_threads()
         if spec.num_threads:  # the other roles wait while the policy updates: it may take their cores
             torch.set_num_threads(spec.num_threads)

@@ -183,6 +183,12 @@ class Segment:
     model_written: bool
 
 
+def written_body(body: str, section: Section = Section.MOSS) -> str:
+    """A section's body as its writer emits it after the role token: a space, the body, the
+    section's close token (``<eom>`` for a MOSS reply)."""
+    return f" {body}{CLOSE_TOKENS[section]}"
+
+
 def turn_segments(turn: Turn) -> list[Segment]:
     segs: list[Segment] = []
     for section in TURN_ORDER:
@@ -194,7 +200,7 @@ def turn_segments(turn: Turn) -> list[Segment]:
             prefix += " " + quality_tag(turn.quality)
         writer = section in (Section.INNER_THOUGHTS, Section.COMMANDS, Section.MOSS)
         segs.append(Segment(prefix, section, False))
-        segs.append(Segment(f" {body}{CLOSE_TOKENS[section]}", section, writer))
+        segs.append(Segment(written_body(body, section), section, writer))
         segs.append(Segment("\n", section, False))
     return segs
 

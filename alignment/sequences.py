@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alignment.chat_format import EOS_TOKEN, Conversation, generation_prompt
+from alignment.chat_format import Conversation, generation_prompt, written_body
 
 
 def last_turns(context: Conversation, n: int) -> Conversation:
@@ -20,12 +20,6 @@ def last_turns(context: Conversation, n: int) -> Conversation:
 
 def prompt_ids(tokenizer, context: Conversation, quality: int | None = None) -> list[int]:
     return tokenizer(generation_prompt(context, quality), add_special_tokens=False)["input_ids"]
-
-
-def written_reply(reply: str) -> str:
-    """The reply as the model writes it after ``<|MOSS|>:``: a space, the body, ``<eom>``."""
-    return f" {reply}{EOS_TOKEN}"
-
 
 
 def scored_sequence(tokenizer, context: Conversation, reply: str, max_length: int,
@@ -44,5 +38,5 @@ def scored_sequences(tokenizer, contexts: Sequence[Conversation], replies: Seque
         return []
     heads = tokenizer([generation_prompt(last_turns(c, context_turns)) for c in contexts],
                       add_special_tokens=False)["input_ids"]
-    bodies = tokenizer([written_reply(r) for r in replies], add_special_tokens=False)["input_ids"]
+    bodies = tokenizer([written_body(r) for r in replies], add_special_tokens=False)["input_ids"]
     return [(head + body)[-max_length:] for head, body in zip(heads, bodies)]

@@ -89,13 +89,13 @@ def test_value_model_can_replace_the_last_layer(tmp_path, tokenizer):
 
 
 def test_scored_sequence_can_show_only_the_last_turns(tokenizer):
-    from alignment.chat_format import Conversation, Turn, meta_instruction
-    from alignment.sequences import scored_sequence, written_reply
+    from alignment.chat_format import Conversation, Turn, meta_instruction, written_body
+    from alignment.sequences import scored_sequence
 
     ctx = Conversation(meta_instruction(), (Turn("Hi there.", "Hello!"), Turn("Who made you?", "")))
     full = scored_sequence(tokenizer, ctx, "Fudan University.", 512)
     last = scored_sequence(tokenizer, ctx, "Fudan University.", 512, context_turns=1)
-    reply = tokenizer(written_reply("Fudan University."), add_special_tokens=False)["input_ids"]
+    reply = tokenizer(written_body("Fudan University."), add_special_tokens=False)["input_ids"]
     assert full[-len(reply):] == last[-len(reply):] == reply
     assert len(last) < len(full)
     assert tokenizer.decode(last).startswith("<|Human|>: Who made you?")
