@@ -123,7 +123,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "win_rate": wins,
         "gold": {"sft": sum(gold["sft"]) / len(prompts), "pat": sum(gold["pat"]) / len(prompts)},
         "controllability": controllability(cfg, gold),
-        "pat": {"tag_counts": pat.info["tag_counts"], "edges": pat.info["edges"]},
+        "pat": {"tag_counts": pat.info["tag_counts"], "edges": pat.info["edges"],
+                "inference_tag": cfg.pat.inference_tag},
         "frontier": {"pat": frontier},
         "cost": ctx.costs.summary(),
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "pat": str(pat.path)},
@@ -152,7 +153,8 @@ def print_summary(results: dict[str, Any]) -> None:
         print(f"  {name:<18}{w['win']:>7.2f}{w['tie']:>7.2f}{w['lose']:>7.2f}{w['value']:>10.3f}"
               f"   [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}]")
     c = results["controllability"]
-    print(f"  mean gold: SFT {results['gold']['sft']:.3f}, PAT <quality: 100> {results['gold']['pat']:.3f}")
+    print(f"  mean gold: SFT {results['gold']['sft']:.3f}, PAT <quality: {results['pat']['inference_tag']}> "
+          f"{results['gold']['pat']:.3f}")
     print("  controllability (tag -> gold): " + ", ".join(f"{t}:{v:.2f}" for t, v in zip(c["tags"], c["gold"]))
           + f"  (Spearman {c['spearman']:.2f})")
     print(f"  preference model val accuracy {results['pm']['val_accuracy']:.3f}")

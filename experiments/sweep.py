@@ -11,6 +11,7 @@ seed-averaged figures under the same keys as a single run (``win_rate.gold.pat_v
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,31 @@ class Run:
     results: dict[str, Any]
     scores: dict[str, Any] | None
     metrics: list[dict[str, Any]]
+    variant: tuple[str, ...] = ()  # the job's Hydra overrides other than its method and seed
+
+
+_METHOD_OR_SEED = re.compile(r"^[+~]{0,2}(experiment|seed)=")
+
+
+def overrides_of(job_dir: Path) -> tuple[str, ...]:
+    """The Hydra overrides a job ran with (``.hydra/overrides.yaml``), without its method
+    (``+experiment=``) and seed: what a knob sweep varies. Empty for a job without the file."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ()
+    return tuple(sorted(str(o) for o in OmegaConf.load(path) if not _METHOD_OR_SEED.match(str(o))))
+
+
+def by_variant(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs grouped by the overrides that differ between them besides method and seed (a
+    knob sweep such as ``algo.beta=0.01,0.05``), each group labelled by those overrides; a sweep
+    over methods and seeds only is one group labelled ``""``. The report pairs methods and
+    averages seeds within a group, never across groups."""
+    common = set.intersection(*(set(r.variant) for r in runs)) if runs else set()
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[" ".join(o for o in r.variant if o not in common)].append(r)
+    return dict(groups)
 
 
 def _json(path: Path) -> Any:
@@ -72,7 +98,8 @@ def load_runs(sweep_dir: Path) -> list[Run]:
             raise ValueError(f"{cfg_path}: no 'stage' or 'seed' key; is this a lab run?")
         scores = res.parent / "scores.json"
         runs.append(Run(res.parent, str(cfg.stage), int(cfg.seed), _json(res),
-                        _json(scores) if scores.is_file() else None, _jsonl(res.parent / "metrics.jsonl")))
+                        _json(scores) if scores.is_file() else None, _jsonl(res.parent / "metrics.jsonl"),
+                        overrides_of(res.parent)))
     return runs
 
 

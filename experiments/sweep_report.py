@@ -10,6 +10,7 @@ method cost.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from alignment.atomic import write_json, write_text  # noqa: E402
 from experiments.report import draw_win_tie_lose, save_png  # noqa: E402
-from experiments.sweep import COST_KEYS, METHODS, PAIRS, aggregate, load_runs  # noqa: E402
+from experiments.sweep import COST_KEYS, METHODS, PAIRS, aggregate, by_variant, load_runs  # noqa: E402
 
 NAMES = {"pat": "PAT", "ppo": "PPO", "sft": "SFT"}
 COLORS = {"pat": "#2a9d8f", "ppo": "#e76f51", "sft": "#8d99ae"}
@@ -254,12 +255,51 @@ def write_report(out_dir: Path, r: dict[str, Any]) -> dict[str, Path]:
     return images
 
 
+def variant_dir(label: str) -> str:
+    """A directory name for a knob-sweep variant: ``algo.beta=0.05 algo.clip=0.1`` gives
+    ``algo.beta=0.05_algo.clip=0.1``."""
+    return re.sub(r"[^A-Za-z0-9._=,-]+", "_", label).strip("_") or "default"
+
+
+def variants_markdown(variants: dict[str, dict[str, Any]]) -> str:
+    """The index of a knob sweep: each variant's headline figures, and a link to its own report."""
+    lines = ["# Sweep over knobs: one report per setting", "",
+             "The jobs differ in more than method and seed, so each setting has its own report (methods "
+             "paired and seeds averaged within it). Gold-judge win rates, mean over seeds [95% interval].", "",
+             "| setting | seeds | " + " | ".join(pair_label(f"{a}_vs_{b}") for a, b in PAIRS)
+             + " | PPO final KL | PAT Spearman | PM val accuracy | report |",
+             "| --- | --- |" + " --- |" * (len(PAIRS) + 4)]
+    for label, r in variants.items():
+        gold = r["win_rate"]["gold"]
+        cells = [fmt(gold[f"{a}_vs_{b}"]) if f"{a}_vs_{b}" in gold else "" for a, b in PAIRS]
+        extra = [f"{r[k][sub]['value']:.3f}" if k in r else "" for k, sub in
+                 (("kl", "final"), ("controllability", "spearman"), ("pm", "val_accuracy"))]
+        link = f"variants/{variant_dir(label)}/report.md"
+        lines.append(f"| `{label}` | {len(r['seeds'])} | " + " | ".join(cells + extra) + f" | [report]({link}) |")
+    return "\n".join(lines) + "\n"
+
+
 def build(sweep_dir: str | Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """Read the sweep's jobs and write ``results.json``, ``report.md`` and the PNGs into it.
-    Returns the results and the images."""
+    A sweep over knobs (jobs differing in more than method and seed) gets one such report per
+    setting under ``variants/<setting>/``, and an index ``report.md`` and ``results.json``
+    (``{"variants": {setting: results}}``) in the sweep dir. Returns the results and the images."""
     sweep_dir = Path(sweep_dir)
-    r = aggregate(load_runs(sweep_dir))
-    images = write_report(sweep_dir, r)
+    groups = by_variant(load_runs(sweep_dir))
+    if len(groups) == 1:
+        r = aggregate(next(iter(groups.values())))
+        images = write_report(sweep_dir, r)
+        write_json(sweep_dir / "results.json", r)
+        return r, images
+    variants, images = {}, {}
+    for label, runs in groups.items():
+        out = sweep_dir / "variants" / variant_dir(label)
+        out.mkdir(parents=True, exist_ok=True)
+        variants[label] = aggregate(runs)
+        images |= {f"{variant_dir(label)}/{k}": v for k, v in write_report(out, variants[label]).items()}
+        write_json(out / "results.json", variants[label])
+    r = {"seeds": sorted({s for v in variants.values() for s in v["seeds"]}), "variants": variants}
+    write_text(sweep_dir / "report.md", variants_markdown(variants))
     write_json(sweep_dir / "results.json", r)
     return r, images
 
@@ -280,9 +320,14 @@ def timeline_plot(cost: dict[str, dict[str, Any]], path: Path) -> Path:
 
 
 def log_to_wandb(r: dict[str, Any], images: dict[str, Path], tracker: Any) -> None:
-    """The headline figures as the run's summary, and the PNGs, on a ``Tracker``."""
-    flat = {f"win_rate/{judge}/{k}": w["value"] for judge, d in r["win_rate"].items() for k, w in d.items()}
-    flat |= {f"cost/{stage}/{k}": v for stage, c in r["cost"].items() for k, v in c.items() if k in COST_KEYS}
+    """The headline figures as the run's summary, and the PNGs, on a ``Tracker`` (a knob
+    sweep's figures under ``<setting>/``)."""
+    flat = {}
+    for label, v in r.get("variants", {"": r}).items():
+        pre = f"{label}/" if label else ""
+        flat |= {f"{pre}win_rate/{judge}/{k}": w["value"] for judge, d in v["win_rate"].items() for k, w in d.items()}
+        flat |= {f"{pre}cost/{stage}/{k}": x for stage, c in v["cost"].items() for k, x in c.items()
+                 if k in COST_KEYS}
     tracker.log(flat)
     tracker.summary(flat)
     tracker.log_images(images)
@@ -290,8 +335,11 @@ def log_to_wandb(r: dict[str, Any], images: dict[str, Path], tracker: Any) -> No
 
 def print_summary(r: dict[str, Any], sweep_dir: Path) -> None:
     print(f"\nSweep report: {sweep_dir / 'report.md'}")
-    for line in verdict(r):
-        print("  " + line.replace("**", ""))
+    for label, v in r.get("variants", {"": r}).items():
+        if label:
+            print(f"  {label}:")
+        for line in verdict(v):
+            print(("    " if label else "  ") + line.replace("**", ""))
 
 
 def run(ctx: Any) -> dict[str, Any]:
@@ -301,4 +349,7 @@ def run(ctx: Any) -> dict[str, Any]:
     r, images = build(ctx.cfg.sweep_dir)
     log_to_wandb(r, images, ctx.tracker)
     print_summary(r, Path(ctx.cfg.sweep_dir))
+    if "variants" in r:
+        return {"sweep_dir": str(ctx.cfg.sweep_dir), "variants": {k: {"win_rate": v["win_rate"], "cost": v["cost"]}
+                                                                   for k, v in r["variants"].items()}}
     return {"sweep_dir": str(ctx.cfg.sweep_dir), "win_rate": r["win_rate"], "cost": r["cost"]}

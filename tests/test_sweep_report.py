@@ -93,6 +93,35 @@ def test_build_writes_the_table_the_figures_and_results(sweep_dir):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_knob_sweep_gets_one_report_per_setting(sweep_dir):
+    """``-m +experiment=pat,ppo algo.beta=0.01,0.05 seed=0,1``: jobs that differ in a knob are never
+    pooled; each setting pairs its own methods and seeds, and the index lists them side by side."""
+    for job in sorted(sweep_dir.iterdir()):  # the fixture's jobs ran with beta 0.01
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "overrides.yaml").write_text(
+            f"- +experiment={job.name.split('-')[1]}\n- algo.beta=0.01\n- cache_dir=/c\n- seed={job.name[-1]}\n")
+    # beta 0.05: PPO of seed 0 now loses every prompt to SFT (its SFT replies are the same)
+    sft0 = [0.2, 0.2, 0.2, 0.5]
+    write_run(sweep_dir / "4-ppo-seed0", "ppo", 0, {"sft": sft0, "ppo": [0.0] * 4}, {"sft": sft0, "ppo": [0.0] * 4},
+              {"wall_seconds": 50.0, "kl": {"final": 9.0}, "cost": {"ppo": COST | {"cached": False}}}, [])
+    (sweep_dir / "4-ppo-seed0" / ".hydra").mkdir()
+    (sweep_dir / "4-ppo-seed0" / ".hydra" / "overrides.yaml").write_text(
+        "- +experiment=ppo\n- algo.beta=0.05\n- cache_dir=/c\n- seed=0\n")
+
+    r, images = build(sweep_dir)
+    assert set(r["variants"]) == {"algo.beta=0.01", "algo.beta=0.05"}
+    low, high = r["variants"]["algo.beta=0.01"], r["variants"]["algo.beta=0.05"]
+    assert low["win_rate"]["gold"]["ppo_vs_sft"]["per_seed"] == {"0": 1.0, "1": 0.625}  # as without the knob
+    assert high["win_rate"]["gold"]["ppo_vs_sft"]["per_seed"] == {"0": 0.0} and high["kl"]["final"]["value"] == 9.0
+    assert "pat_vs_sft" not in high["win_rate"]["gold"]  # no PAT job ran with beta 0.05
+    index = (sweep_dir / "report.md").read_text()
+    assert "| `algo.beta=0.05` | 1 |" in index and "variants/algo.beta=0.05/report.md" in index
+    sub = sweep_dir / "variants" / "algo.beta=0.01"
+    assert "| PAT vs SFT | gold judge | 0.62 | 0.12 | 0.25 | **0.688** |" in (sub / "report.md").read_text()
+    assert json.loads((sweep_dir / "results.json").read_text())["variants"]["algo.beta=0.05"]["seeds"] == [0]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in images.values())
+
+
 def test_runs_judged_on_other_prompts_are_refused(sweep_dir):
     scores = sweep_dir / "1-ppo-seed0" / "scores.json"
     s = json.loads(scores.read_text())
