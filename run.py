@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from experiments.config import register
+from experiments.config import register, validate
 
 register()
 
@@ -28,6 +28,10 @@ def main(cfg: DictConfig) -> None:
         presets = sorted(f.stem for f in (Path(__file__).parent / "conf" / "experiment").glob("*.yaml"))
         sys.exit(f"config error: {err.full_key} is required. Choose an experiment, e.g. "
                  f"`python run.py +experiment=sft` (available: {', '.join(presets)})")
+    try:
+        validate(lab)
+    except ValueError as err:
+        sys.exit(f"config error: {err}")
     # the drivers (torch, transformers) import on a thread while Ray starts on this one: Linux
     # kills Ray's processes when the thread that started them ends, so that must be the main one.
     # Ray itself is imported first, so the two threads never wait on each other's imports.
@@ -55,7 +59,7 @@ def main(cfg: DictConfig) -> None:
     data = Path(lab.data.path).stem if lab.data.source != "world" and lab.data.path else lab.data.source
     tracker = Tracker(run_dir, lab.logger, container, job_type=lab.stage, group=group,
                       tags=[f"model:{model}", f"data:{data}"])
-    ctx = RunContext(lab, run_dir, ArtifactCache(cache_root(lab.cache_dir)), tracker,
+    ctx = RunContext(lab, run_dir, ArtifactCache(cache_root(lab.cache_dir), replace=not lab.use_cache), tracker,
                      run_tag=f"{lab.stage}-{uuid.uuid4().hex[:6]}")
     try:
         results = DRIVERS[lab.stage](ctx)

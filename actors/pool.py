@@ -93,10 +93,16 @@ class GroupPool:
         with self._lock:
             return len(self._idle)
 
+    def evict(self) -> None:
+        """Kill the idle groups now, freeing their resources for a placement the pool does not
+        make (PPO's colocated roles)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for g in idle:
+            g.shutdown()
+
     def close(self) -> None:
         """Kill the idle groups; groups still in use are killed when they shut down."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for g in idle:
-            g.shutdown()
+        self.evict()

@@ -32,23 +32,30 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` only if the block succeeds.
 
-    If ``path`` appeared meanwhile (another run finished the same artifact first), that copy
-    wins and ours is discarded: artifacts with the same key are interchangeable.
+    If ``path`` exists already (another run finished the same artifact first), that copy wins and
+    ours is discarded: artifacts with the same key are interchangeable. With ``replace`` ours
+    wins instead: the old one is moved aside, ours renamed in, then the old one deleted.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        old = None
+        if replace and path.is_dir():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.rename(path, old / path.name)
         try:
             os.rename(tmp, path)
         except OSError:
             if not path.is_dir():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

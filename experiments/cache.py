@@ -41,8 +41,11 @@ def config_key(stage: str, payload: dict[str, Any]) -> str:
 
 
 class ArtifactCache:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, replace: bool = False):
+        """``replace``: a new artifact overwrites one with the same key (a run with
+        ``use_cache=false``, which retrains what it could have reused); otherwise the first wins."""
         self.root = Path(root)
+        self.replace = replace
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -55,7 +58,7 @@ class ArtifactCache:
     @contextmanager
     def put(self, stage: str, key: str, payload: dict[str, Any]) -> Iterator[Path]:
         """Yield a temp dir to fill; it becomes the artifact (with its manifest) on success."""
-        with atomic_dir(self.path(stage, key)) as tmp:
+        with atomic_dir(self.path(stage, key), replace=self.replace) as tmp:
             yield tmp
             write_json(tmp / MANIFEST, {"stage": stage, "key": key, "config": payload})
 

@@ -245,6 +245,27 @@ def as_plain(node: Any) -> Any:
     return dataclasses.asdict(node) if dataclasses.is_dataclass(node) else node
 
 
+def validate(lab: LabConfig) -> None:
+    """Fail before anything starts, naming the key, on settings no stage can run with (checks
+    that need a stage's own imports, such as PPO's, run when the stage starts)."""
+    for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer)):
+        for name in ("epochs", "batch_size", "log_every", "num_threads"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"{key}.{name} must be at least 1, got {getattr(t, name)}")
+        if t.max_steps == 0 or t.max_steps < -1:
+            raise ValueError(f"{key}.max_steps: {t.max_steps}; at least 1, or -1 for no cap")
+    w = lab.data.world
+    if not (w.val_fraction > 0 and w.test_fraction > 0 and w.val_fraction + w.test_fraction < 1):
+        raise ValueError(f"data.world.val_fraction ({w.val_fraction}) and data.world.test_fraction "
+                         f"({w.test_fraction}) must each be > 0 and sum to less than 1")
+    if not 2 <= lab.pat.n_buckets <= 101:
+        raise ValueError(f"pat.n_buckets: {lab.pat.n_buckets}; between 2 and 101 (the tags are integers 0..100)")
+    if not 0 <= lab.pat.inference_tag <= 100:
+        raise ValueError(f"pat.inference_tag: {lab.pat.inference_tag}; a quality tag from 0 to 100")
+    if lab.pat.control_prompts < 1:
+        raise ValueError(f"pat.control_prompts must be at least 1, got {lab.pat.control_prompts}")
+
+
 def register() -> None:
     """Register the schema with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()

@@ -41,7 +41,7 @@ from alignment.rollout import Rollout
 from alignment.sequences import prompt_ids, scored_sequences
 from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
-from experiments.config import OptimizerConfig, PPOConfig, as_plain
+from experiments.config import OptimizerConfig, PPOConfig, RayConfig, as_plain
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
 from experiments.loop import rank_mean
@@ -53,7 +53,7 @@ from experiments.tracking import RayMetrics
 STATE_FILE = "trainer_state.json"
 
 
-def check(a: PPOConfig) -> None:
+def check(a: PPOConfig, r: RayConfig) -> None:
     """Fail early, naming the key, on settings the loop cannot run with."""
     if a.kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"algo.kl_estimator: {a.kl_estimator!r}; choose one of {KL_ESTIMATORS}")
@@ -64,6 +64,14 @@ def check(a: PPOConfig) -> None:
             raise ValueError(f"algo.{key} must be at least 1, got {getattr(a, key)}")
     if a.ptx_coef < 0:
         raise ValueError(f"algo.ptx_coef must be >= 0, got {a.ptx_coef}")
+    for key in ("reward_clip", "value_clip"):
+        if getattr(a, key) is not None and getattr(a, key) <= 0:
+            raise ValueError(f"algo.{key} must be > 0 or null (no clipping), got {getattr(a, key)}")
+    for role in ("policy", "critic", "reference", "preference"):
+        n, need = getattr(r, role).num_actors, a.mini_batches if role in ("policy", "critic") else 1
+        if a.rollout_batch_size // n < need:
+            raise ValueError(f"algo.rollout_batch_size ({a.rollout_batch_size}) gives each of the {n} ranks of "
+                             f"ray.{role}.num_actors fewer than {need} rows (algo.mini_batches: {a.mini_batches})")
 
 
 def optim(o: OptimizerConfig, steps: int) -> OptimConfig:
@@ -101,6 +109,8 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
                          (PreferenceActor, "preference"))))
     else:
         if r.colocate:
+            if ctx.pool is not None:  # idle groups of earlier stages hold resources the bundle needs
+                ctx.pool.evict()
             pg = colocated_pg([r.policy, r.critic, r.reference, r.preference])
 
         def group(cls: type, name: str, res: Any) -> RoleGroup:
@@ -156,6 +166,7 @@ class PPOTrainer:
         self.a: PPOConfig = ctx.cfg.algo
         self.ckpt_root, self.exporter = ckpt_root, exporter
         self.iteration = 0
+        self.last_metrics: dict[str, float] = {}  # of the newest finished iteration (kept in the final checkpoint)
         self.moments = RunningMoments()
         self._file_convs: list[Conversation] | None = None
         self.rollout_spec = RolloutSpec(max_new_tokens=self.a.max_new_tokens, temperature=self.a.temperature,
@@ -285,15 +296,19 @@ class PPOTrainer:
         update, checkpointing every ``checkpoint_every`` (when there is a ``ckpt_root``); yields each
         iteration's metrics (one iteration late) in order."""
         pending, every = None, self.a.checkpoint_every
+        saving = self.ckpt_root is not None and every > 0
         while self.iteration < until:
             launched = self.launch()
-            if self.ckpt_root is not None and every > 0 and (self.iteration % every == 0 or self.iteration == until):
+            if saving and self.iteration % every == 0 and self.iteration < until:
                 self.save_checkpoint()  # the critic saves once its update is done: calls run in order
             if pending is not None:
                 yield self.finish(pending)
             pending = launched
         if pending is not None:
-            yield self.finish(pending)
+            self.last_metrics = self.finish(pending)
+            if saving:  # the last one holds its metrics: resuming a finished run returns them
+                self.save_checkpoint()
+            yield self.last_metrics
 
     # --- checkpoints ------------------------------------------------------------------------------
 
@@ -305,7 +320,8 @@ class PPOTrainer:
         with atomic_dir(final) as tmp:
             self.roles.policy.call("save_checkpoint", str(tmp / "policy"))
             self.roles.critic.call("save_checkpoint", str(tmp / "critic"))
-            write_json(tmp / STATE_FILE, {"iteration": self.iteration, "moments": self.moments.state_dict()})
+            write_json(tmp / STATE_FILE, {"iteration": self.iteration, "moments": self.moments.state_dict(),
+                                          "last_metrics": self.last_metrics})
         for old in checkpoints(self.ckpt_root)[: -max(1, self.a.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -321,11 +337,12 @@ class PPOTrainer:
         self.roles.critic.call("load_checkpoint", str(latest / "critic"))
         self.iteration = int(state["iteration"])
         self.moments.load_state_dict(state["moments"])
+        self.last_metrics = state.get("last_metrics", {})
         return latest
 
     def train(self, until: int) -> dict[str, float]:
         """Run iterations up to ``until`` (``iterate``), logging each. Returns the last one's metrics."""
-        tracker, last = self.ctx.tracker, {}
+        tracker, last = self.ctx.tracker, self.last_metrics
         with tqdm(total=until, initial=self.iteration, desc="ppo", unit="it", dynamic_ncols=True) as bar:
             for last in self.iterate(until):
                 tracker.log(last, step=int(last["ppo/iteration"]))
@@ -358,7 +375,7 @@ def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str
 def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
     """The PPO policy for this config: from the cache, or trained now (resuming when asked)."""
     cfg = ctx.cfg
-    check(cfg.algo)
+    check(cfg.algo, cfg.ray)
     key, payload = ppo_key(ctx, sft, pm)
 
     def build() -> Artifact:
@@ -376,6 +393,9 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                 info["resumed_from"] = trainer.iteration
             started = time.time()
             info["final"] = trainer.train(cfg.algo.iterations)
+            if not info["final"]:
+                raise RuntimeError(f"PPO: no metrics for the last iteration: {trainer.ckpt_root} holds a checkpoint "
+                                   "of a finished run written before last_metrics were kept; delete it and rerun")
             info["train_seconds"] = time.time() - started
             return commit(ctx.cache, "ppo", key, payload, roles.policy, info, "policy")
         finally:

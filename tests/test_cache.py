@@ -48,6 +48,17 @@ def test_a_concurrent_twin_artifact_wins_quietly(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
+def test_a_run_without_the_cache_replaces_the_artifact(tmp_path):
+    """``use_cache=false`` retrains; what it made must be what later stages load."""
+    for replace, expect in ((False, "old"), (True, "new")):
+        cache = ArtifactCache(tmp_path / str(replace), replace=replace)
+        for text in ("old", "new"):
+            with cache.put("sft", "k", {}) as tmp:
+                (tmp / "w").write_text(text)
+        assert (cache.get("sft", "k") / "w").read_text() == expect
+        assert sorted(p.name for p in (tmp_path / str(replace) / "sft").iterdir()) == ["k"]  # no temp dirs left
+
+
 def test_atomic_text_and_json(tmp_path):
     write_text(tmp_path / "d" / "x.txt", "hello")
     write_json(tmp_path / "d" / "y.json", {"b": 1, "a": "中"})

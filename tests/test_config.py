@@ -66,6 +66,9 @@ def test_cli_prints_the_composed_config_and_rejects_typos():
     assert bad.returncode != 0 and "trainer.lrr" in bad.stderr + bad.stdout
     none = subprocess.run([sys.executable, "run.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert none.returncode != 0 and "+experiment=sft" in none.stderr
+    zero = subprocess.run([sys.executable, "run.py", "+experiment=sft", "trainer.batch_size=0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert zero.returncode != 0 and "config error: trainer.batch_size must be at least 1" in zero.stderr
 
 
 @pytest.mark.parametrize("sweep", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -91,3 +94,34 @@ def test_compare_and_report_presets_compose(preset):
         r = lab.ray
         assert r.policy.num_cpus + r.critic.num_cpus + r.reference.num_cpus + r.preference.num_cpus \
             + r.policy.num_cpus + r.preference.num_cpus <= 2
+
+
+@pytest.mark.parametrize("override, key", [
+    ("pm.trainer.batch_size=0", "pm.trainer.batch_size"),
+    ("trainer.log_every=0", "trainer.log_every"),
+    ("pat.trainer.max_steps=0", "pat.trainer.max_steps"),
+    ("data.world.test_fraction=0", "data.world.test_fraction"),
+    ("pat.n_buckets=150", "pat.n_buckets"),
+    ("pat.inference_tag=120", "pat.inference_tag"),
+    ("pat.control_prompts=0", "pat.control_prompts"),
+])
+def test_settings_no_stage_can_run_with_fail_before_anything_starts(override, key):
+    from experiments.config import validate
+
+    validate(OmegaConf.to_object(_compose(["+experiment=pat"])))  # the preset itself is fine
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        validate(OmegaConf.to_object(_compose(["+experiment=pat", override])))
+
+
+def test_ppo_cross_key_limits_name_the_keys():
+    from experiments.ppo import check
+
+    lab = OmegaConf.to_object(_compose(["+experiment=ppo"]))
+    check(lab.algo, lab.ray)
+    lab.algo.reward_clip = 0.0
+    with pytest.raises(ValueError, match=r"algo\.reward_clip"):
+        check(lab.algo, lab.ray)
+    lab.algo.reward_clip, lab.algo.mini_batches, lab.ray.policy.num_actors = None, 4, 2
+    lab.algo.rollout_batch_size = 6  # 3 rows per policy rank, fewer than 4 mini-batches
+    with pytest.raises(ValueError, match=r"ray\.policy\.num_actors.*algo\.mini_batches"):
+        check(lab.algo, lab.ray)

@@ -104,10 +104,16 @@ def test_resume_continues_from_saved_iteration_and_optimizer_state(ray_address, 
         for name in ("policy", "critic"):
             assert getattr(roles, name).call("optimizer_digest")[0] == saved[name]
         assert roles.policy.call("weights_digest")[0] == weights
-        resumed.train(until=3)
+        final = resumed.train(until=3)
         assert resumed.iteration == 3
         # keep_checkpoints=2 keeps the newest two
         assert [p.name for p in list_checkpoints(ckpt_root)] == ["iter_000002", "iter_000003"]
+        # resuming a run that died after its last checkpoint runs nothing and still has its final metrics
+        again = PPOTrainer(ctx, roles, _tokenizer(sft), ckpt_root)
+        assert again.restore() == ckpt_root / "iter_000003"
+        resumed_final = again.train(until=3)
+        assert resumed_final.keys() == final.keys() and final["ppo/iteration"] == 3
+        assert (resumed_final["ppo/kl"], resumed_final["ppo/reward"]) == (final["ppo/kl"], final["ppo/reward"])
     finally:
         roles.shutdown()
         ctx.close()
@@ -122,14 +128,20 @@ def _tokenizer(path: Path):
 
 def test_colocated_roles_train_with_deepspeed_zero2(ray_address, tmp_path, checkpoints):
     """All four roles in one placement-group bundle, the trainable ones on DeepSpeed ZeRO-2."""
+    from actors.reference import ReferenceActor
+    from experiments.config import ActorResources
     from experiments.ppo import PPOTrainer, start_roles
 
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path)
     ctx.cfg.ray.colocate = True
     ctx.cfg.strategy.name, ctx.cfg.strategy.zero_stage = "deepspeed", 2
+    # an earlier stage's idle group holds the test cluster's 2 CPUs; the bundle needs them
+    ctx.group(ReferenceActor, "reference", ActorResources(num_actors=1, num_cpus=2), 1, "sft").shutdown()
+    assert ctx.pool.idle == 1
     roles = start_roles(ctx, sft, pm)
     try:
+        assert ctx.pool.idle == 0
         assert roles.pg is not None and all(g.pg is roles.pg for g in (roles.policy, roles.critic))
         before = roles.policy.call("weights_digest")[0]
         trainer = PPOTrainer(ctx, roles, _tokenizer(sft))
