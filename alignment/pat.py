@@ -24,13 +24,25 @@ def bucket_tags(n_buckets: int) -> list[int]:
 def quantile_edges(scores: Sequence[float], n_buckets: int) -> list[float]:
     """``n_buckets - 1`` inner edges that split ``scores`` into equal-frequency buckets.
 
-    Edge ``k`` is the smallest score of bucket ``k + 1`` in sorted order, so a bucket holds
-    the scores ``>= its lower edge``; equal scores always share a bucket.
+    Edge ``k`` is the score at rank ``len * k // n_buckets`` in sorted order: the smallest of
+    bucket ``k + 1`` when the scores are distinct (``quantile_buckets`` places tied scores).
     """
     if not scores:
         raise ValueError("cannot bucket an empty list of scores")
     ordered = sorted(scores)
     return [ordered[(len(ordered) * k) // n_buckets] for k in range(1, n_buckets)]
+
+
+def quantile_buckets(scores: Sequence[float], n_buckets: int) -> list[int]:
+    """Equal-frequency bucket of each score by its rank in sorted order: bucket ``k + 1`` starts
+    at rank ``len * (k + 1) // n_buckets`` (the ranks of ``quantile_edges``). Equal scores share
+    the bucket where their group starts, so with at least ``n_buckets`` scores the lowest is in
+    bucket 0, and a large tie cannot push low scores into a high bucket."""
+    if not scores:
+        raise ValueError("cannot bucket an empty list of scores")
+    ordered = sorted(scores)
+    starts = [(len(ordered) * k) // n_buckets for k in range(1, n_buckets)]
+    return [bisect.bisect_right(starts, bisect.bisect_left(ordered, s)) for s in scores]
 
 
 def assign_buckets(scores: Sequence[float], edges: Sequence[float]) -> list[int]:
@@ -43,16 +55,14 @@ def assign_buckets(scores: Sequence[float], edges: Sequence[float]) -> list[int]
 def tag_scores(scores: Sequence[float], n_buckets: int = 6, rule: str = "quantile",
                thresholds: Sequence[float] | None = None) -> tuple[list[int], list[float]]:
     """The quality tag of each score, and the edges used (``rule``: quantile or fixed)."""
+    tags = bucket_tags(n_buckets)
     if rule == "quantile":
-        edges = quantile_edges(scores, n_buckets)
-    elif rule == "fixed":
+        return [tags[b] for b in quantile_buckets(scores, n_buckets)], quantile_edges(scores, n_buckets)
+    if rule == "fixed":
         if thresholds is None or len(thresholds) != n_buckets - 1:
             raise ValueError(f"rule 'fixed' needs {n_buckets - 1} thresholds, got {thresholds}")
-        edges = list(thresholds)
-    else:
-        raise ValueError(f"unknown bucketing rule {rule!r}; choose 'quantile' or 'fixed'")
-    tags = bucket_tags(n_buckets)
-    return [tags[b] for b in assign_buckets(scores, edges)], edges
+        return [tags[b] for b in assign_buckets(scores, thresholds)], list(thresholds)
+    raise ValueError(f"unknown bucketing rule {rule!r}; choose 'quantile' or 'fixed'")
 
 
 def tag_conversation(conv: Conversation, tag: int) -> Conversation:

@@ -36,9 +36,10 @@ SCORES_FILE = "scores.json"
 
 
 def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role: str,
-                  progress: tqdm | None = None) -> dict[str, list[str]]:
+                  progress: tqdm | None = None, stage: str = "eval") -> dict[str, list[str]]:
     """Every job's replies from the policy at ``model_path``: cached ones are read back, the rest
-    are generated on one policy group and cached (``progress`` counts the prompts answered)."""
+    are generated on one policy group and cached (``progress`` counts the prompts answered; the
+    group's cost joins ``stage``)."""
     cfg = ctx.cfg
     keys = {name: replies_key(ctx, model_path, job) for name, job in jobs.items()}
     out: dict[str, list[str]] = {}
@@ -52,7 +53,7 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
     if not todo:
         print(f"EVAL: reusing cached replies of {model_path.name} ({', '.join(jobs)})", flush=True)
         return out
-    group = ctx.group(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, "eval")
+    group = ctx.group(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, stage)
     try:
         group.call("init_model", model_spec(cfg, model_path, str(model_path)),
                    strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), None)

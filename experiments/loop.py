@@ -58,6 +58,8 @@ def train_loop(
 
     Ranks report stats with a ``weight_key`` count (tokens, pairs); the logged value of each
     stat is its weighted mean over ranks, except ``lr`` and ``grad_norm`` (global, from rank 0).
+    A batch with fewer items than the group has ranks (an epoch's short last batch) is skipped:
+    every rank of a data-parallel step needs an item.
     """
     steps = total_steps(len(items), t)
     rng = random.Random(seed)
@@ -69,6 +71,8 @@ def train_loop(
             for batch in epoch:
                 if step >= steps:
                     break
+                if len(batch) < group.size:
+                    continue
                 results = group.call_sharded(method, shard(batch, group.size))
                 step += 1
                 window_weight += sum(r[weight_key] for r in results)
@@ -79,4 +83,7 @@ def train_loop(
                     rate = window_weight / max(time.time() - window_start, 1e-9)
                     tracker.log(last | {f"{name}/{weight_key}_per_s": rate}, step=step)
                     window_weight, window_start = 0.0, time.time()
+    if window_weight and last:  # steps since the last log (a skipped short batch ended the run early)
+        tracker.log(last | {f"{name}/{weight_key}_per_s": window_weight / max(time.time() - window_start, 1e-9)},
+                    step=step)
     return last | {f"{name}/steps": step}

@@ -59,7 +59,7 @@ def comparison_groups(ctx: RunContext, sft: Artifact,
     if pm.sft_samples:
         with tqdm(total=pm.sft_samples, desc="pm: SFT samples") as bar:
             samples = generate_with(ctx, sft.path, {"pm-sft-samples": Job(prompts[:pm.sft_samples])},
-                                    "pm-samples", bar)["pm-sft-samples"]
+                                    "pm-samples", bar, stage="pm")["pm-sft-samples"]
         # the samples' pairs come from their own labeller stream: the sources' labels stay the same
         train = world_groups(world, prompts, labeller, rng, [[s] for s in samples],
                              AIFeedbackLabeller(pm.labeller_temperature, seed=seed + 7919))

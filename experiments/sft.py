@@ -26,7 +26,7 @@ from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_plain
 from experiments.context import RunContext
 from experiments.loop import optim_config, total_steps, train_loop
-from experiments.replies import Job, load_replies, replies_key, save_replies
+from experiments.replies import Job, replies_key, save_replies
 
 
 def tokenizer_stage(ctx: RunContext) -> Path:
@@ -97,20 +97,13 @@ def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt], qual
 
 
 def evaluate_policy(ctx: RunContext, group: RoleGroup, quality: int | None = None,
-                    cache_as: Path | None = None) -> dict[str, float]:
-    """Generate on held-out test prompts and score with the gold judge. With ``cache_as`` (the
-    model's artifact path) the replies join the evaluation-reply cache, so later head-to-heads
-    of that model reuse them instead of sampling again."""
+                    ) -> tuple[dict[str, Any], list[str]]:
+    """Generate on held-out test prompts and score with the gold judge: the report and the replies."""
     prompts = ctx.world.prompts("test", ctx.cfg.eval.n_prompts)
-    key = replies_key(ctx, cache_as, Job(prompts, quality)) if cache_as is not None else None
-    replies = load_replies(ctx, key) if key is not None else None
-    if replies is None:
-        replies = generate(ctx, group, prompts, quality)
-        if key is not None:
-            save_replies(ctx, key, "eval", cache_as, replies)
+    replies = generate(ctx, group, prompts, quality)
     report = gold_report(ctx.world, prompts, replies)
     report["samples"] = [{"prompt": p.task.prompt, "reply": r} for p, r in list(zip(prompts, replies))[:8]]
-    return report
+    return report, replies
 
 
 def sft_stage(ctx: RunContext) -> Artifact:
@@ -131,14 +124,19 @@ def sft_stage(ctx: RunContext) -> Artifact:
                                   optim_config(cfg.trainer, steps))[0]
             info: dict[str, Any] = {"trainable_params": n_params, "n_examples": len(examples)}
             if cfg.eval.evaluate_init:
-                info["init"] = evaluate_policy(ctx, group)
+                info["init"], _ = evaluate_policy(ctx, group)
             started = time.time()
             info["train"] = train_loop(group, "sft_step", examples, cfg.trainer, ctx.tracker, "sft", "tokens",
                                        cfg.seed, batcher=bucketed_batches)
             info["train_seconds"] = time.time() - started
-            info["eval"] = evaluate_policy(ctx, group, cache_as=ctx.cache.path("sft", key))
-            info["sources"] = source_reference(ctx.world, ctx.world.prompts("test", cfg.eval.n_prompts), cfg.seed)
-            return commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
+            info["eval"], replies = evaluate_policy(ctx, group)
+            prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
+            info["sources"] = source_reference(ctx.world, prompts, cfg.seed)
+            art = commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
+            # the replies join the evaluation-reply cache once the model they belong to is stored,
+            # so later head-to-heads of this checkpoint reuse them instead of sampling again
+            save_replies(ctx, replies_key(ctx, art.path, Job(prompts)), "eval", art.path, replies)
+            return art
         finally:
             group.shutdown()
 

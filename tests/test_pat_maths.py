@@ -34,6 +34,11 @@ def test_boundaries_and_ties_share_a_bucket():
     tags, _ = tag_scores(scores, 3)
     assert len({tags[i] for i in range(4)}) == 1  # equal scores never split across buckets
     assert quantile_edges([3.0, 1.0, 2.0], 3) == [2.0, 3.0]
+    # a tie larger than several buckets stays where it starts: the worst 90% are not tagged 100
+    tags, _ = tag_scores([0.0] * 90 + [1.0] * 10, 6)
+    assert set(tags[:90]) == {0} and set(tags[90:]) == {100}
+    tags, _ = tag_scores([0.0] * 6 + [float(i) for i in range(1, 7)], 6)
+    assert tags[:6] == [0] * 6 and tags[-1] == 100
 
 
 def test_fixed_thresholds_rule():
