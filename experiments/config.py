@@ -260,6 +260,12 @@ def validate(lab: LabConfig) -> None:
                          f"({w.test_fraction}) must each be > 0 and sum to less than 1")
     if not 2 <= lab.pat.n_buckets <= 101:
         raise ValueError(f"pat.n_buckets: {lab.pat.n_buckets}; between 2 and 101 (the tags are integers 0..100)")
+    if lab.pat.rule not in ("quantile", "fixed"):
+        raise ValueError(f"pat.rule: {lab.pat.rule!r}; choose 'quantile' or 'fixed'")
+    if lab.pat.rule == "fixed" and (lab.pat.thresholds is None or len(lab.pat.thresholds) != lab.pat.n_buckets - 1
+                                    or list(lab.pat.thresholds) != sorted(lab.pat.thresholds)):
+        raise ValueError(f"pat.thresholds: {lab.pat.thresholds}; pat.rule=fixed needs pat.n_buckets - 1 "
+                         f"({lab.pat.n_buckets - 1}) ascending preference-model scores")
     if not 0 <= lab.pat.inference_tag <= 100:
         raise ValueError(f"pat.inference_tag: {lab.pat.inference_tag}; a quality tag from 0 to 100")
     if lab.pat.control_prompts < 1:

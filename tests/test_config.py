@@ -104,6 +104,8 @@ def test_compare_and_report_presets_compose(preset):
     ("pat.n_buckets=150", "pat.n_buckets"),
     ("pat.inference_tag=120", "pat.inference_tag"),
     ("pat.control_prompts=0", "pat.control_prompts"),
+    ("pat.rule=median", "pat.rule"),
+    ("pat.rule=fixed", "pat.thresholds"),
 ])
 def test_settings_no_stage_can_run_with_fail_before_anything_starts(override, key):
     from experiments.config import validate
