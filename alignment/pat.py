@@ -16,9 +16,28 @@ from alignment.chat_format import Conversation
 
 def bucket_tags(n_buckets: int) -> list[int]:
     """Evenly spaced tags in 0..100, ascending: 6 buckets give 0, 20, 40, 60, 80, 100."""
-    if n_buckets < 2:
-        raise ValueError(f"need at least 2 buckets, got {n_buckets}")
+    if not 2 <= n_buckets <= 101:
+        raise ValueError(f"n_buckets: {n_buckets}; between 2 and 101 (the tags are integers 0..100)")
     return [round(100 * i / (n_buckets - 1)) for i in range(n_buckets)]
+
+
+def check_bucketing(n_buckets: int, rule: str, thresholds: Sequence[float] | None) -> None:
+    """Raise ``ValueError``, naming the argument, unless ``tag_scores`` can bucket with these."""
+    bucket_tags(n_buckets)
+    if rule not in ("quantile", "fixed"):
+        raise ValueError(f"rule: {rule!r}: unknown bucketing rule; choose 'quantile' or 'fixed'")
+    if rule == "fixed" and (thresholds is None or len(thresholds) != n_buckets - 1
+                            or list(thresholds) != sorted(thresholds)):
+        raise ValueError(f"thresholds: {thresholds}; rule 'fixed' needs n_buckets - 1 ({n_buckets - 1}) "
+                         "ascending scores")
+
+
+def _quantile_starts(scores: Sequence[float], n_buckets: int) -> tuple[list[float], list[int]]:
+    """The sorted scores and the rank where each bucket after the first starts."""
+    if not scores:
+        raise ValueError("cannot bucket an empty list of scores")
+    ordered = sorted(scores)
+    return ordered, [(len(ordered) * k) // n_buckets for k in range(1, n_buckets)]
 
 
 def quantile_edges(scores: Sequence[float], n_buckets: int) -> list[float]:
@@ -27,10 +46,8 @@ def quantile_edges(scores: Sequence[float], n_buckets: int) -> list[float]:
     Edge ``k`` is the score at rank ``len * k // n_buckets`` in sorted order: the smallest of
     bucket ``k + 1`` when the scores are distinct (``quantile_buckets`` places tied scores).
     """
-    if not scores:
-        raise ValueError("cannot bucket an empty list of scores")
-    ordered = sorted(scores)
-    return [ordered[(len(ordered) * k) // n_buckets] for k in range(1, n_buckets)]
+    ordered, starts = _quantile_starts(scores, n_buckets)
+    return [ordered[i] for i in starts]
 
 
 def quantile_buckets(scores: Sequence[float], n_buckets: int) -> list[int]:
@@ -38,10 +55,7 @@ def quantile_buckets(scores: Sequence[float], n_buckets: int) -> list[int]:
     at rank ``len * (k + 1) // n_buckets`` (the ranks of ``quantile_edges``). Equal scores share
     the bucket where their group starts, so with at least ``n_buckets`` scores the lowest is in
     bucket 0, and a large tie cannot push low scores into a high bucket."""
-    if not scores:
-        raise ValueError("cannot bucket an empty list of scores")
-    ordered = sorted(scores)
-    starts = [(len(ordered) * k) // n_buckets for k in range(1, n_buckets)]
+    ordered, starts = _quantile_starts(scores, n_buckets)
     return [bisect.bisect_right(starts, bisect.bisect_left(ordered, s)) for s in scores]
 
 
@@ -55,14 +69,11 @@ def assign_buckets(scores: Sequence[float], edges: Sequence[float]) -> list[int]
 def tag_scores(scores: Sequence[float], n_buckets: int = 6, rule: str = "quantile",
                thresholds: Sequence[float] | None = None) -> tuple[list[int], list[float]]:
     """The quality tag of each score, and the edges used (``rule``: quantile or fixed)."""
+    check_bucketing(n_buckets, rule, thresholds)
     tags = bucket_tags(n_buckets)
     if rule == "quantile":
         return [tags[b] for b in quantile_buckets(scores, n_buckets)], quantile_edges(scores, n_buckets)
-    if rule == "fixed":
-        if thresholds is None or len(thresholds) != n_buckets - 1:
-            raise ValueError(f"rule 'fixed' needs {n_buckets - 1} thresholds, got {thresholds}")
-        return [tags[b] for b in assign_buckets(scores, thresholds)], list(thresholds)
-    raise ValueError(f"unknown bucketing rule {rule!r}; choose 'quantile' or 'fixed'")
+    return [tags[b] for b in assign_buckets(scores, thresholds)], list(thresholds)
 
 
 def tag_conversation(conv: Conversation, tag: int) -> Conversation:

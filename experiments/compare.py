@@ -34,8 +34,6 @@ def overlap(cost: dict[str, dict[str, Any]], a: str, b: str) -> float:
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
-    if not 0 <= cfg.compare.pat_nice <= 19:
-        raise ValueError(f"compare.pat_nice: {cfg.compare.pat_nice}; a Linux nice value from 0 to 19")
     sft = sft_stage(ctx)
     pm = pm_stage(ctx, sft)
     ctx.world  # noqa: B018 -- build the world once, before the threads share it

@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from alignment.pat import check_bucketing
+
 
 @dataclass
 class ArchConfig:
@@ -258,18 +260,16 @@ def validate(lab: LabConfig) -> None:
     if not (w.val_fraction > 0 and w.test_fraction > 0 and w.val_fraction + w.test_fraction < 1):
         raise ValueError(f"data.world.val_fraction ({w.val_fraction}) and data.world.test_fraction "
                          f"({w.test_fraction}) must each be > 0 and sum to less than 1")
-    if not 2 <= lab.pat.n_buckets <= 101:
-        raise ValueError(f"pat.n_buckets: {lab.pat.n_buckets}; between 2 and 101 (the tags are integers 0..100)")
-    if lab.pat.rule not in ("quantile", "fixed"):
-        raise ValueError(f"pat.rule: {lab.pat.rule!r}; choose 'quantile' or 'fixed'")
-    if lab.pat.rule == "fixed" and (lab.pat.thresholds is None or len(lab.pat.thresholds) != lab.pat.n_buckets - 1
-                                    or list(lab.pat.thresholds) != sorted(lab.pat.thresholds)):
-        raise ValueError(f"pat.thresholds: {lab.pat.thresholds}; pat.rule=fixed needs pat.n_buckets - 1 "
-                         f"({lab.pat.n_buckets - 1}) ascending preference-model scores")
+    try:
+        check_bucketing(lab.pat.n_buckets, lab.pat.rule, lab.pat.thresholds)
+    except ValueError as err:  # its messages start with the argument, named as under pat.*
+        raise ValueError(f"pat.{err}") from None
     if not 0 <= lab.pat.inference_tag <= 100:
         raise ValueError(f"pat.inference_tag: {lab.pat.inference_tag}; a quality tag from 0 to 100")
     if lab.pat.control_prompts < 1:
         raise ValueError(f"pat.control_prompts must be at least 1, got {lab.pat.control_prompts}")
+    if not 0 <= lab.compare.pat_nice <= 19:
+        raise ValueError(f"compare.pat_nice: {lab.compare.pat_nice}; a Linux nice value from 0 to 19")
 
 
 def register() -> None:

@@ -65,6 +65,13 @@ def train_loop(
     rng = random.Random(seed)
     step, last = 0, {}
     window_weight, window_start = 0.0, time.time()
+
+    def flush() -> None:  # log the newest stats with the throughput since the previous log
+        nonlocal window_weight, window_start
+        rate = window_weight / max(time.time() - window_start, 1e-9)
+        tracker.log(last | {f"{name}/{weight_key}_per_s": rate}, step=step)
+        window_weight, window_start = 0.0, time.time()
+
     with tqdm(total=steps, desc=name, unit="step", dynamic_ncols=True) as bar:
         for _ in range(t.epochs):
             epoch = batcher(items, t.batch_size, rng) if batcher else batches(items, t.batch_size, rng)
@@ -79,11 +86,8 @@ def train_loop(
                 last = {f"{name}/{k}": v for k, v in rank_mean(results, weight_key).items()}
                 bar.update(1)
                 bar.set_postfix(loss=f"{last[f'{name}/loss']:.3f}")
-                if step % t.log_every == 0 or step == steps:
-                    rate = window_weight / max(time.time() - window_start, 1e-9)
-                    tracker.log(last | {f"{name}/{weight_key}_per_s": rate}, step=step)
-                    window_weight, window_start = 0.0, time.time()
-    if window_weight and last:  # steps since the last log (a skipped short batch ended the run early)
-        tracker.log(last | {f"{name}/{weight_key}_per_s": window_weight / max(time.time() - window_start, 1e-9)},
-                    step=step)
+                if step % t.log_every == 0:
+                    flush()
+    if window_weight:  # the steps since the last log
+        flush()
     return last | {f"{name}/steps": step}

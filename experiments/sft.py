@@ -96,11 +96,10 @@ def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt], qual
                              batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
 
 
-def evaluate_policy(ctx: RunContext, group: RoleGroup, quality: int | None = None,
+def evaluate_policy(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt],
                     ) -> tuple[dict[str, Any], list[str]]:
-    """Generate on held-out test prompts and score with the gold judge: the report and the replies."""
-    prompts = ctx.world.prompts("test", ctx.cfg.eval.n_prompts)
-    replies = generate(ctx, group, prompts, quality)
+    """Generate on held-out test ``prompts`` and score with the gold judge: the report and the replies."""
+    replies = generate(ctx, group, prompts)
     report = gold_report(ctx.world, prompts, replies)
     report["samples"] = [{"prompt": p.task.prompt, "reply": r} for p, r in list(zip(prompts, replies))[:8]]
     return report, replies
@@ -123,14 +122,14 @@ def sft_stage(ctx: RunContext) -> Artifact:
             n_params = group.call("init_model", model_spec(cfg, tok_dir), strategy_spec(cfg, use_gpu),
                                   optim_config(cfg.trainer, steps))[0]
             info: dict[str, Any] = {"trainable_params": n_params, "n_examples": len(examples)}
+            prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
             if cfg.eval.evaluate_init:
-                info["init"], _ = evaluate_policy(ctx, group)
+                info["init"], _ = evaluate_policy(ctx, group, prompts)
             started = time.time()
             info["train"] = train_loop(group, "sft_step", examples, cfg.trainer, ctx.tracker, "sft", "tokens",
                                        cfg.seed, batcher=bucketed_batches)
             info["train_seconds"] = time.time() - started
-            info["eval"], replies = evaluate_policy(ctx, group)
-            prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
+            info["eval"], replies = evaluate_policy(ctx, group, prompts)
             info["sources"] = source_reference(ctx.world, prompts, cfg.seed)
             art = commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
             # the replies join the evaluation-reply cache once the model they belong to is stored,

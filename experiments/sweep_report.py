@@ -319,11 +319,16 @@ def timeline_plot(cost: dict[str, dict[str, Any]], path: Path) -> Path:
     return save_png(fig, path)
 
 
+def settings(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``build``'s results per knob setting: ``{"": r}`` for a sweep over methods and seeds only."""
+    return r.get("variants", {"": r})
+
+
 def log_to_wandb(r: dict[str, Any], images: dict[str, Path], tracker: Any) -> None:
     """The headline figures as the run's summary, and the PNGs, on a ``Tracker`` (a knob
     sweep's figures under ``<setting>/``)."""
     flat = {}
-    for label, v in r.get("variants", {"": r}).items():
+    for label, v in settings(r).items():
         pre = f"{label}/" if label else ""
         flat |= {f"{pre}win_rate/{judge}/{k}": w["value"] for judge, d in v["win_rate"].items() for k, w in d.items()}
         flat |= {f"{pre}cost/{stage}/{k}": x for stage, c in v["cost"].items() for k, x in c.items()
@@ -335,7 +340,7 @@ def log_to_wandb(r: dict[str, Any], images: dict[str, Path], tracker: Any) -> No
 
 def print_summary(r: dict[str, Any], sweep_dir: Path) -> None:
     print(f"\nSweep report: {sweep_dir / 'report.md'}")
-    for label, v in r.get("variants", {"": r}).items():
+    for label, v in settings(r).items():
         if label:
             print(f"  {label}:")
         for line in verdict(v):
