@@ -47,7 +47,7 @@ class PreferenceActor(TrainableActor):
         stats = self.engine.step()
         return {"loss": loss.item(), "accuracy": acc.item(), "n": float(len(chosen)), **stats}
 
-    @torch.no_grad()
+    @torch.inference_mode()  # the scores leave as Python floats
     def score(self, seqs: list[list[int]], batch_size: int = 64) -> list[float]:
         """Scalar reward of each sequence (no gradients). Batches are cut from the sequences in
         order of length, so that little of each is padding; the scores come back in input order."""

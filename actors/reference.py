@@ -19,8 +19,9 @@ class ReferenceActor(RoleActor):
             model = model.to(torch.bfloat16)
         self.model = model.to(self.device).eval().requires_grad_(False)
 
-    @torch.no_grad()
     def logprobs(self, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
         """``[B, R]`` log-probs of the rollout's response tokens under the reference model."""
         ro = rollout.to(self.device)
-        return token_logprobs(response_logits(self.model, ro), response_tokens(ro), temperature).cpu()
+        with torch.inference_mode():  # no autograd bookkeeping in the pass
+            out = token_logprobs(response_logits(self.model, ro), response_tokens(ro), temperature)
+        return out.cpu().clone()  # a plain tensor: an in-process caller may use it in autograd

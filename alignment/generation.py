@@ -22,7 +22,7 @@ class SamplingSpec:
     do_sample: bool = True
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping; only Python lists and ints leave
 def generate_replies(
     model, tokenizer, prompts: Sequence[str], spec: SamplingSpec, batch_size: int = 32, seed: int = 0
 ) -> tuple[list[str], int]:
@@ -65,7 +65,7 @@ class RolloutSpec:
     ignore_eos: bool = False  # always ``max_new_tokens`` tokens, ``<eom>`` or not (benchmarks)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping; only Python lists and ints leave
 def sample_responses(
     model, prompts: Sequence[Sequence[int]], spec: RolloutSpec, pad_id: int, eos_id: int, seed: int = 0,
 ) -> tuple[list[list[int]], list[list[float]]]:
