@@ -74,6 +74,7 @@ DS_SCRIPT = """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from actors.engine import OptimConfig, StrategySpec, TrainingEngine
+    from alignment.generation import RolloutSpec, sample_responses
 
     stage, offload, out = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -90,7 +91,10 @@ DS_SCRIPT = """
 
     def train(eng, steps):
         losses, stats = [], []
-        for _ in range(steps):
+        for i in range(steps):
+            # a PPO policy samples (under inference_mode) between its updates: that must leave the
+            # engine's parameters fit for the next training pass, ZeRO-3's gathered ones included
+            sample_responses(eng.module, ids[:, :4].tolist(), RolloutSpec(max_new_tokens=4), 0, 1, seed=i)
             loss = eng.forward(input_ids=ids, labels=ids).loss
             eng.backward(loss)
             stats.append(eng.step())
