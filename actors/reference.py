@@ -24,4 +24,4 @@ class ReferenceActor(RoleActor):
         ro = rollout.to(self.device)
         with torch.inference_mode():  # no autograd bookkeeping in the pass
             out = token_logprobs(response_logits(self.model, ro), response_tokens(ro), temperature)
-        return out.cpu().clone()  # a plain tensor: an in-process caller may use it in autograd
+        return out.to("cpu", copy=True)  # one copy, made outside inference mode: a plain tensor for autograd
