@@ -28,8 +28,12 @@ def main(cfg: DictConfig) -> None:
         presets = sorted(f.stem for f in (Path(__file__).parent / "conf" / "experiment").glob("*.yaml"))
         sys.exit(f"config error: {err.full_key} is required. Choose an experiment, e.g. "
                  f"`python run.py +experiment=sft` (available: {', '.join(presets)})")
+    from experiments.cache import cache_root
+    from experiments.preflight import preflight
+
     try:
         validate(lab)
+        preflight(lab, cache_root(lab.cache_dir))  # every input file read, every judge reached
     except ValueError as err:
         sys.exit(f"config error: {err}")
     # the drivers (torch, transformers) import on a thread while Ray starts on this one: Linux
@@ -44,7 +48,7 @@ def main(cfg: DictConfig) -> None:
         DRIVERS = importing.result().DRIVERS
 
     from alignment.atomic import write_json, write_text
-    from experiments.cache import ArtifactCache, cache_root
+    from experiments.cache import ArtifactCache
     from experiments.context import RunContext
     from experiments.tracking import Tracker
 

@@ -17,7 +17,7 @@ from typing import Any
 from alignment.pat import bucket_tags
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
-from experiments.pat import controllability, pat_stage, tag_jobs
+from experiments.pat import controllability, method_results, pat_stage, tag_jobs
 from experiments.pm import pm_stage
 from experiments.ppo import ppo_stage
 from experiments.sft import sft_stage
@@ -36,7 +36,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     sft = sft_stage(ctx)
     pm = pm_stage(ctx, sft)
-    ctx.world  # noqa: B018 -- build the world once, before the threads share it
+    ctx.world  # noqa: B018 -- build the world and the prompts once, before the threads share them
+    ctx.test_prompts  # noqa: B018
     if cfg.compare.concurrent:
         ctx.nice["pat"] = cfg.compare.pat_nice
     with ThreadPoolExecutor(max_workers=2 if cfg.compare.concurrent else 1) as pool:
@@ -46,25 +47,24 @@ def run(ctx: RunContext) -> dict[str, Any]:
             ppo_f.add_done_callback(lambda _: ctx.widen("pat", cfg.compare.pat_threads_after_ppo))
         pat, ppo = pat_f.result(), ppo_f.result()
 
-    prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
+    prompts = ctx.test_prompts
     control = prompts[: cfg.pat.control_prompts]
     with ctx.costs.span("eval"):
         work = {"pat-eval": (pat.path, tag_jobs(cfg, prompts)), "ppo-eval": (ppo.path, {"ppo": Job(prompts)}),
                 "sft-eval": (sft.path, {"sft": Job(prompts)})}
-        _, gold, pm_s = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "ppo", "sft"))
+        judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "ppo", "sft"), PAIRS)
         tags = list(bucket_tags(cfg.pat.n_buckets))
         with ThreadPoolExecutor(max_workers=2) as pool:
             pat_front = pool.submit(frontier_points, ctx, "pat", pat.path, sft.path, pm.path, control, tags)
             ppo_front = pool.submit(frontier_points, ctx, "ppo", ppo.path, sft.path, pm.path, control, [None])
             frontier = {"pat": pat_front.result(), "ppo": ppo_front.result()}
-    wins = head_to_head(ctx, gold, pm_s, PAIRS)
+    wins = head_to_head(ctx, judged, PAIRS)
     cost = ctx.costs.summary()
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
                "gold_agreement": pm.info["eval"].get("gold_agreement")},
-        "win_rate": wins,
-        "gold": {name: sum(gold[name]) / len(prompts) for name in ("sft", "pat", "ppo")},
-        "controllability": controllability(cfg, gold),
+        **method_results(ctx, judged, wins, ("sft", "pat", "ppo")),
+        "controllability": controllability(cfg, judged),
         "kl": {"final": ppo.info["final"]["ppo/kl"], "final_per_token": ppo.info["final"]["ppo/kl_per_token"]},
         "frontier": frontier,
         "cost": cost,

@@ -5,6 +5,7 @@ it, so an unknown key (``trainer.lrr=``) or a wrong type fails before any work s
 a message that names the key.
 """
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -13,6 +14,25 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from alignment.pat import check_bucketing
+
+KEY = "key"
+"""Field metadata for cache keys (``as_key``): ``"omit"`` never enters a key (it cannot change what a
+stage makes); ``"if_set"`` enters only when it differs from its default, so an option added later
+leaves the keys of artifacts made without it unchanged."""
+
+
+def if_set(default: Any) -> Any:
+    """A field with ``default`` that joins cache keys only when set to something else."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={KEY: "if_set"})
+    return field(default=default, metadata={KEY: "if_set"})
+
+
+def not_in_key(default: Any) -> Any:
+    """A field with ``default`` that never joins a cache key."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={KEY: "omit"})
+    return field(default=default, metadata={KEY: "omit"})
 
 
 @dataclass
@@ -87,7 +107,17 @@ class PMConfig:
     labeller_temperature: float = 0.05
     data_path: Optional[str] = None  # preference JSONL instead of the world
     multi_response_path: Optional[str] = None  # multi-response JSONL instead of the world
-    val_path: Optional[str] = None  # held-out preference JSONL (real data)
+    val_path: Optional[str] = None  # held-out preference file (real data), any format of data_format
+    # the preference files' format: auto (detected from the first row), lab, hh, trl_conversational, trl_text
+    data_format: str = if_set("auto")
+    # where the labelled pairs come from: "auto" (pm.data_path / multi_response_path when set, else the
+    # world's AI-feedback labeller), "world", "data" (the files), or "judge": the SFT model samples
+    # pm.candidates replies per prompt of pm.prompts_path and judges.<pm.judge> labels every pair (MOSS §7.1)
+    feedback: str = if_set("auto")
+    judge: str = if_set("rm")  # rm | llm, with feedback=judge
+    prompts_path: Optional[str] = if_set(None)  # feedback=judge: prompt file (default: the SFT data's prompts)
+    prompts_format: str = if_set("auto")  # auto, prompt, messages, moss
+    candidates: int = if_set(6)  # feedback=judge: replies sampled per prompt (all pairs labelled)
     drop_last_layer: bool = True  # the paper replaces the last decoder layer by the value head
     max_length: int = 384
     context_turns: int = 0  # the PM sees the last N turns (no meta-instruction); 0: the whole conversation
@@ -145,6 +175,9 @@ class PPOConfig:
     normalize_reward: bool = True  # running mean/std of the preference-model score
     reward_clip: Optional[float] = 5.0  # clip of the (normalised) score
     critic_init: str = "pm"  # "pm" (the preference model) or "sft" (new head on the SFT model)
+    # rollout prompts from a file (default: the world's train prompts, or the SFT file's last human turns)
+    prompts_path: Optional[str] = if_set(None)
+    prompts_format: str = if_set("auto")  # auto, prompt, messages, moss
     ptx_coef: float = 0.0  # PPO-ptx: weight of the SFT loss mixed into each policy step (0: off)
     ptx_batch_size: int = 16  # SFT examples per iteration for that loss, over all policy ranks
     policy_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -185,6 +218,7 @@ class RayConfig:
     critic: ActorResources = field(default_factory=ActorResources)
     reference: ActorResources = field(default_factory=ActorResources)
     preference: ActorResources = field(default_factory=ActorResources)
+    judge: ActorResources = field(default_factory=ActorResources)  # the reward-model judge (judges.rm)
 
 
 @dataclass
@@ -207,6 +241,48 @@ class EvalConfig:
     repetition_penalty: float = 1.02
     do_sample: bool = True
     evaluate_init: bool = True  # also judge the untrained model
+    # held-out prompts from a file (auto, prompt, messages or moss format); default: the world's test prompts
+    prompts_path: Optional[str] = not_in_key(None)
+    prompts_format: str = not_in_key("auto")
+    # judges of the head-to-head, each reported in its own row: gold (the world's judge, world prompts
+    # only), pm (the run's preference model), rm (judges.rm), llm (judges.llm). Default: gold and pm on
+    # the world's prompts, pm on a prompt file
+    judges: Optional[List[str]] = not_in_key(None)
+
+
+JUDGES = ("gold", "pm", "rm", "llm")
+
+
+@dataclass
+class RMJudgeConfig:
+    """An independent reward model: a local Hugging Face sequence-classification directory with one
+    score, its own tokenizer and chat template, hosted on a Ray actor (ray.judge)."""
+
+    path: Optional[str] = None
+    max_length: int = 1024
+    batch_size: int = 16
+
+
+@dataclass
+class LLMJudgeConfig:
+    """A judge behind an OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp, a hosted API).
+    The key is read from the environment variable named by ``api_key_env``; it is never stored."""
+
+    base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1
+    model: Optional[str] = None
+    api_key_env: Optional[str] = None  # e.g. OPENAI_API_KEY; null for a local server without a key
+    concurrency: int = 8  # requests in flight
+    timeout: float = 60.0  # seconds per request
+    max_retries: int = 4  # retries with exponential backoff
+    max_tokens: int = 16
+    temperature: float = 0.0
+    cache: bool = True  # verdicts kept on disk under <cache>/llm-judge/: a rerun asks nothing twice
+
+
+@dataclass
+class JudgesConfig:
+    rm: RMJudgeConfig = field(default_factory=RMJudgeConfig)
+    llm: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)
 
 
 @dataclass
@@ -238,6 +314,7 @@ class LabConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    judges: JudgesConfig = field(default_factory=JudgesConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     extra: Dict[str, Any] = field(default_factory=dict)  # free-form notes, logged with the run
 
@@ -245,6 +322,95 @@ class LabConfig:
 def as_plain(node: Any) -> Any:
     """A config dataclass as plain dicts and lists (for cache keys and logging)."""
     return dataclasses.asdict(node) if dataclasses.is_dataclass(node) else node
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
+def as_key(node: Any) -> Any:
+    """``as_plain`` for a cache key: fields marked ``not_in_key`` are left out, and fields marked
+    ``if_set`` are left out while they hold their default."""
+    if not dataclasses.is_dataclass(node):
+        return node
+    out = {}
+    for f in dataclasses.fields(node):
+        value, rule = getattr(node, f.name), f.metadata.get(KEY)
+        if rule == "omit" or (rule == "if_set" and value == _default(f)):
+            continue
+        out[f.name] = as_key(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
+
+
+PREFERENCE_FORMATS = ("auto", "lab", "hh", "trl_conversational", "trl_text")
+PROMPT_FORMATS = ("auto", "prompt", "messages", "moss")
+FEEDBACK = ("auto", "world", "data", "judge")
+
+
+def eval_judges(lab: LabConfig) -> list[str]:
+    """The head-to-head's judges: ``eval.judges``, or gold and pm on the world's prompts, pm on a file's."""
+    if lab.eval.judges is not None:
+        return list(lab.eval.judges)
+    return ["gold", "pm"] if lab.eval.prompts_path is None else ["pm"]
+
+
+def pm_feedback(lab: LabConfig) -> str:
+    """Where the preference model's labelled pairs come from: world, data or judge."""
+    if lab.pm.feedback != "auto":
+        return lab.pm.feedback
+    return "data" if (lab.pm.data_path or lab.pm.multi_response_path) else "world"
+
+
+def judges_used(lab: LabConfig) -> list[str]:
+    """The judges the run will call: the evaluation's (for the stages that evaluate methods) and
+    the preference model's AI feedback (``pm.feedback=judge``)."""
+    used = eval_judges(lab) if lab.stage in ("pat", "ppo", "compare") else []
+    if pm_feedback(lab) == "judge" and lab.stage != "sft" and lab.pm.judge not in used:
+        used.append(lab.pm.judge)
+    return used
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}: {value!r}; choose one of {', '.join(allowed)}")
+
+
+def validate_inputs(lab: LabConfig) -> None:
+    """Settings of the user's data and judges: formats, feedback, the judges' keys."""
+    _choice("pm.data_format", lab.pm.data_format, PREFERENCE_FORMATS)
+    for key, fmt in (("pm.prompts_format", lab.pm.prompts_format), ("eval.prompts_format", lab.eval.prompts_format),
+                     ("algo.prompts_format", lab.algo.prompts_format)):
+        _choice(key, fmt, PROMPT_FORMATS)
+    _choice("pm.feedback", lab.pm.feedback, FEEDBACK)
+    _choice("pm.judge", lab.pm.judge, ("rm", "llm"))
+    feedback = pm_feedback(lab)
+    if feedback == "data" and not (lab.pm.data_path or lab.pm.multi_response_path):
+        raise ValueError("pm.feedback=data needs pm.data_path or pm.multi_response_path")
+    if feedback == "judge" and lab.pm.candidates < 2:
+        raise ValueError(f"pm.candidates: {lab.pm.candidates}; at least 2 replies per prompt to compare")
+    judges = eval_judges(lab)
+    if not judges:
+        raise ValueError("eval.judges is empty; list at least one of " + ", ".join(JUDGES))
+    for j in judges:
+        _choice("eval.judges", j, JUDGES)
+    if len(set(judges)) != len(judges):
+        raise ValueError(f"eval.judges: {judges} names a judge twice")
+    if "gold" in judges and lab.eval.prompts_path is not None:
+        raise ValueError("eval.judges: the gold judge knows only the world's prompts, and eval.prompts_path is "
+                         f"set ({lab.eval.prompts_path}); use pm, rm or llm")
+    used = set(judges) | ({lab.pm.judge} if feedback == "judge" else set())
+    if "rm" in used and not lab.judges.rm.path:
+        raise ValueError("judges.rm.path is required by the rm judge: a local sequence-classification directory")
+    llm = lab.judges.llm
+    if "llm" in used:
+        for key in ("base_url", "model"):
+            if not getattr(llm, key):
+                raise ValueError(f"judges.llm.{key} is required by the llm judge")
+    if llm.concurrency < 1 or llm.timeout <= 0 or llm.max_retries < 0 or llm.max_tokens < 1:
+        raise ValueError("judges.llm: concurrency and max_tokens must be at least 1, timeout > 0, max_retries >= 0 "
+                         f"(got {llm.concurrency}, {llm.max_tokens}, {llm.timeout}, {llm.max_retries})")
 
 
 def validate(lab: LabConfig) -> None:
@@ -270,6 +436,7 @@ def validate(lab: LabConfig) -> None:
         raise ValueError(f"pat.control_prompts must be at least 1, got {lab.pat.control_prompts}")
     if not 0 <= lab.compare.pat_nice <= 19:
         raise ValueError(f"compare.pat_nice: {lab.compare.pat_nice}; a Linux nice value from 0 to 19")
+    validate_inputs(lab)
 
 
 def register() -> None:

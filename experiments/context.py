@@ -13,7 +13,8 @@ from ray.util.placement_group import PlacementGroup
 
 from actors.group import RoleGroup
 from actors.pool import GroupPool
-from alignment.world import World, WorldSpec
+from alignment.data.formats import FilePrompt, load_prompts
+from alignment.world import World, WorldPrompt, WorldSpec
 from experiments.cache import Artifact, ArtifactCache, config_key, reuse
 from experiments.config import ActorResources, LabConfig, WorldConfig
 from experiments.costs import Ledger
@@ -97,6 +98,20 @@ class RunContext:
     @cached_property
     def world(self) -> World:
         return make_world(self.cfg.data.world)
+
+    @property
+    def on_world(self) -> bool:
+        """Whether the held-out prompts are the world's (the gold judge can score them)."""
+        return self.cfg.eval.prompts_path is None
+
+    @cached_property
+    def test_prompts(self) -> list[WorldPrompt] | list[FilePrompt]:
+        """The held-out prompts every evaluation answers: the first ``eval.n_prompts`` of
+        ``eval.prompts_path``, or of the world's test split."""
+        e = self.cfg.eval
+        if e.prompts_path is None:
+            return self.world.prompts("test", e.n_prompts)
+        return load_prompts(e.prompts_path, e.prompts_format)[: e.n_prompts]
 
     def cache_key(self, stage: str, payload: dict) -> str:
         return config_key(stage, payload)

@@ -10,8 +10,9 @@ writes the per-prompt scores to ``scores.json``: the sweep report pairs methods 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -21,18 +22,23 @@ from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.atomic import write_json
+from alignment.chat_format import Conversation, written_body
+from alignment.data.formats import FilePrompt
 from alignment.generation import RolloutSpec
 from alignment.losses.kl import kl_estimate
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack
 from alignment.sequences import prompt_ids, scored_sequences
-from alignment.winrate import outcomes, win_rate
+from alignment.winrate import length_controlled, outcomes, win_rate
 from alignment.world import WorldPrompt
+from experiments.config import eval_judges
 from experiments.context import RunContext
+from experiments.judging import llm_outcomes, rm_scores
 from experiments.replies import Job, load_replies, replies_key, save_replies
 from experiments.sft import generate, model_spec, strategy_spec
 
 SCORES_FILE = "scores.json"
+Prompt = Union[WorldPrompt, FilePrompt]  # a held-out prompt: the world's, or a file's
 
 
 def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role: str,
@@ -79,63 +85,118 @@ def generate_many(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]])
     return out
 
 
+@dataclass
+class Judged:
+    """What the judges made of the evaluation replies.
+
+    ``scores[judge][policy]`` holds a per-prompt score from each pointwise judge (gold, pm, rm);
+    ``pairwise[judge]["a_vs_b"]`` per-prompt outcomes from a pairwise judge (llm);
+    ``lengths[policy]`` each reply's length in tokens."""
+
+    replies: dict[str, list[str]]
+    scores: dict[str, dict[str, list[float]]]
+    pairwise: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    lengths: dict[str, list[int]] = field(default_factory=dict)
+
+    def mean(self, judge: str) -> dict[str, float]:
+        return {name: sum(v) / len(v) for name, v in self.scores.get(judge, {}).items()}
+
+
 def judge_jobs(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]], pm_path: Path, sft_path: Path,
-               prompts: list[WorldPrompt], pm_judged: tuple[str, ...],
-               ) -> tuple[dict[str, list[str]], dict[str, list[float]], dict[str, list[float]]]:
-    """Replies of every job in ``work`` (``generate_many``), the gold judge's score of each, and the
-    preference model's scores of the ``pm_judged`` jobs (those answering every test prompt in
-    ``prompts``). The per-prompt scores go to ``scores.json``. Returns (replies, gold, pm)."""
+               prompts: list[Prompt], judged: tuple[str, ...], pairs: list[tuple[str, str]] = ()) -> Judged:
+    """Replies of every job in ``work`` (``generate_many``), scored by each judge of ``eval.judges``:
+    the gold judge scores every job; the preference model and the reward model score the ``judged``
+    policies (those answering every prompt of ``prompts``), and every job when there is no gold
+    judge; the LLM judge compares the ``pairs``. Reply lengths are counted in the policy's tokens.
+    The per-prompt scores go to ``scores.json``."""
+    cfg = ctx.cfg
+    judges = eval_judges(cfg)
     replies = generate_many(ctx, work)
     jobs = {name: job for _, named in work.values() for name, job in named.items()}
-    gold = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)] for name, rs in replies.items()}
-    pm = pm_scores(ctx, pm_path, sft_path, prompts, {k: replies[k] for k in pm_judged})
-    write_scores(ctx, prompts, gold, pm)
-    return replies, gold, pm
+    scores: dict[str, dict[str, list[float]]] = {}
+    if "gold" in judges:
+        scores["gold"] = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)]
+                          for name, rs in replies.items()}
+    # the model judges score the judged policies, and every job when no gold judge scores the rest
+    # (PAT's controllability curve then reads theirs)
+    scored = [n for n in jobs if n in judged or "gold" not in scores]
+    items = {n: ([p.conversation() for p in jobs[n].prompts], replies[n]) for n in scored}
+    if "pm" in judges or not ({"gold", "rm"} & set(judges)):
+        scores["pm"] = pm_scores(ctx, pm_path, sft_path, items)
+    if "rm" in judges:
+        scores["rm"] = rm_scores(ctx, items)
+    contexts = [p.conversation() for p in prompts]
+    pairwise = {"llm": llm_outcomes(ctx, contexts, replies, pairs)} if "llm" in judges and pairs else {}
+    tok = load_tokenizer(str(sft_path))
+    lengths = {name: [len(ids) for ids in tok([written_body(r) for r in replies[name]],
+                                              add_special_tokens=False)["input_ids"]] for name in judged}
+    out = Judged(replies, scores, pairwise, lengths)
+    write_scores(ctx, prompts, out, judged)
+    return out
 
 
-def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path, prompts: list[WorldPrompt],
-              replies: dict[str, list[str]]) -> dict[str, list[float]]:
-    """The preference model's score of every reply, per policy."""
+def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path,
+              items: dict[str, tuple[list[Conversation], list[str]]]) -> dict[str, list[float]]:
+    """The preference model's score of every reply, per policy (``items[name]``: the contexts and
+    the replies to them)."""
     cfg = ctx.cfg
     tokenizer = load_tokenizer(str(tokenizer_dir))
     group = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, "eval")
     try:
         group.call("init_model", str(pm_path), False, strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
         out = {}
-        for name, texts in replies.items():
-            seqs = scored_sequences(tokenizer, [p.conversation() for p in prompts], texts, cfg.pm.max_length,
-                                    cfg.pm.context_turns)
+        for name, (contexts, texts) in items.items():
+            seqs = scored_sequences(tokenizer, contexts, texts, cfg.pm.max_length, cfg.pm.context_turns)
             out[name] = group.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
         return out
     finally:
         group.shutdown()
 
 
-def head_to_head(ctx: RunContext, gold: dict[str, list[float]], pm: dict[str, list[float]],
-                 pairs: list[tuple[str, str]]) -> dict[str, dict[str, dict]]:
-    """``{judge: {"a_vs_b": {value, ci, win, tie, lose, n}}}`` for every pair, judged by the
-    gold judge and by the preference model (the layout of ``results.json``)."""
-    seed = ctx.cfg.seed
-    out: dict[str, dict[str, dict]] = {"gold": {}, "pm": {}}
-    for judge, scores in (("gold", gold), ("pm", pm)):
-        for a, b in pairs:
-            w = win_rate(outcomes(scores[a], scores[b]), seed=seed).as_dict()
-            out[judge][f"{a}_vs_{b}"] = {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]],
-                                         "win": w["win"], "tie": w["tie"], "lose": w["lose"], "n": w["n"]}
+def _win(results: list[int], len_a: list[int] | None, len_b: list[int] | None, seed: int) -> dict[str, Any]:
+    w = win_rate(results, seed=seed).as_dict()
+    out = {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]], "win": w["win"], "tie": w["tie"],
+           "lose": w["lose"], "n": w["n"]}
+    if len_a is not None and len_b is not None:
+        lc = length_controlled(results, len_a, len_b, seed=seed)
+        out["lc"] = {"value": lc["value"], "ci": lc["ci"], "length_coef": lc["length_coef"]}
     return out
 
 
-def write_scores(ctx: RunContext, prompts: list[WorldPrompt], gold: dict[str, list[float]],
-                 pm: dict[str, list[float]]) -> Path:
-    """Per-prompt gold and preference-model scores of each policy, for pairing across runs."""
+def head_to_head(ctx: RunContext, judged: Judged, pairs: list[tuple[str, str]]) -> dict[str, dict[str, dict]]:
+    """``{judge: {"a_vs_b": {value, ci, win, tie, lose, n, lc}}}`` for every pair and judge (the layout
+    of ``results.json``); ``lc`` is the length-controlled win rate (``alignment.winrate.length_controlled``)."""
+    seed = ctx.cfg.seed
+    out: dict[str, dict[str, dict]] = {}
+    for judge in eval_judges(ctx.cfg):
+        for a, b in pairs:
+            key = f"{a}_vs_{b}"
+            if judge in judged.pairwise:
+                results = judged.pairwise[judge].get(key)
+            elif a in judged.scores.get(judge, {}) and b in judged.scores.get(judge, {}):
+                results = outcomes(judged.scores[judge][a], judged.scores[judge][b])
+            else:
+                results = None
+            if results:
+                out.setdefault(judge, {})[key] = _win(results, judged.lengths.get(a), judged.lengths.get(b), seed)
+    return out
+
+
+def write_scores(ctx: RunContext, prompts: list[Prompt], judged: Judged, policies: tuple[str, ...]) -> Path:
+    """Per-prompt scores of each judged policy by every judge, for pairing across runs."""
     path = ctx.run_dir / SCORES_FILE
-    write_json(path, {"seed": ctx.cfg.seed, "prompts": [p.uid for p in prompts],
-                      "gold": {k: gold[k] for k in pm}, "pm": pm})
+    body: dict[str, Any] = {"seed": ctx.cfg.seed, "prompts": [p.uid for p in prompts]}
+    for judge, by_policy in judged.scores.items():
+        body[judge] = {k: by_policy[k] for k in policies if k in by_policy}
+    body["lengths"] = judged.lengths
+    if judged.pairwise:
+        body["pairwise"] = judged.pairwise
+    write_json(path, body)
     return path
 
 
 def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path, pm_path: Path,
-                    prompts: list[WorldPrompt], tags: list[int | None]) -> list[dict[str, Any]]:
+                    prompts: list[Prompt], tags: list[int | None]) -> list[dict[str, Any]]:
     """Reward against KL to the SFT model, one point per quality tag (``None``: no tag).
 
     The policy samples as PPO does (``algo`` temperature and length, no top-p), so the mean of
@@ -171,8 +232,8 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
             seqs = scored_sequences(tok, [p.conversation() for p in prompts], texts, cfg.pm.max_length,
                                     cfg.pm.context_turns)
             pm = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
-            gold = [ctx.world.judge(p, t) for p, t in zip(prompts, texts)]
-            points.append({"tag": tag, "kl": kl.mean().item(), "gold": sum(gold) / len(gold),
+            gold = [ctx.world.judge(p, t) for p, t in zip(prompts, texts)] if ctx.on_world else None
+            points.append({"tag": tag, "kl": kl.mean().item(), "gold": sum(gold) / len(gold) if gold else None,
                            "pm": sum(pm) / len(pm), "n": len(prompts)})
         return points
     finally:

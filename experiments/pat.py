@@ -21,10 +21,10 @@ from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_plain
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
+from experiments.evaluate import Job, Judged, frontier_points, head_to_head, judge_jobs
 from experiments.loop import optim_config, total_steps, train_loop
 from experiments.pm import pm_stage
-from experiments.report import write_pat_report
+from experiments.report import JUDGE_NAMES, print_win_rates, write_pat_report
 from experiments.sft import model_spec, sft_stage, strategy_spec
 
 
@@ -95,11 +95,31 @@ def tag_jobs(cfg: LabConfig, prompts: list[WorldPrompt]) -> dict[str, Job]:
                                                            for t in bucket_tags(cfg.pat.n_buckets)}
 
 
-def controllability(cfg: LabConfig, gold: dict[str, list[float]]) -> dict[str, Any]:
-    """Mean gold score per inference tag, and its Spearman correlation with the tag."""
+def controllability(cfg: LabConfig, judged: Judged) -> dict[str, Any]:
+    """Mean score per inference tag, and its Spearman correlation with the tag: by the gold judge on
+    the world's prompts, else by the reward model or the preference model."""
     tags = bucket_tags(cfg.pat.n_buckets)
-    curve = [sum(gold[f"tag_{t}"]) / len(gold[f"tag_{t}"]) for t in tags]
-    return {"tags": tags, "gold": curve, "spearman": spearman(tags, curve)}
+    judge = next(j for j in ("gold", "rm", "pm") if j in judged.scores)
+    scores = judged.scores[judge]
+    curve = [sum(scores[f"tag_{t}"]) / len(scores[f"tag_{t}"]) for t in tags]
+    return {"tags": tags, "judge": judge, "gold" if judge == "gold" else "score": curve,
+            "spearman": spearman(tags, curve)}
+
+
+def method_results(ctx: RunContext, judged: Judged, wins: dict[str, dict[str, dict]],
+                   policies: tuple[str, ...]) -> dict[str, Any]:
+    """What every method's ``results.json`` holds about its head-to-head: the win rates per judge
+    (``win_rate.<judge>.<a>_vs_<b>``, each with its length-controlled twin under ``lc``), each
+    policy's mean reply length in tokens, and its mean gold score on the world's prompts."""
+    out: dict[str, Any] = {"win_rate": wins, "judges": list(wins),
+                           "length": {p: sum(judged.lengths[p]) / len(judged.lengths[p]) for p in policies}}
+    if "gold" in judged.scores:
+        out["gold"] = {p: v for p, v in judged.mean("gold").items() if p in policies}
+    return out
+
+
+def samples(prompts: list[Any], replies: dict[str, list[str]], names: tuple[str, ...], n: int = 6) -> list[dict]:
+    return [{"prompt": p.text, **{name: replies[name][i] for name in names}} for i, p in enumerate(prompts[:n])]
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -109,35 +129,33 @@ def run(ctx: RunContext) -> dict[str, Any]:
     pm = pm_stage(ctx, sft)
     pat = pat_stage(ctx, sft, pm)
 
-    prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
+    prompts = ctx.test_prompts
     control = prompts[: cfg.pat.control_prompts]
     with ctx.costs.span("eval"):
         work = {"pat-eval": (pat.path, tag_jobs(cfg, prompts)), "sft-eval": (sft.path, {"sft": Job(prompts)})}
-        replies, gold, pm_s = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "sft"))
+        judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "sft"), [("pat", "sft")])
         frontier = frontier_points(ctx, "pat", pat.path, sft.path, pm.path, control,
                                    list(bucket_tags(cfg.pat.n_buckets)))
-    wins = head_to_head(ctx, gold, pm_s, [("pat", "sft")])
+    wins = head_to_head(ctx, judged, [("pat", "sft")])
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
                "gold_agreement": pm.info["eval"].get("gold_agreement")},
-        "win_rate": wins,
-        "gold": {"sft": sum(gold["sft"]) / len(prompts), "pat": sum(gold["pat"]) / len(prompts)},
-        "controllability": controllability(cfg, gold),
+        **method_results(ctx, judged, wins, ("pat", "sft")),
+        "controllability": controllability(cfg, judged),
         "pat": {"tag_counts": pat.info["tag_counts"], "edges": pat.info["edges"],
                 "inference_tag": cfg.pat.inference_tag},
         "frontier": {"pat": frontier},
         "cost": ctx.costs.summary(),
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "pat": str(pat.path)},
         "cached": {"sft": sft.cached, "pm": pm.cached, "pat": pat.cached},
-        "samples": [{"prompt": p.task.prompt, "sft": s, "pat": t}
-                    for p, s, t in list(zip(prompts, replies["sft"], replies["pat"]))[:6]],
+        "samples": samples(prompts, judged.replies, ("sft", "pat")),
     }
     images = write_pat_report(ctx.run_dir, results)
     flat = {"pm/val_accuracy": results["pm"]["val_accuracy"],
-            "win_rate/gold/pat_vs_sft": results["win_rate"]["gold"]["pat_vs_sft"]["value"],
-            "win_rate/pm/pat_vs_sft": results["win_rate"]["pm"]["pat_vs_sft"]["value"],
-            "controllability/spearman": results["controllability"]["spearman"],
-            "eval/gold_sft": results["gold"]["sft"], "eval/gold_pat": results["gold"]["pat"]}
+            "controllability/spearman": results["controllability"]["spearman"]}
+    flat |= {f"win_rate/{judge}/{pair}": w["value"] for judge, d in wins.items() for pair, w in d.items()}
+    flat |= {f"eval/gold_{name}": v for name, v in results.get("gold", {}).items()}
+    flat |= {f"eval/length_{name}": v for name, v in results["length"].items()}
     ctx.tracker.log(flat)
     ctx.tracker.summary(flat)
     ctx.tracker.log_images(images)
@@ -146,15 +164,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
 
 def print_summary(results: dict[str, Any]) -> None:
-    g, p = results["win_rate"]["gold"]["pat_vs_sft"], results["win_rate"]["pm"]["pat_vs_sft"]
     print("\nPAT vs SFT on held-out test prompts")
-    print(f"  {'judge':<18}{'win':>7}{'tie':>7}{'lose':>7}{'win rate':>10}   95% CI")
-    for name, w in (("gold judge", g), ("preference model", p)):
-        print(f"  {name:<18}{w['win']:>7.2f}{w['tie']:>7.2f}{w['lose']:>7.2f}{w['value']:>10.3f}"
-              f"   [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}]")
+    print_win_rates(results)
     c = results["controllability"]
-    print(f"  mean gold: SFT {results['gold']['sft']:.3f}, PAT <quality: {results['pat']['inference_tag']}> "
-          f"{results['gold']['pat']:.3f}")
-    print("  controllability (tag -> gold): " + ", ".join(f"{t}:{v:.2f}" for t, v in zip(c["tags"], c["gold"]))
+    if "gold" in results:
+        print(f"  mean gold: SFT {results['gold']['sft']:.3f}, PAT <quality: {results['pat']['inference_tag']}> "
+              f"{results['gold']['pat']:.3f}")
+    print(f"  controllability (tag -> {JUDGE_NAMES[c['judge']]}): "
+          + ", ".join(f"{t}:{v:.2f}" for t, v in zip(c["tags"], c.get("gold", c.get("score"))))
           + f"  (Spearman {c['spearman']:.2f})")
     print(f"  preference model val accuracy {results['pm']['val_accuracy']:.3f}")

@@ -11,15 +11,17 @@ from tqdm.auto import tqdm
 
 from actors.group import RoleGroup
 from actors.preference import PreferenceActor
-from alignment.data.loaders import load_multi_response, load_preference_pairs
+from alignment.data.formats import load_preferences
+from alignment.data.loaders import load_multi_response
 from alignment.data.preference import ComparisonGroup, multi_response_groups, pair_groups, world_groups
 from alignment.models.tokenizer import load_tokenizer
 from alignment.sequences import scored_sequences
 from alignment.world import AIFeedbackLabeller
 from experiments.cache import Artifact, commit
-from experiments.config import as_plain
+from experiments.config import as_key, pm_feedback
 from experiments.context import RunContext
 from experiments.evaluate import generate_with
+from experiments.feedback import feedback_contexts, feedback_payload, judge_feedback
 from experiments.loop import optim_config, total_steps, train_loop
 from experiments.replies import Job
 from experiments.sft import sft_stage, strategy_spec
@@ -27,13 +29,15 @@ from experiments.sft import sft_stage, strategy_spec
 
 def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:
     cfg = ctx.cfg
-    pm = as_plain(cfg.pm)
+    pm = as_key(cfg.pm)
     if not cfg.pm.sft_samples:
         del pm["sft_samples"]  # keeps the keys of preference models trained before the option existed
-    payload = {"pm": pm, "world": as_plain(cfg.data.world), "strategy": as_plain(cfg.strategy),
+    payload = {"pm": pm, "world": as_key(cfg.data.world), "strategy": as_key(cfg.strategy),
                "seed": cfg.seed, "sft": str(sft.path)}
     if cfg.pm.sft_samples:
-        payload["sampling"] = as_plain(cfg.eval)  # the SFT samples' settings
+        payload["sampling"] = as_key(cfg.eval)  # the SFT samples' settings
+    if pm_feedback(cfg) == "judge":  # the labelled pairs' own key: prompts, candidates, sampling and judge
+        payload["feedback"] = feedback_payload(ctx, sft, feedback_contexts(ctx))
     return payload
 
 
@@ -44,12 +48,22 @@ def comparison_groups(ctx: RunContext, sft: Artifact,
     With ``pm.sft_samples`` the first that many training prompts also get a reply sampled from the
     SFT model (generated here, or read from the replies cache) as a seventh candidate."""
     pm = ctx.cfg.pm
-    if pm.data_path or pm.multi_response_path:
-        train = (pair_groups(load_preference_pairs(pm.data_path)) if pm.data_path
+    feedback = pm_feedback(ctx.cfg)
+    val_file = pair_groups(load_preferences(pm.val_path, pm.data_format)) if pm.val_path else None
+    if feedback == "data":
+        train = (pair_groups(load_preferences(pm.data_path, pm.data_format)) if pm.data_path
                  else multi_response_groups(load_multi_response(pm.multi_response_path)))
-        if not pm.val_path:
-            raise ValueError("pm.val_path: real preference data needs a held-out preference JSONL")
-        return train, pair_groups(load_preference_pairs(pm.val_path)), None
+        if val_file is None:
+            raise ValueError("pm.val_path: real preference data needs a held-out preference file")
+        return train, val_file, None
+    if feedback == "judge":
+        groups = judge_feedback(ctx, sft)
+        train = [g for g in groups[: pm.n_prompts] if g.pairs]
+        val = val_file if val_file is not None else [g for g in groups[pm.n_prompts:] if g.pairs]
+        if not train or not val:
+            raise ValueError(f"pm.feedback=judge: the {pm.judge} judge decided no pair among the "
+                             f"{'training' if not train else 'held-out'} prompts' candidates")
+        return train, val, None
     world, seed = ctx.world, ctx.cfg.seed
     labeller = AIFeedbackLabeller(pm.labeller_temperature, seed=seed)
     rng = random.Random(f"pm:{seed}")

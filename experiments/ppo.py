@@ -29,6 +29,7 @@ from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.atomic import atomic_dir, write_json
 from alignment.chat_format import Conversation
+from alignment.data.formats import load_prompts
 from alignment.data.loaders import load_moss_sft
 from alignment.generation import RolloutSpec
 from alignment.loss_mask import Encoded
@@ -41,12 +42,13 @@ from alignment.rollout import Rollout
 from alignment.sequences import prompt_ids, scored_sequences
 from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
-from experiments.config import OptimizerConfig, PPOConfig, RayConfig, as_plain
+from experiments.config import OptimizerConfig, PPOConfig, RayConfig, as_key, as_plain
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
 from experiments.loop import rank_mean
-from experiments.pat import pat_key
+from experiments.pat import method_results, pat_key, samples
 from experiments.pm import pm_stage
+from experiments.report import print_win_rates
 from experiments.sft import model_spec, sft_examples, sft_stage, strategy_spec
 from experiments.tracking import RayMetrics
 
@@ -179,12 +181,15 @@ class PPOTrainer:
         self._ptx: list[Encoded] | None = None
 
     def prompt_batch(self, iteration: int) -> PromptBatch:
-        """The iteration's prompts: a fresh, deterministic batch of world training prompts, or the
-        next conversations of the SFT file (``data.source=moss_sft``)."""
-        n = self.a.rollout_batch_size
-        if self.ctx.cfg.data.source == "moss_sft":  # real conversations: their last human turns, in turn
+        """The iteration's prompts: the next ones of ``algo.prompts_path``, or of the SFT file's
+        conversations (``data.source=moss_sft``: their last human turns), in turn; else a fresh,
+        deterministic batch of world training prompts."""
+        n, cfg = self.a.rollout_batch_size, self.ctx.cfg
+        if self.a.prompts_path or cfg.data.source == "moss_sft":
             if self._file_convs is None:
-                self._file_convs = [ex.conversation for ex in load_moss_sft(self.ctx.cfg.data.path)]
+                self._file_convs = ([p.context for p in load_prompts(self.a.prompts_path, self.a.prompts_format)]
+                                    if self.a.prompts_path else
+                                    [ex.conversation for ex in load_moss_sft(cfg.data.path)])
             convs = self._file_convs
             picked = [convs[(iteration * n + i) % len(convs)] for i in range(n)]
             return PromptBatch([prompt_ids(self.tokenizer, c) for c in picked], picked)
@@ -366,7 +371,7 @@ def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str
     ignored = ["checkpoint_every", "keep_checkpoints", "num_threads", "policy_update_threads"]  # no effect on results
     if not cfg.algo.ptx_coef:
         ignored += ["ptx_coef", "ptx_batch_size"]  # keeps the keys of PPO models trained before the option existed
-    payload = {"algo": {k: v for k, v in as_plain(cfg.algo).items() if k not in ignored},
+    payload = {"algo": {k: v for k, v in as_key(cfg.algo).items() if k not in ignored},
                "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy), "pm_max_length": cfg.pm.max_length,
                "drop_last_layer": cfg.pm.drop_last_layer, "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}
     return ctx.cache_key("ppo", payload), payload
@@ -411,7 +416,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     pm = pm_stage(ctx, sft)
     ppo = ppo_stage(ctx, sft, pm)
 
-    prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
+    prompts = ctx.test_prompts
     work = {"ppo-eval": (ppo.path, {"ppo": Job(prompts)}), "sft-eval": (sft.path, {"sft": Job(prompts)})}
     pairs = [("ppo", "sft")]
     pat_path = ctx.cache.get("pat", pat_key(ctx, sft, pm)[0])
@@ -420,15 +425,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
         work["pat-eval"] = (pat_path, {"pat": Job(prompts, cfg.pat.inference_tag)})
         pairs.append(("ppo", "pat"))
     with ctx.costs.span("eval"):
-        judged = tuple(name for _, jobs in work.values() for name in jobs)
-        replies, gold, pm_s = judge_jobs(ctx, work, pm.path, sft.path, prompts, judged)
+        policies = tuple(name for _, jobs in work.values() for name in jobs)
+        judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, policies, pairs)
         point = frontier_points(ctx, "ppo", ppo.path, sft.path, pm.path, prompts[: cfg.pat.control_prompts], [None])
-    wins = head_to_head(ctx, gold, pm_s, pairs)
+    wins = head_to_head(ctx, judged, pairs)
     final = ppo.info["final"]
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"]},
-        "win_rate": wins,
-        "gold": {name: sum(v) / len(v) for name, v in gold.items()},
+        **method_results(ctx, judged, wins, policies),
         "kl": {"final": final["ppo/kl"], "final_per_token": final["ppo/kl_per_token"]},
         "ppo": {"iterations": cfg.algo.iterations, "final": final, "train_seconds": ppo.info.get("train_seconds")},
         "frontier": {"ppo": point},
@@ -436,11 +440,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "ppo": str(ppo.path),
                       **({"pat": str(pat_path)} if pat_path else {})},
         "cached": {"sft": sft.cached, "pm": pm.cached, "ppo": ppo.cached},
-        "samples": [{"prompt": p.task.prompt, "sft": s, "ppo": t}
-                    for p, s, t in list(zip(prompts, replies["sft"], replies["ppo"]))[:6]],
+        "samples": samples(prompts, judged.replies, ("sft", "ppo")),
     }
     flat = {f"win_rate/{judge}/{pair}": w["value"] for judge, d in wins.items() for pair, w in d.items()}
-    flat |= {f"eval/gold_{name}": v for name, v in results["gold"].items()} | {"kl/final": results["kl"]["final"]}
+    flat |= {f"eval/gold_{name}": v for name, v in results.get("gold", {}).items()}
+    flat["kl/final"] = results["kl"]["final"]
+    flat |= {f"eval/length_{name}": v for name, v in results["length"].items()}
     ctx.tracker.log(flat)
     ctx.tracker.summary(flat)
     print_summary(results)
@@ -449,10 +454,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
 def print_summary(results: dict[str, Any]) -> None:
     print("\nPPO on held-out test prompts")
-    print(f"  {'pair':<14}{'judge':<18}{'win':>7}{'tie':>7}{'lose':>7}{'win rate':>10}   95% CI")
-    for judge, name in (("gold", "gold judge"), ("pm", "preference model")):
-        for pair, w in results["win_rate"][judge].items():
-            print(f"  {pair:<14}{name:<18}{w['win']:>7.2f}{w['tie']:>7.2f}{w['lose']:>7.2f}{w['value']:>10.3f}"
-                  f"   [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}]")
-    print("  mean gold: " + ", ".join(f"{k.upper()} {v:.3f}" for k, v in results["gold"].items()))
+    print_win_rates(results)
+    if "gold" in results:
+        print("  mean gold: " + ", ".join(f"{k.upper()} {v:.3f}" for k, v in results["gold"].items()))
     print(f"  KL to the reference at the last iteration: {results['kl']['final']:.3f} nats per response")

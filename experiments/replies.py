@@ -13,7 +13,7 @@ from pathlib import Path
 from alignment.atomic import write_json
 from alignment.chat_format import generation_prompt
 from alignment.world import WorldPrompt
-from experiments.config import as_plain
+from experiments.config import as_key
 from experiments.context import RunContext
 
 STAGE = "replies"
@@ -31,7 +31,7 @@ class Job:
 def replies_key(ctx: RunContext, model_path: Path, job: Job) -> str:
     texts = [generation_prompt(p.conversation(), job.quality) for p in job.prompts]
     digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
-    payload = {"model": str(model_path), "prompts": digest, "sampling": as_plain(ctx.cfg.eval), "seed": ctx.cfg.seed}
+    payload = {"model": str(model_path), "prompts": digest, "sampling": as_key(ctx.cfg.eval), "seed": ctx.cfg.seed}
     payload["sampling"].pop("n_prompts")  # the prompt digest already says which prompts
     payload["sampling"].pop("evaluate_init")
     return ctx.cache_key(STAGE, payload)

@@ -12,6 +12,51 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from alignment.atomic import write_text  # noqa: E402
 
+JUDGE_NAMES = {"gold": "gold judge", "pm": "preference model", "rm": "reward model", "llm": "LLM judge"}
+METHOD_NAMES = {"sft": "SFT", "pat": "PAT", "ppo": "PPO"}
+
+
+def win_rows(r: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(pair, judge, win rate) for every pair and judge of a run's ``win_rate``, pair by pair."""
+    wr = r["win_rate"]
+    pairs = list(dict.fromkeys(pair for d in wr.values() for pair in d))
+    return [(pair, judge, wr[judge][pair]) for pair in pairs for judge in wr if pair in wr[judge]]
+
+
+def pair_name(pair: str) -> str:
+    a, b = pair.split("_vs_")
+    return f"{METHOD_NAMES.get(a, a)} vs {METHOD_NAMES.get(b, b)}"
+
+
+def print_win_rates(r: dict[str, Any]) -> None:
+    """The run's win rates per pair and judge, with the length-controlled win rate beside each
+    (``lc``) and each policy's mean reply length."""
+    print(f"  {'pair':<12}{'judge':<18}{'win':>6}{'tie':>6}{'lose':>6}{'win rate':>10}   {'95% CI':<16}"
+          f"{'LC win rate':>12}")
+    for pair, judge, w in win_rows(r):
+        lc = f"{w['lc']['value']:>12.3f}" if "lc" in w else ""
+        print(f"  {pair_name(pair):<12}{JUDGE_NAMES[judge]:<18}{w['win']:>6.2f}{w['tie']:>6.2f}{w['lose']:>6.2f}"
+              f"{w['value']:>10.3f}   [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}]{lc}")
+    if r.get("length"):
+        print("  mean reply length (tokens): "
+              + ", ".join(f"{METHOD_NAMES.get(k, k)} {v:.1f}" for k, v in r["length"].items()))
+
+
+def win_table(r: dict[str, Any]) -> list[str]:
+    """Markdown rows of ``print_win_rates``."""
+    lines = ["| pair | judge | win | tie | lose | win rate | 95% CI | length-controlled win rate |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for pair, judge, w in win_rows(r):
+        lc = f"{w['lc']['value']:.3f} [{w['lc']['ci'][0]:.3f}, {w['lc']['ci'][1]:.3f}]" if "lc" in w else ""
+        lines.append(f"| {pair_name(pair)} | {JUDGE_NAMES[judge]} | {w['win']:.2f} | {w['tie']:.2f} | {w['lose']:.2f} "
+                     f"| **{w['value']:.3f}** | [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] | {lc} |")
+    if r.get("length"):
+        lines += ["", "Mean reply length in tokens: "
+                  + ", ".join(f"{METHOD_NAMES.get(k, k)} {v:.1f}" for k, v in r["length"].items())
+                  + ". Judges tend to prefer longer replies; the length-controlled win rate is the win rate a "
+                  "logistic regression of the outcome on the length difference predicts at equal length."]
+    return lines
+
 
 def save_png(fig, path: Path) -> Path:
     """Write ``fig`` to ``path`` atomically and close it."""
@@ -49,11 +94,12 @@ def win_tie_lose_plot(rows: list[tuple[str, dict[str, Any]]], path: Path, title:
     return save_png(fig, path)
 
 
-def controllability_plot(tags: list[int], gold: list[float], path: Path, rho: float) -> Path:
+def controllability_plot(tags: list[int], gold: list[float], path: Path, rho: float,
+                         judge: str = "gold judge") -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(tags, gold, marker="o", color="#264653")
     ax.set_xlabel("quality tag at inference")
-    ax.set_ylabel("mean gold score")
+    ax.set_ylabel(f"mean {judge} score")
     ax.set_title(f"PAT controllability (Spearman {rho:.2f})")
     ax.set_xticks(tags)
     ax.grid(alpha=0.3)
@@ -62,28 +108,25 @@ def controllability_plot(tags: list[int], gold: list[float], path: Path, rho: fl
 
 def write_pat_report(run_dir: Path, r: dict[str, Any]) -> dict[str, Path]:
     """``report.md`` plus ``win_rates.png`` and ``controllability.png``; returns the images."""
-    wr = r["win_rate"]
-    rows = [("gold judge", wr["gold"]["pat_vs_sft"]), ("preference model", wr["pm"]["pat_vs_sft"])]
+    rows = [(JUDGE_NAMES[judge], w) for _, judge, w in win_rows(r)]
+    c = r["controllability"]
+    curve = c.get("gold", c.get("score"))
     images = {
         "win_rates": win_tie_lose_plot(rows, run_dir / "win_rates.png", "PAT vs SFT"),
-        "controllability": controllability_plot(r["controllability"]["tags"], r["controllability"]["gold"],
-                                                run_dir / "controllability.png", r["controllability"]["spearman"]),
+        "controllability": controllability_plot(c["tags"], curve, run_dir / "controllability.png", c["spearman"],
+                                                JUDGE_NAMES[c.get("judge", "gold")]),
     }
-    lines = ["# PAT vs SFT", "", "![win rates](win_rates.png)", "",
-             "| judge | win | tie | lose | win rate | 95% CI |", "| --- | --- | --- | --- | --- | --- |"]
-    for name, w in rows:
-        lines.append(f"| {name} | {w['win']:.2f} | {w['tie']:.2f} | {w['lose']:.2f} | **{w['value']:.3f}** "
-                     f"| [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] |")
-    c = r["controllability"]
-    lines += ["", f"Mean gold score: SFT {r['gold']['sft']:.3f}, PAT with `<quality: 100>` {r['gold']['pat']:.3f}.",
-              f"Preference model: validation accuracy {r['pm']['val_accuracy']:.3f}"
+    lines = ["# PAT vs SFT", "", "![win rates](win_rates.png)", "", *win_table(r), ""]
+    if "gold" in r:
+        lines.append(f"Mean gold score: SFT {r['gold']['sft']:.3f}, PAT with `<quality: 100>` {r['gold']['pat']:.3f}.")
+    lines += [f"Preference model: validation accuracy {r['pm']['val_accuracy']:.3f}"
               + (f", agreement with the gold judge {r['pm']['gold_agreement']:.3f}." if r["pm"].get("gold_agreement")
                  is not None else "."),
               "", "## Controllability", "", "![controllability](controllability.png)", "",
               "| tag | " + " | ".join(str(t) for t in c["tags"]) + " |",
               "| --- |" + " --- |" * len(c["tags"]),
-              "| mean gold | " + " | ".join(f"{v:.3f}" for v in c["gold"]) + " |", "",
-              f"Spearman correlation of tag and gold score: {c['spearman']:.3f}.", "",
+              f"| mean {JUDGE_NAMES[c.get('judge', 'gold')]} score | " + " | ".join(f"{v:.3f}" for v in curve) + " |",
+              "", f"Spearman correlation of tag and score: {c['spearman']:.3f}.", "",
               "## PAT training data", "",
               "Tag counts: " + ", ".join(f"{k}: {v}" for k, v in r["pat"]["tag_counts"].items()),
               "", "## Samples", ""]

@@ -15,6 +15,7 @@ from actors.group import RoleGroup
 from actors.policy import ModelSpec, PolicyActor
 from alignment.chat_format import generation_prompt
 from alignment.data.batching import bucketed_batches
+from alignment.data.formats import FilePrompt
 from alignment.data.loaders import load_moss_sft
 from alignment.evaluation import gold_report, source_reference
 from alignment.generation import SamplingSpec
@@ -89,19 +90,21 @@ def sampling_spec(cfg: LabConfig) -> SamplingSpec:
                         repetition_penalty=e.repetition_penalty, do_sample=e.do_sample)
 
 
-def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt], quality: int | None = None) -> list[str]:
+def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | list[FilePrompt],
+             quality: int | None = None) -> list[str]:
     """The group's replies to ``prompts`` with the run's fixed sampling settings (sharded over ranks)."""
     texts = [generation_prompt(p.conversation(), quality) for p in prompts]
     return group.map_sharded("generate", texts, sampling=sampling_spec(ctx.cfg),
                              batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
 
 
-def evaluate_policy(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt],
+def evaluate_policy(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | list[FilePrompt],
                     ) -> tuple[dict[str, Any], list[str]]:
-    """Generate on held-out test ``prompts`` and score with the gold judge: the report and the replies."""
+    """Generate on held-out test ``prompts`` and score with the gold judge (on the world's prompts):
+    the report and the replies."""
     replies = generate(ctx, group, prompts)
-    report = gold_report(ctx.world, prompts, replies)
-    report["samples"] = [{"prompt": p.task.prompt, "reply": r} for p, r in list(zip(prompts, replies))[:8]]
+    report: dict[str, Any] = gold_report(ctx.world, prompts, replies) if ctx.on_world else {"gold": None}
+    report["samples"] = [{"prompt": p.text, "reply": r} for p, r in list(zip(prompts, replies))[:8]]
     return report, replies
 
 
@@ -122,7 +125,7 @@ def sft_stage(ctx: RunContext) -> Artifact:
             n_params = group.call("init_model", model_spec(cfg, tok_dir), strategy_spec(cfg, use_gpu),
                                   optim_config(cfg.trainer, steps))[0]
             info: dict[str, Any] = {"trainable_params": n_params, "n_examples": len(examples)}
-            prompts = ctx.world.prompts("test", cfg.eval.n_prompts)
+            prompts = ctx.test_prompts
             if cfg.eval.evaluate_init:
                 info["init"], _ = evaluate_policy(ctx, group, prompts)
             started = time.time()
@@ -130,7 +133,7 @@ def sft_stage(ctx: RunContext) -> Artifact:
                                        cfg.seed, batcher=bucketed_batches)
             info["train_seconds"] = time.time() - started
             info["eval"], replies = evaluate_policy(ctx, group, prompts)
-            info["sources"] = source_reference(ctx.world, prompts, cfg.seed)
+            info["sources"] = source_reference(ctx.world, prompts, cfg.seed) if ctx.on_world else []
             art = commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
             # the replies join the evaluation-reply cache once the model they belong to is stored,
             # so later head-to-heads of this checkpoint reuse them instead of sampling again
@@ -152,7 +155,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
                 "trainable_params": info["trainable_params"], "train_seconds": info.get("train_seconds")},
     }
     metrics = {"eval/gold_sft": info["eval"]["gold"], "sft/cached": float(art.cached)}
-    if "init" in info:
+    if info["eval"]["gold"] is None:  # a prompt file: no gold judge
+        del metrics["eval/gold_sft"]
+    if "init" in info and info["init"]["gold"] is not None:
         metrics["eval/gold_init"] = info["init"]["gold"]
     metrics.update({f"eval/gold_source_{i}": s for i, s in enumerate(info["sources"])})
     metrics.update({f"eval/sft/{k}": v for k, v in info["eval"].items() if k.startswith("gold/")})

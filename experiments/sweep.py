@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from alignment.winrate import mean_interval, outcomes, seeds_win_rate
+from alignment.winrate import length_controlled, mean_interval, outcomes, seeds_win_rate
 
 PAIRS = [("pat", "sft"), ("ppo", "sft"), ("pat", "ppo")]
 METHODS = ("pat", "ppo")
@@ -103,10 +103,15 @@ def load_runs(sweep_dir: Path) -> list[Run]:
     return runs
 
 
+JUDGE_ORDER = ("gold", "pm", "rm", "llm")
+NOT_JUDGES = ("seed", "prompts", "lengths", "pairwise")
+
+
 def seed_scores(runs: list[Run]) -> dict[int, dict[str, dict[str, list[float]]]]:
-    """``{seed: {"gold": {policy: scores}, "pm": {...}}}`` pooled over the seed's jobs. A policy
-    judged by several jobs (SFT in all of them) is taken from the job that trained it if there
-    is one, else from the first; all jobs of a seed must have judged the same prompts."""
+    """``{seed: {judge: {policy: scores}}}`` pooled over the seed's jobs, for every pointwise judge
+    (gold, pm, rm), plus the pseudo-judge ``"lengths"`` (reply lengths in tokens). A policy judged by
+    several jobs (SFT in all of them) is taken from the job that trained it if there is one, else
+    from the first; all jobs of a seed must have judged the same prompts."""
     out: dict[int, dict[str, dict[str, list[float]]]] = {}
     prompts: dict[int, tuple[list[str], Path]] = {}
     for run in sorted((r for r in runs if r.scores), key=lambda r: (r.seed, r.stage not in METHODS, str(r.path))):
@@ -115,12 +120,22 @@ def seed_scores(runs: list[Run]) -> dict[int, dict[str, dict[str, list[float]]]]
             raise ValueError(f"{run.path / 'scores.json'}: judged other test prompts than "
                              f"{prompts[run.seed][1] / 'scores.json'} (same seed {run.seed}); check eval.n_prompts")
         prompts.setdefault(run.seed, (s["prompts"], run.path))
-        pooled = out.setdefault(run.seed, {"gold": {}, "pm": {}})
-        for judge in ("gold", "pm"):
+        pooled = out.setdefault(run.seed, {})
+        for judge in [k for k in s if k not in NOT_JUDGES] + (["lengths"] if "lengths" in s else []):
             for policy, values in s[judge].items():
                 owner = policy == run.stage
-                if policy not in pooled[judge] or owner:
+                if policy not in pooled.setdefault(judge, {}) or owner:
                     pooled[judge][policy] = values
+    return out
+
+
+def seed_pairwise(runs: list[Run]) -> dict[int, dict[str, dict[str, list[int]]]]:
+    """``{seed: {judge: {"a_vs_b": outcomes}}}`` of the pairwise judges (llm), pooled over the seed's jobs."""
+    out: dict[int, dict[str, dict[str, list[int]]]] = {}
+    for run in (r for r in runs if r.scores):
+        for judge, pairs in run.scores.get("pairwise", {}).items():
+            for pair, results in pairs.items():
+                out.setdefault(run.seed, {}).setdefault(judge, {}).setdefault(pair, results)
     return out
 
 
@@ -135,20 +150,36 @@ def _mean(values: list[float]) -> dict[str, Any]:
     return {"value": m, "ci": [lo, hi], "per_seed": values}
 
 
-def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]]) -> dict[str, dict[str, dict[str, Any]]]:
+def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]],
+              pairwise: dict[int, dict[str, dict[str, list[int]]]] | None = None,
+              ) -> dict[str, dict[str, dict[str, Any]]]:
     """Seed-averaged win / tie / lose shares and win rates of every pair both of whose policies
-    were judged, by each judge, with two-level bootstrap intervals (seeds, then prompts)."""
-    out: dict[str, dict[str, dict[str, Any]]] = {"gold": {}, "pm": {}}
-    for judge in ("gold", "pm"):
+    were judged, by each judge, with two-level bootstrap intervals (seeds, then prompts), and the
+    length-controlled win rate over the seeds' prompts pooled (``lc``) where lengths are known."""
+    pairwise = pairwise or {}
+    present = {j for d in scores.values() for j in d} | {j for d in pairwise.values() for j in d}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for judge in (j for j in JUDGE_ORDER if j in present):
         for a, b in PAIRS:
-            seeds = sorted(s for s, d in scores.items() if a in d[judge] and b in d[judge])
-            if not seeds:
+            key = f"{a}_vs_{b}"
+            per: dict[int, list[int]] = {}
+            for s in sorted(set(scores) | set(pairwise)):
+                if key in pairwise.get(s, {}).get(judge, {}):
+                    per[s] = pairwise[s][judge][key]
+                elif a in scores.get(s, {}).get(judge, {}) and b in scores[s][judge]:
+                    per[s] = outcomes(scores[s][judge][a], scores[s][judge][b])
+            if not per:
                 continue
-            per_seed = [outcomes(scores[s][judge][a], scores[s][judge][b]) for s in seeds]
+            seeds, per_seed = list(per), list(per.values())
             w = _win(per_seed)
             w["per_seed"] = {str(s): (sum(r == 1 for r in o) + 0.5 * sum(r == 0 for r in o)) / len(o)
                              for s, o in zip(seeds, per_seed)}
-            out[judge][f"{a}_vs_{b}"] = w
+            lens = [scores.get(s, {}).get("lengths", {}) for s in seeds]
+            if all(a in ln and b in ln for ln in lens):
+                lc = length_controlled([r for o in per_seed for r in o], [x for ln in lens for x in ln[a]],
+                                       [x for ln in lens for x in ln[b]])
+                w["lc"] = {"value": lc["value"], "ci": lc["ci"], "length_coef": lc["length_coef"]}
+            out.setdefault(judge, {})[key] = w
     return out
 
 
@@ -158,7 +189,7 @@ def overoptimisation(wins: dict[str, dict[str, dict[str, Any]]]) -> dict[str, di
     out = {}
     for m in METHODS:
         key = f"{m}_vs_sft"
-        if key in wins["gold"] and key in wins["pm"]:
+        if key in wins.get("gold", {}) and key in wins.get("pm", {}):
             g, p = wins["gold"][key]["per_seed"], wins["pm"][key]["per_seed"]
             out[m] = _mean([p[s] - g[s] for s in sorted(g) if s in p])
     return out
@@ -200,6 +231,12 @@ def curves(runs: list[Run]) -> dict[str, dict[str, dict[str, list[list[float]]]]
     return out
 
 
+def _mean_known(values: list[float | None]) -> float | None:
+    """The mean of the values that are known (the gold score is unknown on a prompt file's prompts)."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def frontier(runs: list[Run]) -> dict[str, Any]:
     """Reward against KL to SFT: PAT's points per tag (mean over seeds), PPO's final policy per
     seed, and PPO's training trajectory (KL and gold per iteration, mean over seeds)."""
@@ -212,7 +249,7 @@ def frontier(runs: list[Run]) -> dict[str, Any]:
                 pat[p["tag"]].append(p)
         if "ppo" in f and r.stage in ("ppo", "compare"):
             ppo_final += [p | {"seed": r.seed} for p in f["ppo"]]
-    pat_mean = [{"tag": t, **{k: sum(p[k] for p in ps) / len(ps) for k in ("kl", "gold", "pm")}, "seeds": len(ps)}
+    pat_mean = [{"tag": t, **{k: _mean_known([p[k] for p in ps]) for k in ("kl", "gold", "pm")}, "seeds": len(ps)}
                 for t, ps in sorted(pat.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
     by_step: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
     for r in runs:
@@ -231,7 +268,7 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     if not runs:
         raise ValueError("no finished runs (results.json beside resolved_config.yaml) in the sweep dir")
     scores = seed_scores(runs)
-    wins = win_rates(scores)
+    wins = win_rates(scores, seed_pairwise(runs))
     seeds = sorted({r.seed for r in runs})
     out: dict[str, Any] = {
         "seeds": seeds,
@@ -239,8 +276,11 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
                   "wall_seconds": r.results.get("wall_seconds")} for r in runs],
         "win_rate": wins,
         "overoptimisation": overoptimisation(wins),
-        "gold": {p: _mean([sum(v) / len(v) for s in sorted(scores) for v in [scores[s]["gold"].get(p)] if v])
-                 for p in ("sft", "pat", "ppo") if any(p in d["gold"] for d in scores.values())},
+        "gold": {p: _mean([sum(v) / len(v) for s in sorted(scores) for v in [scores[s].get("gold", {}).get(p)] if v])
+                 for p in ("sft", "pat", "ppo") if any(p in d.get("gold", {}) for d in scores.values())},
+        "length": {p: _mean([sum(v) / len(v) for s in sorted(scores) for v in [scores[s].get("lengths", {}).get(p)]
+                             if v])
+                   for p in ("sft", "pat", "ppo") if any(p in d.get("lengths", {}) for d in scores.values())},
         "cost": costs(runs),
         "frontier": frontier(runs),
         "curves": curves(runs),

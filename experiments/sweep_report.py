@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from alignment.atomic import write_json, write_text  # noqa: E402
-from experiments.report import draw_win_tie_lose, save_png  # noqa: E402
-from experiments.sweep import COST_KEYS, METHODS, PAIRS, aggregate, by_variant, load_runs  # noqa: E402
+from experiments.report import JUDGE_NAMES, draw_win_tie_lose, save_png  # noqa: E402
+from experiments.sweep import COST_KEYS, JUDGE_ORDER, METHODS, PAIRS, aggregate, by_variant, load_runs  # noqa: E402
 
 NAMES = {"pat": "PAT", "ppo": "PPO", "sft": "SFT"}
 COLORS = {"pat": "#2a9d8f", "ppo": "#e76f51", "sft": "#8d99ae"}
@@ -35,6 +35,16 @@ def pair_label(key: str) -> str:
     return f"{NAMES[a]} vs {NAMES[b]}"
 
 
+def headline(r: dict[str, Any]) -> str:
+    """The judge the answer is read from: the gold judge where there is one (the world's prompts),
+    else an independent judge (reward model, then LLM), else the run's own preference model."""
+    return next((j for j in ("gold", "rm", "llm", "pm") if r["win_rate"].get(j)), "gold")
+
+
+def judges(r: dict[str, Any]) -> list[str]:
+    return [j for j in JUDGE_ORDER if r["win_rate"].get(j)]
+
+
 def judged(w: dict[str, Any]) -> str:
     """'beats', 'is level with' or 'loses to', from where the interval lies against 0.5."""
     lo, hi = w["ci"]
@@ -46,15 +56,17 @@ def fmt(w: dict[str, Any]) -> str:
 
 
 def verdict(r: dict[str, Any]) -> list[str]:
-    """Plain sentences: each method against SFT and each other on the gold judge, and the cost."""
-    gold = r["win_rate"]["gold"]
+    """Plain sentences: each method against SFT and each other on the headline judge, and the cost."""
+    judge = headline(r)
+    gold = r["win_rate"].get(judge, {})
     n = len(r["seeds"])
     out = []
     for key in (f"{a}_vs_{b}" for a, b in PAIRS):
         if key in gold:
             a, b = key.split("_vs_")
-            out.append(f"On the gold judge, **{NAMES[a]} {judged(gold[key])} {NAMES[b]}**: win rate {fmt(gold[key])} "
-                       f"over {n} seed{'s' if n > 1 else ''}.")
+            lc = f" (length-controlled {fmt(gold[key]['lc'])})" if "lc" in gold[key] and judge != "gold" else ""
+            out.append(f"On the {JUDGE_NAMES[judge]}, **{NAMES[a]} {judged(gold[key])} {NAMES[b]}**: win rate "
+                       f"{fmt(gold[key])}{lc} over {n} seed{'s' if n > 1 else ''}.")
     c = r["cost"]
     if "pat" in c and "ppo" in c:
         pat, ppo = c["pat"], c["ppo"]
@@ -69,13 +81,15 @@ def verdict(r: dict[str, Any]) -> list[str]:
 
 
 def summary_plot(r: dict[str, Any], path: Path) -> Path:
-    """The answer at a glance: gold win rates (left) and each method's cost (right)."""
-    gold = r["win_rate"]["gold"]
+    """The answer at a glance: the headline judge's win rates (left) and each method's cost (right)."""
+    judge = headline(r)
+    gold = r["win_rate"].get(judge, {})
     rows = [(pair_label(k), gold[k]) for k in (f"{a}_vs_{b}" for a, b in PAIRS) if k in gold]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 0.8 * max(len(rows), 2) + 2.2),
                                  gridspec_kw={"width_ratios": [3, 2], "wspace": 0.75})
     if rows:
-        draw_win_tie_lose(ax, rows, f"Gold judge, {len(r['seeds'])} seed(s): 95% intervals over seeds and prompts")
+        draw_win_tie_lose(ax, rows, f"{JUDGE_NAMES[judge].capitalize()}, {len(r['seeds'])} seed(s): "
+                                    "95% intervals over seeds and prompts")
     methods = [m for m in ("sft", "pm", *METHODS) if m in r["cost"]]
     labels = {"sft": "SFT (shared)", "pm": "pref. model (shared)", "pat": "PAT", "ppo": "PPO"}
     cpu = [r["cost"][m]["cpu_s"] / 60 for m in methods]
@@ -95,25 +109,30 @@ def summary_plot(r: dict[str, Any], path: Path) -> Path:
 
 
 def win_matrix_plot(r: dict[str, Any], path: Path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(15, 3.2), gridspec_kw={"wspace": 0.7})
-    for ax, judge, name in ((axes[0], "gold", "gold judge"), (axes[1], "pm", "preference model")):
-        rows = [(pair_label(k), w) for k, w in r["win_rate"][judge].items()]
+    names = judges(r) or ["gold"]
+    fig, axes = plt.subplots(1, len(names), figsize=(7.5 * len(names), 3.2), gridspec_kw={"wspace": 0.7},
+                             squeeze=False)
+    for ax, judge in zip(axes[0], names):
+        rows = [(pair_label(k), w) for k, w in r["win_rate"].get(judge, {}).items()]
         if rows:
-            draw_win_tie_lose(ax, rows, f"Judged by the {name}")
+            draw_win_tie_lose(ax, rows, f"Judged by the {JUDGE_NAMES[judge]}")
     return save_png(fig, path)
 
 
 def overoptimisation_plot(r: dict[str, Any], path: Path) -> Path:
-    """Win rate against SFT by the gold judge and by the preference model, per method."""
+    """Win rate against SFT by every judge, per method (the gold judge's and the preference model's gap
+    is the over-optimisation)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    methods = [m for m in METHODS if f"{m}_vs_sft" in r["win_rate"]["gold"]]
-    for j, (judge, color) in enumerate((("gold", "#264653"), ("pm", "#e9c46a"))):
+    names = judges(r)
+    methods = [m for m in METHODS if any(f"{m}_vs_sft" in r["win_rate"][j] for j in names)]
+    colors = {"gold": "#264653", "pm": "#e9c46a", "rm": "#2a9d8f", "llm": "#e76f51"}
+    width = 0.7 / max(len(names), 1)
+    for j, judge in enumerate(names):
         ws = [r["win_rate"][judge].get(f"{m}_vs_sft") for m in methods]
-        xs = [i + (j - 0.5) * 0.35 for i in range(len(methods))]
+        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(methods))]
         vals = [w["value"] if w else math.nan for w in ws]
         errs = [[w["value"] - w["ci"][0] if w else 0 for w in ws], [w["ci"][1] - w["value"] if w else 0 for w in ws]]
-        ax.bar(xs, vals, width=0.35, color=color, yerr=errs, capsize=4,
-               label="gold judge" if judge == "gold" else "preference model")
+        ax.bar(xs, vals, width=width, color=colors[judge], yerr=errs, capsize=4, label=JUDGE_NAMES[judge])
     for i, m in enumerate(methods):
         gap = r["overoptimisation"].get(m)
         if gap:
@@ -135,9 +154,13 @@ def trailing_mean(values: list[float], k: int) -> list[float]:
 def frontier_plot(r: dict[str, Any], path: Path) -> Path:
     """Reward against KL to SFT: PPO's training path and final policy, PAT's tag sweep."""
     f = r["frontier"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, key, label in ((axes[0], "gold", "gold score"), (axes[1], "pm", "preference-model score")):
-        traj = f["ppo_training"]
+    panels = [("pm", "preference-model score")]
+    if any(p.get("gold") is not None for p in f["pat"] + f["ppo"]):
+        panels.insert(0, ("gold", "gold score"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    axes = axes[0]
+    for ax, key, label in ((ax, k, lb) for ax, (k, lb) in zip(axes, panels)):
+        traj = [p for p in f["ppo_training"] if p.get(key) is not None]
         if traj:
             k = max(1, len(traj) // 10)  # moving average over ~10% of the iterations
             ax.plot(trailing_mean([p["kl"] for p in traj], k), trailing_mean([p[key] for p in traj], k),
@@ -199,11 +222,20 @@ def markdown(r: dict[str, Any]) -> str:
              "A tie is an equal score; ties count half.", "",
              "| pair | judge | win | tie | lose | win rate | 95% interval | per seed |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for judge, name in (("gold", "gold judge"), ("pm", "preference model")):
+    for judge in judges(r):
         for key, w in r["win_rate"][judge].items():
             per = ", ".join(f"{s}: {v:.3f}" for s, v in w["per_seed"].items())
-            lines.append(f"| {pair_label(key)} | {name} | {w['win']:.2f} | {w['tie']:.2f} | {w['lose']:.2f} | "
-                         f"**{w['value']:.3f}** | [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] | {per} |")
+            lines.append(f"| {pair_label(key)} | {JUDGE_NAMES[judge]} | {w['win']:.2f} | {w['tie']:.2f} | "
+                         f"{w['lose']:.2f} | **{w['value']:.3f}** | [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] | {per} |")
+    lc = [(judge, key, w) for judge in judges(r) for key, w in r["win_rate"][judge].items() if "lc" in w]
+    if lc:
+        lines += ["", "## Length", "", "Judges tend to prefer longer replies. Mean reply length in tokens: "
+                  + ", ".join(f"{NAMES[p]} {v['value']:.1f}" for p, v in r.get("length", {}).items())
+                  + ". The length-controlled win rate is what a logistic regression of the outcome on the length "
+                  "difference predicts at equal length (AlpacaEval's correction; prompts of all seeds pooled).", "",
+                  "| pair | judge | win rate | length-controlled | 95% interval |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {pair_label(key)} | {JUDGE_NAMES[judge]} | {w['value']:.3f} | **{w['lc']['value']:.3f}** | "
+                  f"[{w['lc']['ci'][0]:.3f}, {w['lc']['ci'][1]:.3f}] |" for judge, key, w in lc]
     lines += ["", "![win matrix](win_matrix.png)", "", "## Reward over-optimisation", "",
               "Preference-model win rate against SFT minus the gold judge's (mean over seeds). A positive gap means "
               "the method pleases the reward model more than it improves true quality.", "",
@@ -215,10 +247,13 @@ def markdown(r: dict[str, Any]) -> str:
               "one point per inference tag on held-out prompts; PPO: its training path (training prompts) and "
               "its final policy on held-out prompts.", "", "| policy | KL | gold | preference model |",
               "| --- | --- | --- | --- |"]
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
     for p in r["frontier"]["pat"]:
-        lines.append(f"| PAT `<quality: {p['tag']}>` | {p['kl']:.2f} | {p['gold']:.3f} | {p['pm']:.3f} |")
+        lines.append(f"| PAT `<quality: {p['tag']}>` | {p['kl']:.2f} | {num(p['gold'])} | {p['pm']:.3f} |")
     for p in r["frontier"]["ppo"]:
-        lines.append(f"| PPO final, seed {p['seed']} | {p['kl']:.2f} | {p['gold']:.3f} | {p['pm']:.3f} |")
+        lines.append(f"| PPO final, seed {p['seed']} | {p['kl']:.2f} | {num(p['gold'])} | {p['pm']:.3f} |")
     lines += ["", "![frontier](frontier.png)", "", "## Learning curves", "", "![learning curves](learning_curves.png)",
               "", "## Cost", "", "Mean over seeds of what each stage cost when it was made (a reused artifact "
               "counts at the cost recorded when it was built). CPU time sums the actors' processes and the "
@@ -236,7 +271,7 @@ def markdown(r: dict[str, Any]) -> str:
         if key in r:
             v = next(iter(r[key].values()))
             lines.append(f"- {name}: {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]")
-    for p, v in r["gold"].items():
+    for p, v in r.get("gold", {}).items():
         lines.append(f"- mean gold score of {NAMES[p]}: {v['value']:.3f}")
     lines += [f"- sum of the jobs' wall times: {r['wall_seconds']:.0f} s", "", "## Runs", ""]
     lines += [f"- `{x['path']}`: {x['stage']}, seed {x['seed']}" for x in r["runs"]]
@@ -265,12 +300,13 @@ def variants_markdown(variants: dict[str, dict[str, Any]]) -> str:
     """The index of a knob sweep: each variant's headline figures, and a link to its own report."""
     lines = ["# Sweep over knobs: one report per setting", "",
              "The jobs differ in more than method and seed, so each setting has its own report (methods "
-             "paired and seeds averaged within it). Gold-judge win rates, mean over seeds [95% interval].", "",
+             "paired and seeds averaged within it). Win rates of the headline judge (the gold judge on the "
+             "world's prompts), mean over seeds [95% interval].", "",
              "| setting | seeds | " + " | ".join(pair_label(f"{a}_vs_{b}") for a, b in PAIRS)
              + " | PPO final KL | PAT Spearman | PM val accuracy | report |",
              "| --- | --- |" + " --- |" * (len(PAIRS) + 4)]
     for label, r in variants.items():
-        gold = r["win_rate"]["gold"]
+        gold = r["win_rate"].get(headline(r), {})
         cells = [fmt(gold[f"{a}_vs_{b}"]) if f"{a}_vs_{b}" in gold else "" for a, b in PAIRS]
         extra = [f"{r[k][sub]['value']:.3f}" if k in r else "" for k, sub in
                  (("kl", "final"), ("controllability", "spearman"), ("pm", "val_accuracy"))]

@@ -78,11 +78,7 @@ def load_moss_sft(path: str | Path) -> list[SFTExample]:
 
 def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
     """Load records ``{<context>, "chosen": str, "rejected": str}`` (context schema in the module doc)."""
-
-    def parse(record: dict[str, Any]) -> PreferencePair:
-        return PreferencePair(_context(record), _text(record, "chosen"), _text(record, "rejected"))
-
-    return _load(path, parse)
+    return _load(path, _pair_record)
 
 
 def load_multi_response(path: str | Path) -> list[MultiResponse]:
@@ -114,8 +110,14 @@ def load_multi_response(path: str | Path) -> list[MultiResponse]:
 
 def _load(path: str | Path, parse: Callable[[dict[str, Any]], T]) -> list[T]:
     path = Path(path)
+    return _parse_records(path, _records(path), parse)
+
+
+def _parse_records(path: Path, records: list[tuple[str, Any]], parse: Callable[[dict[str, Any]], T]) -> list[T]:
+    """``parse`` applied to each record (from :func:`_records`); a :class:`_Bad` becomes a :class:`DataError`
+    naming the file and the record's place."""
     out = []
-    for where, record in _records(path):
+    for where, record in records:
         try:
             if not isinstance(record, dict):
                 raise _Bad(f"expected a JSON object, got {_kind(record)}")
@@ -209,6 +211,10 @@ def _context(record: dict[str, Any]) -> Conversation:
         turns.append(Turn(human, _check_body(_get(entry, "moss", name), f"{name} key 'moss'")))
     turns.append(Turn(_text(record, "prompt"), moss=""))
     return Conversation(meta, tuple(turns))
+
+
+def _pair_record(record: dict[str, Any]) -> PreferencePair:
+    return PreferencePair(_context(record), _text(record, "chosen"), _text(record, "rejected"))
 
 
 # --- MOSS-003 SFT ----------------------------------------------------------------------------------

@@ -55,14 +55,13 @@ def pair_groups(pairs: Sequence[PreferencePair]) -> list[ComparisonGroup]:
     return [ComparisonGroup(p.context, (p.chosen, p.rejected), ((0, 1),)) for p in pairs]
 
 
+def ranked_pairs(scores: Sequence[float]) -> tuple[tuple[int, int], ...]:
+    """Every pair of candidates with different scores, as (higher, lower) indices (ties carry no preference)."""
+    return tuple((i, j) if scores[i] > scores[j] else (j, i)
+                 for i, j in itertools.combinations(range(len(scores)), 2) if scores[i] != scores[j])
+
+
 def multi_response_groups(records: Sequence[MultiResponse]) -> list[ComparisonGroup]:
-    """Every pair of a scored response set, the higher score chosen (ties carry no preference)."""
-    groups = []
-    for rec in records:
-        pairs = []
-        for i, j in itertools.combinations(range(len(rec.responses)), 2):
-            if rec.scores[i] != rec.scores[j]:
-                pairs.append((i, j) if rec.scores[i] > rec.scores[j] else (j, i))
-        if pairs:
-            groups.append(ComparisonGroup(rec.context, tuple(rec.responses), tuple(pairs)))
-    return groups
+    """Every pair of a scored response set, the higher score chosen; sets without a pair are left out."""
+    groups = [ComparisonGroup(rec.context, tuple(rec.responses), ranked_pairs(rec.scores)) for rec in records]
+    return [g for g in groups if g.pairs]

@@ -26,6 +26,11 @@ class WorldPrompt:
     history: tuple[Turn, ...]
     task: Task
 
+    @property
+    def text(self) -> str:
+        """The last human message."""
+        return self.task.prompt
+
     def conversation(self, reply: str = "", quality: int | None = None) -> Conversation:
         last = Turn(self.task.prompt, reply, quality=quality)
         return Conversation(meta_instruction(), self.history + (last,))

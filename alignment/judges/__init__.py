@@ -1,0 +1,1 @@
+"""Judges that compare or score policy replies: an LLM behind an OpenAI-compatible endpoint (``llm``)."""

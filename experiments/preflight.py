@@ -1,0 +1,81 @@
+"""Inputs checked before Ray starts: every file a run names is read and validated, a checkpoint
+directory is looked at, and every judge the run will call is reached, so that a bad row, a
+missing path or an unreachable server fails in seconds, naming the key, before anything trains.
+
+``run.py`` calls ``preflight`` after the schema checks (``experiments.config.validate``). Heavy
+imports happen only for the options that need them: the built-in default reads nothing here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from experiments.config import LabConfig, judges_used, pm_feedback
+
+EVALUATING = ("sft", "pat", "ppo", "compare")  # stages that answer the held-out prompts
+USING_PM = ("pm", "pat", "ppo", "compare")
+
+
+def _read(key: str, load: Callable[[], list[Any]]) -> list[Any]:
+    try:
+        rows = load()
+    except ValueError as err:  # DataError: the file, the line and the problem
+        raise ValueError(f"{key}: {err}") from None
+    if not rows:
+        raise ValueError(f"{key}: the file holds no usable rows")
+    return rows
+
+
+def check_model_dir(key: str, path: str | None) -> None:
+    if not path:
+        raise ValueError(f"{key} is required: a local Hugging Face checkpoint directory")
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ValueError(f"{key}: {path} is not a directory (checkpoints load from local directories only)")
+    if not (p / "config.json").is_file():
+        raise ValueError(f"{key}: {path} has no config.json; is it a Hugging Face checkpoint directory?")
+
+
+def preflight(lab: LabConfig, cache_root: Path) -> None:
+    """Validate the run's inputs; raises ValueError naming the key and the problem."""
+    if lab.stage == "report":
+        return
+    if lab.model.name == "pretrained":
+        check_model_dir("model.path", lab.model.path)
+    elif lab.model.name != "tiny":
+        raise ValueError(f"model.name: {lab.model.name!r}; choose tiny or pretrained")
+    if lab.data.source == "moss_sft":
+        from alignment.data.loaders import load_moss_sft
+
+        if not lab.data.path:
+            raise ValueError("data.path is required with data.source=moss_sft (MOSS-003 SFT .json/.jsonl)")
+        _read("data.path", lambda: load_moss_sft(lab.data.path))
+    elif lab.data.source != "world":
+        raise ValueError(f"data.source: {lab.data.source!r}; choose world or moss_sft")
+
+    from alignment.data.formats import load_preferences, load_prompts
+
+    pm = lab.pm
+    if lab.stage in USING_PM:
+        feedback = pm_feedback(lab)
+        if feedback == "data" and pm.data_path:
+            _read("pm.data_path", lambda: load_preferences(pm.data_path, pm.data_format))
+        if feedback == "data" and pm.multi_response_path:
+            from alignment.data.loaders import load_multi_response
+
+            _read("pm.multi_response_path", lambda: load_multi_response(pm.multi_response_path))
+        if pm.val_path and feedback != "world":
+            _read("pm.val_path", lambda: load_preferences(pm.val_path, pm.data_format))
+        if feedback == "judge" and pm.prompts_path:
+            _read("pm.prompts_path", lambda: load_prompts(pm.prompts_path, pm.prompts_format))
+    if lab.stage in EVALUATING and lab.eval.prompts_path:
+        _read("eval.prompts_path", lambda: load_prompts(lab.eval.prompts_path, lab.eval.prompts_format))
+    if lab.stage in ("ppo", "compare") and lab.algo.prompts_path:
+        _read("algo.prompts_path", lambda: load_prompts(lab.algo.prompts_path, lab.algo.prompts_format))
+    used = judges_used(lab)
+    if "rm" in used or "llm" in used:
+        from experiments.judging import check_judges
+
+        check_judges(lab, used, cache_root)
