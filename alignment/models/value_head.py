@@ -29,6 +29,8 @@ def load_value_model(path: str, drop_last_layer: bool = False) -> PreTrainedMode
     if drop_last_layer:
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
         kwargs["num_hidden_layers"] = cfg.num_hidden_layers - 1
+        if getattr(cfg, "layer_types", None):  # per-layer attention kinds (Qwen2, Gemma...): one fewer too
+            kwargs["layer_types"] = list(cfg.layer_types)[:-1]
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
