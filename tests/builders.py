@@ -29,7 +29,8 @@ def save_qwen2(out: Path, tokenizer, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      tie_word_embeddings=True)
     Qwen2ForCausalLM(cfg).save_pretrained(out)
     _templated(tokenizer).save_pretrained(out)
     return out
