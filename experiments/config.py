@@ -7,6 +7,7 @@ a message that names the key.
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -388,8 +389,13 @@ def validate_inputs(lab: LabConfig) -> None:
     feedback = pm_feedback(lab)
     if feedback == "data" and not (lab.pm.data_path or lab.pm.multi_response_path):
         raise ValueError("pm.feedback=data needs pm.data_path or pm.multi_response_path")
+    if feedback == "data" and not lab.pm.val_path:
+        raise ValueError("pm.val_path: preference data from files needs a held-out preference file")
     if feedback == "judge" and lab.pm.candidates < 2:
         raise ValueError(f"pm.candidates: {lab.pm.candidates}; at least 2 replies per prompt to compare")
+    if feedback == "judge" and not lab.eval.do_sample:
+        raise ValueError("pm.feedback=judge samples its candidates with the eval.* settings, and eval.do_sample is "
+                         "false: every candidate would be the same reply")
     judges = eval_judges(lab)
     if not judges:
         raise ValueError("eval.judges is empty; list at least one of " + ", ".join(JUDGES))
@@ -408,6 +414,9 @@ def validate_inputs(lab: LabConfig) -> None:
         for key in ("base_url", "model"):
             if not getattr(llm, key):
                 raise ValueError(f"judges.llm.{key} is required by the llm judge")
+    if llm.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", llm.api_key_env):
+        raise ValueError("judges.llm.api_key_env must be the NAME of an environment variable that holds the key "
+                         "(letters, digits, underscores), never the key itself")
     if llm.concurrency < 1 or llm.timeout <= 0 or llm.max_retries < 0 or llm.max_tokens < 1:
         raise ValueError("judges.llm: concurrency and max_tokens must be at least 1, timeout > 0, max_retries >= 0 "
                          f"(got {llm.concurrency}, {llm.max_tokens}, {llm.timeout}, {llm.max_retries})")

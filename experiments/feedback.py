@@ -24,7 +24,7 @@ from alignment.chat_format import Conversation, Turn, generation_prompt
 from alignment.data.formats import FilePrompt, load_prompts
 from alignment.data.loaders import load_moss_sft
 from alignment.data.preference import ComparisonGroup, ranked_pairs
-from alignment.judges.llm import PairItem
+from alignment.judges.llm import QUESTION, SYSTEM_PROMPT, PairItem
 from experiments.cache import Artifact
 from experiments.config import as_key
 from experiments.context import RunContext
@@ -58,7 +58,9 @@ def feedback_payload(ctx: RunContext, sft: Artifact, contexts: list[Conversation
         judge: dict[str, Any] = {"rm": cfg.judges.rm.path, "max_length": cfg.judges.rm.max_length}
     else:
         llm = cfg.judges.llm
-        judge = {"llm": llm.model, "max_tokens": llm.max_tokens, "temperature": llm.temperature}
+        question = hashlib.sha256((SYSTEM_PROMPT + QUESTION).encode()).hexdigest()
+        judge = {"llm": llm.model, "base_url": llm.base_url, "max_tokens": llm.max_tokens,
+                 "temperature": llm.temperature, "question": question}
     return {"sft": str(sft.path), "prompts": digest.hexdigest(), "candidates": cfg.pm.candidates,
             "sampling": sampling, "seed": cfg.seed, "judge": judge}
 
@@ -76,9 +78,9 @@ def label(ctx: RunContext, contexts: list[Conversation], candidates: list[list[s
                 for i, (c, cands) in enumerate(zip(contexts, candidates))]
     pairs = [(i, a, b) for i, cands in enumerate(candidates)
              for a, b in itertools.combinations(range(len(cands)), 2) if cands[a] != cands[b]]
-    judge = llm_judge(cfg, ctx.cache.root)
-    verdicts = judge.compare([PairItem(contexts[i], candidates[i][a], candidates[i][b]) for i, a, b in pairs],
-                             desc="pm: llm feedback")
+    with llm_judge(cfg, ctx.cache.root) as judge:
+        verdicts = judge.compare([PairItem(contexts[i], candidates[i][a], candidates[i][b]) for i, a, b in pairs],
+                                 desc="pm: llm feedback")
     ctx.tracker.summary({f"pm/llm_judge/{k}": v for k, v in judge.stats.items()})
     decided: list[list[tuple[int, int]]] = [[] for _ in contexts]
     for (i, a, b), v in zip(pairs, verdicts):

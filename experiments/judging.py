@@ -45,7 +45,8 @@ def check_judges(cfg: LabConfig, names: Sequence[str], cache_root: Path) -> None
             raise ValueError(f"judges.rm.path: {err}") from None
     if "llm" in names:
         try:
-            llm_judge(cfg, cache_root).check()
+            with LLMJudge(llm_spec(cfg)) as judge:  # no verdict cache: this only asks for the models
+                judge.check()
         except RuntimeError as err:
             raise ValueError(f"judges.llm: {err}") from None
 
@@ -68,9 +69,9 @@ def llm_outcomes(ctx: RunContext, contexts: Sequence[Conversation], replies: dic
                  pairs: Sequence[tuple[str, str]]) -> dict[str, list[int]]:
     """``{"a_vs_b": outcomes}`` for every pair: +1 where the LLM judge prefers a's reply in both
     orders, -1 where it prefers b's in both, 0 otherwise (one batch of requests for all pairs)."""
-    judge = llm_judge(ctx.cfg, ctx.cache.root)
     items = [PairItem(c, ra, rb) for a, b in pairs for c, ra, rb in zip(contexts, replies[a], replies[b])]
-    verdicts = judge.compare(items, desc="llm judge")
+    with llm_judge(ctx.cfg, ctx.cache.root) as judge:
+        verdicts = judge.compare(items, desc="llm judge")
     n = len(contexts)
     out = {f"{a}_vs_{b}": verdicts[i * n:(i + 1) * n] for i, (a, b) in enumerate(pairs)}
     ctx.tracker.summary({f"llm_judge/{k}": v for k, v in judge.stats.items()})

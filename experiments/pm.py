@@ -30,6 +30,9 @@ from experiments.sft import sft_stage, strategy_spec
 def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:
     cfg = ctx.cfg
     pm = as_key(cfg.pm)
+    if pm_feedback(cfg) != "judge":  # the settings of judge feedback change nothing else
+        for name in ("feedback", "judge", "candidates", "prompts_path", "prompts_format"):
+            pm.pop(name, None)
     if not cfg.pm.sft_samples:
         del pm["sft_samples"]  # keeps the keys of preference models trained before the option existed
     payload = {"pm": pm, "world": as_key(cfg.data.world), "strategy": as_key(cfg.strategy),
@@ -49,7 +52,8 @@ def comparison_groups(ctx: RunContext, sft: Artifact,
     SFT model (generated here, or read from the replies cache) as a seventh candidate."""
     pm = ctx.cfg.pm
     feedback = pm_feedback(ctx.cfg)
-    val_file = pair_groups(load_preferences(pm.val_path, pm.data_format)) if pm.val_path else None
+    val_file = (pair_groups(load_preferences(pm.val_path, pm.data_format)) if pm.val_path and feedback != "world"
+                else None)
     if feedback == "data":
         train = (pair_groups(load_preferences(pm.data_path, pm.data_format)) if pm.data_path
                  else multi_response_groups(load_multi_response(pm.multi_response_path)))

@@ -14,7 +14,7 @@ from typing import Any
 
 from experiments.config import LabConfig, judges_used, pm_feedback
 
-EVALUATING = ("sft", "pat", "ppo", "compare")  # stages that answer the held-out prompts
+EVALUATING = ("sft", "pm", "pat", "ppo", "compare")  # stages whose SFT stage answers the held-out prompts
 USING_PM = ("pm", "pat", "ppo", "compare")
 
 

@@ -103,7 +103,8 @@ def evaluate_policy(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt
     """Generate on held-out test ``prompts`` and score with the gold judge (on the world's prompts):
     the report and the replies."""
     replies = generate(ctx, group, prompts)
-    report: dict[str, Any] = gold_report(ctx.world, prompts, replies) if ctx.on_world else {"gold": None}
+    on_world = all(isinstance(p, WorldPrompt) for p in prompts)
+    report: dict[str, Any] = gold_report(ctx.world, prompts, replies) if on_world else {"gold": None}
     report["samples"] = [{"prompt": p.text, "reply": r} for p, r in list(zip(prompts, replies))[:8]]
     return report, replies
 
@@ -125,7 +126,9 @@ def sft_stage(ctx: RunContext) -> Artifact:
             n_params = group.call("init_model", model_spec(cfg, tok_dir), strategy_spec(cfg, use_gpu),
                                   optim_config(cfg.trainer, steps))[0]
             info: dict[str, Any] = {"trainable_params": n_params, "n_examples": len(examples)}
-            prompts = ctx.test_prompts
+            # on world data the stage's own evaluation stays on the world's test prompts (its cache
+            # key holds no eval.*); on a data file, on the run's held-out prompts
+            prompts = ctx.world.prompts("test", cfg.eval.n_prompts) if cfg.data.source == "world" else ctx.test_prompts
             if cfg.eval.evaluate_init:
                 info["init"], _ = evaluate_policy(ctx, group, prompts)
             started = time.time()
@@ -133,7 +136,7 @@ def sft_stage(ctx: RunContext) -> Artifact:
                                        cfg.seed, batcher=bucketed_batches)
             info["train_seconds"] = time.time() - started
             info["eval"], replies = evaluate_policy(ctx, group, prompts)
-            info["sources"] = source_reference(ctx.world, prompts, cfg.seed) if ctx.on_world else []
+            info["sources"] = source_reference(ctx.world, prompts, cfg.seed) if info["eval"]["gold"] is not None else []
             art = commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
             # the replies join the evaluation-reply cache once the model they belong to is stored,
             # so later head-to-heads of this checkpoint reuse them instead of sampling again

@@ -164,8 +164,11 @@ def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]],
             key = f"{a}_vs_{b}"
             per: dict[int, list[int]] = {}
             for s in sorted(set(scores) | set(pairwise)):
-                if key in pairwise.get(s, {}).get(judge, {}):
-                    per[s] = pairwise[s][judge][key]
+                judged = pairwise.get(s, {}).get(judge, {})
+                if key in judged:
+                    per[s] = judged[key]
+                elif f"{b}_vs_{a}" in judged:  # judged the other way round (a PPO job's ppo_vs_pat)
+                    per[s] = [-r for r in judged[f"{b}_vs_{a}"]]
                 elif a in scores.get(s, {}).get(judge, {}) and b in scores[s][judge]:
                     per[s] = outcomes(scores[s][judge][a], scores[s][judge][b])
             if not per:

@@ -117,3 +117,20 @@ def test_answers_paris(reloaded):
     model, tokenizer = reloaded
     reply = smollm2.answer(model, tokenizer)
     assert "paris" in reply.lower(), reply
+
+
+@slow
+def test_serves_as_the_llm_judge(built):
+    """SmolLM2 behind the test suite's OpenAI-compatible server, asked by the lab's LLM judge over
+    HTTP in both orders: it answers with a letter, and it does not prefer the wrong fact."""
+    from alignment.chat_format import Conversation, Turn
+    from alignment.judges.llm import LLMJudge, LLMJudgeSpec, PairItem
+    from tests.openai_server import serve
+
+    question = Conversation("", (Turn("What is the capital of France?", ""),))
+    with serve(model_dir=built, model_name="smollm2") as server:
+        judge = LLMJudge(LLMJudgeSpec(base_url=server.base_url, model="smollm2", max_tokens=4, concurrency=2))
+        judge.check()
+        verdicts = judge.compare([PairItem(question, "The capital of France is Paris.",
+                                           "The capital of France is London.")])
+    assert judge.stats["invalid"] == 0 and verdicts[0] in (0, 1), (verdicts, judge.stats)

@@ -131,6 +131,8 @@ def _free_port() -> int:
     ("eval.prompts_path={root}/hh-rlhf-val.jsonl", "eval.prompts_path:"),
     ("pm.val_path={root}/test-prompts.jsonl", "pm.val_path:"),
     ("eval.judges=[gold,pm]", "eval.judges: the gold judge knows only the world's prompts"),
+    ("judges.llm.api_key_env=sk-pasted-key-0123", "judges.llm.api_key_env must be the NAME"),
+    ("eval.do_sample=false", "every candidate would be the same reply"),
 ])
 def test_bad_inputs_fail_before_ray_starts(inputs, change, problem, tmp_path):
     """An unreachable judge, a missing model and files of the wrong kind fail in seconds, naming the
@@ -144,4 +146,4 @@ def test_bad_inputs_fail_before_ray_starts(inputs, change, problem, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode != 0 and problem in out.stderr, out.stderr[-2000:]
     assert "Ray dashboard" not in out.stdout and time.time() - started < 30
-    assert SECRET not in out.stdout + out.stderr
+    assert SECRET not in out.stdout + out.stderr and "sk-pasted-key-0123" not in out.stderr

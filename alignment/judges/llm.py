@@ -245,6 +245,8 @@ class LLMJudge:
             raise JudgeError(f"the LLM judge at {base} did not list its models: {self._describe(err)}") from None
         except openai.APIConnectionError as err:
             raise JudgeError(f"cannot reach the LLM judge at {base}: {self._describe(err)}") from None
+        except openai.OpenAIError as err:  # e.g. a /models reply that is not OpenAI's shape
+            raise JudgeError(f"the LLM judge at {base} gave an unusable model list: {self._describe(err)}") from None
         if self.spec.model not in served:
             listed = ", ".join(repr(s) for s in served) or "(none)"
             raise JudgeError(f"the LLM judge at {base} does not serve model {self.spec.model!r}; it serves: {listed}")
