@@ -45,7 +45,7 @@ def overrides(inputs: dict, base_url: str) -> list[str]:
         "pm.candidates=3", f"pm.val_path={inputs['hh']}", "pm.max_length=256",
         "pat.n_train=96", "pat.trainer.batch_size=8", "pat.control_prompts=4",
         "algo.iterations=2", "algo.rollout_batch_size=4", "algo.max_new_tokens=16", "algo.ptx_batch_size=4",
-        "algo.checkpoint_every=0",
+        "algo.checkpoint_every=0", f"algo.prompts_path={inputs['train_prompts']}",
         f"eval.prompts_path={inputs['test_prompts']}", "eval.n_prompts=10", "eval.max_new_tokens=24",
         "eval.judges=[pm,rm,llm]", f"judges.rm.path={inputs['rm']}", f"judges.llm.base_url={base_url}",
         "judges.llm.model=local-judge", f"judges.llm.api_key_env={KEY_ENV}", "judges.llm.max_tokens=4",
