@@ -14,10 +14,12 @@ from alignment.chat_format import reply_text
 from alignment.data.batching import collate
 from alignment.generation import RolloutSpec, SamplingSpec, generate_replies, sample_responses
 from alignment.loss_mask import Encoded
+from alignment.losses.dpo import log_ratios, sequence_logps
+from alignment.losses.kl import kl_estimate
 from alignment.losses.lm import masked_lm_loss
 from alignment.losses.logprobs import entropy, token_logprobs
 from alignment.losses.masked import masked_mean
-from alignment.losses.ppo import policy_loss
+from alignment.losses.registry import POLICY_LOSSES, PREFERENCE_LOSSES
 from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tiny, load_causal_lm, mergeable
 from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
@@ -32,6 +34,26 @@ class PolicyUpdateSpec:
     temperature: float = 1.0  # the rollout's; log-probs are taken under softmax(logits / temperature)
     num_threads: int = 0  # torch CPU threads during the update (0: the actor's own)
     ptx_coef: float = 0.0  # weight of the SFT loss on the ``ptx`` examples added to each step's loss
+    policy_loss: str = "ppo_clip"  # a name in alignment.losses.registry.POLICY_LOSSES
+    kl_coef: float = 0.0  # with reference log-probs: + kl_coef * mean KL(policy || reference) in the loss
+    kl_estimator: str = "k1"  # a name in alignment.losses.registry.KL_ESTIMATORS
+
+
+@dataclass(frozen=True)
+class DPOSpec:
+    loss: str = "dpo"  # a name in alignment.losses.registry.PREFERENCE_LOSSES
+    beta: float = 0.1
+
+
+@dataclass(frozen=True)
+class DPOPair:
+    """One labelled pair for ``dpo_step``: each reply as (prompt ids, reply ids), and its summed
+    log-prob under the reference model (computed once, before training)."""
+
+    chosen: tuple[list[int], list[int]]
+    rejected: tuple[list[int], list[int]]
+    ref_chosen: float
+    ref_rejected: float
 
 
 @dataclass
@@ -71,6 +93,33 @@ class PolicyActor(TrainableActor):
         stats = self.engine.step()
         return {"loss": loss.item(), "tokens": float(n_tokens), **stats}
 
+    def sequence_logprobs(self, rows: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """``[B]`` summed log-probs of each row's reply tokens given its prompt (with autograd)."""
+        ro = pack([p for p, _ in rows], [r for _, r in rows], [[0.0] * len(r) for _, r in rows],
+                  self.tokenizer.pad_token_id).to(self.device)
+        return sequence_logps(token_logprobs(response_logits(self.engine, ro), response_tokens(ro)), ro.response_mask)
+
+    def dpo_step(self, pairs: list[DPOPair], spec: DPOSpec) -> dict[str, float]:
+        """One optimizer step of the preference loss ``spec.loss`` on this rank's share of the pairs:
+        the replies of all its pairs in one pass (a reply in several pairs, as the candidates of one
+        comparison group are, once), their log-ratios to the reference as the loss's inputs."""
+        n = len(pairs)
+        rows, where = [], {}
+        for row in [p.chosen for p in pairs] + [p.rejected for p in pairs]:
+            where.setdefault((tuple(row[0]), tuple(row[1])), len(where))
+            if len(where) > len(rows):
+                rows.append(row)
+        index = [where[(tuple(p), tuple(r))] for p, r in [q.chosen for q in pairs] + [q.rejected for q in pairs]]
+        logps = self.sequence_logprobs(rows)[torch.tensor(index, device=self.device)]
+        chosen, rejected = logps[:n], logps[n:]
+        ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in pairs], device=self.device)
+        loss, st = PREFERENCE_LOSSES.get(spec.loss)(*log_ratios(chosen, rejected, ref[:, 0], ref[:, 1]), spec.beta)
+        self.engine.backward(loss)
+        step = self.engine.step()
+        return {"loss": loss.item(), **{k: float(v) for k, v in st.items()},
+                "chosen_logps": chosen.detach().mean().item(), "rejected_logps": rejected.detach().mean().item(),
+                "pairs": float(n), "sequences": float(len(rows)), **step}
+
     def generate(self, prompts: list[str], sampling: SamplingSpec, batch_size: int, seed: int) -> list[str]:
         replies, n_tokens = generate_replies(self.engine.module, self.tokenizer, prompts, sampling, batch_size,
                                              seed + self.rank)
@@ -87,12 +136,17 @@ class PolicyActor(TrainableActor):
         return pack(prompts, responses, logprobs, tok.pad_token_id), texts
 
     def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, ptx: list[Encoded] | None,
-                   spec: PolicyUpdateSpec) -> dict[str, float]:
+                   spec: PolicyUpdateSpec, ref_logprobs: torch.Tensor | None = None) -> dict[str, float]:
         """Clipped-surrogate updates on this rank's share: ``spec.epochs`` passes of
         ``spec.mini_batches`` optimizer steps. With ``ptx`` examples (PPO-ptx, InstructGPT §3.5) each
         step adds ``spec.ptx_coef`` times their SFT loss, the examples split over the mini-batches as
-        the rollout is. Returns mean stats and the token count."""
+        the rollout is. With ``ref_logprobs`` (``[B, R]``, the KL in the loss, as GRPO puts it) each
+        step adds ``spec.kl_coef`` times the ``spec.kl_estimator`` estimate of KL(policy || reference)
+        averaged over response tokens. Returns mean stats and the token count."""
         ro, advantages = rollout.to(self.device), advantages.to(self.device)
+        surrogate_fn = POLICY_LOSSES.get(spec.policy_loss)
+        refs = (torch.tensor_split(ref_logprobs.to(self.device), spec.mini_batches) if ref_logprobs is not None
+                else [None] * spec.mini_batches)
         ptx_parts = shard(ptx, spec.mini_batches) if ptx and spec.ptx_coef else None
         threads = torch.get_num_threads()
         if spec.num_threads:  # the other roles wait while the policy updates: it may take their cores
@@ -104,8 +158,12 @@ class PolicyActor(TrainableActor):
                                               torch.tensor_split(advantages, spec.mini_batches))):
                 logits = response_logits(self.engine, mb)
                 logprobs = token_logprobs(logits, response_tokens(mb), spec.temperature)
-                surrogate, st = policy_loss(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
+                surrogate, st = surrogate_fn(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
                 loss = surrogate
+                if refs[i] is not None:
+                    kl_loss = masked_mean(kl_estimate(logprobs, refs[i], spec.kl_estimator), mb.response_mask)
+                    st["kl_loss"] = kl_loss.detach()
+                    loss = loss + spec.kl_coef * kl_loss
                 if ptx_parts is not None and ptx_parts[i]:
                     ptx_loss, _ = self.lm_loss(ptx_parts[i])
                     st["ptx_loss"] = ptx_loss.detach()

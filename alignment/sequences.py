@@ -40,3 +40,26 @@ def scored_sequences(tokenizer, contexts: Sequence[Conversation], replies: Seque
                       add_special_tokens=False)["input_ids"]
     bodies = tokenizer([written_body(r) for r in replies], add_special_tokens=False)["input_ids"]
     return [(head + body)[-max_length:] for head, body in zip(heads, bodies)]
+
+
+def reply_sequences(tokenizer, contexts: Sequence[Conversation], replies: Sequence[str],
+                    max_length: int) -> list[tuple[list[int], list[int]]]:
+    """``(prompt ids, reply ids)`` of each (context, reply), the tokens generation builds (the whole
+    context's ``prompt_ids``, then the written reply), for a policy's log-prob of the reply. Within
+    ``max_length`` tokens: the reply keeps its start and the prompt its end, the prompt at least
+    ``min(len(prompt), max_length // 2)`` tokens (never none)."""
+    if len(contexts) != len(replies):
+        raise ValueError(f"{len(contexts)} contexts for {len(replies)} replies")
+    if max_length < 2:
+        raise ValueError(f"max_length: {max_length}; at least 2 (a prompt token and a reply token)")
+    if not replies:
+        return []
+    heads = tokenizer([generation_prompt(c) for c in contexts], add_special_tokens=False)["input_ids"]
+    bodies = tokenizer([written_body(r) for r in replies], add_special_tokens=False)["input_ids"]
+    out = []
+    for head, body in zip(heads, bodies):
+        if len(head) + len(body) > max_length:
+            body = body[: max_length - max(1, min(len(head), max_length // 2))]
+            head = head[-(max_length - len(body)):]
+        out.append((list(head), list(body)))
+    return out

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from alignment.data.formats import PREFERENCE_FORMATS, PROMPT_FORMATS
 from alignment.pat import check_bucketing
 
 KEY = "key"
@@ -158,7 +159,7 @@ class PPOConfig:
     """RLHF with PPO (MOSS §7.2): rollouts, KL-penalised preference-model reward, GAE, clipped updates."""
 
     iterations: int = 100  # rollout -> score -> advantages -> updates
-    rollout_batch_size: int = 32  # prompts (one response each) per iteration, over all policy ranks
+    rollout_batch_size: int = 32  # responses per iteration (rollout_batch_size / group_size prompts), all ranks
     prompt_offset: int = 5000  # world train prompts start here (PM training uses the first ones)
     max_new_tokens: int = 96
     min_new_tokens: int = 0
@@ -173,6 +174,11 @@ class PPOConfig:
     epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass, per trainable role
     whiten_advantages: bool = True
+    # the parts a method swaps, by registered name (alignment/losses/registry.py); +experiment=grpo / rloo set them
+    advantage: str = if_set("gae")  # gae (needs the critic), grpo, rloo (group baselines: no critic role starts)
+    group_size: int = if_set(1)  # responses per prompt, consecutive rows; rollout_batch_size counts responses
+    kl_in: str = if_set("reward")  # reward: -beta * KL in the token rewards; loss: + beta * KL in the policy loss
+    policy_loss: str = if_set("ppo_clip")
     normalize_reward: bool = True  # running mean/std of the preference-model score
     reward_clip: Optional[float] = 5.0  # clip of the (normalised) score
     critic_init: str = "pm"  # "pm" (the preference model) or "sft" (new head on the SFT model)
@@ -188,6 +194,19 @@ class PPOConfig:
     num_threads: int = 2  # torch CPU threads per actor
     # threads of the policy's update (0: num_threads): the other roles wait for it, so it may take their cores
     policy_update_threads: int = 0
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimisation (Rafailov et al., 2023) on the preference model's labelled pairs:
+    the SFT model is the starting point and the frozen reference."""
+
+    beta: float = 0.1  # strength of the pull to the reference (the implicit reward is beta * log-ratio)
+    loss: str = "dpo"  # a preference loss of alignment.losses.registry: dpo (sigmoid), ipo, bradley_terry
+    max_length: int = 384  # prompt + reply tokens of each sequence (the prompt's start and the reply's end go)
+    n_prompts: int = -1  # the PM's first N training comparison groups (all their labelled pairs); -1: all
+    # trainer.batch_size counts pairs (two sequences each)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 @dataclass
@@ -298,6 +317,15 @@ class CompareConfig:
 
 
 @dataclass
+class BoNConfig:
+    """Best-of-n (``+experiment=bon``): the SFT model samples ``n_max`` replies per held-out prompt
+    once (eval sampling settings); the preference model picks the best of the first n, for each n."""
+
+    n_max: int = 16  # samples per prompt; best-of-n_max is the method ``bon``
+    ns: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # the curve's points
+
+
+@dataclass
 class LabConfig:
     stage: str = MISSING  # set by an experiment preset: +experiment=sft
     seed: int = 0
@@ -311,12 +339,14 @@ class LabConfig:
     pm: PMConfig = field(default_factory=PMConfig)
     pat: PATConfig = field(default_factory=PATConfig)
     algo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     judges: JudgesConfig = field(default_factory=JudgesConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    bon: BoNConfig = field(default_factory=BoNConfig)
     extra: Dict[str, Any] = field(default_factory=dict)  # free-form notes, logged with the run
 
 
@@ -345,8 +375,6 @@ def as_key(node: Any) -> Any:
     return out
 
 
-PREFERENCE_FORMATS = ("auto", "lab", "hh", "trl_conversational", "trl_text")
-PROMPT_FORMATS = ("auto", "prompt", "messages", "moss")
 FEEDBACK = ("auto", "world", "data", "judge")
 
 
@@ -367,7 +395,7 @@ def pm_feedback(lab: LabConfig) -> str:
 def judges_used(lab: LabConfig) -> list[str]:
     """The judges the run will call: the evaluation's (for the stages that evaluate methods) and
     the preference model's AI feedback (``pm.feedback=judge``)."""
-    used = eval_judges(lab) if lab.stage in ("pat", "ppo", "compare") else []
+    used = eval_judges(lab) if lab.stage in ("pat", "ppo", "grpo", "rloo", "compare", "bon", "dpo") else []
     if pm_feedback(lab) == "judge" and lab.stage != "sft" and lab.pm.judge not in used:
         used.append(lab.pm.judge)
     return used
@@ -422,10 +450,32 @@ def validate_inputs(lab: LabConfig) -> None:
                          f"(got {llm.concurrency}, {llm.max_tokens}, {llm.timeout}, {llm.max_retries})")
 
 
+def validate_algo(a: PPOConfig) -> None:
+    """The RL loop's swappable parts (checked against the registries of ``alignment.losses``) and its
+    grouping: ``algo.group_size`` responses per prompt, grpo / rloo need groups of at least 2."""
+    # importing any module of alignment.losses imports them all (its __init__), filling the registries
+    from alignment.losses.gae import needs_values
+    from alignment.losses.registry import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
+
+    ADVANTAGE_ESTIMATORS.check("algo.advantage", a.advantage)
+    POLICY_LOSSES.check("algo.policy_loss", a.policy_loss)
+    KL_ESTIMATORS.check("algo.kl_estimator", a.kl_estimator)
+    _choice("algo.kl_in", a.kl_in, ("reward", "loss"))
+    if a.group_size < 1:
+        raise ValueError(f"algo.group_size must be at least 1, got {a.group_size}")
+    if a.rollout_batch_size % a.group_size:
+        raise ValueError(f"algo.rollout_batch_size ({a.rollout_batch_size}) counts responses: it must be a "
+                         f"multiple of algo.group_size ({a.group_size})")
+    if not needs_values(a.advantage) and a.group_size < 2:
+        raise ValueError(f"algo.advantage={a.advantage} compares the responses to one prompt: algo.group_size "
+                         f"must be at least 2, got {a.group_size}")
+
+
 def validate(lab: LabConfig) -> None:
     """Fail before anything starts, naming the key, on settings no stage can run with (checks
     that need a stage's own imports, such as PPO's, run when the stage starts)."""
-    for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer)):
+    for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer),
+                   ("dpo.trainer", lab.dpo.trainer)):
         for name in ("epochs", "batch_size", "log_every", "num_threads"):
             if getattr(t, name) < 1:
                 raise ValueError(f"{key}.{name} must be at least 1, got {getattr(t, name)}")
@@ -445,7 +495,34 @@ def validate(lab: LabConfig) -> None:
         raise ValueError(f"pat.control_prompts must be at least 1, got {lab.pat.control_prompts}")
     if not 0 <= lab.compare.pat_nice <= 19:
         raise ValueError(f"compare.pat_nice: {lab.compare.pat_nice}; a Linux nice value from 0 to 19")
+    if lab.bon.n_max < 1:
+        raise ValueError(f"bon.n_max must be at least 1, got {lab.bon.n_max}")
+    if not lab.bon.ns:
+        raise ValueError("bon.ns is empty; list the n of each best-of-n point, e.g. [1, 2, 4, 8, 16]")
+    for n in lab.bon.ns:
+        if not 1 <= n <= lab.bon.n_max:
+            raise ValueError(f"bon.ns: {n}; each n must be between 1 and bon.n_max ({lab.bon.n_max})")
+    if lab.stage == "bon" and lab.bon.n_max > 1 and not lab.eval.do_sample:
+        raise ValueError("best-of-n samples its candidates with the eval.* settings, and eval.do_sample is false: "
+                         "every candidate would be the same reply")
+    validate_algo(lab.algo)
+    validate_dpo(lab)
     validate_inputs(lab)
+
+
+def validate_dpo(lab: LabConfig) -> None:
+    d = lab.dpo
+    if not d.beta > 0:
+        raise ValueError(f"dpo.beta must be > 0, got {d.beta}")
+    if d.max_length < 2:
+        raise ValueError(f"dpo.max_length must be at least 2, got {d.max_length}")
+    if d.n_prompts == 0 or d.n_prompts < -1:
+        raise ValueError(f"dpo.n_prompts: {d.n_prompts}; at least 1, or -1 for all the PM's groups")
+    if lab.stage == "dpo" or d.loss != DPOConfig.loss:  # the losses' modules import torch: only when needed
+        import alignment.losses.dpo  # noqa: F401  (registers the preference losses)
+        from alignment.losses.registry import PREFERENCE_LOSSES
+
+        PREFERENCE_LOSSES.check("dpo.loss", d.loss)
 
 
 def register() -> None:
@@ -453,7 +530,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="lab_schema", node=LabConfig)
     groups = {"model": ModelConfig, "data": DataConfig, "trainer": TrainerConfig, "pm": PMConfig, "pat": PATConfig,
-              "algo": PPOConfig,
+              "algo": PPOConfig, "dpo": DPOConfig,
               "strategy": StrategyConfig, "ray": RayConfig, "logger": LoggerConfig}
     for group, node in groups.items():
         cs.store(group=group, name=f"{group}_schema", node=node)

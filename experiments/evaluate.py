@@ -104,15 +104,21 @@ class Judged:
 
 def judge_jobs(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]], pm_path: Path, sft_path: Path,
                prompts: list[Prompt], judged: tuple[str, ...], pairs: list[tuple[str, str]] = ()) -> Judged:
-    """Replies of every job in ``work`` (``generate_many``), scored by each judge of ``eval.judges``:
-    the gold judge scores every job; the preference model and the reward model score the ``judged``
-    policies (those answering every prompt of ``prompts``), and every job when there is no gold
-    judge; the LLM judge compares the ``pairs``. Reply lengths are counted in the policy's tokens.
-    The per-prompt scores go to ``scores.json``."""
-    cfg = ctx.cfg
-    judges = eval_judges(cfg)
+    """Replies of every job in ``work`` (``generate_many``), judged by ``judge_replies``."""
     replies = generate_many(ctx, work)
     jobs = {name: job for _, named in work.values() for name, job in named.items()}
+    return judge_replies(ctx, jobs, replies, pm_path, sft_path, prompts, judged, pairs)
+
+
+def judge_replies(ctx: RunContext, jobs: dict[str, Job], replies: dict[str, list[str]], pm_path: Path,
+                  sft_path: Path, prompts: list[Prompt], judged: tuple[str, ...],
+                  pairs: list[tuple[str, str]] = ()) -> Judged:
+    """``replies[name]`` (from anywhere: generated, cached or picked) to the prompts of ``jobs[name]``,
+    scored by each judge of ``eval.judges``: the gold judge scores every job; the preference model and
+    the reward model score the ``judged`` policies (those answering every prompt of ``prompts``), and
+    every job when there is no gold judge; the LLM judge compares the ``pairs``. Reply lengths are
+    counted in the policy's tokens. The per-prompt scores go to ``scores.json``."""
+    judges = eval_judges(ctx.cfg)
     scores: dict[str, dict[str, list[float]]] = {}
     if "gold" in judges:
         scores["gold"] = {name: [ctx.world.judge(p, r) for p, r in zip(jobs[name].prompts, rs)]
@@ -136,12 +142,12 @@ def judge_jobs(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]], pm
 
 
 def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path,
-              items: dict[str, tuple[list[Conversation], list[str]]]) -> dict[str, list[float]]:
+              items: dict[str, tuple[list[Conversation], list[str]]], stage: str = "eval") -> dict[str, list[float]]:
     """The preference model's score of every reply, per policy (``items[name]``: the contexts and
-    the replies to them)."""
+    the replies to them); the scorer's cost joins ``stage``."""
     cfg = ctx.cfg
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    group = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, "eval")
+    group = ctx.group(PreferenceActor, "preference", cfg.ray.preference, cfg.pm.trainer.num_threads, stage)
     try:
         group.call("init_model", str(pm_path), False, strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
         out = {}
@@ -158,8 +164,7 @@ def _win(results: list[int], len_a: list[int] | None, len_b: list[int] | None, s
     out = {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]], "win": w["win"], "tie": w["tie"],
            "lose": w["lose"], "n": w["n"]}
     if len_a is not None and len_b is not None:
-        lc = length_controlled(results, len_a, len_b, seed=seed)
-        out["lc"] = {"value": lc["value"], "ci": lc["ci"], "length_coef": lc["length_coef"]}
+        out["lc"] = length_controlled(results, len_a, len_b, seed=seed)
     return out
 
 

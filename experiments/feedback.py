@@ -26,11 +26,10 @@ from alignment.data.loaders import load_moss_sft
 from alignment.data.preference import ComparisonGroup, ranked_pairs
 from alignment.judges.llm import QUESTION, SYSTEM_PROMPT, PairItem
 from experiments.cache import Artifact
-from experiments.config import as_key
 from experiments.context import RunContext
 from experiments.evaluate import generate_with
 from experiments.judging import llm_judge, rm_scores
-from experiments.replies import Job
+from experiments.replies import Job, sampling_key
 
 STAGE = "feedback"
 FILE = "groups.json"
@@ -43,19 +42,17 @@ def feedback_contexts(ctx: RunContext) -> list[Conversation]:
     if pm.prompts_path:
         return [p.context for p in load_prompts(pm.prompts_path, pm.prompts_format)][:n]
     if cfg.data.source == "moss_sft":
-        convs = [ex.conversation for ex in load_moss_sft(cfg.data.path)[:n]]
-        return [Conversation(c.meta_instruction, c.turns[:-1] + (Turn(c.turns[-1].human, ""),)) for c in convs]
+        return [FilePrompt.last_turn_of(ex.conversation).context for ex in load_moss_sft(cfg.data.path)[:n]]
     return [p.conversation() for p in ctx.world.prompts("train", n, offset=1000)]
 
 
 def feedback_payload(ctx: RunContext, sft: Artifact, contexts: list[Conversation]) -> dict[str, Any]:
     cfg = ctx.cfg
     digest = hashlib.sha256(json.dumps([generation_prompt(c) for c in contexts], ensure_ascii=False).encode())
-    sampling = as_key(cfg.eval)
-    for k in ("n_prompts", "evaluate_init"):
-        sampling.pop(k)
+    sampling = sampling_key(cfg)
     if cfg.pm.judge == "rm":
-        judge: dict[str, Any] = {"rm": cfg.judges.rm.path, "max_length": cfg.judges.rm.max_length}
+        judge: dict[str, Any] = {"rm": cfg.judges.rm.path, "max_length": cfg.judges.rm.max_length,
+                                 "bf16": cfg.ray.judge.num_gpus > 0}
     else:
         llm = cfg.judges.llm
         question = hashlib.sha256((SYSTEM_PROMPT + QUESTION).encode()).hexdigest()

@@ -52,14 +52,15 @@ def rank_mean(results: Sequence[dict[str, float]], weight_key: str) -> dict[str,
 
 def train_loop(
     group: RoleGroup, method: str, items: Sequence[Any], t: TrainerConfig, tracker: Tracker, name: str,
-    weight_key: str, seed: int, batcher=None,
+    weight_key: str, seed: int, batcher=None, call_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Run ``t.epochs`` over ``items``: each step calls ``method`` on every rank with its shard.
 
     Ranks report stats with a ``weight_key`` count (tokens, pairs); the logged value of each
     stat is its weighted mean over ranks, except ``lr`` and ``grad_norm`` (global, from rank 0).
     A batch with fewer items than the group has ranks (an epoch's short last batch) is skipped:
-    every rank of a data-parallel step needs an item.
+    every rank of a data-parallel step needs an item. ``call_kwargs`` go to every call of ``method``
+    (e.g. ``spec=``).
     """
     steps = total_steps(len(items), t)
     rng = random.Random(seed)
@@ -80,7 +81,7 @@ def train_loop(
                     break
                 if len(batch) < group.size:
                     continue
-                results = group.call_sharded(method, shard(batch, group.size))
+                results = group.call_sharded(method, shard(batch, group.size), **(call_kwargs or {}))
                 step += 1
                 window_weight += sum(r[weight_key] for r in results)
                 last = {f"{name}/{k}": v for k, v in rank_mean(results, weight_key).items()}

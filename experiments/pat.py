@@ -11,6 +11,7 @@ from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
 from alignment.chat_format import Conversation
 from alignment.data.batching import bucketed_batches
+from alignment.data.formats import FilePrompt
 from alignment.data.loaders import load_moss_sft
 from alignment.loss_mask import LossPolicy, encode_many, truncate
 from alignment.models.tokenizer import load_tokenizer
@@ -87,7 +88,7 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
     return ctx.stage("pat", key, "model", build)
 
 
-def tag_jobs(cfg: LabConfig, prompts: list[WorldPrompt]) -> dict[str, Job]:
+def tag_jobs(cfg: LabConfig, prompts: list[WorldPrompt] | list[FilePrompt]) -> dict[str, Job]:
     """PAT's evaluation replies: under the inference tag on every test prompt (``pat``), and under
     each bucket tag on the first ``pat.control_prompts`` (``tag_<t>``, the controllability curve)."""
     control = prompts[: cfg.pat.control_prompts]

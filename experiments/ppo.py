@@ -5,6 +5,11 @@ The driver is thin. Each iteration it deals prompts to the policy ranks, hands t
 (tensors, through Ray's object store) to the reference, preference-model and critic ranks,
 turns their outputs into rewards and whitened advantages with the pure maths of
 ``alignment/losses``, and asks the trainable roles to update.
+
+The same loop runs GRPO and RLOO (``+experiment=grpo`` / ``rloo``): their presets name a
+critic-free advantage estimator (``algo.advantage``), responses per prompt (``algo.group_size``)
+and where the KL goes (``algo.kl_in``); no critic role starts, and the policy, its cache stage and
+its results are named after the method (``method_name``).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from alignment.data.formats import load_prompts
 from alignment.data.loaders import load_moss_sft
 from alignment.generation import RolloutSpec
 from alignment.loss_mask import Encoded
-from alignment.losses.gae import gae
-from alignment.losses.kl import KL_ESTIMATORS, kl_estimate
+from alignment.losses.gae import AdvantageInputs, needs_values
+from alignment.losses.kl import kl_estimate
 from alignment.losses.masked import masked_mean, masked_whiten
+from alignment.losses.registry import ADVANTAGE_ESTIMATORS
 from alignment.losses.reward import RunningMoments, normalise_scores, token_rewards
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout
@@ -53,12 +59,18 @@ from experiments.sft import model_spec, sft_examples, sft_stage, strategy_spec
 from experiments.tracking import RayMetrics
 
 STATE_FILE = "trainer_state.json"
+METHODS = ("ppo", "grpo", "rloo")  # the stages this driver runs; their presets set algo.advantage and the rest
+
+
+def method_name(cfg: Any) -> str:
+    """What the run's policy, cache stage and results are named after: the stage (ppo, grpo, rloo),
+    or ppo when another driver (compare) runs the loop."""
+    return cfg.stage if cfg.stage in METHODS else "ppo"
 
 
 def check(a: PPOConfig, r: RayConfig) -> None:
-    """Fail early, naming the key, on settings the loop cannot run with."""
-    if a.kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"algo.kl_estimator: {a.kl_estimator!r}; choose one of {KL_ESTIMATORS}")
+    """Fail early, naming the key, on settings the loop cannot run with (the registered names and
+    the grouping are checked before anything starts, by ``experiments.config.validate``)."""
     if a.critic_init not in ("pm", "sft"):
         raise ValueError(f"algo.critic_init: {a.critic_init!r}; choose 'pm' or 'sft'")
     for key in ("iterations", "rollout_batch_size", "epochs", "mini_batches", "max_new_tokens", "ptx_batch_size"):
@@ -69,7 +81,8 @@ def check(a: PPOConfig, r: RayConfig) -> None:
     for key in ("reward_clip", "value_clip"):
         if getattr(a, key) is not None and getattr(a, key) <= 0:
             raise ValueError(f"algo.{key} must be > 0 or null (no clipping), got {getattr(a, key)}")
-    for role in ("policy", "critic", "reference", "preference"):
+    for role in ("policy", "critic", "reference", "preference") if needs_values(a.advantage) else \
+            ("policy", "reference", "preference"):
         n, need = getattr(r, role).num_actors, a.mini_batches if role in ("policy", "critic") else 1
         if a.rollout_batch_size // n < need:
             raise ValueError(f"algo.rollout_batch_size ({a.rollout_batch_size}) gives each of the {n} ranks of "
@@ -83,17 +96,19 @@ def optim(o: OptimizerConfig, steps: int) -> OptimConfig:
 
 @dataclass
 class Roles:
-    """The four PPO roles, each a group of actors (``RoleGroup``) or one in-process rank (``LocalGroup``)."""
+    """The four PPO roles, each a group of actors (``RoleGroup``) or one in-process rank (``LocalGroup``);
+    ``critic`` is None when the advantage estimator needs no values (grpo, rloo)."""
 
     policy: RoleGroup
-    critic: RoleGroup
+    critic: RoleGroup | None
     reference: RoleGroup
     preference: RoleGroup
     pg: Any = field(default=None, repr=False)
 
     def shutdown(self) -> None:
         for g in (self.policy, self.critic, self.reference, self.preference):
-            g.shutdown()
+            if g is not None:
+                g.shutdown()
         if self.pg is not None:
             from ray.util.placement_group import remove_placement_group
 
@@ -101,24 +116,28 @@ class Roles:
 
 
 def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Roles:
-    """Place the four roles (Ray actors, or in this process with ``local``) and load their models."""
+    """Place the roles (Ray actors, or in this process with ``local``) and load their models; the
+    critic only when the advantage estimator needs values."""
     cfg, a = ctx.cfg, ctx.cfg.algo
     r = cfg.ray
-    pg = None
+    pg, with_critic = None, needs_values(a.advantage)
     if local:
-        roles = Roles(*(LocalGroup(cls, name, a.num_threads) for cls, name in
-                        ((PolicyActor, "policy"), (CriticActor, "critic"), (ReferenceActor, "reference"),
-                         (PreferenceActor, "preference"))))
+        policy, critic, reference, preference = (
+            LocalGroup(cls, name, a.num_threads) if cls is not None else None for cls, name in
+            ((PolicyActor, "policy"), (CriticActor if with_critic else None, "critic"), (ReferenceActor, "reference"),
+             (PreferenceActor, "preference")))
+        roles = Roles(policy, critic, reference, preference)
     else:
         if r.colocate:
             if ctx.pool is not None:  # idle groups of earlier stages hold resources the bundle needs
                 ctx.pool.evict()
-            pg = colocated_pg([r.policy, r.critic, r.reference, r.preference])
+            pg = colocated_pg([r.policy, *([r.critic] if with_critic else []), r.reference, r.preference])
 
-        def group(cls: type, name: str, res: Any) -> RoleGroup:
-            return ctx.group(cls, name, res, a.num_threads, "ppo", pg=pg)  # colocated roles are not pooled
+        def group(cls: type, name: str, res: Any) -> RoleGroup:  # colocated roles are not pooled
+            return ctx.group(cls, name, res, a.num_threads, method_name(cfg), pg=pg)
 
-        roles = Roles(group(PolicyActor, "policy", r.policy), group(CriticActor, "critic", r.critic),
+        roles = Roles(group(PolicyActor, "policy", r.policy),
+                      group(CriticActor, "critic", r.critic) if with_critic else None,
                       group(ReferenceActor, "reference", r.reference),
                       group(PreferenceActor, "preference", r.preference), pg)
     steps = a.iterations * a.epochs * a.mini_batches
@@ -127,9 +146,10 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
         (roles.policy, roles.policy.submit(
             "init_model", None, spec=model_spec(cfg, sft, str(sft)),
             strategy=strategy_spec(cfg, r.policy.num_gpus > 0), optim=optim(a.policy_optim, steps))),
-        (roles.critic, roles.critic.submit(
+        *([(roles.critic, roles.critic.submit(
             "init_model", None, path=str(critic_path), drop_last_layer=cfg.pm.drop_last_layer,
-            strategy=strategy_spec(cfg, r.critic.num_gpus > 0), optim=optim(a.critic_optim, steps), seed=cfg.seed)),
+            strategy=strategy_spec(cfg, r.critic.num_gpus > 0), optim=optim(a.critic_optim, steps), seed=cfg.seed))]
+          if roles.critic is not None else []),
         (roles.reference, roles.reference.submit(
             "init_model", None, path=str(sft), bf16=strategy_spec(cfg, r.reference.num_gpus > 0).bf16)),
         (roles.preference, roles.preference.submit(
@@ -177,23 +197,32 @@ class PPOTrainer:
                                       mini_batches=self.a.mini_batches)
         self.policy_spec = PolicyUpdateSpec(clip=self.a.clip, epochs=self.a.epochs, mini_batches=self.a.mini_batches,
                                             temperature=self.a.temperature, num_threads=self.a.policy_update_threads,
-                                            ptx_coef=self.a.ptx_coef)
+                                            ptx_coef=self.a.ptx_coef, policy_loss=self.a.policy_loss,
+                                            kl_coef=self.a.beta if self.a.kl_in == "loss" else 0.0,
+                                            kl_estimator=self.a.kl_estimator)
         self._ptx: list[Encoded] | None = None
 
     def prompt_batch(self, iteration: int) -> PromptBatch:
         """The iteration's prompts: the next ones of ``algo.prompts_path``, or of the SFT file's
         conversations (``data.source=moss_sft``: their last human turns), in turn; else a fresh,
-        deterministic batch of world training prompts."""
-        n, cfg = self.a.rollout_batch_size, self.ctx.cfg
+        deterministic batch of world training prompts. ``rollout_batch_size`` counts responses: the
+        batch holds ``rollout_batch_size / group_size`` prompts, each repeated ``group_size`` times
+        in consecutive rows (a group)."""
+        g, cfg = self.a.group_size, self.ctx.cfg
+        n = self.a.rollout_batch_size // g
+
+        def grouped(items: list[Any]) -> list[Any]:
+            return [x for x in items for _ in range(g)]
+
         if self.a.prompts_path or cfg.data.source == "moss_sft":
             if self._file_convs is None:
                 self._file_convs = ([p.context for p in load_prompts(self.a.prompts_path, self.a.prompts_format)]
                                     if self.a.prompts_path else
                                     [ex.conversation for ex in load_moss_sft(cfg.data.path)])
             convs = self._file_convs
-            picked = [convs[(iteration * n + i) % len(convs)] for i in range(n)]
+            picked = grouped([convs[(iteration * n + i) % len(convs)] for i in range(n)])
             return PromptBatch([prompt_ids(self.tokenizer, c) for c in picked], picked)
-        prompts = self.ctx.world.prompts("train", n, offset=self.a.prompt_offset + iteration)
+        prompts = grouped(self.ctx.world.prompts("train", n, offset=self.a.prompt_offset + iteration))
         contexts = [p.conversation() for p in prompts]
         return PromptBatch([prompt_ids(self.tokenizer, c) for c in contexts], contexts, prompts)
 
@@ -217,9 +246,9 @@ class PPOTrainer:
                 [t for o in outs for t in o[1]])
 
     def score(self, ro: Rollout, batch: PromptBatch, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                torch.Tensor]:
-        """Reference log-probs, preference-model scores and critic values, from the three roles
-        concurrently. The preference model sees each reply the way it was trained to (its
+                                                                                torch.Tensor | None]:
+        """Reference log-probs, preference-model scores and critic values (None without a critic),
+        from the three roles concurrently. The preference model sees each reply the way it was trained to (its
         ``pm.context_turns`` view of the conversation)."""
         ref, pm, critic = self.roles.reference, self.roles.preference, self.roles.critic
         pm_cfg = self.ctx.cfg.pm
@@ -229,10 +258,10 @@ class PPOTrainer:
             seqs = [s[-pm_cfg.max_length:] for s in ro.token_lists()]
         ref_refs = ref.submit("logprobs", [(p,) for p in ro.split(ref.size)], temperature=self.a.temperature)
         pm_refs = pm.submit("score", [(s,) for s in shard(seqs, pm.size)], batch_size=self.a.rollout_batch_size)
-        value_refs = critic.submit("values", [(p,) for p in ro.split(critic.size)])
+        value_refs = critic.submit("values", [(p,) for p in ro.split(critic.size)]) if critic is not None else None
         ref_logprobs = torch.cat(ref.wait(ref_refs))
         scores = torch.tensor([x for part in pm.wait(pm_refs) for x in part])
-        values = torch.cat(critic.wait(value_refs))
+        values = torch.cat(critic.wait(value_refs)) if critic is not None else None
         return ref_logprobs, scores, values
 
     def step(self) -> dict[str, float]:
@@ -241,11 +270,13 @@ class PPOTrainer:
 
     def launch(self) -> PendingIteration:
         """One iteration up to its policy update: rollout → reference / preference / critic passes
-        → KL-penalised rewards → GAE advantages → the policy's update, awaited (the next rollout
-        needs the new policy), then the critic's, left running. The critic's next call (the next
-        iteration's values) queues behind it on the actor, so the next rollout overlaps the critic
-        update and the maths is that of the plain loop; the policy updates while every other role
-        waits, so it may use their cores (``algo.policy_update_threads``)."""
+        → rewards (KL-penalised with ``algo.kl_in=reward``) → advantages (the registered
+        ``algo.advantage``: GAE, or grpo / rloo over groups, without a critic) → the policy's update
+        (plus ``beta`` times the KL with ``algo.kl_in=loss``, the reference log-probs sent along),
+        awaited (the next rollout needs the new policy), then the critic's, left running. The
+        critic's next call (the next iteration's values) queues behind it on the actor, so the next
+        rollout overlaps the critic update and the maths is that of the plain loop; the policy
+        updates while every other role waits, so it may use their cores (``algo.policy_update_threads``)."""
         a, roles = self.a, self.roles
         t0 = time.perf_counter()
         batch = self.prompt_batch(self.iteration)
@@ -256,19 +287,28 @@ class PPOTrainer:
         mask = ro.response_mask
         kl = kl_estimate(ro.logprobs, ref_logprobs, a.kl_estimator) * mask
         normed = normalise_scores(scores, self.moments if a.normalize_reward else None, a.reward_clip)
-        rewards = token_rewards(normed, kl, mask, a.beta)
-        advantages, returns = gae(rewards, values, mask, a.gamma, a.lam)
+        kl_in_loss = a.kl_in == "loss"  # then the rewards carry no KL; the policy's loss does
+        rewards = token_rewards(normed, kl, mask, 0.0 if kl_in_loss else a.beta)
+        estimator = ADVANTAGE_ESTIMATORS.get(a.advantage)
+        advantages, returns = estimator(AdvantageInputs(rewards=rewards, values=values, mask=mask,
+                                                        scores=rewards.sum(1), group_size=a.group_size,
+                                                        gamma=a.gamma, lam=a.lam))
         if a.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         policy, critic = roles.policy, roles.critic
-        n_p, n_c = policy.size, critic.size
+        n_p = policy.size
         ptx = self.ptx_batch(self.iteration)
         ptx_shards = shard(ptx, n_p) if ptx else [None] * n_p
-        pol_refs = policy.submit("ppo_update", list(zip(ro.split(n_p), torch.tensor_split(advantages, n_p),
-                                                        ptx_shards)), spec=self.policy_spec)
+        ref_shards = torch.tensor_split(ref_logprobs, n_p) if kl_in_loss else [None] * n_p
+        pol_refs = policy.submit("ppo_update", [(part, adv, p, self.policy_spec, ref) for part, adv, p, ref in
+                                                zip(ro.split(n_p), torch.tensor_split(advantages, n_p), ptx_shards,
+                                                    ref_shards)])
         pol = policy.wait(pol_refs)
-        crit_refs = critic.submit("update", list(zip(ro.split(n_c), torch.tensor_split(values, n_c),
-                                                     torch.tensor_split(returns, n_c))), spec=self.critic_spec)
+        crit_refs = []
+        if critic is not None:
+            n_c = critic.size
+            crit_refs = critic.submit("update", list(zip(ro.split(n_c), torch.tensor_split(values, n_c),
+                                                         torch.tensor_split(returns, n_c))), spec=self.critic_spec)
         t3 = time.perf_counter()
         self.iteration += 1
 
@@ -294,6 +334,8 @@ class PPOTrainer:
 
     def finish(self, pending: PendingIteration) -> dict[str, float]:
         """Wait for ``pending``'s critic update; the iteration's metrics, the critic's included."""
+        if self.roles.critic is None:
+            return pending.metrics
         return pending.metrics | rank_mean(self.roles.critic.wait(pending.critic_refs), "tokens")
 
     def iterate(self, until: int) -> Iterator[dict[str, float]]:
@@ -324,7 +366,8 @@ class PPOTrainer:
         final = self.ckpt_root / f"iter_{self.iteration:06d}"
         with atomic_dir(final) as tmp:
             self.roles.policy.call("save_checkpoint", str(tmp / "policy"))
-            self.roles.critic.call("save_checkpoint", str(tmp / "critic"))
+            if self.roles.critic is not None:
+                self.roles.critic.call("save_checkpoint", str(tmp / "critic"))
             write_json(tmp / STATE_FILE, {"iteration": self.iteration, "moments": self.moments.state_dict(),
                                           "last_metrics": self.last_metrics})
         for old in checkpoints(self.ckpt_root)[: -max(1, self.a.keep_checkpoints)]:
@@ -339,7 +382,8 @@ class PPOTrainer:
         latest = found[-1]
         state = json.loads((latest / STATE_FILE).read_text())
         self.roles.policy.call("load_checkpoint", str(latest / "policy"))
-        self.roles.critic.call("load_checkpoint", str(latest / "critic"))
+        if self.roles.critic is not None:
+            self.roles.critic.call("load_checkpoint", str(latest / "critic"))
         self.iteration = int(state["iteration"])
         self.moments.load_state_dict(state["moments"])
         self.last_metrics = state.get("last_metrics", {})
@@ -348,7 +392,8 @@ class PPOTrainer:
     def train(self, until: int) -> dict[str, float]:
         """Run iterations up to ``until`` (``iterate``), logging each. Returns the last one's metrics."""
         tracker, last = self.ctx.tracker, self.last_metrics
-        with tqdm(total=until, initial=self.iteration, desc="ppo", unit="it", dynamic_ncols=True) as bar:
+        with tqdm(total=until, initial=self.iteration, desc=method_name(self.ctx.cfg), unit="it",
+                  dynamic_ncols=True) as bar:
             for last in self.iterate(until):
                 tracker.log(last, step=int(last["ppo/iteration"]))
                 if self.exporter is not None:
@@ -374,17 +419,20 @@ def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str
     payload = {"algo": {k: v for k, v in as_key(cfg.algo).items() if k not in ignored},
                "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy), "pm_max_length": cfg.pm.max_length,
                "drop_last_layer": cfg.pm.drop_last_layer, "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}
-    return ctx.cache_key("ppo", payload), payload
+    return ctx.cache_key(method_name(cfg), payload), payload
 
 
 def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
-    """The PPO policy for this config: from the cache, or trained now (resuming when asked)."""
+    """The RL policy for this config (PPO, or GRPO / RLOO, named by ``method_name``): from the cache,
+    or trained now (resuming when asked)."""
     cfg = ctx.cfg
     check(cfg.algo, cfg.ray)
     key, payload = ppo_key(ctx, sft, pm)
+    method = method_name(cfg)
+    label = method.upper()
 
     def build() -> Artifact:
-        ckpt_root = ctx.cache.root / "ppo-checkpoints" / key
+        ckpt_root = ctx.cache.root / f"{method}-checkpoints" / key
         if not cfg.resume and ckpt_root.exists():
             shutil.rmtree(ckpt_root)  # a fresh run does not inherit an interrupted one's checkpoints
         roles = start_roles(ctx, sft.path, pm.path)
@@ -393,54 +441,58 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
             info: dict[str, Any] = {}
             if cfg.resume:
                 restored = trainer.restore()
-                print(f"PPO: resuming from {restored} (iteration {trainer.iteration})" if restored else
-                      f"PPO: resume=true but no checkpoint under {ckpt_root}; starting at iteration 0", flush=True)
+                print(f"{label}: resuming from {restored} (iteration {trainer.iteration})" if restored else
+                      f"{label}: resume=true but no checkpoint under {ckpt_root}; starting at iteration 0", flush=True)
                 info["resumed_from"] = trainer.iteration
             started = time.time()
             info["final"] = trainer.train(cfg.algo.iterations)
             if not info["final"]:
-                raise RuntimeError(f"PPO: no metrics for the last iteration: {trainer.ckpt_root} holds a checkpoint "
-                                   "of a finished run written before last_metrics were kept; delete it and rerun")
+                raise RuntimeError(f"{label}: no metrics for the last iteration: {trainer.ckpt_root} holds a "
+                                   "checkpoint of a finished run written before last_metrics were kept; "
+                                   "delete it and rerun")
             info["train_seconds"] = time.time() - started
-            return commit(ctx.cache, "ppo", key, payload, roles.policy, info, "policy")
+            return commit(ctx.cache, method, key, payload, roles.policy, info, "policy")
         finally:
             roles.shutdown()
 
-    return ctx.stage("ppo", key, "policy", build)
+    return ctx.stage(method, key, "policy", build)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    """``+experiment=ppo``: the chain, then PPO vs SFT (and vs PAT when a PAT model is cached)."""
+    """``+experiment=ppo`` (or grpo, rloo): the chain, then the method vs SFT (and vs PAT when a PAT
+    model is cached). Results are named after the method (``win_rate.gold.grpo_vs_sft``)."""
     cfg = ctx.cfg
+    m = method_name(cfg)
     sft = sft_stage(ctx)
     pm = pm_stage(ctx, sft)
-    ppo = ppo_stage(ctx, sft, pm)
+    trained = ppo_stage(ctx, sft, pm)
 
     prompts = ctx.test_prompts
-    work = {"ppo-eval": (ppo.path, {"ppo": Job(prompts)}), "sft-eval": (sft.path, {"sft": Job(prompts)})}
-    pairs = [("ppo", "sft")]
+    work = {f"{m}-eval": (trained.path, {m: Job(prompts)}), "sft-eval": (sft.path, {"sft": Job(prompts)})}
+    pairs = [(m, "sft")]
     pat_path = ctx.cache.get("pat", pat_key(ctx, sft, pm)[0])
     if pat_path is not None:
-        print(f"PPO: a PAT model of the same SFT and preference model is cached ({pat_path}); adding PPO vs PAT")
+        print(f"{m.upper()}: a PAT model of the same SFT and preference model is cached ({pat_path}); "
+              f"adding {m.upper()} vs PAT")
         work["pat-eval"] = (pat_path, {"pat": Job(prompts, cfg.pat.inference_tag)})
-        pairs.append(("ppo", "pat"))
+        pairs.append((m, "pat"))
     with ctx.costs.span("eval"):
         policies = tuple(name for _, jobs in work.values() for name in jobs)
         judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, policies, pairs)
-        point = frontier_points(ctx, "ppo", ppo.path, sft.path, pm.path, prompts[: cfg.pat.control_prompts], [None])
+        point = frontier_points(ctx, m, trained.path, sft.path, pm.path, prompts[: cfg.pat.control_prompts], [None])
     wins = head_to_head(ctx, judged, pairs)
-    final = ppo.info["final"]
+    final = trained.info["final"]
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"]},
         **method_results(ctx, judged, wins, policies),
         "kl": {"final": final["ppo/kl"], "final_per_token": final["ppo/kl_per_token"]},
-        "ppo": {"iterations": cfg.algo.iterations, "final": final, "train_seconds": ppo.info.get("train_seconds")},
-        "frontier": {"ppo": point},
+        m: {"iterations": cfg.algo.iterations, "final": final, "train_seconds": trained.info.get("train_seconds")},
+        "frontier": {m: point},
         "cost": ctx.costs.summary(),
-        "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "ppo": str(ppo.path),
+        "artifacts": {"sft": str(sft.path), "pm": str(pm.path), m: str(trained.path),
                       **({"pat": str(pat_path)} if pat_path else {})},
-        "cached": {"sft": sft.cached, "pm": pm.cached, "ppo": ppo.cached},
-        "samples": samples(prompts, judged.replies, ("sft", "ppo")),
+        "cached": {"sft": sft.cached, "pm": pm.cached, m: trained.cached},
+        "samples": samples(prompts, judged.replies, ("sft", m)),
     }
     flat = {f"win_rate/{judge}/{pair}": w["value"] for judge, d in wins.items() for pair, w in d.items()}
     flat |= {f"eval/gold_{name}": v for name, v in results.get("gold", {}).items()}
@@ -448,12 +500,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
     flat |= {f"eval/length_{name}": v for name, v in results["length"].items()}
     ctx.tracker.log(flat)
     ctx.tracker.summary(flat)
-    print_summary(results)
+    print_summary(results, m)
     return results
 
 
-def print_summary(results: dict[str, Any]) -> None:
-    print("\nPPO on held-out test prompts")
+def print_summary(results: dict[str, Any], method: str = "ppo") -> None:
+    print(f"\n{method.upper()} on held-out test prompts")
     print_win_rates(results)
     if "gold" in results:
         print("  mean gold: " + ", ".join(f"{k.upper()} {v:.3f}" for k, v in results["gold"].items()))

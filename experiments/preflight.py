@@ -14,8 +14,9 @@ from typing import Any
 
 from experiments.config import LabConfig, judges_used, pm_feedback
 
-EVALUATING = ("sft", "pm", "pat", "ppo", "compare")  # stages whose SFT stage answers the held-out prompts
-USING_PM = ("pm", "pat", "ppo", "compare")
+# stages whose SFT stage answers the held-out prompts
+EVALUATING = ("sft", "pm", "pat", "ppo", "grpo", "rloo", "compare", "bon")
+USING_PM = ("pm", "pat", "ppo", "grpo", "rloo", "compare", "bon")
 
 
 def _read(key: str, load: Callable[[], list[Any]]) -> list[Any]:
@@ -72,7 +73,7 @@ def preflight(lab: LabConfig, cache_root: Path) -> None:
             _read("pm.prompts_path", lambda: load_prompts(pm.prompts_path, pm.prompts_format))
     if lab.stage in EVALUATING and lab.eval.prompts_path:
         _read("eval.prompts_path", lambda: load_prompts(lab.eval.prompts_path, lab.eval.prompts_format))
-    if lab.stage in ("ppo", "compare") and lab.algo.prompts_path:
+    if lab.stage in ("ppo", "grpo", "rloo", "compare") and lab.algo.prompts_path:
         _read("algo.prompts_path", lambda: load_prompts(lab.algo.prompts_path, lab.algo.prompts_format))
     used = judges_used(lab)
     if "rm" in used or "llm" in used:

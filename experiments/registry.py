@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from experiments import compare, pat, pm, ppo, sft, sweep_report
+from experiments import bon, compare, dpo, pat, pm, ppo, sft, sweep_report
 
 DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
     "sft": sft.run,
     "pm": pm.run,
     "pat": pat.run,
     "ppo": ppo.run,
+    "grpo": ppo.run,  # the PPO loop with algo.advantage=grpo, no critic (conf/algo/grpo.yaml)
+    "rloo": ppo.run,  # the PPO loop with algo.advantage=rloo, no critic (conf/algo/rloo.yaml)
     "compare": compare.run,
+    "bon": bon.run,
+    "dpo": dpo.run,
     "report": sweep_report.run,
 }

@@ -9,11 +9,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alignment.atomic import write_json
 from alignment.chat_format import generation_prompt
+from alignment.data.formats import FilePrompt
 from alignment.world import WorldPrompt
-from experiments.config import as_key
+from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
 
 STAGE = "replies"
@@ -24,16 +26,22 @@ FILE = "replies.json"
 class Job:
     """Replies wanted from one policy: ``prompts`` answered under an optional quality tag."""
 
-    prompts: list[WorldPrompt]
+    prompts: list[WorldPrompt] | list[FilePrompt]
     quality: int | None = None
+
+
+def sampling_key(cfg: LabConfig) -> dict[str, Any]:
+    """The evaluation's sampling settings, as they enter the key of replies sampled with them."""
+    sampling = as_key(cfg.eval)
+    sampling.pop("n_prompts")  # the prompt digest already says which prompts
+    sampling.pop("evaluate_init")
+    return sampling
 
 
 def replies_key(ctx: RunContext, model_path: Path, job: Job) -> str:
     texts = [generation_prompt(p.conversation(), job.quality) for p in job.prompts]
     digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
-    payload = {"model": str(model_path), "prompts": digest, "sampling": as_key(ctx.cfg.eval), "seed": ctx.cfg.seed}
-    payload["sampling"].pop("n_prompts")  # the prompt digest already says which prompts
-    payload["sampling"].pop("evaluate_init")
+    payload = {"model": str(model_path), "prompts": digest, "sampling": sampling_key(ctx.cfg), "seed": ctx.cfg.seed}
     return ctx.cache_key(STAGE, payload)
 
 

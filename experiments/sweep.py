@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from alignment.winrate import length_controlled, mean_interval, outcomes, seeds_win_rate
+from experiments.config import JUDGES
 
 PAIRS = [("pat", "sft"), ("ppo", "sft"), ("pat", "ppo")]
 METHODS = ("pat", "ppo")
@@ -103,7 +104,7 @@ def load_runs(sweep_dir: Path) -> list[Run]:
     return runs
 
 
-JUDGE_ORDER = ("gold", "pm", "rm", "llm")
+JUDGE_ORDER = JUDGES  # the order judges are reported in
 NOT_JUDGES = ("seed", "prompts", "lengths", "pairwise")
 
 
@@ -179,9 +180,8 @@ def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]],
                              for s, o in zip(seeds, per_seed)}
             lens = [scores.get(s, {}).get("lengths", {}) for s in seeds]
             if all(a in ln and b in ln for ln in lens):
-                lc = length_controlled([r for o in per_seed for r in o], [x for ln in lens for x in ln[a]],
-                                       [x for ln in lens for x in ln[b]])
-                w["lc"] = {"value": lc["value"], "ci": lc["ci"], "length_coef": lc["length_coef"]}
+                w["lc"] = length_controlled([r for o in per_seed for r in o], [x for ln in lens for x in ln[a]],
+                                            [x for ln in lens for x in ln[b]])
             out.setdefault(judge, {})[key] = w
     return out
 
@@ -293,8 +293,9 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     if pm_acc:
         out["pm"] = {"val_accuracy": _mean(list(pm_acc.values()))}
     rho = {r.seed: r.results["controllability"]["spearman"] for r in runs if "controllability" in r.results}
-    if rho:
-        out["controllability"] = {"spearman": _mean(list(rho.values()))}
+    if rho:  # the runs of one setting share their judges, so their curves share one
+        judge = next(r.results["controllability"].get("judge", "gold") for r in runs if "controllability" in r.results)
+        out["controllability"] = {"spearman": _mean(list(rho.values())), "judge": judge}
     kl = {r.seed: r.results["kl"]["final"] for r in runs if "kl" in r.results}
     if kl:
         out["kl"] = {"final": _mean(list(kl.values()))}

@@ -270,7 +270,8 @@ def markdown(r: dict[str, Any]) -> str:
                       ("kl", "PPO KL to the reference at the last iteration")):
         if key in r:
             v = next(iter(r[key].values()))
-            lines.append(f"- {name}: {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]")
+            by = f" (by the {JUDGE_NAMES[r[key]['judge']]})" if key == "controllability" else ""
+            lines.append(f"- {name}{by}: {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]")
     for p, v in r.get("gold", {}).items():
         lines.append(f"- mean gold score of {NAMES[p]}: {v['value']:.3f}")
     lines += [f"- sum of the jobs' wall times: {r['wall_seconds']:.0f} s", "", "## Runs", ""]

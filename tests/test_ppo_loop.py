@@ -27,7 +27,7 @@ def checkpoints(tmp_path_factory, tokenizer):
     return sft, pm
 
 
-def make_ctx(tmp_path: Path, n_ranks: int = 1, iterations: int = 3):
+def make_ctx(tmp_path: Path, n_ranks: int = 1, iterations: int = 3, run_tag: str = "ppo-test"):
     from experiments.cache import ArtifactCache
     from experiments.config import ActorResources, LabConfig
     from experiments.context import RunContext
@@ -45,7 +45,7 @@ def make_ctx(tmp_path: Path, n_ranks: int = 1, iterations: int = 3):
     cfg.ray.reference = ActorResources(num_actors=1, num_cpus=0.25)
     cfg.ray.preference = ActorResources(num_actors=1, num_cpus=0.25)
     tracker = Tracker(tmp_path / "run", cfg.logger, {}, job_type="ppo")
-    return RunContext(cfg, tmp_path / "run", ArtifactCache(tmp_path / "cache"), tracker, run_tag="ppo-test")
+    return RunContext(cfg, tmp_path / "run", ArtifactCache(tmp_path / "cache"), tracker, run_tag=run_tag)
 
 
 def test_two_data_parallel_ranks_per_trainable_role_stay_identical(ray_address, tmp_path, checkpoints):
@@ -237,3 +237,80 @@ def test_ptx_adds_the_sft_loss_of_its_examples_to_the_policy_step(tmp_path, chec
     moved, before, after, stats = outcomes[1.0]
     assert moved and after < before
     assert abs(stats["policy/ptx_loss"] - before) < 1e-4  # the loss it added was the examples' SFT loss
+
+
+def test_grpo_runs_two_policy_ranks_without_a_critic(ray_address, tmp_path, checkpoints):
+    """GRPO: groups of responses to one prompt, no critic role at all (no actor, no update, no
+    checkpoint), the KL to the reference in the policy's loss (zero at the first update, where the
+    policy is the reference); checkpoints and resume work without the critic."""
+    import math
+
+    import ray
+
+    from experiments.ppo import PPOTrainer, start_roles
+    from experiments.ppo import checkpoints as list_checkpoints
+
+    sft, pm = checkpoints
+    ctx = make_ctx(tmp_path, n_ranks=2, iterations=2, run_tag="grpo-test")
+    ctx.cfg.stage = "grpo"
+    a = ctx.cfg.algo
+    a.advantage, a.group_size, a.kl_in, a.kl_estimator, a.beta = "grpo", 2, "loss", "k3", 0.04
+    a.whiten_advantages = False
+    ckpt_root = tmp_path / "ckpt"
+    roles = start_roles(ctx, sft, pm)
+    try:
+        assert roles.critic is None
+        names = [x["name"] for x in ray.util.list_named_actors(all_namespaces=True)]
+        assert any(n.startswith("grpo-test/policy") for n in names)
+        assert not any(n.startswith("grpo-test") and "critic" in n for n in names), names
+        trainer = PPOTrainer(ctx, roles, _tokenizer(sft), ckpt_root)
+        batch = trainer.prompt_batch(0)  # 4 responses: 2 prompts, each twice in a row
+        assert len(batch.ids) == 4 and batch.ids[0] == batch.ids[1] != batch.ids[2] == batch.ids[3]
+        rows = list(trainer.iterate(2))
+        assert [r["ppo/iteration"] for r in rows] == [1, 2]
+        assert abs(rows[0]["policy/kl_loss"]) < 1e-5  # the policy is the reference at the first update
+        for r in rows:
+            assert not any(k.startswith("critic/") for k in r)
+            for key in ("ppo/reward", "ppo/kl", "policy/policy_loss", "policy/kl_loss", "policy/entropy",
+                        "ppo/advantage_std"):
+                assert math.isfinite(r[key]), key
+        digests = roles.policy.call("weights_digest")
+        assert digests[0] == digests[1], "policy ranks diverged"
+        saved = list_checkpoints(ckpt_root)
+        assert [p.name for p in saved] == ["iter_000001", "iter_000002"]
+        assert not (saved[-1] / "critic").exists() and (saved[-1] / "policy").exists()
+        resumed = PPOTrainer(ctx, roles, _tokenizer(sft), ckpt_root)
+        assert resumed.restore() == saved[-1] and resumed.iteration == 2
+        assert resumed.train(until=2)["ppo/iteration"] == 2
+    finally:
+        roles.shutdown()
+        ctx.close()
+        ctx.tracker.finish()
+
+
+def test_kl_in_the_loss_is_zero_while_the_policy_is_the_reference(tmp_path, checkpoints, world):
+    """``kl_in=loss``: the policy's update adds ``kl_coef`` times the k3 KL to the reference's
+    log-probs; with the policy still the reference that term is 0. Without reference log-probs there is none."""
+    import torch
+
+    from actors.engine import OptimConfig, StrategySpec
+    from actors.policy import ModelSpec, PolicyActor, PolicyUpdateSpec
+    from actors.reference import ReferenceActor
+    from alignment.generation import RolloutSpec
+    from alignment.sequences import prompt_ids
+
+    sft, _ = checkpoints
+    tok = _tokenizer(sft)
+    prompts = [prompt_ids(tok, p.conversation()) for p in world.prompts("train", 2) for _ in range(2)]
+    threads = torch.get_num_threads()
+    actor = PolicyActor(0, 1, threads)
+    actor.init_model(ModelSpec(tokenizer_path=str(sft), path=str(sft)), StrategySpec(),
+                     OptimConfig(lr=1e-2, total_steps=1, min_lr_ratio=1.0))
+    reference = ReferenceActor(0, 1, threads)
+    reference.init_model(str(sft))
+    rollout, _ = actor.rollout(prompts, RolloutSpec(max_new_tokens=6), seed=0)
+    ref_logprobs = reference.logprobs(rollout)
+    spec = PolicyUpdateSpec(kl_coef=0.04, kl_estimator="k3")
+    stats = actor.ppo_update(rollout, torch.zeros(rollout.response_mask.shape), None, spec, ref_logprobs)
+    assert abs(stats["policy/kl_loss"]) < 1e-6
+    assert "policy/kl_loss" not in actor.ppo_update(rollout, torch.zeros(rollout.response_mask.shape), None, spec)

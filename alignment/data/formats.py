@@ -113,6 +113,12 @@ class FilePrompt:
         uid = hashlib.sha256(cf.generation_prompt(context).encode("utf-8")).hexdigest()[:16]
         return cls(uid, context)
 
+    @classmethod
+    def last_turn_of(cls, conversation: Conversation) -> FilePrompt:
+        """The prompt of a whole conversation: its last human turn, the turns before it as history."""
+        last = Turn(conversation.turns[-1].human, moss="")
+        return cls.from_context(Conversation(conversation.meta_instruction, conversation.turns[:-1] + (last,)))
+
     def conversation(self, reply: str = "", quality: int | None = None) -> Conversation:
         """The context with its last reply (and quality tag) set."""
         return self.context.with_last_reply(reply, quality)
@@ -388,9 +394,7 @@ def _messages_record(record: dict[str, Any]) -> FilePrompt:
 
 
 def _moss_record(record: dict[str, Any]) -> FilePrompt:
-    conversation = _sft_record(record).conversation
-    last = Turn(conversation.turns[-1].human, moss="")
-    return FilePrompt.from_context(Conversation(conversation.meta_instruction, conversation.turns[:-1] + (last,)))
+    return FilePrompt.last_turn_of(_sft_record(record).conversation)
 
 
 _PROMPT_PARSERS: dict[str, Callable[[dict[str, Any]], FilePrompt]] = {

@@ -1,8 +1,34 @@
-"""Generalised advantage estimation (Schulman et al., 2016) over left-aligned responses."""
+"""Generalised advantage estimation (Schulman et al., 2016) over left-aligned responses, and the
+inputs every registered advantage estimator takes (``AdvantageInputs``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from alignment.losses.registry import ADVANTAGE_ESTIMATORS
+
+
+@dataclass
+class AdvantageInputs:
+    """What an advantage estimator sees of one rollout batch.
+
+    ``rewards``: per-token rewards ``[B, R]`` (the score on the last response token, and ``-beta *
+    KL`` on every token when the KL is in the reward). ``values``: the critic's ``[B, R]``, or None
+    when no critic runs. ``mask``: ``[B, R]``, 1 on response tokens. ``scores``: ``[B]``, each
+    sequence's reward (its score, minus ``beta`` times its summed KL when the KL is in the reward:
+    the sum of its token rewards). Rows come in groups of ``group_size`` consecutive responses to
+    the same prompt.
+    """
+
+    rewards: torch.Tensor
+    values: torch.Tensor | None
+    mask: torch.Tensor
+    scores: torch.Tensor
+    group_size: int = 1
+    gamma: float = 1.0
+    lam: float = 0.95
 
 
 def gae(
@@ -26,3 +52,19 @@ def gae(
         running = (delta + gamma * lam * running) * mask[:, t]
         advantages[:, t] = running
     return advantages, (advantages + values) * mask
+
+
+@ADVANTAGE_ESTIMATORS.register("gae")
+def gae_estimator(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gae`` over the token rewards and the critic's values (needs a critic)."""
+    if inputs.values is None:
+        raise ValueError("the gae advantage estimator needs the critic's values")
+    return gae(inputs.rewards, inputs.values, inputs.mask, inputs.gamma, inputs.lam)
+
+
+gae_estimator.needs_values = True  # type: ignore[attr-defined]
+
+
+def needs_values(name: str) -> bool:
+    """Whether the registered advantage estimator ``name`` needs a critic's values."""
+    return bool(getattr(ADVANTAGE_ESTIMATORS.get(name), "needs_values", False))

@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 
 from alignment.losses.masked import masked_mean, masked_var
+from alignment.losses.registry import POLICY_LOSSES
 
 
+@POLICY_LOSSES.register("ppo_clip")
 def policy_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
     clip: float = 0.2,
