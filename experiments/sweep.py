@@ -15,15 +15,25 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
 from alignment.winrate import length_controlled, mean_interval, outcomes, seeds_win_rate
 from experiments.config import JUDGES
 
-PAIRS = [("pat", "sft"), ("ppo", "sft"), ("pat", "ppo")]
-METHODS = ("pat", "ppo")
+METHODS = ("pat", "ppo", "dpo", "grpo", "rloo", "bon")  # every method the lab knows, in the order it reports them
+FINAL_POINT = ("ppo", "dpo", "grpo", "rloo")  # methods whose job puts its final policy in results["frontier"][m]
+
+
+def pairs_of(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs a sweep of ``methods`` reports: every method against SFT, then every two methods
+    (the one first in ``METHODS`` first): ``[("pat", "sft"), ("ppo", "sft"), ("pat", "ppo")]``."""
+    present = [m for m in METHODS if m in methods]
+    return [(m, "sft") for m in present] + [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
+
+
+PAIRS = pairs_of(("pat", "ppo"))  # what ``+experiment=compare`` judges
 COST_KEYS = ("wall_s", "cpu_s", "peak_rss_mb", "gpu_peak_mb", "tokens_generated", "param_updates")
 CURVES = {"sft": ["sft/loss"], "pm": ["pm/loss", "pm/accuracy"], "pat": ["pat/loss"],
           "ppo": ["ppo/reward", "ppo/gold", "ppo/kl", "policy/entropy", "critic/explained_variance"]}
@@ -108,6 +118,16 @@ JUDGE_ORDER = JUDGES  # the order judges are reported in
 NOT_JUDGES = ("seed", "prompts", "lengths", "pairwise")
 
 
+def methods_present(runs: list[Run]) -> tuple[str, ...]:
+    """The methods of ``METHODS`` a sweep's jobs trained or judged, in ``METHODS``' order."""
+    seen = {r.stage for r in runs}
+    for r in runs:
+        s = r.scores or {}
+        seen |= {p for judge, d in s.items() if judge not in NOT_JUDGES and isinstance(d, dict) for p in d}
+        seen |= {p for d in s.get("pairwise", {}).values() for pair in d for p in pair.split("_vs_")}
+    return tuple(m for m in METHODS if m in seen)
+
+
 def seed_scores(runs: list[Run]) -> dict[int, dict[str, dict[str, list[float]]]]:
     """``{seed: {judge: {policy: scores}}}`` pooled over the seed's jobs, for every pointwise judge
     (gold, pm, rm), plus the pseudo-judge ``"lengths"`` (reply lengths in tokens). A policy judged by
@@ -153,15 +173,20 @@ def _mean(values: list[float]) -> dict[str, Any]:
 
 def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]],
               pairwise: dict[int, dict[str, dict[str, list[int]]]] | None = None,
-              ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Seed-averaged win / tie / lose shares and win rates of every pair both of whose policies
-    were judged, by each judge, with two-level bootstrap intervals (seeds, then prompts), and the
-    length-controlled win rate over the seeds' prompts pooled (``lc``) where lengths are known."""
+              pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Seed-averaged win / tie / lose shares and win rates of every pair of ``pairs`` (by default
+    ``pairs_of`` the methods judged) both of whose policies were judged, by each judge, with
+    two-level bootstrap intervals (seeds, then prompts), and the length-controlled win rate over
+    the seeds' prompts pooled (``lc``) where lengths are known."""
     pairwise = pairwise or {}
+    if pairs is None:
+        judged_policies = {p for d in scores.values() for j, ps in d.items() if j != "lengths" for p in ps}
+        judged_policies |= {p for d in pairwise.values() for ps in d.values() for k in ps for p in k.split("_vs_")}
+        pairs = pairs_of(tuple(judged_policies))
     present = {j for d in scores.values() for j in d} | {j for d in pairwise.values() for j in d}
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for judge in (j for j in JUDGE_ORDER if j in present):
-        for a, b in PAIRS:
+        for a, b in pairs:
             key = f"{a}_vs_{b}"
             per: dict[int, list[int]] = {}
             for s in sorted(set(scores) | set(pairwise)):
@@ -242,16 +267,23 @@ def _mean_known(values: list[float | None]) -> float | None:
 
 def frontier(runs: list[Run]) -> dict[str, Any]:
     """Reward against KL to SFT: PAT's points per tag (mean over seeds), PPO's final policy per
-    seed, and PPO's training trajectory (KL and gold per iteration, mean over seeds)."""
+    seed, and PPO's training trajectory (KL and gold per iteration, mean over seeds); where the
+    sweep ran them, DPO's, GRPO's and RLOO's final policy per seed (under their names) and
+    best-of-n's curve (``bon``: KL, gold and PM per n, mean over seeds)."""
     pat: dict[Any, list[dict[str, float]]] = defaultdict(list)
-    ppo_final = []
+    final: dict[str, list[dict[str, Any]]] = {m: [] for m in FINAL_POINT}
+    bon: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
         f = r.results.get("frontier", {})
         if "pat" in f and r.stage in ("pat", "compare"):
             for p in f["pat"]:
                 pat[p["tag"]].append(p)
-        if "ppo" in f and r.stage in ("ppo", "compare"):
-            ppo_final += [p | {"seed": r.seed} for p in f["ppo"]]
+        for m in FINAL_POINT:
+            if m in f and r.stage in (m, "compare"):
+                final[m] += [p | {"seed": r.seed} for p in f[m]]
+        if r.stage == "bon":
+            for p in r.results.get("bon", {}).get("curve", []):
+                bon[p["n"]].append(p)
     pat_mean = [{"tag": t, **{k: _mean_known([p[k] for p in ps]) for k in ("kl", "gold", "pm")}, "seeds": len(ps)}
                 for t, ps in sorted(pat.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
     by_step: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
@@ -263,7 +295,12 @@ def frontier(runs: list[Run]) -> dict[str, Any]:
                 by_step[row["step"]].append((row["ppo/kl"], row["ppo/gold"], row.get("ppo/reward", float("nan"))))
     traj = [{"step": s, "kl": sum(v[0] for v in vs) / len(vs), "gold": sum(v[1] for v in vs) / len(vs),
              "pm": sum(v[2] for v in vs) / len(vs)} for s, vs in sorted(by_step.items())]
-    return {"pat": pat_mean, "ppo": ppo_final, "ppo_training": traj}
+    out: dict[str, Any] = {"pat": pat_mean, "ppo": final.pop("ppo"), "ppo_training": traj}
+    out |= {m: ps for m, ps in final.items() if ps}
+    if bon:
+        out["bon"] = [{"n": n, **{k: _mean_known([p.get(k) for p in ps]) for k in ("kl", "gold", "pm")},
+                       "seeds": len(ps)} for n, ps in sorted(bon.items())]
+    return out
 
 
 def aggregate(runs: list[Run]) -> dict[str, Any]:
@@ -271,7 +308,8 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     if not runs:
         raise ValueError("no finished runs (results.json beside resolved_config.yaml) in the sweep dir")
     scores = seed_scores(runs)
-    wins = win_rates(scores, seed_pairwise(runs))
+    methods = methods_present(runs)
+    wins = win_rates(scores, seed_pairwise(runs), pairs_of(methods))
     seeds = sorted({r.seed for r in runs})
     out: dict[str, Any] = {
         "seeds": seeds,
@@ -280,10 +318,10 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
         "win_rate": wins,
         "overoptimisation": overoptimisation(wins),
         "gold": {p: _mean([sum(v) / len(v) for s in sorted(scores) for v in [scores[s].get("gold", {}).get(p)] if v])
-                 for p in ("sft", "pat", "ppo") if any(p in d.get("gold", {}) for d in scores.values())},
+                 for p in ("sft", *methods) if any(p in d.get("gold", {}) for d in scores.values())},
         "length": {p: _mean([sum(v) / len(v) for s in sorted(scores) for v in [scores[s].get("lengths", {}).get(p)]
                              if v])
-                   for p in ("sft", "pat", "ppo") if any(p in d.get("lengths", {}) for d in scores.values())},
+                   for p in ("sft", *methods) if any(p in d.get("lengths", {}) for d in scores.values())},
         "cost": costs(runs),
         "frontier": frontier(runs),
         "curves": curves(runs),

@@ -15,16 +15,29 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from alignment.atomic import write_json, write_text  # noqa: E402
-from experiments.report import JUDGE_NAMES, draw_win_tie_lose, save_png  # noqa: E402
-from experiments.sweep import COST_KEYS, JUDGE_ORDER, METHODS, PAIRS, aggregate, by_variant, load_runs  # noqa: E402
+from experiments.report import JUDGE_NAMES, METHOD_NAMES, draw_win_tie_lose, save_png  # noqa: E402
+from experiments.sweep import (  # noqa: E402
+    COST_KEYS,
+    FINAL_POINT,
+    JUDGE_ORDER,
+    METHODS,
+    aggregate,
+    by_variant,
+    load_runs,
+    pairs_of,
+)
 
-NAMES = {"pat": "PAT", "ppo": "PPO", "sft": "SFT"}
-COLORS = {"pat": "#2a9d8f", "ppo": "#e76f51", "sft": "#8d99ae"}
+NAMES = METHOD_NAMES
+COLORS = {"pat": "#2a9d8f", "ppo": "#e76f51", "sft": "#8d99ae", "dpo": "#6a4c93", "grpo": "#f4a261",
+          "rloo": "#457b9d", "bon": "#e9c46a"}
+MARKERS = {"ppo": "*", "dpo": "D", "grpo": "P", "rloo": "X"}
+BASELINE = ("pat", "ppo")  # a sweep of these alone gets the report it always had
 COST_LABELS = {"wall_s": "wall time (s)", "cpu_s": "CPU time (s)", "peak_rss_mb": "peak memory (MB)",
                "gpu_peak_mb": "peak GPU memory (MB)", "tokens_generated": "tokens generated",
                "param_updates": "parameter updates"}
@@ -32,7 +45,22 @@ COST_LABELS = {"wall_s": "wall time (s)", "cpu_s": "CPU time (s)", "peak_rss_mb"
 
 def pair_label(key: str) -> str:
     a, b = key.split("_vs_")
-    return f"{NAMES[a]} vs {NAMES[b]}"
+    return f"{NAMES.get(a, a)} vs {NAMES.get(b, b)}"
+
+
+def methods_of(r: dict[str, Any]) -> list[str]:
+    """The methods an aggregated result holds (trained by a job or judged), in ``METHODS``' order."""
+    keys = {p for d in r["win_rate"].values() for k in d for p in k.split("_vs_")}
+    stages = {x["stage"] for x in r.get("runs", [])}
+    return [m for m in METHODS if m in keys or m in stages]
+
+
+def beyond_baseline(methods: list[str]) -> bool:
+    return any(m not in BASELINE for m in methods)
+
+
+def report_pairs(r: dict[str, Any]) -> list[tuple[str, str]]:
+    return pairs_of(methods_of(r))
 
 
 def headline(r: dict[str, Any]) -> str:
@@ -56,17 +84,27 @@ def fmt(w: dict[str, Any]) -> str:
 
 
 def verdict(r: dict[str, Any]) -> list[str]:
-    """Plain sentences: each method against SFT and each other on the headline judge, and the cost."""
+    """Plain sentences: the methods ranked by win rate against SFT, each method against SFT and each
+    other on the headline judge, which methods do not beat SFT, and the cost."""
     judge = headline(r)
     gold = r["win_rate"].get(judge, {})
     n = len(r["seeds"])
+    methods = methods_of(r)
     out = []
-    for key in (f"{a}_vs_{b}" for a, b in PAIRS):
+    ranked = sorted(((m, gold[f"{m}_vs_sft"]) for m in methods if f"{m}_vs_sft" in gold),
+                    key=lambda mw: -mw[1]["value"])  # stable: ties keep METHODS' order
+    if ranked:
+        out.append(f"Ranking by win rate against SFT on the {JUDGE_NAMES[judge]} (95% intervals over seeds and "
+                   "prompts): " + ", ".join(f"{NAMES[m]} {fmt(w)}" for m, w in ranked) + ".")
+    for key in (f"{a}_vs_{b}" for a, b in pairs_of(methods)):
         if key in gold:
             a, b = key.split("_vs_")
             lc = f" (length-controlled {fmt(gold[key]['lc'])})" if "lc" in gold[key] and judge != "gold" else ""
             out.append(f"On the {JUDGE_NAMES[judge]}, **{NAMES[a]} {judged(gold[key])} {NAMES[b]}**: win rate "
                        f"{fmt(gold[key])}{lc} over {n} seed{'s' if n > 1 else ''}.")
+    if beyond_baseline(methods):
+        out += [f"**{NAMES[m]} does not beat SFT** on the {JUDGE_NAMES[judge]}: its interval "
+                f"[{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] is not above 0.5." for m, w in ranked if w["ci"][0] <= 0.5]
     c = r["cost"]
     if "pat" in c and "ppo" in c:
         pat, ppo = c["pat"], c["ppo"]
@@ -77,6 +115,10 @@ def verdict(r: dict[str, Any]) -> list[str]:
                    f"PPO samples "
                    f"{ppo['tokens_generated']:,.0f} tokens to train, PAT {pat['tokens_generated']:,.0f}; PPO keeps "
                    f"four models in memory ({ppo['peak_rss_mb']:,.0f} MB against {pat['peak_rss_mb']:,.0f} MB).")
+    if beyond_baseline(methods) and any(m in c for m in methods):
+        out.append("Cost of each method's own stage (mean over seeds): " + ", ".join(
+            f"{NAMES[m]} {c[m]['cpu_s'] / 60:.1f} CPU-min in {c[m]['wall_s'] / 60:.1f} min, "
+            f"{c[m]['tokens_generated']:,.0f} tokens sampled" for m in methods if m in c) + ".")
     return out
 
 
@@ -84,14 +126,14 @@ def summary_plot(r: dict[str, Any], path: Path) -> Path:
     """The answer at a glance: the headline judge's win rates (left) and each method's cost (right)."""
     judge = headline(r)
     gold = r["win_rate"].get(judge, {})
-    rows = [(pair_label(k), gold[k]) for k in (f"{a}_vs_{b}" for a, b in PAIRS) if k in gold]
+    rows = [(pair_label(k), gold[k]) for k in (f"{a}_vs_{b}" for a, b in report_pairs(r)) if k in gold]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 0.8 * max(len(rows), 2) + 2.2),
-                                 gridspec_kw={"width_ratios": [3, 2], "wspace": 0.75})
+                                 gridspec_kw={"width_ratios": [3, 2], "wspace": 0.95})
     if rows:
         draw_win_tie_lose(ax, rows, f"{JUDGE_NAMES[judge].capitalize()}, {len(r['seeds'])} seed(s): "
                                     "95% intervals over seeds and prompts")
     methods = [m for m in ("sft", "pm", *METHODS) if m in r["cost"]]
-    labels = {"sft": "SFT (shared)", "pm": "pref. model (shared)", "pat": "PAT", "ppo": "PPO"}
+    labels = {**METHOD_NAMES, "sft": "SFT (shared)", "pm": "pref. model (shared)"}
     cpu = [r["cost"][m]["cpu_s"] / 60 for m in methods]
     wall = [r["cost"][m]["wall_s"] / 60 for m in methods]
     y = range(len(methods))
@@ -108,14 +150,40 @@ def summary_plot(r: dict[str, Any], path: Path) -> Path:
     return save_png(fig, path)
 
 
+def win_matrix(r: dict[str, Any], judge: str, policies: list[str]) -> np.ndarray:
+    """``m[i, j]``: the win rate of ``policies[i]`` over ``policies[j]`` by ``judge`` (ties count
+    half, so a pair judged one way round gives the other as one minus it); NaN where not judged."""
+    m = np.full((len(policies), len(policies)), np.nan)
+    at = {p: i for i, p in enumerate(policies)}
+    for key, w in r["win_rate"].get(judge, {}).items():
+        a, b = key.split("_vs_")
+        if a in at and b in at:
+            m[at[a], at[b]], m[at[b], at[a]] = w["value"], 1.0 - w["value"]
+    return m
+
+
 def win_matrix_plot(r: dict[str, Any], path: Path) -> Path:
+    """A heatmap per judge over every method and SFT: row a, column b, cell the win rate of a over b."""
     names = judges(r) or ["gold"]
-    fig, axes = plt.subplots(1, len(names), figsize=(7.5 * len(names), 3.2), gridspec_kw={"wspace": 0.7},
-                             squeeze=False)
+    policies = [*methods_of(r), "sft"]
+    k = len(policies)
+    fig, axes = plt.subplots(1, len(names), figsize=((0.9 * k + 2.2) * len(names), 0.8 * k + 1.6), squeeze=False)
+    im = None
     for ax, judge in zip(axes[0], names):
-        rows = [(pair_label(k), w) for k, w in r["win_rate"].get(judge, {}).items()]
-        if rows:
-            draw_win_tie_lose(ax, rows, f"Judged by the {JUDGE_NAMES[judge]}")
+        m = win_matrix(r, judge, policies)
+        im = ax.imshow(np.ma.masked_invalid(m), cmap="RdBu", vmin=0.0, vmax=1.0)
+        for i in range(k):
+            for j in range(k):
+                if not np.isnan(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if abs(m[i, j] - 0.5) > 0.3 else "black")
+        ax.set_xticks(range(k), [NAMES.get(p, p) for p in policies])
+        ax.set_yticks(range(k), [NAMES.get(p, p) for p in policies])
+        ax.set_xlabel("against (b)")
+        ax.set_ylabel("win rate of (a)")
+        ax.set_title(f"Judged by the {JUDGE_NAMES[judge]}", fontsize=10)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="win rate of row over column")
     return save_png(fig, path)
 
 
@@ -155,7 +223,8 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
     """Reward against KL to SFT: PPO's training path and final policy, PAT's tag sweep."""
     f = r["frontier"]
     panels = [("pm", "preference-model score")]
-    if any(p.get("gold") is not None for p in f["pat"] + f["ppo"]):
+    if any(p.get("gold") is not None for p in f["pat"] + f["ppo"] + f.get("bon", [])
+           + [q for m in FINAL_POINT[1:] for q in f.get(m, [])]):
         panels.insert(0, ("gold", "gold score"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     axes = axes[0]
@@ -173,6 +242,17 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
                     label="PAT, one point per tag")
             for p in f["pat"]:
                 ax.annotate(str(p["tag"]), (p["kl"], p[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for m in FINAL_POINT[1:]:
+            pts = [p for p in f.get(m, []) if p.get(key) is not None]
+            if pts:
+                ax.scatter([p["kl"] for p in pts], [p[key] for p in pts], marker=MARKERS[m], s=90, color=COLORS[m],
+                           edgecolor="black", zorder=3, label=f"{NAMES[m]} final policy (per seed)")
+        bon = [p for p in f.get("bon", []) if p.get(key) is not None]
+        if bon:
+            ax.plot([p["kl"] for p in bon], [p[key] for p in bon], marker="s", color=COLORS["bon"],
+                    label="best-of-n, one point per n")
+            for p in bon:
+                ax.annotate(f"n={p['n']}", (p["kl"], p[key]), textcoords="offset points", xytext=(4, -10), fontsize=8)
         ax.set_xlabel("KL to the SFT model (nats per response)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -216,7 +296,9 @@ def cost_plot(r: dict[str, Any], path: Path) -> Path:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = ["# Which method, at what cost: PAT vs PPO vs SFT", "", *verdict(r), "", "![summary](summary.png)", "",
+    methods = methods_of(r)
+    title = " vs ".join(NAMES[m] for m in (methods if beyond_baseline(methods) else BASELINE))
+    lines = [f"# Which method, at what cost: {title} vs SFT", "", *verdict(r), "", "![summary](summary.png)", "",
              "## Win / tie / lose", "",
              "95% intervals: bootstrap over the seeds, then over the test prompts within each seed. "
              "A tie is an equal score; ties count half.", "",
@@ -245,7 +327,9 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "![over-optimisation](overoptimisation.png)", "", "## Reward-KL frontier", "",
               "KL to the SFT model against the score of samples drawn at temperature 1 (as PPO trains). PAT: "
               "one point per inference tag on held-out prompts; PPO: its training path (training prompts) and "
-              "its final policy on held-out prompts.", "", "| policy | KL | gold | preference model |",
+              "its final policy on held-out prompts."
+              + (" DPO, GRPO, RLOO: their final policy on held-out prompts; best-of-n: one point per n (analytic KL)."
+                 if beyond_baseline(methods) else ""), "", "| policy | KL | gold | preference model |",
               "| --- | --- | --- | --- |"]
     def num(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -254,6 +338,11 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| PAT `<quality: {p['tag']}>` | {p['kl']:.2f} | {num(p['gold'])} | {p['pm']:.3f} |")
     for p in r["frontier"]["ppo"]:
         lines.append(f"| PPO final, seed {p['seed']} | {p['kl']:.2f} | {num(p['gold'])} | {p['pm']:.3f} |")
+    for m in FINAL_POINT[1:]:
+        for p in r["frontier"].get(m, []):
+            lines.append(f"| {NAMES[m]} final, seed {p['seed']} | {p['kl']:.2f} | {num(p['gold'])} | {num(p['pm'])} |")
+    for p in r["frontier"].get("bon", []):
+        lines.append(f"| best-of-{p['n']} | {p['kl']:.2f} | {num(p['gold'])} | {num(p['pm'])} |")
     lines += ["", "![frontier](frontier.png)", "", "## Learning curves", "", "![learning curves](learning_curves.png)",
               "", "## Cost", "", "Mean over seeds of what each stage cost when it was made (a reused artifact "
               "counts at the cost recorded when it was built). CPU time sums the actors' processes and the "
@@ -299,16 +388,18 @@ def variant_dir(label: str) -> str:
 
 def variants_markdown(variants: dict[str, dict[str, Any]]) -> str:
     """The index of a knob sweep: each variant's headline figures, and a link to its own report."""
+    methods = [m for m in METHODS if any(m in methods_of(r) for r in variants.values())]
+    pairs = pairs_of(methods if beyond_baseline(methods) else BASELINE)
     lines = ["# Sweep over knobs: one report per setting", "",
              "The jobs differ in more than method and seed, so each setting has its own report (methods "
              "paired and seeds averaged within it). Win rates of the headline judge (the gold judge on the "
              "world's prompts), mean over seeds [95% interval].", "",
-             "| setting | seeds | " + " | ".join(pair_label(f"{a}_vs_{b}") for a, b in PAIRS)
+             "| setting | seeds | " + " | ".join(pair_label(f"{a}_vs_{b}") for a, b in pairs)
              + " | PPO final KL | PAT Spearman | PM val accuracy | report |",
-             "| --- | --- |" + " --- |" * (len(PAIRS) + 4)]
+             "| --- | --- |" + " --- |" * (len(pairs) + 4)]
     for label, r in variants.items():
         gold = r["win_rate"].get(headline(r), {})
-        cells = [fmt(gold[f"{a}_vs_{b}"]) if f"{a}_vs_{b}" in gold else "" for a, b in PAIRS]
+        cells = [fmt(gold[f"{a}_vs_{b}"]) if f"{a}_vs_{b}" in gold else "" for a, b in pairs]
         extra = [f"{r[k][sub]['value']:.3f}" if k in r else "" for k, sub in
                  (("kl", "final"), ("controllability", "spearman"), ("pm", "val_accuracy"))]
         link = f"variants/{variant_dir(label)}/report.md"

@@ -169,3 +169,70 @@ def test_ledger_spans_overlap_and_costs_reach_the_artifact(tmp_path):
     # groups one after the other do not add up
     seq = [{"started": 0, "ended": 1, "m": 5.0}, {"started": 1, "ended": 2, "m": 7.0}]
     assert peak_concurrent(seq, "m") == 7.0
+
+
+@pytest.fixture()
+def four_methods(sweep_dir):
+    """The PAT and PPO jobs plus a DPO job (gold: beats SFT on every prompt of both seeds) and a
+    best-of-n job (gold: loses every prompt to SFT) per seed: ``-m +experiment=pat,ppo,dpo,bon``."""
+    sft = {0: [0.2, 0.2, 0.2, 0.5], 1: [0.3, 0.3, 0.6, 0.6]}
+    for seed in (0, 1):
+        dpo, bon = [x + 0.3 for x in sft[seed]], [x - 0.1 for x in sft[seed]]
+        write_run(sweep_dir / f"{4 + seed}-dpo-seed{seed}", "dpo", seed, {"sft": sft[seed], "dpo": dpo},
+                  {"sft": sft[seed], "dpo": dpo},
+                  {"wall_seconds": 20.0,
+                   "frontier": {"dpo": [{"tag": None, "kl": 2.0, "gold": 0.6, "pm": 0.5, "n": 4}]},
+                   "cost": {"sft": COST | {"cached": True}, "dpo": COST | {"cpu_s": 40.0, "cached": False}}}, [])
+        write_run(sweep_dir / f"{6 + seed}-bon-seed{seed}", "bon", seed, {"sft": sft[seed], "bon": bon},
+                  {"sft": sft[seed], "bon": [x + 0.4 for x in bon]},
+                  {"wall_seconds": 30.0,
+                   "bon": {"n_max": 4, "ns": [1, 4], "curve": [{"n": n, "kl": math.log(n) - (n - 1) / n,
+                                                                "gold": 0.3 + 0.01 * n + 0.01 * seed, "pm": 0.1 * n}
+                                                               for n in (1, 4)]},
+                   "cost": {"bon": COST | {"tokens_generated": 800.0, "cached": False}}}, [])
+    return sweep_dir
+
+
+def test_every_method_is_paired_ranked_and_drawn(four_methods):
+    r, images = build(four_methods)
+    gold = r["win_rate"]["gold"]
+    # every method against SFT, then every two methods in the known order (PAT, PPO, DPO, ..., BoN)
+    assert list(gold) == ["pat_vs_sft", "ppo_vs_sft", "dpo_vs_sft", "bon_vs_sft", "pat_vs_ppo", "pat_vs_dpo",
+                          "pat_vs_bon", "ppo_vs_dpo", "ppo_vs_bon", "dpo_vs_bon"]
+    assert gold["dpo_vs_sft"]["per_seed"] == {"0": 1.0, "1": 1.0}
+    assert gold["bon_vs_sft"]["per_seed"] == {"0": 0.0, "1": 0.0}
+    assert gold["pat_vs_ppo"]["per_seed"] == {"0": 0.625, "1": 0.375}  # as in the sweep of PAT and PPO alone
+    assert gold["pat_vs_bon"]["per_seed"]["0"] == 1.0 and "bon_vs_pat" not in gold
+    saved = json.loads((four_methods / "results.json").read_text())
+    assert saved["win_rate"]["gold"]["dpo_vs_sft"]["value"] == 1.0 and "pat_vs_bon" in saved["win_rate"]["gold"]
+    assert set(r["overoptimisation"]) == {"pat", "ppo", "dpo", "bon"}
+    assert math.isclose(r["overoptimisation"]["bon"]["value"], 1.0)  # the PM prefers BoN everywhere, gold never
+    assert r["cost"]["dpo"]["cpu_s"] == 40.0 and r["cost"]["bon"]["tokens_generated"] == 800.0
+    assert [p["seed"] for p in r["frontier"]["dpo"]] == [0, 1] and len(r["frontier"]["ppo"]) == 2
+    assert [p["n"] for p in r["frontier"]["bon"]] == [1, 4]
+    assert math.isclose(r["frontier"]["bon"][1]["gold"], 0.345) and r["frontier"]["bon"][1]["seeds"] == 2
+
+    report = (four_methods / "report.md").read_text()
+    assert report.startswith("# Which method, at what cost: PAT vs PPO vs DPO vs BoN vs SFT\n")
+    ranking = next(line for line in report.splitlines() if line.startswith("Ranking by win rate against SFT"))
+    assert "on the gold judge (95% intervals over seeds and prompts): DPO 1.000 [1.000, 1.000], PPO 0.812" in ranking
+    order = [ranking.index(f" {name} ") for name in ("DPO", "PPO", "PAT", "BoN")]
+    assert order == sorted(order)
+    assert "**BoN does not beat SFT** on the gold judge" in report and "**DPO does not beat SFT**" not in report
+    assert "| PAT vs BoN | gold judge |" in report and "| DPO vs SFT | gold judge | 1.00 | 0.00 | 0.00 |" in report
+    assert "| DPO final, seed 1 | 2.00 | 0.600 | 0.500 |" in report and "| best-of-4 |" in report
+    assert "PPO costs **3.0x** PAT's CPU time" in report and "DPO 0.7 CPU-min" in report
+    assert set(images) >= {"summary", "win_matrix", "overoptimisation", "frontier", "cost"}
+    for path in images.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_win_matrix_reads_each_pair_both_ways(four_methods):
+    from experiments.sweep_report import win_matrix
+
+    r = aggregate(load_runs(four_methods))
+    policies = ["pat", "ppo", "dpo", "bon", "sft"]
+    m = win_matrix(r, "gold", policies)
+    w = r["win_rate"]["gold"]["pat_vs_ppo"]["value"]
+    assert math.isclose(m[0, 1], w) and math.isclose(m[1, 0], 1 - w)
+    assert m[2, 4] == 1.0 and m[4, 2] == 0.0 and math.isnan(m[0, 0])
