@@ -151,8 +151,19 @@ class PolicyActor(TrainableActor):
         threads = torch.get_num_threads()
         if spec.num_threads:  # the other roles wait while the policy updates: it may take their cores
             torch.set_num_threads(spec.num_threads)
+        try:
+            sums, counts = self._ppo_passes(ro, advantages, refs, ptx_parts, spec, surrogate_fn)
+        finally:  # an exception leaves the actor's threads as they were
+            torch.set_num_threads(threads)
+        # each stat is the mean over the steps that made it (a step without PTX examples has no ptx_loss)
+        return {f"policy/{k}": v / counts[k] for k, v in sums.items()} | {"tokens": ro.response_mask.sum().item()}
+
+    def _ppo_passes(self, ro: Rollout, advantages: torch.Tensor, refs: list[torch.Tensor | None],
+                    ptx_parts: list[list[Encoded]] | None, spec: PolicyUpdateSpec,
+                    surrogate_fn: Any) -> tuple[dict[str, float], dict[str, int]]:
+        """``ppo_update``'s optimizer steps: the sum of each stat and how many steps reported it."""
         sums: dict[str, float] = {}
-        n = 0
+        counts: dict[str, int] = {}
         for _ in range(spec.epochs):
             for i, (mb, adv) in enumerate(zip(ro.split(spec.mini_batches),
                                               torch.tensor_split(advantages, spec.mini_batches))):
@@ -172,12 +183,11 @@ class PolicyActor(TrainableActor):
                 step = self.engine.step()
                 with torch.no_grad():
                     ent = masked_mean(entropy(logits.detach(), spec.temperature), mb.response_mask)
-                n += 1
                 for k, v in {"policy_loss": surrogate.item(), "entropy": ent.item(),
                              **{k: float(v) for k, v in st.items()}, **step}.items():
                     sums[k] = sums.get(k, 0.0) + v
-        torch.set_num_threads(threads)
-        return {f"policy/{k}": v / n for k, v in sums.items()} | {"tokens": ro.response_mask.sum().item()}
+                    counts[k] = counts.get(k, 0) + 1
+        return sums, counts
 
     def save(self, path: str) -> None:
         """Write a plain ``save_pretrained`` directory (LoRA merged) with the tokenizer; rank 0 writes."""

@@ -8,6 +8,7 @@ import torch
 from actors.base import TrainableActor
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
 from alignment.data.batching import pad_right
+from alignment.generation import eval_mode
 from alignment.losses.pairwise import pairwise_loss
 from alignment.models.tokenizer import load_tokenizer
 from alignment.models.value_head import load_value_model, sequence_scores
@@ -51,17 +52,15 @@ class PreferenceActor(TrainableActor):
     def score(self, seqs: list[list[int]], batch_size: int = 64) -> list[float]:
         """Scalar reward of each sequence (no gradients). Batches are cut from the sequences in
         order of length, so that little of each is padding; the scores come back in input order."""
-        model = self.engine.module
-        was_training = model.training
-        model.eval()
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         out = [0.0] * len(seqs)
-        for start in range(0, len(seqs), batch_size):
-            part = order[start:start + batch_size]
-            ids, mask = pad_right([seqs[i] for i in part], self.tokenizer.pad_token_id)
-            for i, s in zip(part, sequence_scores(model, ids.to(self.device), mask.to(self.device)).float().tolist()):
-                out[i] = s
-        model.train(was_training)
+        with eval_mode(self.engine.module) as model:  # train/eval mode restored even on an exception
+            for start in range(0, len(seqs), batch_size):
+                part = order[start:start + batch_size]
+                ids, mask = pad_right([seqs[i] for i in part], self.tokenizer.pad_token_id)
+                scores = sequence_scores(model, ids.to(self.device), mask.to(self.device)).float().tolist()
+                for i, s in zip(part, scores):
+                    out[i] = s
         return out
 
     def save(self, path: str) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,14 +23,29 @@ class SamplingSpec:
     do_sample: bool = True
 
 
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode for the block; its train/eval mode comes back even on an exception."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()  # no autograd bookkeeping; only Python lists and ints leave
 def generate_replies(
     model, tokenizer, prompts: Sequence[str], spec: SamplingSpec, batch_size: int = 32, seed: int = 0
 ) -> tuple[list[str], int]:
     """Generate one reply per prompt text (each ending ``<|MOSS|>:``); returns the reply bodies and
     the number of tokens generated (each reply up to and including its end token)."""
-    was_training = model.training
-    model.eval()
+    with eval_mode(model):
+        return _generate_replies(model, tokenizer, prompts, spec, batch_size, seed)
+
+
+def _generate_replies(model, tokenizer, prompts: Sequence[str], spec: SamplingSpec, batch_size: int,
+                      seed: int) -> tuple[list[str], int]:
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     out: list[str] = []
@@ -49,7 +65,6 @@ def generate_replies(
         n_tokens += int(((ended.cumsum(1) - ended) == 0).sum())  # no end token strictly before
         texts = tokenizer.batch_decode(new, skip_special_tokens=False)
         out.extend(reply_text(t) for t in texts)
-    model.train(was_training)
     return out, n_tokens
 
 
@@ -74,8 +89,12 @@ def sample_responses(
     Returns the response ids (up to and including ``eos_id``) and their log-probs under
     ``softmax(logits / temperature)``, read from the logits ``generate`` already computed.
     """
-    was_training = model.training
-    model.eval()
+    with eval_mode(model):
+        return _sample_responses(model, prompts, spec, pad_id, eos_id, seed)
+
+
+def _sample_responses(model, prompts: Sequence[Sequence[int]], spec: RolloutSpec, pad_id: int, eos_id: int,
+                      seed: int) -> tuple[list[list[int]], list[list[float]]]:
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -96,6 +115,5 @@ def sample_responses(
     # a token is real if no eos came strictly before it (so the eos itself is kept)
     real = (ended.cumsum(1) - ended) == 0
     lengths = real.sum(1).tolist()
-    model.train(was_training)
     return ([row[:n] for row, n in zip(new.tolist(), lengths)],
             [row[:n] for row, n in zip(logprobs.tolist(), lengths)])

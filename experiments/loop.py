@@ -36,17 +36,18 @@ def batches(items: Sequence[Any], batch_size: int, rng: random.Random):
 
 def rank_mean(results: Sequence[dict[str, float]], weight_key: str) -> dict[str, float]:
     """Join what the ranks of a role report: each stat's mean weighted by ``weight_key`` (tokens,
-    pairs), except learning rates and gradient norms (``.../lr``, ``.../grad_norm``), which are
-    global and taken from rank 0."""
-    total = max(sum(r[weight_key] for r in results), 1e-9)
+    pairs) over the ranks that report it (a rank without PTX examples has no ``ptx_loss``), except
+    learning rates and gradient norms (``.../lr``, ``.../grad_norm``), which are global and taken
+    from the first rank that has them."""
     out = {}
-    for k in results[0]:
+    for k in dict.fromkeys(k for r in results for k in r):
         if k == weight_key:
             continue
+        have = [r for r in results if k in r]
         if k.rsplit("/", 1)[-1] in ("lr", "grad_norm"):
-            out[k] = results[0][k]
+            out[k] = have[0][k]
         else:
-            out[k] = sum(r[k] * r[weight_key] for r in results) / total
+            out[k] = sum(r[k] * r[weight_key] for r in have) / max(sum(r[weight_key] for r in have), 1e-9)
     return out
 
 

@@ -314,3 +314,49 @@ def test_kl_in_the_loss_is_zero_while_the_policy_is_the_reference(tmp_path, chec
     stats = actor.ppo_update(rollout, torch.zeros(rollout.response_mask.shape), None, spec, ref_logprobs)
     assert abs(stats["policy/kl_loss"]) < 1e-6
     assert "policy/kl_loss" not in actor.ppo_update(rollout, torch.zeros(rollout.response_mask.shape), None, spec)
+
+
+def test_ranks_without_ptx_examples_join_the_mean_of_those_with_them():
+    """With fewer PTX examples than policy ranks a rank reports no ``ptx_loss``: the mean over ranks
+    takes it from the ranks that have it, instead of failing with KeyError."""
+    from experiments.loop import rank_mean
+
+    joined = rank_mean([{"policy/ptx_loss": 2.0, "policy/loss": 1.0, "tokens": 3.0},
+                        {"policy/loss": 3.0, "tokens": 1.0}], "tokens")
+    assert joined == {"policy/ptx_loss": 2.0, "policy/loss": 1.5}
+
+
+def test_ptx_loss_is_averaged_over_the_steps_that_had_examples(tmp_path, checkpoints, world):
+    """Two mini-batches and one PTX example: only the first step adds an SFT loss, and the logged
+    ``ptx_loss`` is that loss, not half of it. An update that fails leaves the actor's thread count
+    and train mode as they were."""
+    from actors.engine import OptimConfig, StrategySpec
+    from actors.policy import ModelSpec, PolicyActor, PolicyUpdateSpec
+    from alignment.generation import RolloutSpec, SamplingSpec, generate_replies
+    from alignment.loss_mask import LossPolicy, encode_many
+    from alignment.sequences import prompt_ids
+
+    sft, _ = checkpoints
+    tok = _tokenizer(sft)
+    examples = encode_many(world.sft_conversations(1, [0, 0, 0, 0, 0, 1]), tok, LossPolicy.from_names(["moss"]))
+    prompts = [prompt_ids(tok, p.conversation()) for p in world.prompts("train", 4)]
+    threads = torch.get_num_threads()
+    actor = PolicyActor(0, 1, threads)
+    actor.init_model(ModelSpec(tokenizer_path=str(sft), path=str(sft)), StrategySpec(),
+                     OptimConfig(lr=0.0, total_steps=2, min_lr_ratio=1.0))
+    rollout, _ = actor.rollout(prompts, RolloutSpec(max_new_tokens=6), seed=0)
+    with torch.no_grad():
+        sft_loss = actor.lm_loss(examples)[0].item()
+    stats = actor.ppo_update(rollout, torch.zeros(rollout.response_mask.shape), examples,
+                             PolicyUpdateSpec(ptx_coef=1.0, mini_batches=2))
+    assert abs(stats["policy/ptx_loss"] - sft_loss) < 1e-4
+
+    other = 1 if threads > 1 else 2
+    with pytest.raises(RuntimeError):  # advantages of the wrong shape
+        actor.ppo_update(rollout, torch.zeros(3, 99), None, PolicyUpdateSpec(num_threads=other))
+    assert torch.get_num_threads() == threads
+    model = actor.engine.module
+    model.train()
+    with pytest.raises(ValueError):  # generate rejects a negative temperature
+        generate_replies(model, tok, ["<|Human|>: hi<eoh>\n<|MOSS|>:"], SamplingSpec(temperature=-1.0), seed=0)
+    assert model.training
