@@ -133,6 +133,9 @@ def _free_port() -> int:
     ("eval.judges=[gold,pm]", "eval.judges: the gold judge knows only the world's prompts"),
     ("judges.llm.api_key_env=sk-pasted-key-0123", "judges.llm.api_key_env must be the NAME"),
     ("eval.do_sample=false", "every candidate would be the same reply"),
+    ("algo.prompts_path={root}/hh-rlhf-val.jsonl", "algo.prompts_path:"),
+    ("pm.prompts_path={root}/hh-rlhf-val.jsonl", "pm.prompts_path:"),
+    ("model.path={root}/nowhere", "model.path:"),
 ])
 def test_bad_inputs_fail_before_ray_starts(inputs, change, problem, tmp_path):
     """An unreachable judge, a missing model and files of the wrong kind fail in seconds, naming the
