@@ -22,8 +22,16 @@ from alignment.atomic import write_text
 from alignment.best_of_n import analytic_kl, pick_groups
 from alignment.winrate import outcomes, win_rate
 from experiments.context import RunContext
-from experiments.evaluate import Job, generate_with, head_to_head, judge_replies, pm_scores
-from experiments.pat import method_results, samples
+from experiments.evaluate import (
+    Job,
+    generate_with,
+    head_to_head,
+    judge_replies,
+    method_metrics,
+    method_results,
+    pm_scores,
+    samples,
+)
 from experiments.pm import pm_stage
 from experiments.report import JUDGE_NAMES, plt, print_win_rates, save_png, win_table
 from experiments.sft import sft_stage
@@ -113,9 +121,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             row["bon/gold"] = p["gold"]
         row |= {f"bon/win_rate_{judge}": w["value"] for judge, w in p["win_rate"].items()}
         ctx.tracker.log(row, step=p["n"])
-    flat = {f"win_rate/{judge}/{pair}": w["value"] for judge, d in wins.items() for pair, w in d.items()}
-    flat |= {f"eval/gold_{name}": v for name, v in results.get("gold", {}).items()}
-    flat |= {f"eval/length_{name}": v for name, v in results["length"].items()}
+    flat = method_metrics(results)
     ctx.tracker.log(flat)
     ctx.tracker.summary(flat)
     images = write_report(ctx.run_dir, results)

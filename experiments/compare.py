@@ -16,8 +16,8 @@ from typing import Any
 
 from alignment.pat import bucket_tags
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
-from experiments.pat import controllability, method_results, pat_stage, tag_jobs
+from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_results
+from experiments.pat import controllability, pat_stage, tag_jobs
 from experiments.pm import pm_stage
 from experiments.ppo import ppo_stage
 from experiments.sft import sft_stage

@@ -27,9 +27,8 @@ from alignment.sequences import reply_sequences
 from experiments.cache import Artifact, commit
 from experiments.config import as_key
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
+from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
 from experiments.loop import optim_config, total_steps, train_loop
-from experiments.pat import method_results, samples
 from experiments.pm import comparison_groups, pm_payload, pm_stage
 from experiments.report import print_win_rates
 from experiments.sft import model_spec, sft_stage, strategy_spec
@@ -172,9 +171,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "cached": {"sft": sft.cached, "pm": pm.cached, "dpo": dpo.cached},
         "samples": samples(prompts, judged.replies, ("sft", "dpo")),
     }
-    flat = {f"win_rate/{judge}/{pair}": w["value"] for judge, d in wins.items() for pair, w in d.items()}
-    flat |= {f"eval/gold_{name}": v for name, v in results.get("gold", {}).items()}
-    flat |= {f"eval/length_{name}": v for name, v in results["length"].items()}
+    flat = method_metrics(results)
     ctx.tracker.log(flat)
     ctx.tracker.summary(flat)
     print_summary(results)

@@ -187,6 +187,30 @@ def head_to_head(ctx: RunContext, judged: Judged, pairs: list[tuple[str, str]]) 
     return out
 
 
+def method_results(ctx: RunContext, judged: Judged, wins: dict[str, dict[str, dict]],
+                   policies: tuple[str, ...]) -> dict[str, Any]:
+    """What every method's ``results.json`` holds about its head-to-head: the win rates per judge
+    (``win_rate.<judge>.<a>_vs_<b>``, each with its length-controlled twin under ``lc``), each
+    policy's mean reply length in tokens, and its mean gold score on the world's prompts."""
+    out: dict[str, Any] = {"win_rate": wins, "judges": list(wins),
+                           "length": {p: sum(judged.lengths[p]) / len(judged.lengths[p]) for p in policies}}
+    if "gold" in judged.scores:
+        out["gold"] = {p: v for p, v in judged.mean("gold").items() if p in policies}
+    return out
+
+
+def samples(prompts: list[Any], replies: dict[str, list[str]], names: tuple[str, ...], n: int = 6) -> list[dict]:
+    return [{"prompt": p.text, **{name: replies[name][i] for name in names}} for i, p in enumerate(prompts[:n])]
+
+
+def method_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The flat scalars of ``method_results`` for the tracker: ``win_rate/<judge>/<a>_vs_<b>``,
+    ``eval/gold_<policy>`` and ``eval/length_<policy>``."""
+    flat = {f"win_rate/{judge}/{pair}": w["value"] for judge, d in results["win_rate"].items() for pair, w in d.items()}
+    flat |= {f"eval/gold_{name}": v for name, v in results.get("gold", {}).items()}
+    return flat | {f"eval/length_{name}": v for name, v in results["length"].items()}
+
+
 def write_scores(ctx: RunContext, prompts: list[Prompt], judged: Judged, policies: tuple[str, ...]) -> Path:
     """Per-prompt scores of each judged policy by every judge, for pairing across runs."""
     path = ctx.run_dir / SCORES_FILE

@@ -22,7 +22,16 @@ from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_plain
 from experiments.context import RunContext
-from experiments.evaluate import Job, Judged, frontier_points, head_to_head, judge_jobs
+from experiments.evaluate import (
+    Job,
+    Judged,
+    frontier_points,
+    head_to_head,
+    judge_jobs,
+    method_metrics,
+    method_results,
+    samples,
+)
 from experiments.loop import optim_config, total_steps, train_loop
 from experiments.pm import pm_stage
 from experiments.report import JUDGE_NAMES, print_win_rates, write_pat_report
@@ -107,22 +116,6 @@ def controllability(cfg: LabConfig, judged: Judged) -> dict[str, Any]:
             "spearman": spearman(tags, curve)}
 
 
-def method_results(ctx: RunContext, judged: Judged, wins: dict[str, dict[str, dict]],
-                   policies: tuple[str, ...]) -> dict[str, Any]:
-    """What every method's ``results.json`` holds about its head-to-head: the win rates per judge
-    (``win_rate.<judge>.<a>_vs_<b>``, each with its length-controlled twin under ``lc``), each
-    policy's mean reply length in tokens, and its mean gold score on the world's prompts."""
-    out: dict[str, Any] = {"win_rate": wins, "judges": list(wins),
-                           "length": {p: sum(judged.lengths[p]) / len(judged.lengths[p]) for p in policies}}
-    if "gold" in judged.scores:
-        out["gold"] = {p: v for p, v in judged.mean("gold").items() if p in policies}
-    return out
-
-
-def samples(prompts: list[Any], replies: dict[str, list[str]], names: tuple[str, ...], n: int = 6) -> list[dict]:
-    return [{"prompt": p.text, **{name: replies[name][i] for name in names}} for i, p in enumerate(prompts[:n])]
-
-
 def run(ctx: RunContext) -> dict[str, Any]:
     """``+experiment=pat``: the whole chain, then PAT vs SFT and the controllability curve."""
     cfg = ctx.cfg
@@ -154,9 +147,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     images = write_pat_report(ctx.run_dir, results)
     flat = {"pm/val_accuracy": results["pm"]["val_accuracy"],
             "controllability/spearman": results["controllability"]["spearman"]}
-    flat |= {f"win_rate/{judge}/{pair}": w["value"] for judge, d in wins.items() for pair, w in d.items()}
-    flat |= {f"eval/gold_{name}": v for name, v in results.get("gold", {}).items()}
-    flat |= {f"eval/length_{name}": v for name, v in results["length"].items()}
+    flat |= method_metrics(results)
     ctx.tracker.log(flat)
     ctx.tracker.summary(flat)
     ctx.tracker.log_images(images)

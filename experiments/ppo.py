@@ -50,9 +50,9 @@ from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
 from experiments.config import OptimizerConfig, PPOConfig, RayConfig, as_key, as_plain
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs
+from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
 from experiments.loop import rank_mean
-from experiments.pat import method_results, pat_key, samples
+from experiments.pat import pat_key
 from experiments.pm import pm_stage
 from experiments.report import print_win_rates
 from experiments.sft import model_spec, sft_examples, sft_stage, strategy_spec
@@ -494,10 +494,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "cached": {"sft": sft.cached, "pm": pm.cached, m: trained.cached},
         "samples": samples(prompts, judged.replies, ("sft", m)),
     }
-    flat = {f"win_rate/{judge}/{pair}": w["value"] for judge, d in wins.items() for pair, w in d.items()}
-    flat |= {f"eval/gold_{name}": v for name, v in results.get("gold", {}).items()}
-    flat["kl/final"] = results["kl"]["final"]
-    flat |= {f"eval/length_{name}": v for name, v in results["length"].items()}
+    flat = method_metrics(results) | {"kl/final": results["kl"]["final"]}
     ctx.tracker.log(flat)
     ctx.tracker.summary(flat)
     print_summary(results, m)
