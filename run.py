@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from experiments.config import register, validate
+from experiments.config import cluster_args, register, validate
 
 register()
 
@@ -44,7 +44,7 @@ def main(cfg: DictConfig) -> None:
     with ThreadPoolExecutor(max_workers=1) as pool:
         importing = pool.submit(importlib.import_module, "experiments.registry")
         if lab.stage != "report":  # the report reads finished runs; it needs no cluster
-            init_ray(lab.ray)
+            init_ray(**cluster_args(lab.ray))
         DRIVERS = importing.result().DRIVERS
 
     from alignment.atomic import write_json, write_text

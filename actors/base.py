@@ -7,10 +7,14 @@ import hashlib
 import os
 import resource
 import socket
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
-from actors.engine import TrainingEngine
+from actors.engine import OptimConfig, StrategySpec, TrainingEngine
+from alignment.models.tokenizer import load_tokenizer
+from alignment.models.value_head import load_value_model
 
 
 class RoleActor:
@@ -101,6 +105,22 @@ class TrainableActor(RoleActor):
         self.engine.load_checkpoint(ckpt_dir)
         return self.engine.global_step
 
+    def minibatch_steps(self, epochs: int, parts: Sequence[tuple[Any, ...]],
+                        loss_fn: Callable[..., tuple[torch.Tensor, dict[str, Any]]]) -> dict[str, float]:
+        """``epochs`` passes over ``parts``, one optimizer step per part of ``loss_fn(*part)`` (the loss
+        and its stats). Returns each stat's mean over the steps that reported it (the engine's step
+        stats, such as the learning rate and gradient norm, included)."""
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for _ in range(epochs):
+            for part in parts:
+                loss, stats = loss_fn(*part)
+                self.engine.backward(loss)
+                for k, v in {**{k: float(v) for k, v in stats.items()}, **self.engine.step()}.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1
+        return {k: v / counts[k] for k, v in sums.items()}
+
     def weights_digest(self) -> str:
         """SHA-256 of this rank's parameters (equal across data-parallel ranks after every step)."""
         return _digest(p.detach() for p in self.engine.module.parameters())
@@ -129,3 +149,19 @@ def _digest(tensors) -> str:
     for t in tensors:
         h.update(t.float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+class ValueModelActor(TrainableActor):
+    """A trainable role whose model is a value model (a causal LM with a scalar head): the
+    preference model and the critic."""
+
+    def init_model(self, path: str, drop_last_layer: bool, strategy: StrategySpec, optim: OptimConfig | None = None,
+                   seed: int = 0) -> int:
+        """A value model from ``path``: a preference model keeps its head; an SFT model gets a new one.
+        Without ``optim`` it only scores. Returns the number of trainable parameters."""
+        torch.manual_seed(seed)
+        self.tokenizer = load_tokenizer(path)
+        model = load_value_model(path, drop_last_layer=drop_last_layer)
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.engine = TrainingEngine(model, optim or OptimConfig(lr=0.0), strategy, self.device)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)

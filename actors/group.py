@@ -11,7 +11,8 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from experiments.config import ActorResources
+from actors.resources import ActorResources
+from alignment.data.batching import shard
 
 
 def bundles(res: ActorResources) -> list[dict[str, float]]:
@@ -136,17 +137,6 @@ def join_usage(role: str, ranks: Sequence[dict[str, float]], started: float) -> 
     for key in ("cpu_s", "peak_rss_mb", "gpu_peak_mb", "tokens_generated"):
         out[key] = sum(r[key] for r in ranks)
     out["param_updates"] = ranks[0]["param_updates"] if ranks else 0.0
-    return out
-
-
-def shard(items: Sequence[Any], n: int) -> list[list[Any]]:
-    """Split ``items`` into ``n`` contiguous, near-equal shards."""
-    size, extra = divmod(len(items), n)
-    out, start = [], 0
-    for i in range(n):
-        end = start + size + (i < extra)
-        out.append(list(items[start:end]))
-        start = end
     return out
 
 

@@ -9,9 +9,8 @@ import torch
 
 from actors.base import TrainableActor
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
-from actors.group import shard
 from alignment.chat_format import reply_text
-from alignment.data.batching import collate
+from alignment.data.batching import collate, shard
 from alignment.generation import RolloutSpec, SamplingSpec, generate_replies, sample_responses
 from alignment.loss_mask import Encoded
 from alignment.losses.dpo import log_ratios, sequence_logps
@@ -148,46 +147,36 @@ class PolicyActor(TrainableActor):
         refs = (torch.tensor_split(ref_logprobs.to(self.device), spec.mini_batches) if ref_logprobs is not None
                 else [None] * spec.mini_batches)
         ptx_parts = shard(ptx, spec.mini_batches) if ptx and spec.ptx_coef else None
+        advs = torch.tensor_split(advantages, spec.mini_batches)
+        parts = list(zip(ro.split(spec.mini_batches), advs, refs, ptx_parts or [None] * spec.mini_batches))
+
+        def loss_fn(mb: Rollout, adv: torch.Tensor, ref: torch.Tensor | None,
+                    ptx_part: list[Encoded] | None) -> tuple[torch.Tensor, dict[str, Any]]:
+            logits = response_logits(self.engine, mb)
+            logprobs = token_logprobs(logits, response_tokens(mb), spec.temperature)
+            surrogate, st = surrogate_fn(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
+            loss = surrogate
+            if ref is not None:
+                kl_loss = masked_mean(kl_estimate(logprobs, ref, spec.kl_estimator), mb.response_mask)
+                st["kl_loss"] = kl_loss.detach()
+                loss = loss + spec.kl_coef * kl_loss
+            if ptx_part:
+                ptx_loss, _ = self.lm_loss(ptx_part)
+                st["ptx_loss"] = ptx_loss.detach()
+                loss = loss + spec.ptx_coef * ptx_loss
+            with torch.no_grad():
+                st["entropy"] = masked_mean(entropy(logits.detach(), spec.temperature), mb.response_mask)
+            return loss, {"policy_loss": surrogate.detach(), **st}
+
         threads = torch.get_num_threads()
         if spec.num_threads:  # the other roles wait while the policy updates: it may take their cores
             torch.set_num_threads(spec.num_threads)
         try:
-            sums, counts = self._ppo_passes(ro, advantages, refs, ptx_parts, spec, surrogate_fn)
+            # each stat is the mean over the steps that made it (a step without PTX examples has no ptx_loss)
+            stats = self.minibatch_steps(spec.epochs, parts, loss_fn)
         finally:  # an exception leaves the actor's threads as they were
             torch.set_num_threads(threads)
-        # each stat is the mean over the steps that made it (a step without PTX examples has no ptx_loss)
-        return {f"policy/{k}": v / counts[k] for k, v in sums.items()} | {"tokens": ro.response_mask.sum().item()}
-
-    def _ppo_passes(self, ro: Rollout, advantages: torch.Tensor, refs: list[torch.Tensor | None],
-                    ptx_parts: list[list[Encoded]] | None, spec: PolicyUpdateSpec,
-                    surrogate_fn: Any) -> tuple[dict[str, float], dict[str, int]]:
-        """``ppo_update``'s optimizer steps: the sum of each stat and how many steps reported it."""
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for _ in range(spec.epochs):
-            for i, (mb, adv) in enumerate(zip(ro.split(spec.mini_batches),
-                                              torch.tensor_split(advantages, spec.mini_batches))):
-                logits = response_logits(self.engine, mb)
-                logprobs = token_logprobs(logits, response_tokens(mb), spec.temperature)
-                surrogate, st = surrogate_fn(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
-                loss = surrogate
-                if refs[i] is not None:
-                    kl_loss = masked_mean(kl_estimate(logprobs, refs[i], spec.kl_estimator), mb.response_mask)
-                    st["kl_loss"] = kl_loss.detach()
-                    loss = loss + spec.kl_coef * kl_loss
-                if ptx_parts is not None and ptx_parts[i]:
-                    ptx_loss, _ = self.lm_loss(ptx_parts[i])
-                    st["ptx_loss"] = ptx_loss.detach()
-                    loss = loss + spec.ptx_coef * ptx_loss
-                self.engine.backward(loss)
-                step = self.engine.step()
-                with torch.no_grad():
-                    ent = masked_mean(entropy(logits.detach(), spec.temperature), mb.response_mask)
-                for k, v in {"policy_loss": surrogate.item(), "entropy": ent.item(),
-                             **{k: float(v) for k, v in st.items()}, **step}.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                    counts[k] = counts.get(k, 0) + 1
-        return sums, counts
+        return {f"policy/{k}": v for k, v in stats.items()} | {"tokens": ro.response_mask.sum().item()}
 
     def save(self, path: str) -> None:
         """Write a plain ``save_pretrained`` directory (LoRA merged) with the tokenizer; rank 0 writes."""

@@ -21,7 +21,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group
 
 from actors.group import RoleGroup, bundles
-from experiments.config import ActorResources
+from actors.resources import ActorResources
 
 PLACEMENT_POLL_S = 1.0  # how often a group waiting for room checks for idle groups to evict
 

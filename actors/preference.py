@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from actors.base import TrainableActor
-from actors.engine import OptimConfig, StrategySpec, TrainingEngine
+from actors.base import ValueModelActor
 from alignment.data.batching import pad_right
 from alignment.generation import eval_mode
 from alignment.losses.pairwise import pairwise_loss
-from alignment.models.tokenizer import load_tokenizer
-from alignment.models.value_head import load_value_model, sequence_scores
+from alignment.models.value_head import sequence_scores
 
 
-class PreferenceActor(TrainableActor):
-    def init_model(self, path: str, drop_last_layer: bool, strategy: StrategySpec, optim: OptimConfig | None = None,
-                   seed: int = 0) -> int:
-        """A value model from ``path``: an SFT checkpoint (head new) or a trained preference model."""
-        torch.manual_seed(seed)
-        self.tokenizer = load_tokenizer(path)
-        model = load_value_model(path, drop_last_layer=drop_last_layer)
-        model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.engine = TrainingEngine(model, optim or OptimConfig(lr=0.0), strategy, self.device)
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
+class PreferenceActor(ValueModelActor):
     def _scores(self, seqs: list[list[int]]) -> torch.Tensor:
         ids, mask = pad_right(seqs, self.tokenizer.pad_token_id)
         out = self.engine.forward(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import ray
 
-from experiments.config import RayConfig
 
-
-def init_ray(cfg: RayConfig, namespace: str = "alignment-lab") -> str | None:
-    """Join ``cfg.address`` when set, else start a local instance. Returns the dashboard URL."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, include_dashboard: bool = True,
+             dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None,
+             namespace: str = "alignment-lab") -> str | None:
+    """Join the cluster at ``address`` when set, else start a local instance (the ``ray.*`` settings
+    of the same names). Returns the dashboard URL."""
     if ray.is_initialized():
         return None
     runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
-    if cfg.address:
-        ctx = ray.init(address=cfg.address, namespace=namespace, runtime_env=runtime_env, log_to_driver=True)
+    if address:
+        ctx = ray.init(address=address, namespace=namespace, runtime_env=runtime_env, log_to_driver=True)
     else:
         ctx = ray.init(
-            num_cpus=cfg.num_cpus, namespace=namespace, runtime_env=runtime_env,
-            include_dashboard=cfg.include_dashboard, dashboard_host=cfg.dashboard_host,
-            dashboard_port=cfg.dashboard_port,
+            num_cpus=num_cpus, namespace=namespace, runtime_env=runtime_env,
+            include_dashboard=include_dashboard, dashboard_host=dashboard_host, dashboard_port=dashboard_port,
         )
     url = getattr(ctx, "dashboard_url", None) or None
     if url and not url.startswith("http"):

@@ -73,7 +73,7 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
     or (``local``) on the same classes in this process."""
     from alignment.models.tokenizer import load_tokenizer
     from experiments.cache import ArtifactCache
-    from experiments.config import ActorResources, LabConfig
+    from experiments.config import ActorResources, LabConfig, cluster_args
     from experiments.context import RunContext
     from experiments.ppo import PPOTrainer, PromptBatch, start_roles
 
@@ -91,7 +91,7 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
         from actors.session import init_ray
 
         cfg.ray.include_dashboard = False
-        init_ray(cfg.ray)
+        init_ray(**cluster_args(cfg.ray))
     tmp = Path(tempfile.mkdtemp())
     ctx = RunContext(cfg, tmp, ArtifactCache(tmp / "cache"), tracker=None, run_tag="bench")  # type: ignore[arg-type]
     roles = start_roles(ctx, policy_dir, value_dir, local=local)

@@ -13,6 +13,7 @@ against SFT, beside the analytic KL of best-of-n to the SFT model (``alignment.b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ from tqdm.auto import tqdm
 from alignment.atomic import write_text
 from alignment.best_of_n import analytic_kl, pick_groups
 from alignment.winrate import outcomes, win_rate
+from experiments.cache import Artifact
 from experiments.context import RunContext
 from experiments.evaluate import (
     Job,
+    Judged,
     generate_with,
     head_to_head,
     judge_replies,
@@ -72,55 +75,81 @@ def curve(ns: Sequence[int], n_max: int, texts: list[str], pm: list[float], gold
     return points
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
-    """``+experiment=bon``: the chain, then best-of-n of the SFT model's samples against SFT."""
-    cfg = ctx.cfg
-    n_max, ns = cfg.bon.n_max, sorted(set(cfg.bon.ns))
-    sft = sft_stage(ctx)
-    pm = pm_stage(ctx, sft)
-    prompts = ctx.test_prompts
-    repeated = [p for p in prompts for _ in range(n_max)]
+@dataclass
+class Samples:
+    """``n_max`` SFT samples per held-out prompt (each prompt's in a row), their preference-model
+    scores, and best-of-``n_max``'s pick for each prompt."""
 
-    with ctx.costs.span("bon"):  # the method's own cost: n_max samples per prompt, each scored by the PM
+    n_max: int
+    texts: list[str]
+    pm: list[float]
+
+    @property
+    def best(self) -> list[str]:
+        return [self.texts[i] for i in pick_groups(self.pm, self.n_max, self.n_max)]
+
+
+def draw(ctx: RunContext, sft: Artifact, pm: Artifact) -> Samples:
+    """The method's own work, in the cost span ``bon``: ``bon.n_max`` samples per held-out prompt
+    from the SFT model (cached as one evaluation job), each scored by the preference model."""
+    n_max = ctx.cfg.bon.n_max
+    repeated = [p for p in ctx.test_prompts for _ in range(n_max)]
+    with ctx.costs.span("bon"):
         with tqdm(total=len(repeated), desc="best-of-n samples") as bar:
             texts = generate_with(ctx, sft.path, {SAMPLES_JOB: Job(repeated)}, "policy", bar, stage="bon")[SAMPLES_JOB]
-        pm_all = pm_scores(ctx, pm.path, sft.path, {SAMPLES_JOB: ([p.conversation() for p in repeated], texts)},
+        scores = pm_scores(ctx, pm.path, sft.path, {SAMPLES_JOB: ([p.conversation() for p in repeated], texts)},
                            stage="bon")[SAMPLES_JOB]
-    picks = pick_groups(pm_all, n_max, n_max)
+    return Samples(n_max, texts, scores)
 
-    with ctx.costs.span("eval"):
-        sft_replies = generate_with(ctx, sft.path, {"sft": Job(prompts)}, "policy")["sft"]
-        jobs = {"bon": Job(prompts), "sft": Job(prompts)}
-        replies = {"bon": [texts[i] for i in picks], "sft": sft_replies}
-        judged = judge_replies(ctx, jobs, replies, pm.path, sft.path, prompts, ("bon", "sft"), [("bon", "sft")])
-        sft_pm = judged.scores.get("pm", {}).get("sft")
-        if sft_pm is None:  # the run's judges leave the PM out; the curve still reads it
-            contexts = [p.conversation() for p in prompts]
-            sft_pm = pm_scores(ctx, pm.path, sft.path, {"sft": (contexts, sft_replies)})["sft"]
+
+def summary(ctx: RunContext, drawn: Samples, judged: Judged, pm: Artifact, sft: Artifact) -> dict[str, Any]:
+    """``results["bon"]``: the best-of-n curve over ``bon.ns`` against the SFT replies ``judged``
+    holds (the preference model scores them here if the run's judges left it out)."""
+    prompts = ctx.test_prompts
+    sft_replies = judged.replies["sft"]
+    sft_pm = judged.scores.get("pm", {}).get("sft")
+    if sft_pm is None:  # the run's judges leave the PM out; the curve still reads it
+        sft_pm = pm_scores(ctx, pm.path, sft.path, {"sft": ([p.conversation() for p in prompts], sft_replies)})["sft"]
     gold_all = sft_gold = None
     if ctx.on_world:
-        gold_all = [ctx.world.judge(p, t) for p, t in zip(repeated, texts)]
+        repeated = [p for p in prompts for _ in range(drawn.n_max)]
+        gold_all = [ctx.world.judge(p, t) for p, t in zip(repeated, drawn.texts)]
         sft_gold = [ctx.world.judge(p, r) for p, r in zip(prompts, sft_replies)]
-    points = curve(ns, n_max, texts, pm_all, gold_all, sft_pm, sft_gold, cfg.seed)
-
-    wins = head_to_head(ctx, judged, [("bon", "sft")])
-    results = {
-        "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
-               "gold_agreement": pm.info["eval"].get("gold_agreement")},
-        **method_results(ctx, judged, wins, ("bon", "sft")),
-        "bon": {"n_max": n_max, "ns": ns, "curve": points,
-                "sft": {"pm": _mean(sft_pm), "gold": _mean(sft_gold) if sft_gold else None}},
-        "cost": ctx.costs.summary(),
-        "artifacts": {"sft": str(sft.path), "pm": str(pm.path)},
-        "cached": {"sft": sft.cached, "pm": pm.cached},
-        "samples": samples(prompts, judged.replies, ("sft", "bon")),
-    }
+    ns = sorted(set(ctx.cfg.bon.ns))
+    points = curve(ns, drawn.n_max, drawn.texts, drawn.pm, gold_all, sft_pm, sft_gold, ctx.cfg.seed)
     for p in points:
         row = {"bon/n": p["n"], "bon/kl": p["kl"], "bon/pm": p["pm"], "bon/distinct": p["distinct"]}
         if p["gold"] is not None:
             row["bon/gold"] = p["gold"]
         row |= {f"bon/win_rate_{judge}": w["value"] for judge, w in p["win_rate"].items()}
         ctx.tracker.log(row, step=p["n"])
+    return {"n_max": drawn.n_max, "ns": ns, "curve": points,
+            "sft": {"pm": _mean(sft_pm), "gold": _mean(sft_gold) if sft_gold else None}}
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """``+experiment=bon``: the chain, then best-of-n of the SFT model's samples against SFT."""
+    sft = sft_stage(ctx)
+    pm = pm_stage(ctx, sft)
+    prompts = ctx.test_prompts
+    drawn = draw(ctx, sft, pm)
+    with ctx.costs.span("eval"):
+        sft_replies = generate_with(ctx, sft.path, {"sft": Job(prompts)}, "policy")["sft"]
+        jobs = {"bon": Job(prompts), "sft": Job(prompts)}
+        replies = {"bon": drawn.best, "sft": sft_replies}
+        judged = judge_replies(ctx, jobs, replies, pm.path, sft.path, prompts, ("bon", "sft"), [("bon", "sft")])
+        bon = summary(ctx, drawn, judged, pm, sft)
+    wins = head_to_head(ctx, judged, [("bon", "sft")])
+    results = {
+        "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
+               "gold_agreement": pm.info["eval"].get("gold_agreement")},
+        **method_results(ctx, judged, wins, ("bon", "sft")),
+        "bon": bon,
+        "cost": ctx.costs.summary(),
+        "artifacts": {"sft": str(sft.path), "pm": str(pm.path)},
+        "cached": {"sft": sft.cached, "pm": pm.cached},
+        "samples": samples(prompts, judged.replies, ("sft", "bon")),
+    }
     flat = method_metrics(results)
     ctx.tracker.log(flat)
     ctx.tracker.summary(flat)

@@ -1,28 +1,39 @@
-"""Compare driver: SFT → preference model → PAT and PPO side by side on one Ray cluster →
-every pair (PAT–SFT, PPO–SFT, PAT–PPO) judged by the gold judge and the preference model.
-``+experiment=compare``.
+"""Compare driver: SFT → preference model → the methods of ``compare.methods`` (default PAT and PPO;
+any of pat, ppo, dpo, grpo, rloo, bon) trained side by side on one Ray cluster → every pair (each
+method against SFT, then every two methods) judged by each judge. ``+experiment=compare``.
 
-PAT and PPO share the cached SFT and preference-model artifacts and train in two driver
-threads, each starting its own actor groups, so they overlap whenever the cluster has room
-for both (``compare.concurrent=false`` runs them one after the other, for timing). The spans
+The methods share the cached SFT and preference-model artifacts. Each trains in a driver thread
+that starts its own actor groups, ``compare.max_parallel`` at a time, so they overlap whenever
+the cluster has room (``compare.concurrent=false`` runs them one after the other, for timing).
+GRPO and RLOO run the PPO loop with ``compare.grpo`` / ``compare.rloo`` as their settings
+(``RunContext.for_method``); best-of-n's "training" is drawing and scoring its samples. The spans
 go to ``timing.jsonl``; the report is the sweep report of this one run.
 """
 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from alignment.pat import bucket_tags
+from experiments import bon
+from experiments.cache import Artifact
 from experiments.context import RunContext
-from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_results
+from experiments.dpo import dpo_stage
+from experiments.evaluate import Job, frontier_points, generate_many, head_to_head, judge_replies, method_results
 from experiments.pat import controllability, pat_stage, tag_jobs
 from experiments.pm import pm_stage
 from experiments.ppo import ppo_stage
 from experiments.sft import sft_stage
-from experiments.sweep import PAIRS, Run, aggregate
+from experiments.sweep import METHODS, Run, aggregate, pairs_of
 from experiments.sweep_report import print_summary, timeline_plot, write_report
+
+# what each method trains, from the shared SFT model and preference model
+STAGES: dict[str, Callable[[RunContext, Artifact, Artifact], Any]] = {
+    "pat": pat_stage, "ppo": ppo_stage, "grpo": ppo_stage, "rloo": ppo_stage, "dpo": dpo_stage, "bon": bon.draw}
+POLICIES = ("ppo", "grpo", "rloo", "dpo")  # the methods whose product is one policy answering every prompt
 
 
 def overlap(cost: dict[str, dict[str, Any]], a: str, b: str) -> float:
@@ -32,46 +43,80 @@ def overlap(cost: dict[str, dict[str, Any]], a: str, b: str) -> float:
     return max(0.0, min(cost[a]["end_s"], cost[b]["end_s"]) - max(cost[a]["start_s"], cost[b]["start_s"]))
 
 
+def train_all(ctx: RunContext, sft: Artifact, pm: Artifact, methods: list[str]) -> dict[str, Any]:
+    """Every method's product (an ``Artifact``; best-of-n's ``bon.Samples``), trained side by side
+    (``compare.max_parallel`` at a time) or one after the other. With PAT and PPO side by side, PAT's
+    actors run at a lower OS priority and get more threads once PPO is done (``compare.pat_*``)."""
+    c = ctx.cfg.compare
+    workers = min(c.max_parallel, len(methods)) if c.concurrent else 1
+    if c.concurrent and workers > 1 and {"pat", "ppo"} <= set(methods):
+        ctx.nice["pat"] = c.pat_nice
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures: dict[str, Future] = {m: pool.submit(STAGES[m], ctx.for_method(m), sft, pm) for m in methods}
+        if workers > 1 and set(methods) == {"pat", "ppo"} and c.pat_threads_after_ppo > 0:
+            futures["ppo"].add_done_callback(lambda _: ctx.widen("pat", c.pat_threads_after_ppo))
+        return {m: f.result() for m, f in futures.items()}
+
+
+def frontiers(ctx: RunContext, made: dict[str, Any], sft: Artifact, pm: Artifact) -> dict[str, Any]:
+    """The reward-KL points of every trained policy on the first ``pat.control_prompts`` test prompts
+    (PAT: one per tag), two at a time."""
+    control = ctx.test_prompts[: ctx.cfg.pat.control_prompts]
+    tags = {"pat": list(bucket_tags(ctx.cfg.pat.n_buckets))}
+    todo = [m for m in ("pat", *POLICIES) if m in made]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {m: pool.submit(frontier_points, ctx.for_method(m), m, made[m].path, sft.path, pm.path, control,
+                                  tags.get(m, [None])) for m in todo}
+        return {m: f.result() for m, f in futures.items()}
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
+    methods = [m for m in METHODS if m in cfg.compare.methods]
     sft = sft_stage(ctx)
     pm = pm_stage(ctx, sft)
     ctx.world  # noqa: B018 -- build the world and the prompts once, before the threads share them
-    ctx.test_prompts  # noqa: B018
-    if cfg.compare.concurrent:
-        ctx.nice["pat"] = cfg.compare.pat_nice
-    with ThreadPoolExecutor(max_workers=2 if cfg.compare.concurrent else 1) as pool:
-        pat_f = pool.submit(pat_stage, ctx, sft, pm)
-        ppo_f = pool.submit(ppo_stage, ctx, sft, pm)
-        if cfg.compare.concurrent and cfg.compare.pat_threads_after_ppo > 0:
-            ppo_f.add_done_callback(lambda _: ctx.widen("pat", cfg.compare.pat_threads_after_ppo))
-        pat, ppo = pat_f.result(), ppo_f.result()
-
     prompts = ctx.test_prompts
-    control = prompts[: cfg.pat.control_prompts]
+    made = train_all(ctx, sft, pm, methods)
+
+    pairs = pairs_of(methods)
+    policies = ("sft", *methods)
     with ctx.costs.span("eval"):
-        work = {"pat-eval": (pat.path, tag_jobs(cfg, prompts)), "ppo-eval": (ppo.path, {"ppo": Job(prompts)}),
-                "sft-eval": (sft.path, {"sft": Job(prompts)})}
-        judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "ppo", "sft"), PAIRS)
-        tags = list(bucket_tags(cfg.pat.n_buckets))
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            pat_front = pool.submit(frontier_points, ctx, "pat", pat.path, sft.path, pm.path, control, tags)
-            ppo_front = pool.submit(frontier_points, ctx, "ppo", ppo.path, sft.path, pm.path, control, [None])
-            frontier = {"pat": pat_front.result(), "ppo": ppo_front.result()}
-    wins = head_to_head(ctx, judged, PAIRS)
+        work = {f"{m}-eval": (made[m].path, tag_jobs(cfg, prompts) if m == "pat" else {m: Job(prompts)})
+                for m in methods if m != "bon"}
+        work["sft-eval"] = (sft.path, {"sft": Job(prompts)})
+        replies = generate_many(ctx, work)
+        jobs = {name: job for _, named in work.values() for name, job in named.items()}
+        if "bon" in made:
+            jobs["bon"], replies["bon"] = Job(prompts), made["bon"].best
+        judged = judge_replies(ctx, jobs, replies, pm.path, sft.path, prompts, policies, pairs)
+        frontier = frontiers(ctx, made, sft, pm)
+        bon_curve = bon.summary(ctx, made["bon"], judged, pm, sft) if "bon" in made else None
+    wins = head_to_head(ctx, judged, pairs)
     cost = ctx.costs.summary()
+    trained = {m: a for m, a in made.items() if isinstance(a, Artifact)}
+    for m in ("ppo", "grpo", "rloo"):
+        if m in trained:
+            frontier[f"{m}_training"] = trained[m].info.get("path", [])
     results = {
+        "methods": methods,
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
                "gold_agreement": pm.info["eval"].get("gold_agreement")},
-        **method_results(ctx, judged, wins, ("sft", "pat", "ppo")),
-        "controllability": controllability(cfg, judged),
-        "kl": {"final": ppo.info["final"]["ppo/kl"], "final_per_token": ppo.info["final"]["ppo/kl_per_token"]},
+        **method_results(ctx, judged, wins, policies),
+        **({"controllability": controllability(cfg, judged)} if "pat" in made else {}),
+        **{m: {"final": trained[m].info["final"], "train_seconds": trained[m].info.get("train_seconds")}
+           for m in ("ppo", "grpo", "rloo") if m in trained},
+        **({"bon": bon_curve} if bon_curve else {}),
         "frontier": frontier,
         "cost": cost,
-        "concurrency": {"concurrent": cfg.compare.concurrent, "overlap_s": overlap(cost, "pat", "ppo")},
-        "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "pat": str(pat.path), "ppo": str(ppo.path)},
-        "cached": {"sft": sft.cached, "pm": pm.cached, "pat": pat.cached, "ppo": ppo.cached},
+        "concurrency": {"concurrent": cfg.compare.concurrent, "max_parallel": cfg.compare.max_parallel,
+                        **({"overlap_s": overlap(cost, "pat", "ppo")} if {"pat", "ppo"} <= set(made) else {})},
+        "artifacts": {"sft": str(sft.path), "pm": str(pm.path), **{m: str(a.path) for m, a in trained.items()}},
+        "cached": {"sft": sft.cached, "pm": pm.cached, **{m: a.cached for m, a in trained.items()}},
     }
+    if "ppo" in trained:
+        final = trained["ppo"].info["final"]
+        results["kl"] = {"final": final["ppo/kl"], "final_per_token": final["ppo/kl_per_token"]}
     metrics = [json.loads(line) for line in ctx.tracker.metrics_path.read_text().splitlines() if line.strip()]
     report = aggregate([Run(ctx.run_dir, "compare", cfg.seed, results,
                             json.loads((ctx.run_dir / "scores.json").read_text()), metrics)])
@@ -82,11 +127,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.tracker.summary(flat)
     ctx.tracker.log_images(images)
     print_summary(report, ctx.run_dir)
-    print_timeline(cost)
+    print_timeline(cost, methods)
     return results
 
 
-def print_timeline(cost: dict[str, dict[str, Any]]) -> None:
+def print_timeline(cost: dict[str, dict[str, Any]], methods: list[str]) -> None:
     print("  timeline (seconds from the start of the run; timing.jsonl has every span):")
     for name, c in sorted(cost.items(), key=lambda kv: kv[1].get("start_s", -1)):
         if c.get("cached"):
@@ -94,4 +139,5 @@ def print_timeline(cost: dict[str, dict[str, Any]]) -> None:
         else:
             print(f"    {name:<6} {c['start_s']:7.1f} -> {c['end_s']:7.1f}  "
                   f"({c['wall_s']:.1f} s, {c['cpu_s']:.0f} CPU-s)")
-    print(f"  PAT and PPO overlapped for {overlap(cost, 'pat', 'ppo'):.1f} s")
+    if {"pat", "ppo"} <= set(methods):
+        print(f"  PAT and PPO overlapped for {overlap(cost, 'pat', 'ppo'):.1f} s")

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from actors.resources import ActorResources
 from alignment.data.formats import PREFERENCE_FORMATS, PROMPT_FORMATS
 from alignment.pat import check_bucketing
 
@@ -96,8 +97,9 @@ class TrainerConfig:
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
     max_steps: int = -1  # cap on optimizer steps; -1 for none
-    log_every: int = 10
-    num_threads: int = 2  # torch CPU threads per actor
+    # how a run goes, not what it makes: never in a cache key
+    log_every: int = not_in_key(10)
+    num_threads: int = not_in_key(2)  # torch CPU threads per actor
 
 
 @dataclass
@@ -189,11 +191,12 @@ class PPOConfig:
     ptx_batch_size: int = 16  # SFT examples per iteration for that loss, over all policy ranks
     policy_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     critic_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
-    checkpoint_every: int = 10  # iterations; 0 disables
-    keep_checkpoints: int = 2
-    num_threads: int = 2  # torch CPU threads per actor
+    # how a run goes, not what it makes: never in a cache key
+    checkpoint_every: int = not_in_key(10)  # iterations; 0 disables
+    keep_checkpoints: int = not_in_key(2)
+    num_threads: int = not_in_key(2)  # torch CPU threads per actor
     # threads of the policy's update (0: num_threads): the other roles wait for it, so it may take their cores
-    policy_update_threads: int = 0
+    policy_update_threads: int = not_in_key(0)
 
 
 @dataclass
@@ -219,13 +222,6 @@ class StrategyConfig:
 
 
 @dataclass
-class ActorResources:
-    num_actors: int = 1  # data-parallel actors of this role
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-
-
-@dataclass
 class RayConfig:
     address: Optional[str] = None  # join this cluster; start a local one when null
     num_cpus: Optional[int] = None  # local cluster only
@@ -239,6 +235,12 @@ class RayConfig:
     reference: ActorResources = field(default_factory=ActorResources)
     preference: ActorResources = field(default_factory=ActorResources)
     judge: ActorResources = field(default_factory=ActorResources)  # the reward-model judge (judges.rm)
+
+
+def cluster_args(r: RayConfig) -> dict[str, Any]:
+    """The keyword arguments of ``actors.session.init_ray`` from the ``ray`` settings."""
+    return {"address": r.address, "num_cpus": r.num_cpus, "include_dashboard": r.include_dashboard,
+            "dashboard_host": r.dashboard_host, "dashboard_port": r.dashboard_port}
 
 
 @dataclass
@@ -305,9 +307,19 @@ class JudgesConfig:
     llm: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)
 
 
+METHODS = ("pat", "ppo", "dpo", "grpo", "rloo", "bon")  # every method the lab compares, in the order it reports them
+
+
 @dataclass
 class CompareConfig:
-    concurrent: bool = True  # PAT and PPO side by side; false: one after the other (for timing)
+    # the methods trained and judged against SFT and each other (any of METHODS)
+    methods: List[str] = field(default_factory=lambda: ["pat", "ppo"])
+    concurrent: bool = True  # train the methods side by side; false: one after the other (for timing)
+    max_parallel: int = 2  # with concurrent: how many methods train at once
+    # the PPO loop's settings for GRPO and RLOO when compare trains them (PPO's are ``algo``):
+    # conf/algo/grpo.yaml and rloo.yaml, placed here by conf/experiment/compare.yaml
+    grpo: PPOConfig = field(default_factory=PPOConfig)
+    rloo: PPOConfig = field(default_factory=PPOConfig)
     # torch threads per PAT actor once PPO has finished and left its cores (0: leave them as they are)
     pat_threads_after_ppo: int = 2
     # added to the OS niceness of PAT's actors while both run (Ray starts its workers at 15, so 10 puts
@@ -450,24 +462,25 @@ def validate_inputs(lab: LabConfig) -> None:
                          f"(got {llm.concurrency}, {llm.max_tokens}, {llm.timeout}, {llm.max_retries})")
 
 
-def validate_algo(a: PPOConfig) -> None:
+def validate_algo(a: PPOConfig, key: str = "algo") -> None:
     """The RL loop's swappable parts (checked against the registries of ``alignment.losses``) and its
-    grouping: ``algo.group_size`` responses per prompt, grpo / rloo need groups of at least 2."""
+    grouping: ``algo.group_size`` responses per prompt, grpo / rloo need groups of at least 2
+    (``key``: where the settings sit, ``compare.grpo`` for compare's GRPO)."""
     # importing any module of alignment.losses imports them all (its __init__), filling the registries
     from alignment.losses.gae import needs_values
     from alignment.losses.registry import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
 
-    ADVANTAGE_ESTIMATORS.check("algo.advantage", a.advantage)
-    POLICY_LOSSES.check("algo.policy_loss", a.policy_loss)
-    KL_ESTIMATORS.check("algo.kl_estimator", a.kl_estimator)
-    _choice("algo.kl_in", a.kl_in, ("reward", "loss"))
+    ADVANTAGE_ESTIMATORS.check(f"{key}.advantage", a.advantage)
+    POLICY_LOSSES.check(f"{key}.policy_loss", a.policy_loss)
+    KL_ESTIMATORS.check(f"{key}.kl_estimator", a.kl_estimator)
+    _choice(f"{key}.kl_in", a.kl_in, ("reward", "loss"))
     if a.group_size < 1:
-        raise ValueError(f"algo.group_size must be at least 1, got {a.group_size}")
+        raise ValueError(f"{key}.group_size must be at least 1, got {a.group_size}")
     if a.rollout_batch_size % a.group_size:
-        raise ValueError(f"algo.rollout_batch_size ({a.rollout_batch_size}) counts responses: it must be a "
-                         f"multiple of algo.group_size ({a.group_size})")
+        raise ValueError(f"{key}.rollout_batch_size ({a.rollout_batch_size}) counts responses: it must be a "
+                         f"multiple of {key}.group_size ({a.group_size})")
     if not needs_values(a.advantage) and a.group_size < 2:
-        raise ValueError(f"algo.advantage={a.advantage} compares the responses to one prompt: algo.group_size "
+        raise ValueError(f"{key}.advantage={a.advantage} compares the responses to one prompt: {key}.group_size "
                          f"must be at least 2, got {a.group_size}")
 
 
@@ -493,8 +506,7 @@ def validate(lab: LabConfig) -> None:
         raise ValueError(f"pat.inference_tag: {lab.pat.inference_tag}; a quality tag from 0 to 100")
     if lab.pat.control_prompts < 1:
         raise ValueError(f"pat.control_prompts must be at least 1, got {lab.pat.control_prompts}")
-    if not 0 <= lab.compare.pat_nice <= 19:
-        raise ValueError(f"compare.pat_nice: {lab.compare.pat_nice}; a Linux nice value from 0 to 19")
+    validate_compare(lab)
     if lab.bon.n_max < 1:
         raise ValueError(f"bon.n_max must be at least 1, got {lab.bon.n_max}")
     if not lab.bon.ns:
@@ -502,12 +514,34 @@ def validate(lab: LabConfig) -> None:
     for n in lab.bon.ns:
         if not 1 <= n <= lab.bon.n_max:
             raise ValueError(f"bon.ns: {n}; each n must be between 1 and bon.n_max ({lab.bon.n_max})")
-    if lab.stage == "bon" and lab.bon.n_max > 1 and not lab.eval.do_sample:
+    if (lab.stage == "bon" or lab.stage == "compare" and "bon" in lab.compare.methods) and lab.bon.n_max > 1 \
+            and not lab.eval.do_sample:
         raise ValueError("best-of-n samples its candidates with the eval.* settings, and eval.do_sample is false: "
                          "every candidate would be the same reply")
     validate_algo(lab.algo)
     validate_dpo(lab)
     validate_inputs(lab)
+
+
+def validate_compare(lab: LabConfig) -> None:
+    c = lab.compare
+    if not 0 <= c.pat_nice <= 19:
+        raise ValueError(f"compare.pat_nice: {c.pat_nice}; a Linux nice value from 0 to 19")
+    if c.max_parallel < 1:
+        raise ValueError(f"compare.max_parallel must be at least 1, got {c.max_parallel}")
+    if not c.methods:
+        raise ValueError("compare.methods is empty; list at least one of " + ", ".join(METHODS))
+    for m in c.methods:
+        _choice("compare.methods", m, METHODS)
+    if len(set(c.methods)) != len(c.methods):
+        raise ValueError(f"compare.methods: {list(c.methods)} names a method twice")
+    if lab.stage == "compare":
+        for m in ("grpo", "rloo"):
+            if m in c.methods:
+                validate_algo(getattr(c, m), f"compare.{m}")
+                if getattr(c, m).advantage != m:
+                    raise ValueError(f"compare.{m}.advantage: {getattr(c, m).advantage!r}; compare's {m.upper()} "
+                                     f"runs the {m} advantage estimator")
 
 
 def validate_dpo(lab: LabConfig) -> None:
@@ -518,7 +552,8 @@ def validate_dpo(lab: LabConfig) -> None:
         raise ValueError(f"dpo.max_length must be at least 2, got {d.max_length}")
     if d.n_prompts == 0 or d.n_prompts < -1:
         raise ValueError(f"dpo.n_prompts: {d.n_prompts}; at least 1, or -1 for all the PM's groups")
-    if lab.stage == "dpo" or d.loss != DPOConfig.loss:  # the losses' modules import torch: only when needed
+    trains = lab.stage == "dpo" or lab.stage == "compare" and "dpo" in lab.compare.methods
+    if trains or d.loss != DPOConfig.loss:  # the losses' modules import torch: only when needed
         import alignment.losses.dpo  # noqa: F401  (registers the preference losses)
         from alignment.losses.registry import PREFERENCE_LOSSES
 

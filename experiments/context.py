@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -89,6 +91,17 @@ class RunContext:
             self.threads[stage] = num_threads
             for group in self._groups.get(stage, []):
                 group.set_threads(num_threads)
+
+    def for_method(self, method: str) -> RunContext:
+        """This run's context as a method that ``compare`` trains sees it: GRPO and RLOO run the PPO
+        loop under their own name with ``compare.grpo`` / ``compare.rloo`` as ``algo``; the other
+        methods read the run's config as it is. The cache, tracker, cost ledger, groups and world are
+        shared with this context."""
+        if method not in ("grpo", "rloo"):
+            return self
+        view = copy.copy(self)
+        view.cfg = dataclasses.replace(self.cfg, stage=method, algo=getattr(self.cfg.compare, method))
+        return view
 
     def close(self) -> None:
         """Kill the run's idle actors (the end of a run)."""

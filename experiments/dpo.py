@@ -16,9 +16,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from actors.group import shard
 from actors.policy import DPOPair, DPOSpec, PolicyActor
 from actors.reference import ReferenceActor
+from alignment.data.batching import shard
 from alignment.data.preference import ComparisonGroup
 from alignment.losses.dpo import sequence_logps
 from alignment.models.tokenizer import load_tokenizer
@@ -28,10 +28,11 @@ from experiments.cache import Artifact, commit
 from experiments.config import as_key
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
-from experiments.loop import optim_config, total_steps, train_loop
+from experiments.loop import total_steps, train_loop
 from experiments.pm import comparison_groups, pm_payload, pm_stage
 from experiments.report import print_win_rates
-from experiments.sft import model_spec, sft_stage, strategy_spec
+from experiments.sft import sft_stage
+from experiments.specs import model_spec, optim_config, strategy_spec
 
 Rows = list[tuple[list[int], list[int]]]
 PM_TRAINING_ONLY = ("trainer", "drop_last_layer", "max_length", "context_turns")  # change the PM, not its pairs
@@ -41,11 +42,9 @@ def dpo_key(ctx: RunContext, sft: Artifact) -> tuple[str, dict[str, Any]]:
     """The cache key of the DPO policy for this config: the DPO settings, the SFT model, the source
     of the preference model's labelled pairs, seed and strategy."""
     cfg = ctx.cfg
-    dpo = as_key(cfg.dpo)
-    dpo["trainer"] = {k: v for k, v in dpo["trainer"].items() if k not in ("num_threads", "log_every")}
     pairs = pm_payload(ctx, sft)
     pairs["pm"] = {k: v for k, v in pairs["pm"].items() if k not in PM_TRAINING_ONLY}
-    payload = {"dpo": dpo, "pairs": pairs, "lora": as_key(cfg.model.lora), "strategy": as_key(cfg.strategy),
+    payload = {"dpo": as_key(cfg.dpo), "pairs": pairs, "lora": as_key(cfg.model.lora), "strategy": as_key(cfg.strategy),
                "seed": cfg.seed, "sft": str(sft.path)}
     return ctx.cache_key("dpo", payload), payload
 

@@ -17,12 +17,12 @@ from typing import Any, Union
 import torch
 from tqdm.auto import tqdm
 
-from actors.group import shard
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.atomic import write_json
 from alignment.chat_format import Conversation, written_body
+from alignment.data.batching import shard
 from alignment.data.formats import FilePrompt
 from alignment.generation import RolloutSpec
 from alignment.losses.kl import kl_estimate
@@ -34,8 +34,8 @@ from alignment.world import WorldPrompt
 from experiments.config import eval_judges
 from experiments.context import RunContext
 from experiments.judging import llm_outcomes, rm_scores
-from experiments.replies import Job, load_replies, replies_key, save_replies
-from experiments.sft import generate, model_spec, strategy_spec
+from experiments.replies import Job, generate, load_replies, replies_key, save_replies
+from experiments.specs import model_spec, strategy_spec
 
 SCORES_FILE = "scores.json"
 Prompt = Union[WorldPrompt, FilePrompt]  # a held-out prompt: the world's, or a file's

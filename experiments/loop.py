@@ -11,8 +11,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from actors.engine import OptimConfig
-from actors.group import RoleGroup, shard
+from actors.group import RoleGroup
+from alignment.data.batching import shard
 from experiments.config import TrainerConfig
 from experiments.tracking import Tracker
 
@@ -20,11 +20,6 @@ from experiments.tracking import Tracker
 def total_steps(n_items: int, t: TrainerConfig) -> int:
     per_epoch = math.ceil(n_items / t.batch_size)
     return per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, per_epoch * t.epochs)
-
-
-def optim_config(t: TrainerConfig, steps: int) -> OptimConfig:
-    return OptimConfig(lr=t.lr, weight_decay=t.weight_decay, warmup_steps=int(t.warmup_ratio * steps),
-                       total_steps=steps, min_lr_ratio=t.min_lr_ratio, max_grad_norm=t.max_grad_norm)
 
 
 def batches(items: Sequence[Any], batch_size: int, rng: random.Random):

@@ -20,7 +20,7 @@ from alignment.sequences import scored_sequences
 from alignment.winrate import spearman
 from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
-from experiments.config import LabConfig, as_plain
+from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
 from experiments.evaluate import (
     Job,
@@ -32,10 +32,11 @@ from experiments.evaluate import (
     method_results,
     samples,
 )
-from experiments.loop import optim_config, total_steps, train_loop
+from experiments.loop import total_steps, train_loop
 from experiments.pm import pm_stage
 from experiments.report import JUDGE_NAMES, print_win_rates, write_pat_report
-from experiments.sft import model_spec, sft_stage, strategy_spec
+from experiments.sft import sft_stage
+from experiments.specs import model_spec, optim_config, strategy_spec
 
 
 def pat_conversations(ctx: RunContext) -> list[Conversation]:
@@ -49,10 +50,7 @@ def pat_conversations(ctx: RunContext) -> list[Conversation]:
 def pat_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:
     """The cache key of the PAT model for this config and upstream stages, and its payload."""
     cfg = ctx.cfg
-    pat = as_plain(cfg.pat)
-    no_effect = ("num_threads", "log_every")  # settings that do not change the model
-    pat["trainer"] = {k: v for k, v in pat["trainer"].items() if k not in no_effect}
-    payload = {"pat": pat, "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy),
+    payload = {"pat": as_key(cfg.pat), "data": as_key(cfg.data), "strategy": as_key(cfg.strategy),
                "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}
     return ctx.cache_key("pat", payload), payload
 

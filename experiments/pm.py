@@ -22,9 +22,10 @@ from experiments.config import as_key, pm_feedback
 from experiments.context import RunContext
 from experiments.evaluate import generate_with
 from experiments.feedback import feedback_contexts, feedback_payload, judge_feedback
-from experiments.loop import optim_config, total_steps, train_loop
+from experiments.loop import total_steps, train_loop
 from experiments.replies import Job
-from experiments.sft import sft_stage, strategy_spec
+from experiments.sft import sft_stage
+from experiments.specs import optim_config, strategy_spec
 
 
 def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:

@@ -27,13 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 from actors.critic import CriticActor, CriticSpec
-from actors.engine import OptimConfig
-from actors.group import LocalGroup, RoleGroup, colocated_pg, shard
+from actors.group import LocalGroup, RoleGroup, colocated_pg
 from actors.policy import PolicyActor, PolicyUpdateSpec
 from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.atomic import atomic_dir, write_json
 from alignment.chat_format import Conversation
+from alignment.data.batching import shard
 from alignment.data.formats import load_prompts
 from alignment.data.loaders import load_moss_sft
 from alignment.generation import RolloutSpec
@@ -48,14 +48,15 @@ from alignment.rollout import Rollout
 from alignment.sequences import prompt_ids, scored_sequences
 from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
-from experiments.config import OptimizerConfig, PPOConfig, RayConfig, as_key, as_plain
+from experiments.config import PPOConfig, RayConfig, as_key
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
 from experiments.loop import rank_mean
 from experiments.pat import pat_key
 from experiments.pm import pm_stage
 from experiments.report import print_win_rates
-from experiments.sft import model_spec, sft_examples, sft_stage, strategy_spec
+from experiments.sft import sft_examples, sft_stage
+from experiments.specs import model_spec, optim_config, strategy_spec
 from experiments.tracking import RayMetrics
 
 STATE_FILE = "trainer_state.json"
@@ -87,11 +88,6 @@ def check(a: PPOConfig, r: RayConfig) -> None:
         if a.rollout_batch_size // n < need:
             raise ValueError(f"algo.rollout_batch_size ({a.rollout_batch_size}) gives each of the {n} ranks of "
                              f"ray.{role}.num_actors fewer than {need} rows (algo.mini_batches: {a.mini_batches})")
-
-
-def optim(o: OptimizerConfig, steps: int) -> OptimConfig:
-    return OptimConfig(lr=o.lr, weight_decay=o.weight_decay, warmup_steps=int(o.warmup_ratio * steps),
-                       total_steps=steps, min_lr_ratio=o.min_lr_ratio, max_grad_norm=o.max_grad_norm)
 
 
 @dataclass
@@ -145,10 +141,11 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
     inits = [
         (roles.policy, roles.policy.submit(
             "init_model", None, spec=model_spec(cfg, sft, str(sft)),
-            strategy=strategy_spec(cfg, r.policy.num_gpus > 0), optim=optim(a.policy_optim, steps))),
+            strategy=strategy_spec(cfg, r.policy.num_gpus > 0), optim=optim_config(a.policy_optim, steps))),
         *([(roles.critic, roles.critic.submit(
             "init_model", None, path=str(critic_path), drop_last_layer=cfg.pm.drop_last_layer,
-            strategy=strategy_spec(cfg, r.critic.num_gpus > 0), optim=optim(a.critic_optim, steps), seed=cfg.seed))]
+            strategy=strategy_spec(cfg, r.critic.num_gpus > 0), optim=optim_config(a.critic_optim, steps),
+            seed=cfg.seed))]
           if roles.critic is not None else []),
         (roles.reference, roles.reference.submit(
             "init_model", None, path=str(sft), bf16=strategy_spec(cfg, r.reference.num_gpus > 0).bf16)),
@@ -189,6 +186,8 @@ class PPOTrainer:
         self.ckpt_root, self.exporter = ckpt_root, exporter
         self.iteration = 0
         self.last_metrics: dict[str, float] = {}  # of the newest finished iteration (kept in the final checkpoint)
+        # the training path on the reward-KL plane: KL, reward and gold (world prompts) per iteration
+        self.path: list[dict[str, float]] = []
         self.moments = RunningMoments()
         self._file_convs: list[Conversation] | None = None
         self.rollout_spec = RolloutSpec(max_new_tokens=self.a.max_new_tokens, temperature=self.a.temperature,
@@ -369,7 +368,7 @@ class PPOTrainer:
             if self.roles.critic is not None:
                 self.roles.critic.call("save_checkpoint", str(tmp / "critic"))
             write_json(tmp / STATE_FILE, {"iteration": self.iteration, "moments": self.moments.state_dict(),
-                                          "last_metrics": self.last_metrics})
+                                          "last_metrics": self.last_metrics, "path": self.path})
         for old in checkpoints(self.ckpt_root)[: -max(1, self.a.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -387,6 +386,7 @@ class PPOTrainer:
         self.iteration = int(state["iteration"])
         self.moments.load_state_dict(state["moments"])
         self.last_metrics = state.get("last_metrics", {})
+        self.path = [p for p in state.get("path", []) if p["step"] <= self.iteration]
         return latest
 
     def train(self, until: int) -> dict[str, float]:
@@ -396,6 +396,8 @@ class PPOTrainer:
                   dynamic_ncols=True) as bar:
             for last in self.iterate(until):
                 tracker.log(last, step=int(last["ppo/iteration"]))
+                self.path.append({"step": int(last["ppo/iteration"]), "kl": last["ppo/kl"], "pm": last["ppo/reward"],
+                                  **({"gold": last["ppo/gold"]} if "ppo/gold" in last else {})})
                 if self.exporter is not None:
                     self.exporter.export(last)
                 bar.update(1)
@@ -413,12 +415,12 @@ def checkpoints(root: Path | None) -> list[Path]:
 
 def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:
     cfg = ctx.cfg
-    ignored = ["checkpoint_every", "keep_checkpoints", "num_threads", "policy_update_threads"]  # no effect on results
+    algo = as_key(cfg.algo)
     if not cfg.algo.ptx_coef:
-        ignored += ["ptx_coef", "ptx_batch_size"]  # keeps the keys of PPO models trained before the option existed
-    payload = {"algo": {k: v for k, v in as_key(cfg.algo).items() if k not in ignored},
-               "data": as_plain(cfg.data), "strategy": as_plain(cfg.strategy), "pm_max_length": cfg.pm.max_length,
-               "drop_last_layer": cfg.pm.drop_last_layer, "seed": cfg.seed, "sft": str(sft.path), "pm": str(pm.path)}
+        del algo["ptx_coef"], algo["ptx_batch_size"]  # keeps the keys of PPO models trained before the option existed
+    payload = {"algo": algo, "data": as_key(cfg.data), "strategy": as_key(cfg.strategy),
+               "pm_max_length": cfg.pm.max_length, "drop_last_layer": cfg.pm.drop_last_layer, "seed": cfg.seed,
+               "sft": str(sft.path), "pm": str(pm.path)}
     return ctx.cache_key(method_name(cfg), payload), payload
 
 
@@ -446,6 +448,7 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                 info["resumed_from"] = trainer.iteration
             started = time.time()
             info["final"] = trainer.train(cfg.algo.iterations)
+            info["path"] = trainer.path
             if not info["final"]:
                 raise RuntimeError(f"{label}: no metrics for the last iteration: {trainer.ckpt_root} holds a "
                                    "checkpoint of a finished run written before last_metrics were kept; "
@@ -487,7 +490,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         **method_results(ctx, judged, wins, policies),
         "kl": {"final": final["ppo/kl"], "final_per_token": final["ppo/kl_per_token"]},
         m: {"iterations": cfg.algo.iterations, "final": final, "train_seconds": trained.info.get("train_seconds")},
-        "frontier": {m: point},
+        "frontier": {m: point, f"{m}_training": trained.info.get("path", [])},
         "cost": ctx.costs.summary(),
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), m: str(trained.path),
                       **({"pat": str(pat_path)} if pat_path else {})},

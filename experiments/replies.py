@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actors.group import RoleGroup
 from alignment.atomic import write_json
 from alignment.chat_format import generation_prompt
 from alignment.data.formats import FilePrompt
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
+from experiments.specs import sampling_spec
 
 STAGE = "replies"
 FILE = "replies.json"
@@ -55,3 +57,11 @@ def save_replies(ctx: RunContext, key: str, name: str, model_path: Path, replies
     """Cache ``replies`` (job ``name`` of the model at ``model_path``) under ``key``, atomically."""
     with ctx.cache.put(STAGE, key, {"model": str(model_path), "job": name}) as tmp:
         write_json(tmp / FILE, replies)
+
+
+def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | list[FilePrompt],
+             quality: int | None = None) -> list[str]:
+    """The group's replies to ``prompts`` with the run's fixed sampling settings (sharded over ranks)."""
+    texts = [generation_prompt(p.conversation(), quality) for p in prompts]
+    return group.map_sharded("generate", texts, sampling=sampling_spec(ctx.cfg),
+                             batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)

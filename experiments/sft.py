@@ -10,24 +10,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.engine import StrategySpec
 from actors.group import RoleGroup
-from actors.policy import ModelSpec, PolicyActor
-from alignment.chat_format import generation_prompt
+from actors.policy import PolicyActor
 from alignment.data.batching import bucketed_batches
 from alignment.data.formats import FilePrompt
 from alignment.data.loaders import load_moss_sft
 from alignment.evaluation import gold_report, source_reference
-from alignment.generation import SamplingSpec
 from alignment.loss_mask import Encoded, LossPolicy, encode_many, truncate
-from alignment.models.causal_lm import ArchSpec, LoraSpec
 from alignment.models.tokenizer import load_tokenizer, train_bpe
 from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
-from experiments.config import LabConfig, as_plain
+from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
-from experiments.loop import optim_config, total_steps, train_loop
-from experiments.replies import Job, replies_key, save_replies
+from experiments.loop import total_steps, train_loop
+from experiments.replies import Job, generate, replies_key, save_replies
+from experiments.specs import model_spec, optim_config, strategy_spec
 
 
 def tokenizer_stage(ctx: RunContext) -> Path:
@@ -39,7 +36,7 @@ def tokenizer_stage(ctx: RunContext) -> Path:
         return Path(cfg.model.path)
     if cfg.model.name != "tiny":
         raise ValueError(f"model.name: unknown model {cfg.model.name!r}; choose 'tiny' or 'pretrained'")
-    payload = {"world": as_plain(cfg.data.world), "vocab_size": cfg.model.vocab_size}
+    payload = {"world": as_key(cfg.data.world), "vocab_size": cfg.model.vocab_size}
     payload["world"].pop("sft_source_weights")
     key = ctx.cache_key("tokenizer", payload)
     hit = ctx.cache.get("tokenizer", key)
@@ -52,8 +49,8 @@ def tokenizer_stage(ctx: RunContext) -> Path:
 
 def sft_payload(cfg: LabConfig, tokenizer_dir: Path) -> dict[str, Any]:
     """The config subset that determines the SFT checkpoint (its cache key)."""
-    return {"model": as_plain(cfg.model), "data": as_plain(cfg.data), "trainer": as_plain(cfg.trainer),
-            "strategy": as_plain(cfg.strategy), "seed": cfg.seed, "tokenizer": str(tokenizer_dir)}
+    return {"model": as_key(cfg.model), "data": as_key(cfg.data), "trainer": as_key(cfg.trainer),
+            "strategy": as_key(cfg.strategy), "seed": cfg.seed, "tokenizer": str(tokenizer_dir)}
 
 
 def sft_examples(cfg: LabConfig, ctx: RunContext, tokenizer) -> list[Encoded]:
@@ -65,37 +62,6 @@ def sft_examples(cfg: LabConfig, ctx: RunContext, tokenizer) -> list[Encoded]:
     else:
         raise ValueError(f"data.source: unknown source {cfg.data.source!r}; choose 'world' or 'moss_sft'")
     return [truncate(e, cfg.data.max_length) for e in encode_many(convs, tokenizer, policy)]
-
-
-def strategy_spec(cfg: LabConfig, use_gpu: bool) -> StrategySpec:
-    precision = cfg.strategy.precision
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"strategy.precision: {precision!r}; choose auto, fp32 or bf16")
-    bf16 = precision == "bf16" or (precision == "auto" and use_gpu)
-    return StrategySpec(name=cfg.strategy.name, zero_stage=cfg.strategy.zero_stage, offload=cfg.strategy.offload,
-                        bf16=bf16, gradient_checkpointing=cfg.strategy.gradient_checkpointing)
-
-
-def model_spec(cfg: LabConfig, tokenizer_dir: Path, path: str | None = None) -> ModelSpec:
-    return ModelSpec(
-        tokenizer_path=str(tokenizer_dir),
-        path=path if path is not None else (cfg.model.path if cfg.model.name == "pretrained" else None),
-        arch=ArchSpec(**as_plain(cfg.model.arch)), lora=LoraSpec(**as_plain(cfg.model.lora)), seed=cfg.seed,
-    )
-
-
-def sampling_spec(cfg: LabConfig) -> SamplingSpec:
-    e = cfg.eval
-    return SamplingSpec(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
-                        repetition_penalty=e.repetition_penalty, do_sample=e.do_sample)
-
-
-def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | list[FilePrompt],
-             quality: int | None = None) -> list[str]:
-    """The group's replies to ``prompts`` with the run's fixed sampling settings (sharded over ranks)."""
-    texts = [generation_prompt(p.conversation(), quality) for p in prompts]
-    return group.map_sharded("generate", texts, sampling=sampling_spec(ctx.cfg),
-                             batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
 
 
 def evaluate_policy(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | list[FilePrompt],

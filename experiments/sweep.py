@@ -20,9 +20,8 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 
 from alignment.winrate import length_controlled, mean_interval, outcomes, seeds_win_rate
-from experiments.config import JUDGES
+from experiments.config import JUDGES, METHODS
 
-METHODS = ("pat", "ppo", "dpo", "grpo", "rloo", "bon")  # every method the lab knows, in the order it reports them
 FINAL_POINT = ("ppo", "dpo", "grpo", "rloo")  # methods whose job puts its final policy in results["frontier"][m]
 
 
@@ -265,11 +264,32 @@ def _mean_known(values: list[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
+TRAINING_PATH = ("ppo", "grpo", "rloo")  # methods of the PPO loop, whose training path the frontier draws
+
+
+def training_path(runs: list[Run], method: str) -> list[dict[str, float]]:
+    """A PPO-loop method's path on the reward-KL plane: KL, reward (``pm``) and gold per iteration,
+    mean over seeds. Each run's path comes from ``results["frontier"]["<method>_training"]``, or
+    from the ``ppo/*`` rows of ``metrics.jsonl`` of the method's own job (older runs)."""
+    by_step: dict[int, list[dict[str, float]]] = defaultdict(list)
+    for r in runs:
+        path = r.results.get("frontier", {}).get(f"{method}_training")
+        if path is None and r.stage == method:
+            path = [{"step": row["step"], "kl": row["ppo/kl"], "gold": row["ppo/gold"],
+                     "pm": row.get("ppo/reward", float("nan"))}
+                    for row in r.metrics if "ppo/kl" in row and "ppo/gold" in row and "step" in row]
+        for p in path or []:
+            by_step[p["step"]].append(p)
+    return [{"step": s, "kl": sum(p["kl"] for p in ps) / len(ps), "gold": _mean_known([p.get("gold") for p in ps]),
+             "pm": sum(p["pm"] for p in ps) / len(ps)} for s, ps in sorted(by_step.items())]
+
+
 def frontier(runs: list[Run]) -> dict[str, Any]:
     """Reward against KL to SFT: PAT's points per tag (mean over seeds), PPO's final policy per
-    seed, and PPO's training trajectory (KL and gold per iteration, mean over seeds); where the
-    sweep ran them, DPO's, GRPO's and RLOO's final policy per seed (under their names) and
-    best-of-n's curve (``bon``: KL, gold and PM per n, mean over seeds)."""
+    seed, and PPO's training path (``ppo_training``: KL, gold and PM per iteration, mean over seeds);
+    where the sweep ran them, DPO's, GRPO's and RLOO's final policy per seed (under their names),
+    GRPO's and RLOO's training paths, and best-of-n's curve (``bon``: KL, gold and PM per n, mean
+    over seeds)."""
     pat: dict[Any, list[dict[str, float]]] = defaultdict(list)
     final: dict[str, list[dict[str, Any]]] = {m: [] for m in FINAL_POINT}
     bon: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -281,22 +301,17 @@ def frontier(runs: list[Run]) -> dict[str, Any]:
         for m in FINAL_POINT:
             if m in f and r.stage in (m, "compare"):
                 final[m] += [p | {"seed": r.seed} for p in f[m]]
-        if r.stage == "bon":
+        if r.stage in ("bon", "compare"):
             for p in r.results.get("bon", {}).get("curve", []):
                 bon[p["n"]].append(p)
     pat_mean = [{"tag": t, **{k: _mean_known([p[k] for p in ps]) for k in ("kl", "gold", "pm")}, "seeds": len(ps)}
                 for t, ps in sorted(pat.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
-    by_step: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
-    for r in runs:
-        if r.stage not in ("ppo", "compare"):
-            continue
-        for row in r.metrics:
-            if "ppo/kl" in row and "ppo/gold" in row and "step" in row:
-                by_step[row["step"]].append((row["ppo/kl"], row["ppo/gold"], row.get("ppo/reward", float("nan"))))
-    traj = [{"step": s, "kl": sum(v[0] for v in vs) / len(vs), "gold": sum(v[1] for v in vs) / len(vs),
-             "pm": sum(v[2] for v in vs) / len(vs)} for s, vs in sorted(by_step.items())]
-    out: dict[str, Any] = {"pat": pat_mean, "ppo": final.pop("ppo"), "ppo_training": traj}
+    out: dict[str, Any] = {"pat": pat_mean, "ppo": final.pop("ppo")}
     out |= {m: ps for m, ps in final.items() if ps}
+    for m in TRAINING_PATH:
+        path = training_path(runs, m)
+        if path or m == "ppo":
+            out[f"{m}_training"] = path
     if bon:
         out["bon"] = [{"n": n, **{k: _mean_known([p.get(k) for p in ps]) for k in ("kl", "gold", "pm")},
                        "seeds": len(ps)} for n, ps in sorted(bon.items())]

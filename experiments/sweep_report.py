@@ -27,6 +27,7 @@ from experiments.sweep import (  # noqa: E402
     FINAL_POINT,
     JUDGE_ORDER,
     METHODS,
+    TRAINING_PATH,
     aggregate,
     by_variant,
     load_runs,
@@ -220,7 +221,8 @@ def trailing_mean(values: list[float], k: int) -> list[float]:
 
 
 def frontier_plot(r: dict[str, Any], path: Path) -> Path:
-    """Reward against KL to SFT: PPO's training path and final policy, PAT's tag sweep."""
+    """Reward against KL to SFT: the PPO loop's training paths (PPO, GRPO, RLOO), every method's final
+    policy, PAT's tag sweep and the best-of-n curve."""
     f = r["frontier"]
     panels = [("pm", "preference-model score")]
     if any(p.get("gold") is not None for p in f["pat"] + f["ppo"] + f.get("bon", [])
@@ -229,11 +231,12 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     axes = axes[0]
     for ax, key, label in ((ax, k, lb) for ax, (k, lb) in zip(axes, panels)):
-        traj = [p for p in f["ppo_training"] if p.get(key) is not None]
-        if traj:
-            k = max(1, len(traj) // 10)  # moving average over ~10% of the iterations
-            ax.plot(trailing_mean([p["kl"] for p in traj], k), trailing_mean([p[key] for p in traj], k),
-                    color=COLORS["ppo"], alpha=0.5, lw=1.2, label="PPO training (train prompts)")
+        for m in TRAINING_PATH:
+            traj = [p for p in f.get(f"{m}_training", []) if p.get(key) is not None]
+            if traj:
+                k = max(1, len(traj) // 10)  # moving average over ~10% of the iterations
+                ax.plot(trailing_mean([p["kl"] for p in traj], k), trailing_mean([p[key] for p in traj], k),
+                        color=COLORS[m], alpha=0.5, lw=1.2, label=f"{NAMES[m]} training (train prompts)")
         if f["ppo"]:
             ax.scatter([p["kl"] for p in f["ppo"]], [p[key] for p in f["ppo"]], marker="*", s=140,
                        color=COLORS["ppo"], edgecolor="black", zorder=3, label="PPO final policy (per seed)")
@@ -328,7 +331,8 @@ def markdown(r: dict[str, Any]) -> str:
               "KL to the SFT model against the score of samples drawn at temperature 1 (as PPO trains). PAT: "
               "one point per inference tag on held-out prompts; PPO: its training path (training prompts) and "
               "its final policy on held-out prompts."
-              + (" DPO, GRPO, RLOO: their final policy on held-out prompts; best-of-n: one point per n (analytic KL)."
+              + (" DPO, GRPO, RLOO: their final policy on held-out prompts (GRPO and RLOO: their training paths too); "
+                 "best-of-n: one point per n (analytic KL)."
                  if beyond_baseline(methods) else ""), "", "| policy | KL | gold | preference model |",
               "| --- | --- | --- | --- |"]
     def num(v: float | None) -> str:

@@ -1,6 +1,7 @@
-"""End-to-end through run.py on the session's Ray: one small multirun, ``-m +experiment=pat,ppo``
-(SFT → PM → PAT → evaluation, then PPO on the same cached SFT and preference model), its sweep
-report, and ``+experiment=compare`` training PAT and PPO side by side on those artifacts."""
+"""End-to-end through run.py on the session's Ray: one small multirun of every method,
+``-m +experiment=pat,ppo,dpo,grpo,rloo,bon`` (SFT → PM → PAT → evaluation, then each other method
+on the same cached SFT and preference model), its sweep report, and ``+experiment=compare``
+training PAT, PPO and GRPO side by side on those artifacts, with best-of-n beside them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 
 import pytest
 
+from experiments.sweep import pairs_of
 from tests.lab import run_lab
 
 SMALL = ["data.n_train=800", "trainer.batch_size=8", "pm.n_prompts=24", "pm.n_val_prompts=6",
@@ -16,12 +18,16 @@ SMALL = ["data.n_train=800", "trainer.batch_size=8", "pm.n_prompts=24", "pm.n_va
          "eval.max_new_tokens=48", "algo.iterations=3", "algo.rollout_batch_size=8", "algo.max_new_tokens=24",
          "algo.checkpoint_every=2", "logger.wandb=false"]
 PNG = b"\x89PNG\r\n\x1a\n"
+METHODS = ["pat", "ppo", "dpo", "grpo", "rloo", "bon"]
+# the other methods at the same small scale: DPO on 4 of the PM's groups, best-of-4
+OTHERS = ["dpo.n_prompts=4", "dpo.trainer.batch_size=8", "dpo.max_length=192", "bon.n_max=4", "bon.ns=[1,2,4]"]
 
 
 @pytest.fixture(scope="module")
 def sweep(ray_address, tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
-    out = run_lab(ray_address, root / "sweep", root / "cache", "+experiment=pat,ppo", "seed=0", *SMALL, multirun=True)
+    out = run_lab(ray_address, root / "sweep", root / "cache", f"+experiment={','.join(METHODS)}", "seed=0", *SMALL,
+                  *OTHERS, multirun=True)
     return root, out
 
 
@@ -89,41 +95,81 @@ def test_ppo_reuses_the_chain_and_joins_the_evaluation(ray_address, sweep):
     assert "PPO on held-out test prompts" in out.stdout
 
 
+def test_dpo_grpo_rloo_and_bon_jobs_reuse_the_chain(sweep):
+    root, _ = sweep
+    d = root / "sweep"
+    dpo = json.loads((d / "2-dpo-seed0" / "results.json").read_text())
+    assert dpo["dpo"]["pairs"] == 4 * 15 and dpo["dpo"]["groups"] == 4
+    assert not dpo["cached"]["dpo"] and dpo["cost"]["dpo"]["param_updates"] > 0 and dpo["cost"]["sft"]["cached"]
+    rows = [json.loads(line) for line in (d / "2-dpo-seed0" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "dpo/loss" in r]
+    assert steps and all(k in steps[-1] for k in ("dpo/reward_accuracy", "dpo/margin", "dpo/chosen_logps",
+                                                   "dpo/rejected_logps"))
+    for m, job in (("dpo", "2-dpo-seed0"), ("grpo", "3-grpo-seed0"), ("rloo", "4-rloo-seed0"), ("bon", "5-bon-seed0")):
+        results = json.loads((d / job / "results.json").read_text())
+        for judge in ("gold", "pm"):
+            _check_win_rate(results["win_rate"][judge][f"{m}_vs_sft"], 24)
+    for m, job in (("grpo", "3-grpo-seed0"), ("rloo", "4-rloo-seed0")):
+        results = json.loads((d / job / "results.json").read_text())
+        assert [p["step"] for p in results["frontier"][f"{m}_training"]] == [1, 2, 3]
+        ckpts = list((root / "cache" / f"{m}-checkpoints").glob("*/iter_*"))
+        assert ckpts and all((c / "policy").is_dir() and not (c / "critic").exists() for c in ckpts)  # no critic
+    assert [p["n"] for p in json.loads((d / "5-bon-seed0" / "results.json").read_text())["bon"]["curve"]] == [1, 2, 4]
+
+
 def test_multirun_ends_with_the_sweep_report(sweep):
     root, out = sweep
     d = root / "sweep"
     results = json.loads((d / "results.json").read_text())
-    assert results["seeds"] == [0] and sorted(r["stage"] for r in results["runs"]) == ["pat", "ppo"]
+    assert results["seeds"] == [0] and sorted(r["stage"] for r in results["runs"]) == sorted(METHODS)
     for judge in ("gold", "pm"):
-        assert set(results["win_rate"][judge]) == {"pat_vs_sft", "ppo_vs_sft", "pat_vs_ppo"}
+        # every method against SFT, then every two methods
+        assert set(results["win_rate"][judge]) == {f"{a}_vs_{b}" for a, b in pairs_of(METHODS)}
+        assert len(results["win_rate"][judge]) == 6 + 15
         for w in results["win_rate"][judge].values():
             _check_win_rate(w, 24)
     # the sweep pairs the jobs prompt by prompt: PPO vs PAT from the sweep equals the PPO job's own
     job = json.loads((d / "1-ppo-seed0" / "results.json").read_text())["win_rate"]["gold"]["ppo_vs_pat"]
     assert math.isclose(results["win_rate"]["gold"]["pat_vs_ppo"]["value"], 1 - job["value"])
-    assert set(results["cost"]) >= {"sft", "pm", "pat", "ppo"}
-    assert results["frontier"]["ppo_training"] and len(results["frontier"]["pat"]) == 6
+    assert set(results["cost"]) >= {"sft", "pm", *METHODS}
+    f = results["frontier"]
+    assert f["ppo_training"] and f["grpo_training"] and f["rloo_training"] and len(f["pat"]) == 6
+    assert [p["n"] for p in f["bon"]] == [1, 2, 4] and f["dpo"] and f["grpo"] and f["rloo"]
+    assert set(results["overoptimisation"]) == set(METHODS)
     report = (d / "report.md").read_text()
-    assert report.startswith("# Which method, at what cost") and "| PAT vs PPO | gold judge |" in report
+    assert report.startswith("# Which method, at what cost: PAT vs PPO vs DPO vs GRPO vs RLOO vs BoN vs SFT")
+    assert "Ranking by win rate against SFT on the gold judge" in report
+    assert "| PAT vs PPO | gold judge |" in report and "| GRPO vs BoN | gold judge |" in report
     for png in ("summary", "win_matrix", "overoptimisation", "frontier", "learning_curves", "cost"):
         assert (d / f"{png}.png").read_bytes()[:8] == PNG, png
     assert f"Sweep report: {d / 'report.md'}" in out.stdout
 
 
-def test_compare_trains_pat_and_ppo_side_by_side(ray_address, sweep):
+def test_compare_trains_the_methods_side_by_side(ray_address, sweep):
     root, _ = sweep
-    # new PAT and PPO settings (so both train now) on the cached SFT and preference model
-    out = run_lab(ray_address, root / "compare", root / "cache", "+experiment=compare", "seed=0", *SMALL,
-                  "pat.trainer.max_steps=30", "algo.iterations=2")
+    # new PAT, PPO and GRPO settings (so they train now) on the cached SFT and preference model;
+    # best-of-n's samples are the sweep's
+    methods = ["pat", "ppo", "grpo", "bon"]
+    out = run_lab(ray_address, root / "compare", root / "cache", "+experiment=compare", "seed=0", *SMALL, *OTHERS,
+                  f"compare.methods=[{','.join(methods)}]", "pat.trainer.max_steps=30", "algo.iterations=2",
+                  "compare.grpo.iterations=2", "compare.grpo.rollout_batch_size=8",
+                  "compare.grpo.max_new_tokens=24")
     assert "SFT: reusing cached checkpoint" in out.stdout and "PM: reusing cached preference model" in out.stdout
+    assert "(bon-samples)" in out.stdout  # reused
     run = root / "compare"
     spans = {json.loads(line)["span"]: json.loads(line) for line in (run / "timing.jsonl").read_text().splitlines()}
     pat, ppo = spans["pat"], spans["ppo"]
     assert min(pat["end_s"], ppo["end_s"]) > max(pat["start_s"], ppo["start_s"])  # they overlapped
+    assert "grpo" in spans and "bon" in spans
     results = json.loads((run / "results.json").read_text())
-    assert results["concurrency"]["overlap_s"] > 0
+    assert results["concurrency"]["overlap_s"] > 0 and results["methods"] == methods
+    assert not results["cached"]["grpo"] and results["grpo"]["final"]["ppo/iteration"] == 2
     for judge in ("gold", "pm"):
-        assert set(results["win_rate"][judge]) == {"pat_vs_sft", "ppo_vs_sft", "pat_vs_ppo"}
-    for png in ("summary", "frontier", "timeline"):
+        assert set(results["win_rate"][judge]) == {f"{a}_vs_{b}" for a, b in pairs_of(methods)}
+    assert [p["step"] for p in results["frontier"]["grpo_training"]] == [1, 2]
+    assert [p["n"] for p in results["bon"]["curve"]] == [1, 2, 4] and results["frontier"]["grpo"]
+    for png in ("summary", "frontier", "timeline", "win_matrix"):
         assert (run / f"{png}.png").read_bytes()[:8] == PNG
+    report = (run / "report.md").read_text()
+    assert "Ranking by win rate against SFT" in report and "| GRPO vs BoN | gold judge |" in report
     assert "PAT and PPO overlapped for" in out.stdout

@@ -115,6 +115,28 @@ def test_settings_no_stage_can_run_with_fail_before_anything_starts(override, ke
         validate(OmegaConf.to_object(_compose(["+experiment=pat", override])))
 
 
+@pytest.mark.parametrize("override, match", [
+    ("compare.methods=[pat,sft]", r"compare\.methods: 'sft'; choose one of pat, ppo, dpo, grpo, rloo, bon"),
+    ("compare.methods=[ppo,ppo]", r"compare\.methods: \['ppo', 'ppo'\] names a method twice"),
+    ("compare.methods=[]", r"compare\.methods is empty"),
+    ("compare.max_parallel=0", r"compare\.max_parallel"),
+    ("compare.grpo.group_size=3", r"compare\.grpo\.rollout_batch_size \(32\).*compare\.grpo\.group_size \(3\)"),
+    ("compare.rloo.kl_estimator=k4", r"compare\.rloo\.kl_estimator: unknown KL estimator 'k4'; choose one of k1, k2"),
+    ("compare.grpo.advantage=gae", r"compare\.grpo\.advantage: 'gae'"),
+])
+def test_compare_methods_and_their_settings_are_checked(override, match):
+    from experiments.config import validate
+
+    methods = "compare.methods=[pat,ppo,dpo,grpo,rloo,bon]"
+    lab = OmegaConf.to_object(_compose(["+experiment=compare", methods]))
+    validate(lab)
+    assert (lab.compare.grpo.advantage, lab.compare.rloo.advantage, lab.algo.advantage) == ("grpo", "rloo", "gae")
+    assert lab.compare.grpo.kl_in == "loss" and lab.compare.rloo.kl_in == "reward"
+    overrides = ["+experiment=compare", *([] if override.startswith("compare.methods") else [methods]), override]
+    with pytest.raises(ValueError, match=match):
+        validate(OmegaConf.to_object(_compose(overrides)))
+
+
 def test_ppo_cross_key_limits_name_the_keys():
     from experiments.ppo import check
 
@@ -127,3 +149,49 @@ def test_ppo_cross_key_limits_name_the_keys():
     lab.algo.rollout_batch_size = 6  # 3 rows per policy rank, fewer than 4 mini-batches
     with pytest.raises(ValueError, match=r"ray\.policy\.num_actors.*algo\.mini_batches"):
         check(lab.algo, lab.ray)
+
+
+def _stage_keys(tmp_path, overrides: list[str]) -> dict[str, str]:
+    """The cache key of every stage for the config ``+experiment=compare`` composes with ``overrides``
+    (the same upstream artifacts for all: what differs is the stage's own settings)."""
+    from experiments.cache import Artifact, ArtifactCache
+    from experiments.context import RunContext
+    from experiments.dpo import dpo_key
+    from experiments.pat import pat_key
+    from experiments.pm import pm_payload
+    from experiments.ppo import ppo_key
+    from experiments.sft import sft_payload
+
+    lab = OmegaConf.to_object(_compose(["+experiment=compare", "ray.reuse_actors=false", *overrides]))
+    ctx = RunContext(lab, tmp_path, ArtifactCache(tmp_path / "cache"), tracker=None, run_tag="keys")
+    sft, pm = Artifact(tmp_path / "sft", False, {}), Artifact(tmp_path / "pm", False, {})
+    return {"sft": ctx.cache_key("sft", sft_payload(lab, tmp_path / "tokenizer")),
+            "pm": ctx.cache_key("pm", pm_payload(ctx, sft)), "pat": pat_key(ctx, sft, pm)[0],
+            "ppo": ppo_key(ctx, sft, pm)[0], "grpo": ppo_key(ctx.for_method("grpo"), sft, pm)[0],
+            "dpo": dpo_key(ctx, sft)[0]}
+
+
+@pytest.mark.parametrize("override", [
+    "trainer.num_threads=1", "trainer.log_every=3", "pm.trainer.num_threads=1", "pm.trainer.log_every=3",
+    "pat.trainer.num_threads=2", "dpo.trainer.num_threads=1", "algo.num_threads=1", "algo.checkpoint_every=3",
+    "algo.keep_checkpoints=5", "algo.policy_update_threads=2", "compare.grpo.num_threads=1",
+    "ray.policy.num_cpus=1", "ray.reference.num_actors=2", "logger.wandb=false", "eval.judges=[gold]",
+    "compare.max_parallel=1", "resume=true",
+])
+def test_settings_that_cannot_change_results_reuse_every_stage(tmp_path, override):
+    assert _stage_keys(tmp_path, [override]) == _stage_keys(tmp_path, [])
+
+
+@pytest.mark.parametrize("override, changed", [
+    ("trainer.lr=1e-3", {"sft"}),  # the stage's own setting changes its key; the others see it through its path
+    ("pm.trainer.lr=7e-4", {"pm"}),  # DPO learns from the labelled pairs (pm.* data settings), not the PM
+    ("pm.n_prompts=100", {"pm", "dpo"}),  # the pairs DPO learns from
+    ("pat.n_buckets=5", {"pat"}),
+    ("algo.beta=0.05", {"ppo"}),
+    ("compare.grpo.beta=0.05", {"grpo"}),
+    ("dpo.beta=0.2", {"dpo"}),
+    ("seed=1", {"sft", "pm", "pat", "ppo", "grpo", "dpo"}),
+])
+def test_settings_that_change_results_change_exactly_their_stages(tmp_path, override, changed):
+    base, new = _stage_keys(tmp_path, []), _stage_keys(tmp_path, [override])
+    assert {s for s in base if base[s] != new[s]} == changed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -43,3 +44,14 @@ def bucketed_batches(
     rng.shuffle(batches)
     for b in batches:
         yield [examples[i] for i in b]
+
+
+def shard(items: Sequence[Any], n: int) -> list[list[Any]]:
+    """Split ``items`` into ``n`` contiguous, near-equal shards."""
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (i < extra)
+        out.append(list(items[start:end]))
+        start = end
+    return out
