@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 import uuid
@@ -18,6 +17,13 @@ from omegaconf.errors import MissingMandatoryValue
 from experiments.config import cluster_args, register, validate
 
 register()
+
+
+def load_drivers() -> dict:
+    """The driver of each stage (``experiments/registry.py``: ``DRIVERS["ppo"]`` is ``experiments.ppo.run``)."""
+    from experiments.registry import DRIVERS
+
+    return DRIVERS
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -42,10 +48,10 @@ def main(cfg: DictConfig) -> None:
     from actors.session import init_ray
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        importing = pool.submit(importlib.import_module, "experiments.registry")
+        importing = pool.submit(load_drivers)
         if lab.stage != "report":  # the report reads finished runs; it needs no cluster
             init_ray(**cluster_args(lab.ray))
-        DRIVERS = importing.result().DRIVERS
+        DRIVERS = importing.result()
 
     from alignment.atomic import write_json, write_text
     from experiments.cache import ArtifactCache

@@ -73,12 +73,6 @@ def pad_to(x: torch.Tensor, length: int, value: float) -> torch.Tensor:
     return F.pad(x, (0, length - x.size(-1)), value=value)
 
 
-def cat_response(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Join ``[b, r]`` per-token tensors from several ranks, right-padding to the longest ``r``."""
-    r = max(p.size(1) for p in parts)
-    return torch.cat([pad_to(p, r, 0) for p in parts])
-
-
 def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
          logprobs: Sequence[Sequence[float]], pad_id: int) -> Rollout:
     """Build a ``Rollout`` from per-row prompt ids, response ids and the responses' log-probs."""

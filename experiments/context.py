@@ -15,7 +15,9 @@ from ray.util.placement_group import PlacementGroup
 
 from actors.group import RoleGroup
 from actors.pool import GroupPool
+from alignment.chat_format import Conversation
 from alignment.data.formats import FilePrompt, load_prompts
+from alignment.data.loaders import load_moss_sft
 from alignment.world import World, WorldPrompt, WorldSpec
 from experiments.cache import Artifact, ArtifactCache, config_key, reuse
 from experiments.config import ActorResources, LabConfig, WorldConfig
@@ -116,6 +118,21 @@ class RunContext:
     def on_world(self) -> bool:
         """Whether the held-out prompts are the world's (the gold judge can score them)."""
         return self.cfg.eval.prompts_path is None
+
+    @property
+    def world_data(self) -> bool:
+        """Whether the SFT data is the world's (``data.source=world``) rather than a file."""
+        return self.cfg.data.source == "world"
+
+    def sft_conversations(self, n: int | None = None) -> list[Conversation]:
+        """The SFT data (``data.source``): ``n`` fresh world conversations (default ``data.n_train``), or
+        the first ``n`` (default all) of the MOSS-003 file at ``data.path``."""
+        d = self.cfg.data
+        if d.source == "world":
+            return self.world.sft_conversations(d.n_train if n is None else n, d.world.sft_source_weights)
+        if d.source == "moss_sft":
+            return [ex.conversation for ex in load_moss_sft(d.path)][:n]
+        raise ValueError(f"data.source: unknown source {d.source!r}; choose 'world' or 'moss_sft'")
 
     @cached_property
     def test_prompts(self) -> list[WorldPrompt] | list[FilePrompt]:

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from alignment.atomic import write_json
 from alignment.chat_format import Conversation, Turn, generation_prompt
 from alignment.data.formats import FilePrompt, load_prompts
-from alignment.data.loaders import load_moss_sft
 from alignment.data.preference import ComparisonGroup, ranked_pairs
 from alignment.judges.llm import QUESTION, SYSTEM_PROMPT, PairItem
 from experiments.cache import Artifact
@@ -37,12 +36,12 @@ FILE = "groups.json"
 
 def feedback_contexts(ctx: RunContext) -> list[Conversation]:
     """The prompts to sample and label: training ones, then (without ``pm.val_path``) held-out ones."""
-    cfg, pm = ctx.cfg, ctx.cfg.pm
+    pm = ctx.cfg.pm
     n = pm.n_prompts + (0 if pm.val_path else pm.n_val_prompts)
     if pm.prompts_path:
         return [p.context for p in load_prompts(pm.prompts_path, pm.prompts_format)][:n]
-    if cfg.data.source == "moss_sft":
-        return [FilePrompt.last_turn_of(ex.conversation).context for ex in load_moss_sft(cfg.data.path)[:n]]
+    if not ctx.world_data:
+        return [FilePrompt.last_turn_of(c).context for c in ctx.sft_conversations(n)]
     return [p.conversation() for p in ctx.world.prompts("train", n, offset=1000)]
 
 

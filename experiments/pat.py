@@ -12,7 +12,6 @@ from actors.preference import PreferenceActor
 from alignment.chat_format import Conversation
 from alignment.data.batching import bucketed_batches
 from alignment.data.formats import FilePrompt
-from alignment.data.loaders import load_moss_sft
 from alignment.loss_mask import LossPolicy, encode_many, truncate
 from alignment.models.tokenizer import load_tokenizer
 from alignment.pat import bucket_tags, tag_conversation, tag_scores
@@ -41,10 +40,7 @@ from experiments.specs import model_spec, optim_config, strategy_spec
 
 def pat_conversations(ctx: RunContext) -> list[Conversation]:
     """The SFT conversations PAT samples, scores and tags."""
-    cfg = ctx.cfg
-    if cfg.data.source == "moss_sft":
-        return [ex.conversation for ex in load_moss_sft(cfg.data.path)][: cfg.pat.n_train]
-    return ctx.world.sft_conversations(cfg.pat.n_train, cfg.data.world.sft_source_weights)
+    return ctx.sft_conversations(ctx.cfg.pat.n_train)
 
 
 def pat_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:

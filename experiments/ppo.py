@@ -10,6 +10,21 @@ The same loop runs GRPO and RLOO (``+experiment=grpo`` / ``rloo``): their preset
 critic-free advantage estimator (``algo.advantage``), responses per prompt (``algo.group_size``)
 and where the KL goes (``algo.kl_in``); no critic role starts, and the policy, its cache stage and
 its results are named after the method (``method_name``).
+
+The call path, top down:
+
+    run                          the chain (sft_stage, pm_stage), then ppo_stage, then the evaluation
+    └ ppo_stage                  the cached policy, or: start_roles → PPOTrainer → train → commit
+      └ PPOTrainer.train         progress bar and logging over iterate
+        └ iterate                launch / finish pipelined, checkpoints (save_checkpoint, restore)
+          └ launch               one iteration:
+              prompt_batch       the prompts (world, the SFT file's, or algo.prompts_path)
+              rollout            the policy ranks sample      (actors/policy.py: PolicyActor.rollout)
+              score              reference log-probs, PM scores, critic values, side by side
+              kl_estimate, normalise_scores, token_rewards      (alignment/losses/kl.py, reward.py)
+              ADVANTAGE_ESTIMATORS[algo.advantage]              (alignment/losses/gae.py, group_advantages.py)
+              PolicyActor.ppo_update  the clipped surrogate     (alignment/losses/ppo.py), awaited
+              CriticActor.update      the clipped value loss, left running until finish
 """
 
 from __future__ import annotations
@@ -35,7 +50,6 @@ from alignment.atomic import atomic_dir, write_json
 from alignment.chat_format import Conversation
 from alignment.data.batching import shard
 from alignment.data.formats import load_prompts
-from alignment.data.loaders import load_moss_sft
 from alignment.generation import RolloutSpec
 from alignment.loss_mask import Encoded
 from alignment.losses.gae import AdvantageInputs, needs_values
@@ -207,17 +221,16 @@ class PPOTrainer:
         deterministic batch of world training prompts. ``rollout_batch_size`` counts responses: the
         batch holds ``rollout_batch_size / group_size`` prompts, each repeated ``group_size`` times
         in consecutive rows (a group)."""
-        g, cfg = self.a.group_size, self.ctx.cfg
+        g = self.a.group_size
         n = self.a.rollout_batch_size // g
 
         def grouped(items: list[Any]) -> list[Any]:
             return [x for x in items for _ in range(g)]
 
-        if self.a.prompts_path or cfg.data.source == "moss_sft":
+        if self.a.prompts_path or not self.ctx.world_data:
             if self._file_convs is None:
                 self._file_convs = ([p.context for p in load_prompts(self.a.prompts_path, self.a.prompts_format)]
-                                    if self.a.prompts_path else
-                                    [ex.conversation for ex in load_moss_sft(cfg.data.path)])
+                                    if self.a.prompts_path else self.ctx.sft_conversations())
             convs = self._file_convs
             picked = grouped([convs[(iteration * n + i) % len(convs)] for i in range(n)])
             return PromptBatch([prompt_ids(self.tokenizer, c) for c in picked], picked)
@@ -276,42 +289,42 @@ class PPOTrainer:
         critic's next call (the next iteration's values) queues behind it on the actor, so the next
         rollout overlaps the critic update and the maths is that of the plain loop; the policy
         updates while every other role waits, so it may use their cores (``algo.policy_update_threads``)."""
-        a, roles = self.a, self.roles
+        algo = self.a
         t0 = time.perf_counter()
         batch = self.prompt_batch(self.iteration)
-        ro, texts = self.rollout(batch.ids)
+        rollout, texts = self.rollout(batch.ids)
         t1 = time.perf_counter()
-        ref_logprobs, scores, values = self.score(ro, batch, texts)
+        ref_logprobs, scores, values = self.score(rollout, batch, texts)
         t2 = time.perf_counter()
-        mask = ro.response_mask
-        kl = kl_estimate(ro.logprobs, ref_logprobs, a.kl_estimator) * mask
-        normed = normalise_scores(scores, self.moments if a.normalize_reward else None, a.reward_clip)
-        kl_in_loss = a.kl_in == "loss"  # then the rewards carry no KL; the policy's loss does
-        rewards = token_rewards(normed, kl, mask, 0.0 if kl_in_loss else a.beta)
-        estimator = ADVANTAGE_ESTIMATORS.get(a.advantage)
+        mask = rollout.response_mask
+        kl = kl_estimate(rollout.logprobs, ref_logprobs, algo.kl_estimator) * mask
+        normed = normalise_scores(scores, self.moments if algo.normalize_reward else None, algo.reward_clip)
+        kl_in_loss = algo.kl_in == "loss"  # then the rewards carry no KL; the policy's loss does
+        rewards = token_rewards(normed, kl, mask, 0.0 if kl_in_loss else algo.beta)
+        estimator = ADVANTAGE_ESTIMATORS.get(algo.advantage)
         advantages, returns = estimator(AdvantageInputs(rewards=rewards, values=values, mask=mask,
-                                                        scores=rewards.sum(1), group_size=a.group_size,
-                                                        gamma=a.gamma, lam=a.lam))
-        if a.whiten_advantages:
+                                                        scores=rewards.sum(1), group_size=algo.group_size,
+                                                        gamma=algo.gamma, lam=algo.lam))
+        if algo.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        policy, critic = roles.policy, roles.critic
+        policy, critic = self.roles.policy, self.roles.critic
         n_p = policy.size
         ptx = self.ptx_batch(self.iteration)
         ptx_shards = shard(ptx, n_p) if ptx else [None] * n_p
         ref_shards = torch.tensor_split(ref_logprobs, n_p) if kl_in_loss else [None] * n_p
-        pol_refs = policy.submit("ppo_update", [(part, adv, p, self.policy_spec, ref) for part, adv, p, ref in
-                                                zip(ro.split(n_p), torch.tensor_split(advantages, n_p), ptx_shards,
-                                                    ref_shards)])
-        pol = policy.wait(pol_refs)
-        crit_refs = []
+        shares = zip(rollout.split(n_p), torch.tensor_split(advantages, n_p), ptx_shards, ref_shards)
+        update_refs = policy.submit("ppo_update", [(part, adv, ptx_part, self.policy_spec, ref)
+                                                   for part, adv, ptx_part, ref in shares])
+        policy_stats = policy.wait(update_refs)
+        critic_refs = []
         if critic is not None:
             n_c = critic.size
-            crit_refs = critic.submit("update", list(zip(ro.split(n_c), torch.tensor_split(values, n_c),
-                                                         torch.tensor_split(returns, n_c))), spec=self.critic_spec)
+            critic_refs = critic.submit("update", list(zip(rollout.split(n_c), torch.tensor_split(values, n_c),
+                                                           torch.tensor_split(returns, n_c))), spec=self.critic_spec)
         t3 = time.perf_counter()
         self.iteration += 1
 
-        lengths = ro.response_lengths.float()
+        lengths = rollout.response_lengths.float()
         n_tokens = float(lengths.sum())
         metrics = {
             "ppo/reward": scores.mean().item(),
@@ -329,7 +342,7 @@ class PPOTrainer:
         if batch.world is not None:
             metrics["ppo/gold"] = sum(self.ctx.world.judge(p, t) for p, t in zip(batch.world, texts)) / len(texts)
         metrics["ppo/iteration"] = self.iteration
-        return PendingIteration(metrics | rank_mean(pol, "tokens"), crit_refs)
+        return PendingIteration(metrics | rank_mean(policy_stats, "tokens"), critic_refs)
 
     def finish(self, pending: PendingIteration) -> dict[str, float]:
         """Wait for ``pending``'s critic update; the iteration's metrics, the critic's included."""

@@ -14,7 +14,6 @@ from actors.group import RoleGroup
 from actors.policy import PolicyActor
 from alignment.data.batching import bucketed_batches
 from alignment.data.formats import FilePrompt
-from alignment.data.loaders import load_moss_sft
 from alignment.evaluation import gold_report, source_reference
 from alignment.loss_mask import Encoded, LossPolicy, encode_many, truncate
 from alignment.models.tokenizer import load_tokenizer, train_bpe
@@ -55,13 +54,7 @@ def sft_payload(cfg: LabConfig, tokenizer_dir: Path) -> dict[str, Any]:
 
 def sft_examples(cfg: LabConfig, ctx: RunContext, tokenizer) -> list[Encoded]:
     policy = LossPolicy.from_names(cfg.data.loss_on, cfg.data.last_turn_only)
-    if cfg.data.source == "world":
-        convs = ctx.world.sft_conversations(cfg.data.n_train, cfg.data.world.sft_source_weights)
-    elif cfg.data.source == "moss_sft":
-        convs = [ex.conversation for ex in load_moss_sft(cfg.data.path)]
-    else:
-        raise ValueError(f"data.source: unknown source {cfg.data.source!r}; choose 'world' or 'moss_sft'")
-    return [truncate(e, cfg.data.max_length) for e in encode_many(convs, tokenizer, policy)]
+    return [truncate(e, cfg.data.max_length) for e in encode_many(ctx.sft_conversations(), tokenizer, policy)]
 
 
 def evaluate_policy(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | list[FilePrompt],
