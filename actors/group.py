@@ -8,9 +8,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.placement import reserve
 from actors.resources import ActorResources
 from alignment.data.batching import shard
 
@@ -42,8 +43,7 @@ class RoleGroup:
         self.role, self.on_shutdown, self.on_release, self.started = role, on_shutdown, on_release, time.time()
         self.owns_pg = pg is None or owns_pg
         if pg is None:
-            pg = placement_group(bundles(res), strategy="PACK")
-            ray.get(pg.ready())
+            pg = reserve(bundles(res), f"ray.{role}: {res.num_actors} actor(s)")
         self.pg = pg
         tag = run_tag or uuid.uuid4().hex[:6]
         remote_cls = ray.remote(actor_cls)
@@ -183,6 +183,5 @@ def colocated_pg(resources: Sequence[ActorResources]) -> PlacementGroup:
     gpus = sum(r.num_gpus for r in resources)
     if gpus:
         one["GPU"] = gpus
-    pg = placement_group([dict(one) for _ in range(sizes.pop())], strategy="PACK")
-    ray.get(pg.ready())
-    return pg
+    n = sizes.pop()
+    return reserve([dict(one) for _ in range(n)], f"ray.colocate: {n} bundle(s) of every role")

@@ -17,13 +17,11 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-import ray
-from ray.util.placement_group import PlacementGroup, placement_group
+from ray.util.placement_group import PlacementGroup
 
 from actors.group import RoleGroup, bundles
+from actors.placement import reserve
 from actors.resources import ActorResources
-
-PLACEMENT_POLL_S = 1.0  # how often a group waiting for room checks for idle groups to evict
 
 
 class GroupPool:
@@ -58,22 +56,23 @@ class GroupPool:
                 a.reset_usage.remote()
             group.set_threads(num_threads)
         else:
-            group = RoleGroup(actor_cls, name, res, num_threads, pg=self._reserve(res), owns_pg=True,
+            group = RoleGroup(actor_cls, name, res, num_threads, pg=self._reserve(role, res), owns_pg=True,
                               run_tag=self.run_tag, on_shutdown=on_shutdown, nice=nice, on_release=self._park)
             group.role = role
         group.pool_key = key
         return group
 
-    def _reserve(self, res: ActorResources) -> PlacementGroup:
+    def _reserve(self, role: str, res: ActorResources) -> PlacementGroup:
         """A ready placement group for ``res``, evicting idle groups while there is no room."""
-        pg = placement_group(bundles(res), strategy="PACK")
-        ready = pg.ready()
-        while not ray.wait([ready], timeout=PLACEMENT_POLL_S)[0]:
+
+        def evict_one() -> bool:
             with self._lock:
                 victim = self._idle.pop(0) if self._idle else None
             if victim is not None:
                 victim.shutdown()
-        return pg
+            return victim is not None
+
+        return reserve(bundles(res), f"ray.{role}: {res.num_actors} actor(s)", while_waiting=evict_one)
 
     def _park(self, group: RoleGroup) -> bool:
         """``RoleGroup.on_release``: keep ``group``'s actors, without their models, unless closed."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import ray
 
 
@@ -24,4 +26,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, include_da
     if url and not url.startswith("http"):
         url = f"http://{url}"
     print(f"Ray dashboard: {url or 'disabled'}", flush=True)
+    if url and token_auth():
+        print("  it asks for a token: `ray get-auth-token` prints it (README, 'Watching a run')", flush=True)
+    port = ctx.address_info.get("metrics_export_port")
+    if port:
+        print(f"Ray metrics (Prometheus format, lab_* among them): http://{ctx.address_info['node_ip_address']}:"
+              f"{port}/metrics", flush=True)
     return url
+
+
+def token_auth() -> bool:
+    """Whether this Ray cluster asks for a token (``RAY_AUTH_MODE=token``, on by default since Ray 2.60)."""
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"

@@ -388,6 +388,13 @@ def as_key(node: Any) -> Any:
 
 
 FEEDBACK = ("auto", "world", "data", "judge")
+# the closed sets of the config, checked by ``validate`` before anything starts
+MODELS = ("tiny", "pretrained")
+DATA_SOURCES = ("world", "moss_sft")
+STRATEGIES = ("torch", "deepspeed")
+PRECISIONS = ("auto", "fp32", "bf16")
+CRITIC_INITS = ("pm", "sft")
+RL_STAGES = ("ppo", "grpo", "rloo")  # the stages that run the PPO loop
 
 
 def eval_judges(lab: LabConfig) -> list[str]:
@@ -484,9 +491,61 @@ def validate_algo(a: PPOConfig, key: str = "algo") -> None:
                          f"must be at least 2, got {a.group_size}")
 
 
+def validate_rl(a: PPOConfig, r: RayConfig, key: str = "algo") -> None:
+    """The PPO loop's settings against each other and against the roles' ranks (``key``: where the
+    settings sit, ``compare.grpo`` for compare's GRPO)."""
+    from alignment.losses.gae import needs_values
+
+    _choice(f"{key}.critic_init", a.critic_init, CRITIC_INITS)
+    for name in ("iterations", "rollout_batch_size", "epochs", "mini_batches", "max_new_tokens", "ptx_batch_size"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"{key}.{name} must be at least 1, got {getattr(a, name)}")
+    if a.ptx_coef < 0:
+        raise ValueError(f"{key}.ptx_coef must be >= 0, got {a.ptx_coef}")
+    for name in ("clip", "beta"):
+        if getattr(a, name) < 0 or (name == "clip" and a.clip == 0):
+            raise ValueError(f"{key}.{name} must be {'> 0' if name == 'clip' else '>= 0'}, got {getattr(a, name)}")
+    if not (a.temperature > 0 and 0 < a.top_p <= 1):
+        raise ValueError(f"{key}.temperature must be > 0 and top_p in (0, 1], got {a.temperature}, {a.top_p}")
+    for name in ("reward_clip", "value_clip"):
+        if getattr(a, name) is not None and getattr(a, name) <= 0:
+            raise ValueError(f"{key}.{name} must be > 0 or null (no clipping), got {getattr(a, name)}")
+    for role in ("policy", "critic", "reference", "preference") if needs_values(a.advantage) else \
+            ("policy", "reference", "preference"):
+        n, need = getattr(r, role).num_actors, a.mini_batches if role in ("policy", "critic") else 1
+        if a.rollout_batch_size // n < need:
+            raise ValueError(f"{key}.rollout_batch_size ({a.rollout_batch_size}) gives each of the {n} ranks of "
+                             f"ray.{role}.num_actors fewer than {need} rows ({key}.mini_batches: {a.mini_batches})")
+
+
+def validate_resources(lab: LabConfig) -> None:
+    """The roles' resources, and colocation's rule that every role has the same number of ranks."""
+    r = lab.ray
+    for role in ("policy", "critic", "reference", "preference", "judge"):
+        res = getattr(r, role)
+        if res.num_actors < 1 or res.num_cpus < 0 or res.num_gpus < 0:
+            raise ValueError(f"ray.{role}: num_actors must be at least 1 and num_cpus, num_gpus >= 0, got "
+                             f"{res.num_actors}, {res.num_cpus}, {res.num_gpus}")
+    if r.colocate:
+        sizes = {role: getattr(r, role).num_actors for role in ("policy", "critic", "reference", "preference")}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"ray.colocate puts rank i of every role on one bundle: the roles need the same "
+                             f"num_actors, got {sizes}")
+
+
 def validate(lab: LabConfig) -> None:
-    """Fail before anything starts, naming the key, on settings no stage can run with (checks
-    that need a stage's own imports, such as PPO's, run when the stage starts)."""
+    """Fail before anything starts, naming the key, the value and what is allowed, on settings no
+    stage can run with: the one place every setting and every cross-field rule is checked (the
+    input files and judges are ``experiments.preflight``'s)."""
+    _choice("model.name", lab.model.name, MODELS)
+    _choice("data.source", lab.data.source, DATA_SOURCES)
+    _choice("strategy.name", lab.strategy.name, STRATEGIES)
+    _choice("strategy.precision", lab.strategy.precision, PRECISIONS)
+    if not 0 <= lab.strategy.zero_stage <= 3:
+        raise ValueError(f"strategy.zero_stage: {lab.strategy.zero_stage}; choose 0, 1, 2 or 3 (DeepSpeed ZeRO)")
+    if lab.strategy.name == "torch" and (lab.strategy.zero_stage or lab.strategy.offload):
+        raise ValueError("strategy.zero_stage and strategy.offload are DeepSpeed's: set strategy.name=deepspeed")
+    validate_resources(lab)
     for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer),
                    ("dpo.trainer", lab.dpo.trainer)):
         for name in ("epochs", "batch_size", "log_every", "num_threads"):
@@ -519,6 +578,8 @@ def validate(lab: LabConfig) -> None:
         raise ValueError("best-of-n samples its candidates with the eval.* settings, and eval.do_sample is false: "
                          "every candidate would be the same reply")
     validate_algo(lab.algo)
+    if lab.stage in (*RL_STAGES, "compare"):
+        validate_rl(lab.algo, lab.ray)
     validate_dpo(lab)
     validate_inputs(lab)
 
@@ -539,6 +600,7 @@ def validate_compare(lab: LabConfig) -> None:
         for m in ("grpo", "rloo"):
             if m in c.methods:
                 validate_algo(getattr(c, m), f"compare.{m}")
+                validate_rl(getattr(c, m), lab.ray, f"compare.{m}")
                 if getattr(c, m).advantage != m:
                     raise ValueError(f"compare.{m}.advantage: {getattr(c, m).advantage!r}; compare's {m.upper()} "
                                      f"runs the {m} advantage estimator")

@@ -22,6 +22,20 @@ def total_steps(n_items: int, t: TrainerConfig) -> int:
     return per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, per_epoch * t.epochs)
 
 
+class NonFiniteError(RuntimeError):
+    """A loss, reward, gradient norm or other statistic came out NaN or infinite."""
+
+
+def check_finite(stats: dict[str, Any], stage: str, step: int) -> None:
+    """Stop the run at the step that made a NaN or infinity, naming the stage, the step and every
+    quantity that is not finite (nothing is committed; the last checkpoint stays as it was)."""
+    bad = {k: v for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise NonFiniteError(f"{stage}: step {step}: " + ", ".join(f"{k} = {v}" for k, v in bad.items())
+                             + "; stopping before anything is saved (lower the learning rate, or check the "
+                             "data and the reward)")
+
+
 def batches(items: Sequence[Any], batch_size: int, rng: random.Random):
     """One epoch of shuffled batches."""
     idx = rng.sample(range(len(items)), len(items))
@@ -81,6 +95,7 @@ def train_loop(
                 step += 1
                 window_weight += sum(r[weight_key] for r in results)
                 last = {f"{name}/{k}": v for k, v in rank_mean(results, weight_key).items()}
+                check_finite(last, name, step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last[f'{name}/loss']:.3f}")
                 if step % t.log_every == 0:

@@ -62,10 +62,10 @@ from alignment.rollout import Rollout
 from alignment.sequences import prompt_ids, scored_sequences
 from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
-from experiments.config import PPOConfig, RayConfig, as_key
+from experiments.config import PPOConfig, RayConfig, as_key, validate_rl
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
-from experiments.loop import rank_mean
+from experiments.loop import NonFiniteError, check_finite, rank_mean
 from experiments.pat import pat_key
 from experiments.pm import pm_stage
 from experiments.report import print_win_rates
@@ -84,24 +84,8 @@ def method_name(cfg: Any) -> str:
 
 
 def check(a: PPOConfig, r: RayConfig) -> None:
-    """Fail early, naming the key, on settings the loop cannot run with (the registered names and
-    the grouping are checked before anything starts, by ``experiments.config.validate``)."""
-    if a.critic_init not in ("pm", "sft"):
-        raise ValueError(f"algo.critic_init: {a.critic_init!r}; choose 'pm' or 'sft'")
-    for key in ("iterations", "rollout_batch_size", "epochs", "mini_batches", "max_new_tokens", "ptx_batch_size"):
-        if getattr(a, key) < 1:
-            raise ValueError(f"algo.{key} must be at least 1, got {getattr(a, key)}")
-    if a.ptx_coef < 0:
-        raise ValueError(f"algo.ptx_coef must be >= 0, got {a.ptx_coef}")
-    for key in ("reward_clip", "value_clip"):
-        if getattr(a, key) is not None and getattr(a, key) <= 0:
-            raise ValueError(f"algo.{key} must be > 0 or null (no clipping), got {getattr(a, key)}")
-    for role in ("policy", "critic", "reference", "preference") if needs_values(a.advantage) else \
-            ("policy", "reference", "preference"):
-        n, need = getattr(r, role).num_actors, a.mini_batches if role in ("policy", "critic") else 1
-        if a.rollout_batch_size // n < need:
-            raise ValueError(f"algo.rollout_batch_size ({a.rollout_batch_size}) gives each of the {n} ranks of "
-                             f"ray.{role}.num_actors fewer than {need} rows (algo.mini_batches: {a.mini_batches})")
+    """The loop's settings, checked again where the stage starts (``experiments.config.validate_rl``)."""
+    validate_rl(a, r)
 
 
 @dataclass
@@ -350,6 +334,18 @@ class PPOTrainer:
             return pending.metrics
         return pending.metrics | rank_mean(self.roles.critic.wait(pending.critic_refs), "tokens")
 
+    def finished(self, pending: PendingIteration) -> dict[str, float]:
+        """``finish``, with the critic's statistics checked for NaN and infinity."""
+        metrics = self.finish(pending)
+        iteration = int(metrics["ppo/iteration"])
+        try:
+            check_finite(metrics, method_name(self.ctx.cfg), iteration)
+        except NonFiniteError:  # the checkpoint saved after that iteration's launch holds the bad critic
+            if self.ckpt_root is not None:
+                shutil.rmtree(self.ckpt_root / f"iter_{iteration:06d}", ignore_errors=True)
+            raise
+        return metrics
+
     def iterate(self, until: int) -> Iterator[dict[str, float]]:
         """Run iterations up to ``until``, each one's rollout overlapping the previous one's critic
         update, checkpointing every ``checkpoint_every`` (when there is a ``ckpt_root``); yields each
@@ -358,13 +354,14 @@ class PPOTrainer:
         saving = self.ckpt_root is not None and every > 0
         while self.iteration < until:
             launched = self.launch()
+            check_finite(launched.metrics, method_name(self.ctx.cfg), self.iteration)  # before it is saved
             if saving and self.iteration % every == 0 and self.iteration < until:
                 self.save_checkpoint()  # the critic saves once its update is done: calls run in order
             if pending is not None:
-                yield self.finish(pending)
+                yield self.finished(pending)
             pending = launched
         if pending is not None:
-            self.last_metrics = self.finish(pending)
+            self.last_metrics = self.finished(pending)
             if saving:  # the last one holds its metrics: resuming a finished run returns them
                 self.save_checkpoint()
             yield self.last_metrics

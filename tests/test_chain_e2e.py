@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -173,3 +174,22 @@ def test_compare_trains_the_methods_side_by_side(ray_address, sweep):
     report = (run / "report.md").read_text()
     assert "Ranking by win rate against SFT" in report and "| GRPO vs BoN | gold judge |" in report
     assert "PAT and PPO overlapped for" in out.stdout
+
+
+def test_a_nan_in_ppo_stops_the_run_at_its_iteration_and_commits_nothing(ray_address, sweep):
+    import os
+    import subprocess
+    import sys
+
+    from tests.lab import ROOT
+
+    root, _ = sweep
+    before = sorted(p.name for p in (root / "cache" / "ppo").iterdir())
+    # a critic learning rate that blows its values up: the next advantages and losses are not finite
+    cmd = [sys.executable, "run.py", "+experiment=ppo", f"ray.address={ray_address}", f"cache_dir={root / 'cache'}",
+           f"hydra.run.dir={root / 'nan'}", "seed=0", *SMALL, "algo.critic_optim.lr=1e30", "algo.iterations=3"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT)))
+    assert out.returncode != 0
+    assert re.search(r"NonFiniteError: ppo: step [1-3]: \S+ = (nan|inf|-inf)", out.stderr), out.stderr[-3000:]
+    assert sorted(p.name for p in (root / "cache" / "ppo").iterdir()) == before  # nothing committed

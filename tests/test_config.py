@@ -195,3 +195,42 @@ def test_settings_that_cannot_change_results_reuse_every_stage(tmp_path, overrid
 def test_settings_that_change_results_change_exactly_their_stages(tmp_path, override, changed):
     base, new = _stage_keys(tmp_path, []), _stage_keys(tmp_path, [override])
     assert {s for s in base if base[s] != new[s]} == changed
+
+
+@pytest.mark.parametrize("experiment, override, match", [
+    ("ppo", "algo.kl_estimator=k4", r"algo\.kl_estimator: unknown KL estimator 'k4'"),
+    ("ppo", "algo.clip=-1", r"algo\.clip must be > 0, got -1"),
+    ("ppo", "algo.critic_init=random", r"algo\.critic_init: 'random'; choose one of pm, sft"),
+    ("ppo", "algo.temperature=0", r"algo\.temperature must be > 0"),
+    ("ppo", "ray.policy.num_actors=4 algo.rollout_batch_size=2", r"algo\.rollout_batch_size \(2\) gives each of the 4"),
+    ("ppo", "ray.colocate=true ray.critic.num_actors=2", r"ray\.colocate .* same num_actors"),
+    ("compare", "compare.methods=[pat,grpo] compare.grpo.clip=0", r"compare\.grpo\.clip must be > 0"),
+    ("sft", "strategy.precision=fp16", r"strategy\.precision: 'fp16'; choose one of auto, fp32, bf16"),
+    ("sft", "strategy.name=fsdp", r"strategy\.name: 'fsdp'; choose one of torch, deepspeed"),
+    ("sft", "strategy.name=deepspeed strategy.zero_stage=4", r"strategy\.zero_stage: 4"),
+    ("sft", "strategy.zero_stage=2", r"strategy\.zero_stage and strategy\.offload are DeepSpeed's"),
+    ("sft", "model.name=gpt5", r"model\.name: 'gpt5'; choose one of tiny, pretrained"),
+    ("sft", "data.source=web", r"data\.source: 'web'; choose one of world, moss_sft"),
+    ("sft", "ray.policy.num_actors=0", r"ray\.policy: num_actors must be at least 1"),
+])
+def test_late_checked_settings_now_fail_in_validate(experiment, override, match):
+    from experiments.config import validate
+
+    validate(OmegaConf.to_object(_compose([f"+experiment={experiment}"])))
+    with pytest.raises(ValueError, match=match):
+        validate(OmegaConf.to_object(_compose([f"+experiment={experiment}", *override.split()])))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algo.clip=-1", "config error: algo.clip must be > 0, got -1"),
+    ("strategy.precision=fp16", "config error: strategy.precision: 'fp16'"),
+])
+def test_a_bad_setting_fails_in_seconds_with_nothing_started(tmp_path, override, message):
+    import time
+
+    started = time.time()
+    out = subprocess.run([sys.executable, "run.py", "+experiment=ppo", override, f"cache_dir={tmp_path / 'cache'}",
+                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and message in out.stderr
+    assert "Ray dashboard" not in out.stdout and not (tmp_path / "cache").exists()  # no Ray, nothing trained
+    assert time.time() - started < 10
