@@ -104,8 +104,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
                "gold_agreement": pm.info["eval"].get("gold_agreement")},
         **method_results(ctx, judged, wins, policies),
         **({"controllability": controllability(cfg, judged)} if "pat" in made else {}),
-        **{m: {"final": trained[m].info["final"], "train_seconds": trained[m].info.get("train_seconds")}
-           for m in ("ppo", "grpo", "rloo") if m in trained},
+        **{m: {"final": trained[m].info["final"], "train_seconds": trained[m].info.get("train_seconds"),
+               "restarts": len(trained[m].info.get("restarts", []))} for m in ("ppo", "grpo", "rloo") if m in trained},
         **({"bon": bon_curve} if bon_curve else {}),
         "frontier": frontier,
         "cost": cost,

@@ -100,6 +100,9 @@ class TrainerConfig:
     # how a run goes, not what it makes: never in a cache key
     log_every: int = not_in_key(10)
     num_threads: int = not_in_key(2)  # torch CPU threads per actor
+    # save the role's engine and the loop's place every N optimizer steps (0: never); an interrupted
+    # stage of the same config resumes from its newest checkpoint by itself
+    checkpoint_every: int = not_in_key(100)
 
 
 @dataclass
@@ -230,6 +233,9 @@ class RayConfig:
     dashboard_port: Optional[int] = None  # None: 8265, or the next free port when another lab holds it
     colocate: bool = False  # PPO: rank i of every role shares one placement-group bundle (and its GPUs)
     reuse_actors: bool = True  # a stage's finished actors serve later stages of the run (no new processes)
+    # the PPO loop (PPO, GRPO, RLOO): when an actor dies, start the roles afresh from the last checkpoint,
+    # at most this many times per stage
+    max_restarts: int = 2
     policy: ActorResources = field(default_factory=ActorResources)
     critic: ActorResources = field(default_factory=ActorResources)
     reference: ActorResources = field(default_factory=ActorResources)
@@ -521,6 +527,8 @@ def validate_rl(a: PPOConfig, r: RayConfig, key: str = "algo") -> None:
 def validate_resources(lab: LabConfig) -> None:
     """The roles' resources, and colocation's rule that every role has the same number of ranks."""
     r = lab.ray
+    if r.max_restarts < 0:
+        raise ValueError(f"ray.max_restarts must be >= 0, got {r.max_restarts}")
     for role in ("policy", "critic", "reference", "preference", "judge"):
         res = getattr(r, role)
         if res.num_actors < 1 or res.num_cpus < 0 or res.num_gpus < 0:

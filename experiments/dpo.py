@@ -28,7 +28,7 @@ from experiments.cache import Artifact, commit
 from experiments.config import as_key
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
-from experiments.loop import total_steps, train_loop
+from experiments.loop import Checkpoints, total_steps, train_loop
 from experiments.pm import comparison_groups, pm_payload, pm_stage
 from experiments.report import print_win_rates
 from experiments.sft import sft_stage
@@ -133,9 +133,12 @@ def dpo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
             started = time.time()
             info["train"] = train_loop(group, "dpo_step", pairs, d.trainer, ctx.tracker, "dpo", "pairs", cfg.seed,
                                        batcher=group_batches([len(g.pairs) for g in groups]),
-                                       call_kwargs={"spec": DPOSpec(loss=d.loss, beta=d.beta)})
+                                       call_kwargs={"spec": DPOSpec(loss=d.loss, beta=d.beta)},
+                                       checkpoints=(ckpts := Checkpoints.of(ctx, "dpo", key, d.trainer)))
             info["train_seconds"] = time.time() - started
-            return commit(ctx.cache, "dpo", key, payload, group, info, "policy")
+            art = commit(ctx.cache, "dpo", key, payload, group, info, "policy")
+            ckpts.clear()
+            return art
         finally:
             ref.shutdown()
             group.shutdown()

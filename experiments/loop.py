@@ -3,15 +3,20 @@ they report, show progress. The maths runs in the actors."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from actors.group import RoleGroup
+from alignment.atomic import atomic_dir, write_json
 from alignment.data.batching import shard
 from experiments.config import TrainerConfig
 from experiments.tracking import Tracker
@@ -34,6 +39,54 @@ def check_finite(stats: dict[str, Any], stage: str, step: int) -> None:
         raise NonFiniteError(f"{stage}: step {step}: " + ", ".join(f"{k} = {v}" for k, v in bad.items())
                              + "; stopping before anything is saved (lower the learning rate, or check the "
                              "data and the reward)")
+
+
+STATE = "loop_state.json"
+
+
+@dataclass
+class Checkpoints:
+    """Where a stage's ``train_loop`` keeps its checkpoints (``<cache>/<stage>-checkpoints/<key>``:
+    the stage's cache key, so only the same config resumes them) and how often (``every`` steps,
+    0 for never). Each holds the role's engine (weights, optimizer, schedule) and the loop's state:
+    the step, the epoch, the batches of the epoch already dealt and the shuffling RNG at the
+    epoch's start, so a resumed loop deals the same batches in the same order."""
+
+    root: Path
+    every: int
+    keep: int = 1
+
+    def latest(self) -> Path | None:
+        found = sorted(p for p in self.root.glob("step_*") if (p / STATE).is_file()) if self.root.is_dir() else []
+        return found[-1] if found else None
+
+    def save(self, group: RoleGroup, state: dict[str, Any]) -> Path:
+        final = self.root / f"step_{state['step']:06d}"
+        with atomic_dir(final, replace=True) as tmp:
+            group.call("save_checkpoint", str(tmp / "model"))
+            write_json(tmp / STATE, state)
+        older = sorted(p for p in self.root.glob("step_*") if p != final)
+        for old in older[: max(0, len(older) - (self.keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @classmethod
+    def of(cls, ctx: Any, stage: str, key: str, t: TrainerConfig) -> Checkpoints:
+        """The checkpoints of ``stage``'s artifact ``key`` in the run's cache, every ``checkpoint_every``
+        steps of trainer ``t`` (a run that ignores the cache, ``use_cache=false``, starts afresh)."""
+        out = cls(ctx.cache.root / f"{stage}-checkpoints" / key, t.checkpoint_every)
+        if not ctx.cfg.use_cache:
+            out.clear()
+        return out
+
+    def clear(self) -> None:
+        """Drop them all (the stage's artifact is committed)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _rng_state(state: Any) -> Any:
+    """``random.Random.getstate()`` back from JSON (lists to tuples)."""
+    return (state[0], tuple(state[1]), state[2])
 
 
 def batches(items: Sequence[Any], batch_size: int, rng: random.Random):
@@ -63,6 +116,7 @@ def rank_mean(results: Sequence[dict[str, float]], weight_key: str) -> dict[str,
 def train_loop(
     group: RoleGroup, method: str, items: Sequence[Any], t: TrainerConfig, tracker: Tracker, name: str,
     weight_key: str, seed: int, batcher=None, call_kwargs: dict[str, Any] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> dict[str, float]:
     """Run ``t.epochs`` over ``items``: each step calls ``method`` on every rank with its shard.
 
@@ -70,11 +124,20 @@ def train_loop(
     stat is its weighted mean over ranks, except ``lr`` and ``grad_norm`` (global, from rank 0).
     A batch with fewer items than the group has ranks (an epoch's short last batch) is skipped:
     every rank of a data-parallel step needs an item. ``call_kwargs`` go to every call of ``method``
-    (e.g. ``spec=``).
+    (e.g. ``spec=``). With ``checkpoints`` the loop saves every ``checkpoints.every`` steps and, when
+    one of the same stage and key is there, resumes from the newest (a stage interrupted by a crash,
+    a kill or a lost actor continues where it was, and ends with the same weights).
     """
     steps = total_steps(len(items), t)
     rng = random.Random(seed)
-    step, last = 0, {}
+    step, last, first_epoch, skip = 0, {}, 0, 0
+    latest = checkpoints.latest() if checkpoints is not None else None
+    if latest is not None:
+        state = json.loads((latest / STATE).read_text())
+        group.call("load_checkpoint", str(latest / "model"))
+        step, last, first_epoch, skip = state["step"], state["last"], state["epoch"], state["dealt"]
+        rng.setstate(_rng_state(state["rng"]))
+        print(f"{name.upper()}: resuming from step {step} of {steps} ({latest})", flush=True)
     window_weight, window_start = 0.0, time.time()
 
     def flush() -> None:  # log the newest stats with the throughput since the previous log
@@ -83,12 +146,17 @@ def train_loop(
         tracker.log(last | {f"{name}/{weight_key}_per_s": rate}, step=step)
         window_weight, window_start = 0.0, time.time()
 
-    with tqdm(total=steps, desc=name, unit="step", dynamic_ncols=True) as bar:
-        for _ in range(t.epochs):
+    with tqdm(total=steps, initial=step, desc=name, unit="step", dynamic_ncols=True) as bar:
+        for epoch_index in range(first_epoch, t.epochs):
+            at_start = rng.getstate()  # what deals this epoch's batches again on resume
             epoch = batcher(items, t.batch_size, rng) if batcher else batches(items, t.batch_size, rng)
+            dealt = 0
             for batch in epoch:
                 if step >= steps:
                     break
+                dealt += 1
+                if dealt <= skip:  # dealt before the checkpoint this loop resumed from
+                    continue
                 if len(batch) < group.size:
                     continue
                 results = group.call_sharded(method, shard(batch, group.size), **(call_kwargs or {}))
@@ -100,6 +168,10 @@ def train_loop(
                 bar.set_postfix(loss=f"{last[f'{name}/loss']:.3f}")
                 if step % t.log_every == 0:
                     flush()
+                if checkpoints is not None and checkpoints.every and step % checkpoints.every == 0:
+                    checkpoints.save(group, {"step": step, "epoch": epoch_index, "dealt": dealt, "rng": at_start,
+                                             "last": last})
+            skip = 0
     if window_weight:  # the steps since the last log
         flush()
     return last | {f"{name}/steps": step}

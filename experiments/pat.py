@@ -31,7 +31,7 @@ from experiments.evaluate import (
     method_results,
     samples,
 )
-from experiments.loop import total_steps, train_loop
+from experiments.loop import Checkpoints, total_steps, train_loop
 from experiments.pm import pm_stage
 from experiments.report import JUDGE_NAMES, print_win_rates, write_pat_report
 from experiments.sft import sft_stage
@@ -81,9 +81,12 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
             counts = Counter(tags)
             info: dict[str, Any] = {"edges": edges, "n_examples": len(examples),
                                     "tag_counts": {str(t): counts[t] for t in bucket_tags(cfg.pat.n_buckets)}}
+            ckpts = Checkpoints.of(ctx, "pat", key, cfg.pat.trainer)
             info["train"] = train_loop(group, "sft_step", examples, cfg.pat.trainer, ctx.tracker, "pat", "tokens",
-                                       cfg.seed, batcher=bucketed_batches)
-            return commit(ctx.cache, "pat", key, payload, group, info, "model")
+                                       cfg.seed, batcher=bucketed_batches, checkpoints=ckpts)
+            art = commit(ctx.cache, "pat", key, payload, group, info, "model")
+            ckpts.clear()
+            return art
         finally:
             scorer.shutdown()
             group.shutdown()

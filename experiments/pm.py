@@ -22,7 +22,7 @@ from experiments.config import as_key, pm_feedback
 from experiments.context import RunContext
 from experiments.evaluate import generate_with
 from experiments.feedback import feedback_contexts, feedback_payload, judge_feedback
-from experiments.loop import total_steps, train_loop
+from experiments.loop import Checkpoints, total_steps, train_loop
 from experiments.replies import Job
 from experiments.sft import sft_stage
 from experiments.specs import optim_config, strategy_spec
@@ -137,9 +137,13 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
                                   optim_config(cfg.pm.trainer, steps), cfg.seed)[0]
             info: dict[str, Any] = {"trainable_params": n_params, "train_groups": len(train_seqs),
                                     "train_pairs": sum(len(p) for _, p in train_seqs)}
-            info["train"] = train_loop(group, "pm_step", train_seqs, cfg.pm.trainer, ctx.tracker, "pm", "n", cfg.seed)
+            ckpts = Checkpoints.of(ctx, "pm", key, cfg.pm.trainer)
+            info["train"] = train_loop(group, "pm_step", train_seqs, cfg.pm.trainer, ctx.tracker, "pm", "n", cfg.seed,
+                                       checkpoints=ckpts)
             info["eval"] = validate(group, val_seqs, gold, cfg.eval.batch_size)
-            return commit(ctx.cache, "pm", key, payload, group, info, "preference model")
+            art = commit(ctx.cache, "pm", key, payload, group, info, "preference model")
+            ckpts.clear()
+            return art
         finally:
             group.shutdown()
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from tqdm.auto import tqdm
 
@@ -74,6 +75,8 @@ from experiments.specs import model_spec, optim_config, strategy_spec
 from experiments.tracking import RayMetrics
 
 STATE_FILE = "trainer_state.json"
+# what a lost actor raises in the driver: its death, or the loss of an object only it held
+ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 METHODS = ("ppo", "grpo", "rloo")  # the stages this driver runs; their presets set algo.advantage and the rest
 
 
@@ -447,26 +450,38 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
         ckpt_root = ctx.cache.root / f"{method}-checkpoints" / key
         if not cfg.resume and ckpt_root.exists():
             shutil.rmtree(ckpt_root)  # a fresh run does not inherit an interrupted one's checkpoints
-        roles = start_roles(ctx, sft.path, pm.path)
-        try:
-            trainer = PPOTrainer(ctx, roles, load_tokenizer(str(sft.path)), ckpt_root, RayMetrics(ctx.run_tag))
-            info: dict[str, Any] = {}
-            if cfg.resume:
-                restored = trainer.restore()
-                print(f"{label}: resuming from {restored} (iteration {trainer.iteration})" if restored else
-                      f"{label}: resume=true but no checkpoint under {ckpt_root}; starting at iteration 0", flush=True)
-                info["resumed_from"] = trainer.iteration
-            started = time.time()
-            info["final"] = trainer.train(cfg.algo.iterations)
-            info["path"] = trainer.path
-            if not info["final"]:
-                raise RuntimeError(f"{label}: no metrics for the last iteration: {trainer.ckpt_root} holds a "
-                                   "checkpoint of a finished run written before last_metrics were kept; "
-                                   "delete it and rerun")
-            info["train_seconds"] = time.time() - started
-            return commit(ctx.cache, method, key, payload, roles.policy, info, "policy")
-        finally:
-            roles.shutdown()
+        tokenizer = load_tokenizer(str(sft.path))
+        info: dict[str, Any] = {"restarts": []}
+        started = time.time()
+        while True:  # once, or again after an actor's death (at most ray.max_restarts times)
+            roles = start_roles(ctx, sft.path, pm.path)
+            trainer = PPOTrainer(ctx, roles, tokenizer, ckpt_root, RayMetrics(ctx.run_tag))
+            try:
+                if cfg.resume or info["restarts"]:
+                    restored = trainer.restore()
+                    print(f"{label}: resuming from {restored} (iteration {trainer.iteration})" if restored else
+                          f"{label}: no checkpoint under {ckpt_root} yet; starting at iteration 0", flush=True)
+                    info.setdefault("resumed_from", trainer.iteration)
+                info["final"] = trainer.train(cfg.algo.iterations)
+                info["path"] = trainer.path
+                if not info["final"]:
+                    raise RuntimeError(f"{label}: no metrics for the last iteration: {trainer.ckpt_root} holds a "
+                                       "checkpoint of a finished run written before last_metrics were kept; "
+                                       "delete it and rerun")
+                info["train_seconds"] = time.time() - started
+                return commit(ctx.cache, method, key, payload, roles.policy, info, "policy")
+            except ACTOR_LOST as err:
+                if len(info["restarts"]) >= cfg.ray.max_restarts:
+                    raise
+                cause = {"iteration": trainer.iteration, "error": f"{type(err).__name__}: "
+                         + (str(err).strip().splitlines() or [""])[0][:300]}
+                info["restarts"].append(cause)
+                print(f"{label}: an actor was lost at iteration {trainer.iteration} ({cause['error']}); restart "
+                      f"{len(info['restarts'])} of at most {cfg.ray.max_restarts}: new actors for every role, "
+                      "from the last checkpoint", flush=True)
+                ctx.tracker.log({f"{method}/restarts": float(len(info["restarts"]))})
+            finally:
+                roles.shutdown()
 
     return ctx.stage(method, key, "policy", build)
 
@@ -500,6 +515,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         **method_results(ctx, judged, wins, policies),
         "kl": {"final": final["ppo/kl"], "final_per_token": final["ppo/kl_per_token"]},
         m: {"iterations": cfg.algo.iterations, "final": final, "train_seconds": trained.info.get("train_seconds")},
+        "restarts": len(trained.info.get("restarts", [])),
+        **({"restart_causes": trained.info["restarts"]} if trained.info.get("restarts") else {}),
         "frontier": {m: point, f"{m}_training": trained.info.get("path", [])},
         "cost": ctx.costs.summary(),
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), m: str(trained.path),

@@ -21,7 +21,7 @@ from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
-from experiments.loop import total_steps, train_loop
+from experiments.loop import Checkpoints, total_steps, train_loop
 from experiments.replies import Job, generate, replies_key, save_replies
 from experiments.specs import model_spec, optim_config, strategy_spec
 
@@ -91,12 +91,14 @@ def sft_stage(ctx: RunContext) -> Artifact:
             if cfg.eval.evaluate_init:
                 info["init"], _ = evaluate_policy(ctx, group, prompts)
             started = time.time()
+            ckpts = Checkpoints.of(ctx, "sft", key, cfg.trainer)
             info["train"] = train_loop(group, "sft_step", examples, cfg.trainer, ctx.tracker, "sft", "tokens",
-                                       cfg.seed, batcher=bucketed_batches)
+                                       cfg.seed, batcher=bucketed_batches, checkpoints=ckpts)
             info["train_seconds"] = time.time() - started
             info["eval"], replies = evaluate_policy(ctx, group, prompts)
             info["sources"] = source_reference(ctx.world, prompts, cfg.seed) if info["eval"]["gold"] is not None else []
             art = commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
+            ckpts.clear()
             # the replies join the evaluation-reply cache once the model they belong to is stored,
             # so later head-to-heads of this checkpoint reuse them instead of sampling again
             save_replies(ctx, replies_key(ctx, art.path, Job(prompts)), "eval", art.path, replies)

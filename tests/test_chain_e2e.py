@@ -193,3 +193,38 @@ def test_a_nan_in_ppo_stops_the_run_at_its_iteration_and_commits_nothing(ray_add
     assert out.returncode != 0
     assert re.search(r"NonFiniteError: ppo: step [1-3]: \S+ = (nan|inf|-inf)", out.stderr), out.stderr[-3000:]
     assert sorted(p.name for p in (root / "cache" / "ppo").iterdir()) == before  # nothing committed
+
+
+def test_ppo_survives_an_actor_killed_in_the_middle(ray_address, sweep):
+    """SIGKILL the critic's process halfway through a PPO run: the driver starts the roles afresh
+    from the last checkpoint and finishes by itself, with ``restarts: 1`` in ``results.json``."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.faults import kill_role, latest_iteration
+    from tests.lab import ROOT
+
+    root, _ = sweep
+    run = root / "killed"
+    cmd = [sys.executable, "run.py", "+experiment=ppo", f"ray.address={ray_address}", f"cache_dir={root / 'cache'}",
+           f"hydra.run.dir={run}", "seed=0", *SMALL, "algo.iterations=12", "algo.checkpoint_every=2"]
+    out, err = root / "killed.out", root / "killed.err"  # files, not pipes: nothing reads them while it runs
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=o, stderr=e, text=True,
+                                env=dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT)))
+        deadline = time.time() + 600
+        while latest_iteration(run) < 3:  # a checkpoint (iteration 2) is written; kill in the iterations after it
+            assert proc.poll() is None and time.time() < deadline, err.read_text()[-3000:]
+            time.sleep(0.2)  # polling the run's own log for its progress
+        kill_role("ppo-", "critic")
+        proc.wait(timeout=900)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert proc.returncode == 0, stderr[-4000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["restarts"] == 1 and results["ppo"]["final"]["ppo/iteration"] == 12
+    cause = results["restart_causes"][0]
+    assert cause["iteration"] >= 3 and "Actor" in cause["error"]
+    assert "PPO: an actor was lost at iteration" in stdout and "restart 1 of at most 2" in stdout
+    assert "PPO: resuming from" in stdout
