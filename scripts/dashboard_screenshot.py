@@ -32,6 +32,7 @@ RUN = ["+experiment=ppo", "data.n_train=240", "trainer.batch_size=8", "pm.n_prom
 
 
 def live_roles(url: str, token: str) -> set[str]:
+    """The PPO roles whose rank-0 actor the dashboard's HTTP API lists as alive (``token``: ``ray get-auth-token``)."""
     request = urllib.request.Request(f"{url}/api/v0/actors?limit=1000", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=10) as r:
         actors = json.loads(r.read())["data"]["result"]["result"]
@@ -83,11 +84,16 @@ def main() -> None:
             browser.close()
         print(f"wrote {args.out}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a run started in the background: SIGTERM, then SIGKILL after a minute."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 if __name__ == "__main__":

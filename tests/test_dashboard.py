@@ -4,7 +4,6 @@ the token from ``ray get-auth-token``, and the lab's gauges on Ray's metrics end
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
@@ -18,11 +17,11 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from scripts.dashboard_screenshot import ROLES, live_roles, stop
 from tests.lab import ROOT
 
 SMALL = ["data.n_train=240", "trainer.batch_size=8", "pm.n_prompts=16", "pm.n_val_prompts=6", "eval.n_prompts=8",
          "eval.max_new_tokens=16", "logger.wandb=false", "ray.num_cpus=2"]
-ROLES = ("policy", "critic", "reference", "preference")
 
 
 def _get(url: str, token: str | None) -> tuple[int, str]:
@@ -76,14 +75,10 @@ def test_dashboard_lists_the_ppo_roles_and_metrics_carry_the_lab_gauges(tmp_path
         status, body = _get(f"{dashboard[1]}/api/v0/actors?limit=1000", None)
         assert status == 401 and "token" in body.lower()
 
-        def live_roles() -> set[str]:
-            status, body = _get(f"{dashboard[1]}/api/v0/actors?limit=1000", token)
-            assert status == 200, body[:300]
-            actors = json.loads(body)["data"]["result"]["result"]
-            names = {a.get("name") or "" for a in actors if a.get("state") == "ALIVE"}
-            return {role for role in ROLES if any(re.search(rf"/{role}-0$", n) for n in names)}
+        def roles() -> set[str]:
+            return live_roles(dashboard[1], token)
 
-        assert _until(lambda: live_roles() == set(ROLES), proc, "the four PPO roles", lines) is True
+        assert _until(lambda: roles() == set(ROLES), proc, "the four PPO roles", lines) is True
 
         def gauge() -> str | None:
             status, body = _get(metrics[1], None)
@@ -92,8 +87,4 @@ def test_dashboard_lists_the_ppo_roles_and_metrics_carry_the_lab_gauges(tmp_path
         line = _until(gauge, proc, "lab_ppo_reward on the metrics endpoint", lines)
         assert 'run="ppo-' in line and math.isfinite(float(line.rsplit(" ", 1)[1]))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
