@@ -7,6 +7,7 @@ CPU through its ``cpu`` accelerator (``DS_ACCELERATOR=cpu``) with a gloo process
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -190,10 +191,17 @@ class TrainingEngine:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def precision(self) -> contextlib.AbstractContextManager:
+        """The numerics of ``forward``, for passes that call ``module`` directly (sampling): bf16
+        autocast on the torch path with ``bf16``; DeepSpeed keeps bf16 weights, so nothing there."""
+        if self._ds is not None or not self.spec.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._ds is not None:
             return self._ds(*args, **kwargs)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.spec.bf16):
+        with self.precision():
             return self._wrapped(*args, **kwargs)
 
     __call__ = forward

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -120,19 +120,35 @@ class PolicyActor(TrainableActor):
                 "pairs": float(n), "sequences": float(len(rows)), **step}
 
     def generate(self, prompts: list[str], sampling: SamplingSpec, batch_size: int, seed: int) -> list[str]:
-        replies, n_tokens = generate_replies(self.engine.module, self.tokenizer, prompts, sampling, batch_size,
-                                             seed + self.rank)
+        with self.engine.precision():  # the numerics the engine trains with
+            replies, n_tokens = generate_replies(self.engine.module, self.tokenizer, prompts, sampling, batch_size,
+                                                 seed + self.rank)
         self.tokens_generated += n_tokens
         return replies
 
     def rollout(self, prompts: list[list[int]], spec: RolloutSpec, seed: int) -> tuple[Rollout, list[str]]:
         """Sample a response to each prompt (token ids); returns the rollout and the reply texts."""
         tok = self.tokenizer
-        responses, logprobs = sample_responses(self.engine.module, prompts, spec, tok.pad_token_id,
-                                               tok.eos_token_id, seed + self.rank)
+        with self.engine.precision():  # the numerics the engine trains with
+            responses, logprobs = sample_responses(self.engine.module, prompts, spec, tok.pad_token_id,
+                                                   tok.eos_token_id, seed + self.rank)
         texts = [reply_text(t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
         self.tokens_generated += sum(len(r) for r in responses)
-        return pack(prompts, responses, logprobs, tok.pad_token_id), texts
+        rollout = pack(prompts, responses, logprobs, tok.pad_token_id)
+        if self.engine.spec.bf16:
+            # in bf16, sampling (one token at a time, KV cache) and the update's forward pass round
+            # differently: take the old log-probs from the engine's own forward pass, as OpenRLHF and
+            # verl do, so the first ratio of an update is 1 and the KL to an identical reference 0
+            rollout = replace(rollout, logprobs=self.old_logprobs(rollout, spec.temperature))
+        return rollout, texts
+
+    @torch.no_grad()
+    def old_logprobs(self, rollout: Rollout, temperature: float) -> torch.Tensor:
+        """``[B, R]`` log-probs of the rollout's response tokens by the engine's forward pass (what
+        the update computes), zero on padding."""
+        ro = rollout.to(self.device)
+        logits = response_logits(self.engine, ro)
+        return (token_logprobs(logits, response_tokens(ro), temperature) * ro.response_mask).cpu()
 
     def ppo_update(self, rollout: Rollout, advantages: torch.Tensor, ptx: list[Encoded] | None,
                    spec: PolicyUpdateSpec, ref_logprobs: torch.Tensor | None = None) -> dict[str, float]:

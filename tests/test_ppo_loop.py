@@ -360,3 +360,25 @@ def test_ptx_loss_is_averaged_over_the_steps_that_had_examples(tmp_path, checkpo
     with pytest.raises(ValueError):  # generate rejects a negative temperature
         generate_replies(model, tok, ["<|Human|>: hi<eoh>\n<|MOSS|>:"], SamplingSpec(temperature=-1.0), seed=0)
     assert model.training
+
+
+def test_bf16_rollouts_carry_the_engines_own_log_probs(checkpoints, world):
+    """With bf16 the sampler (one token at a time, KV cache) and the update's forward pass round
+    differently; the rollout's old log-probs are the engine's, so the first ratio is exactly 1."""
+    from actors.engine import OptimConfig, StrategySpec
+    from actors.policy import ModelSpec, PolicyActor
+    from alignment.generation import RolloutSpec
+    from alignment.losses.logprobs import token_logprobs
+    from alignment.rollout import response_logits, response_tokens
+    from alignment.sequences import prompt_ids
+
+    sft, _ = checkpoints
+    tok = _tokenizer(sft)
+    prompts = [prompt_ids(tok, p.conversation()) for p in world.prompts("train", 6)]
+    actor = PolicyActor(0, 1, torch.get_num_threads())
+    actor.init_model(ModelSpec(tokenizer_path=str(sft), path=str(sft)), StrategySpec(bf16=True), OptimConfig(lr=0.0))
+    rollout, _ = actor.rollout(prompts, RolloutSpec(max_new_tokens=12), seed=0)
+    with torch.no_grad():
+        recomputed = token_logprobs(response_logits(actor.engine, rollout), response_tokens(rollout), 1.0)
+    mask = rollout.response_mask.bool()
+    assert mask.any() and torch.equal(rollout.logprobs[mask], recomputed[mask])
