@@ -49,7 +49,7 @@ def main(cfg: DictConfig) -> None:
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         importing = pool.submit(load_drivers)
-        if lab.stage != "report":  # the report reads finished runs; it needs no cluster
+        if lab.stage not in ("report", "chat"):  # the report reads finished runs, chat runs here: no cluster
             init_ray(**cluster_args(lab.ray))
         DRIVERS = importing.result()
 

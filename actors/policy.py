@@ -9,7 +9,7 @@ import torch
 
 from actors.base import TrainableActor
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
-from alignment.chat_format import reply_text
+from alignment.chat_format import Conversation, reply_text
 from alignment.data.batching import collate, shard
 from alignment.generation import RolloutSpec, SamplingSpec, generate_replies, sample_responses
 from alignment.loss_mask import Encoded
@@ -23,6 +23,7 @@ from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tin
 from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack, response_logits, response_tokens
+from alignment.tool_use import generate_with_tools
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,16 @@ class PolicyActor(TrainableActor):
                                                  seed + self.rank)
         self.tokens_generated += n_tokens
         return replies
+
+    def generate_tools(self, contexts: list[Conversation], sampling: SamplingSpec, batch_size: int, seed: int,
+                       quality: int | None = None, max_calls: int = 8) -> list[str]:
+        """``generate`` with MOSS's tools: two passes per reply, the enabled tools run in between
+        (``alignment.tool_use``)."""
+        with self.engine.precision():
+            replies, n_tokens = generate_with_tools(self.engine.module, self.tokenizer, contexts, sampling, quality,
+                                                    max_calls, batch_size, seed + self.rank)
+        self.tokens_generated += n_tokens
+        return [r.reply for r in replies]
 
     def rollout(self, prompts: list[list[int]], spec: RolloutSpec, seed: int) -> tuple[Rollout, list[str]]:
         """Sample a response to each prompt (token ids); returns the rollout and the reply texts."""

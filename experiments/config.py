@@ -344,6 +344,25 @@ class BoNConfig:
 
 
 @dataclass
+class ToolsConfig:
+    """MOSS's tools (§8): multi-pass inference wherever the lab generates replies (evaluation, PAT's
+    and the preference model's sampling, the chat command) for prompts whose meta-instruction
+    switches tools on; each Commands field runs at most ``max_calls`` calls."""
+
+    enabled: bool = if_set(False)
+    max_calls: int = if_set(8)
+
+
+@dataclass
+class ChatConfig:
+    """``+experiment=chat``: talk to a checkpoint in the terminal."""
+
+    model_path: Optional[str] = None  # a trained policy's directory (e.g. results.json's artifacts.pat)
+    quality: Optional[int] = None  # PAT's tag at inference (e.g. 100); None for SFT, PPO, DPO, ...
+    tools: List[str] = field(default_factory=list)  # call names switched on: Calculate, Solve, Search
+
+
+@dataclass
 class LabConfig:
     stage: str = MISSING  # set by an experiment preset: +experiment=sft
     seed: int = 0
@@ -365,6 +384,8 @@ class LabConfig:
     judges: JudgesConfig = field(default_factory=JudgesConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     bon: BoNConfig = field(default_factory=BoNConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
     extra: Dict[str, Any] = field(default_factory=dict)  # free-form notes, logged with the run
 
 
@@ -401,6 +422,7 @@ STRATEGIES = ("torch", "deepspeed")
 PRECISIONS = ("auto", "fp32", "bf16")
 CRITIC_INITS = ("pm", "sft")
 RL_STAGES = ("ppo", "grpo", "rloo")  # the stages that run the PPO loop
+TOOL_CALLS = ("Calculate", "Solve", "Search")  # MOSS's tools the lab runs (alignment/tools); no Text2Image
 
 
 def eval_judges(lab: LabConfig) -> list[str]:
@@ -554,6 +576,12 @@ def validate(lab: LabConfig) -> None:
     if lab.strategy.name == "torch" and (lab.strategy.zero_stage or lab.strategy.offload):
         raise ValueError("strategy.zero_stage and strategy.offload are DeepSpeed's: set strategy.name=deepspeed")
     validate_resources(lab)
+    if lab.tools.max_calls < 1:
+        raise ValueError(f"tools.max_calls must be at least 1, got {lab.tools.max_calls}")
+    for name in lab.chat.tools:
+        _choice("chat.tools", name, TOOL_CALLS)
+    if lab.chat.quality is not None and not 0 <= lab.chat.quality <= 100:
+        raise ValueError(f"chat.quality: {lab.chat.quality}; a quality tag from 0 to 100, or null")
     for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer),
                    ("dpo.trainer", lab.dpo.trainer)):
         for name in ("epochs", "batch_size", "log_every", "num_threads"):

@@ -43,6 +43,12 @@ def preflight(lab: LabConfig, cache_root: Path) -> None:
     """Validate the run's inputs; raises ValueError naming the key and the problem."""
     if lab.stage == "report":
         return
+    if lab.stage == "chat":
+        if not lab.chat.model_path:
+            raise ValueError("chat.model_path: required, a trained policy's directory (e.g. results.json's "
+                             "artifacts.pat)")
+        check_model_dir("chat.model_path", lab.chat.model_path)
+        return
     if lab.model.name == "pretrained":
         check_model_dir("model.path", lab.model.path)
     elif lab.model.name != "tiny":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from experiments import bon, compare, dpo, pat, pm, ppo, sft, sweep_report
+from experiments import bon, chat, compare, dpo, pat, pm, ppo, sft, sweep_report
 
 DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
     "sft": sft.run,
@@ -18,4 +18,5 @@ DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
     "bon": bon.run,
     "dpo": dpo.run,
     "report": sweep_report.run,
+    "chat": chat.run,
 }

@@ -15,6 +15,7 @@ from actors.group import RoleGroup
 from alignment.atomic import write_json
 from alignment.chat_format import generation_prompt
 from alignment.data.formats import FilePrompt
+from alignment.tools import enabled_tools
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
@@ -37,6 +38,7 @@ def sampling_key(cfg: LabConfig) -> dict[str, Any]:
     sampling = as_key(cfg.eval)
     sampling.pop("n_prompts")  # the prompt digest already says which prompts
     sampling.pop("evaluate_init")
+    sampling |= {f"tools_{k}": v for k, v in as_key(cfg.tools).items()}  # replies with tools differ
     return sampling
 
 
@@ -61,7 +63,14 @@ def save_replies(ctx: RunContext, key: str, name: str, model_path: Path, replies
 
 def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | list[FilePrompt],
              quality: int | None = None) -> list[str]:
-    """The group's replies to ``prompts`` with the run's fixed sampling settings (sharded over ranks)."""
+    """The group's replies to ``prompts`` with the run's fixed sampling settings (sharded over ranks);
+    with ``tools.enabled``, prompts whose meta-instruction switches tools on go through the two passes
+    of tool use (``PolicyActor.generate_tools``)."""
+    cfg = ctx.cfg
+    if cfg.tools.enabled and any(enabled_tools(p.conversation().meta_instruction) for p in prompts):
+        return group.map_sharded("generate_tools", [p.conversation() for p in prompts], sampling=sampling_spec(cfg),
+                                 batch_size=cfg.eval.batch_size, seed=cfg.seed, quality=quality,
+                                 max_calls=cfg.tools.max_calls)
     texts = [generation_prompt(p.conversation(), quality) for p in prompts]
     return group.map_sharded("generate", texts, sampling=sampling_spec(ctx.cfg),
                              batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
