@@ -1,10 +1,11 @@
 """Multi-pass inference with MOSS's tools (MOSS §8, SPEC "plugin inference takes two passes").
 
 Pass 1 generates the model-written plugin fields, from ``<|Inner Thoughts|>:`` until ``<eoc>``
-(or ``<eom>``, when the model answers straight away). At ``<eoc>`` the program parses the
+(or ``<|MOSS|>``, when the model goes straight to its reply). At ``<eoc>`` the program parses the
 Commands field, runs its calls in the sandbox (:func:`alignment.tools.run_commands`, only the
 tools the meta-instruction enables, at most ``max_calls`` calls), and appends
-``<|Results|>: … <eor>`` and ``<|MOSS|>:``. Pass 2 continues the same reply until ``<eom>``.
+``<|Results|>: … <eor>`` and ``<|MOSS|>:`` (with PAT's tag, when given); at ``<|MOSS|>`` it adds
+the ``:`` and the tag. Pass 2 continues the same reply until ``<eom>``.
 
 Batched: every prompt of a batch runs pass 1 together; the rows that stopped for a tool then run
 pass 2 together while the others are done. A tool's error is its Results text (``No result.``),
@@ -81,7 +82,7 @@ def _cut(text: str, pad: str | None) -> str:
     """A generated row up to and including its first stop token, without padding."""
     if pad:
         text = text.replace(pad, "")
-    ends = [i + len(t) for t in (EOC, EOM) if (i := text.find(t)) >= 0]
+    ends = [i + len(t) for t in (EOC, MOSS, EOM) if (i := text.find(t)) >= 0]
     return text[: min(ends)] if ends else text
 
 
@@ -92,7 +93,7 @@ def generate_with_tools(model, tokenizer, contexts: Sequence[Conversation], spec
     """A reply to each conversation's last human turn through the two passes, with the tools its
     meta-instruction enables; ``quality`` tags the MOSS reply (PAT). Returns the replies and the
     tokens generated in both passes."""
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (EOC, EOM)}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (EOC, EOM, MOSS)}
     torch.manual_seed(seed)
     out: list[ToolReply] = []
     n_tokens = 0
@@ -100,12 +101,16 @@ def generate_with_tools(model, tokenizer, contexts: Sequence[Conversation], spec
         for start in range(0, len(contexts), batch_size):
             chunk = list(contexts[start:start + batch_size])
             heads = [tool_prompt(c) for c in chunk]
-            first, n = _generate(model, tokenizer, heads, spec, [ids[EOC], ids[EOM]])
+            first, n = _generate(model, tokenizer, heads, spec, [ids[EOC], ids[MOSS], ids[EOM]])
             n_tokens += n
             tag = f" {quality_tag(quality)}" if quality is not None else ""
             again, results = [], [None] * len(chunk)
             for i, (conv, text) in enumerate(zip(chunk, first)):
-                if text.endswith(EOM):
+                if text.endswith(EOM):  # a reply without its <|MOSS|> field: take it as it is
+                    continue
+                if text.endswith(MOSS):  # straight to the reply: the program writes ':' and the tag
+                    first[i] = f"{text}:{tag}"
+                    again.append(i)
                     continue
                 commands = commands_of(text)
                 if commands not in (None, "", "None") and text.endswith(EOC):

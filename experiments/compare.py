@@ -51,11 +51,14 @@ def train_all(ctx: RunContext, sft: Artifact, pm: Artifact, methods: list[str]) 
     workers = min(c.max_parallel, len(methods)) if c.concurrent else 1
     if c.concurrent and workers > 1 and {"pat", "ppo"} <= set(methods):
         ctx.nice["pat"] = c.pat_nice
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         futures: dict[str, Future] = {m: pool.submit(STAGES[m], ctx.for_method(m), sft, pm) for m in methods}
         if workers > 1 and set(methods) == {"pat", "ppo"} and c.pat_threads_after_ppo > 0:
             futures["ppo"].add_done_callback(lambda _: ctx.widen("pat", c.pat_threads_after_ppo))
         return {m: f.result() for m, f in futures.items()}
+    finally:  # on a method's failure the queued ones never start (the running ones end first)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def frontiers(ctx: RunContext, made: dict[str, Any], sft: Artifact, pm: Artifact) -> dict[str, Any]:

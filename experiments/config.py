@@ -556,8 +556,12 @@ def validate_resources(lab: LabConfig) -> None:
         if res.num_actors < 1 or res.num_cpus < 0 or res.num_gpus < 0:
             raise ValueError(f"ray.{role}: num_actors must be at least 1 and num_cpus, num_gpus >= 0, got "
                              f"{res.num_actors}, {res.num_cpus}, {res.num_gpus}")
-    if r.colocate:
-        sizes = {role: getattr(r, role).num_actors for role in ("policy", "critic", "reference", "preference")}
+    if r.colocate and lab.stage in (*RL_STAGES, "compare"):
+        from alignment.losses.gae import needs_values
+
+        roles = ("policy", "critic", "reference", "preference") if needs_values(lab.algo.advantage) else \
+            ("policy", "reference", "preference")
+        sizes = {role: getattr(r, role).num_actors for role in roles}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"ray.colocate puts rank i of every role on one bundle: the roles need the same "
                              f"num_actors, got {sizes}")
@@ -587,6 +591,8 @@ def validate(lab: LabConfig) -> None:
         for name in ("epochs", "batch_size", "log_every", "num_threads"):
             if getattr(t, name) < 1:
                 raise ValueError(f"{key}.{name} must be at least 1, got {getattr(t, name)}")
+        if t.checkpoint_every < 0:
+            raise ValueError(f"{key}.checkpoint_every must be >= 0 (0: never), got {t.checkpoint_every}")
         if t.max_steps == 0 or t.max_steps < -1:
             raise ValueError(f"{key}.max_steps: {t.max_steps}; at least 1, or -1 for no cap")
     w = lab.data.world

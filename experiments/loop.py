@@ -132,6 +132,11 @@ def train_loop(
     rng = random.Random(seed)
     step, last, first_epoch, skip = 0, {}, 0, 0
     latest = checkpoints.latest() if checkpoints is not None else None
+    if latest is not None and json.loads((latest / STATE).read_text()).get("items") != len(items):
+        print(f"{name.upper()}: {latest} was made on other data ({len(items)} items now); starting afresh",
+              flush=True)
+        checkpoints.clear()
+        latest = None
     if latest is not None:
         state = json.loads((latest / STATE).read_text())
         group.call("load_checkpoint", str(latest / "model"))
@@ -170,7 +175,7 @@ def train_loop(
                     flush()
                 if checkpoints is not None and checkpoints.every and step % checkpoints.every == 0:
                     checkpoints.save(group, {"step": step, "epoch": epoch_index, "dealt": dealt, "rng": at_start,
-                                             "last": last})
+                                             "last": last, "items": len(items)})
             skip = 0
     if window_weight:  # the steps since the last log
         flush()

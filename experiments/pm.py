@@ -39,7 +39,8 @@ def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:
     payload = {"pm": pm, "world": as_key(cfg.data.world), "strategy": as_key(cfg.strategy),
                "seed": cfg.seed, "sft": str(sft.path)}
     if cfg.pm.sft_samples:
-        payload["sampling"] = as_key(cfg.eval)  # the SFT samples' settings
+        # the SFT samples' settings (with tools when they are on: the samples then differ)
+        payload["sampling"] = as_key(cfg.eval) | {f"tools_{k}": v for k, v in as_key(cfg.tools).items()}
     if pm_feedback(cfg) == "judge":  # the labelled pairs' own key: prompts, candidates, sampling and judge
         payload["feedback"] = feedback_payload(ctx, sft, feedback_contexts(ctx))
     return payload

@@ -66,7 +66,7 @@ from experiments.cache import Artifact, commit
 from experiments.config import PPOConfig, RayConfig, as_key, validate_rl
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
-from experiments.loop import NonFiniteError, check_finite, rank_mean
+from experiments.loop import check_finite, rank_mean
 from experiments.pat import pat_key
 from experiments.pm import pm_stage
 from experiments.report import print_win_rates
@@ -103,13 +103,19 @@ class Roles:
     pg: Any = field(default=None, repr=False)
 
     def shutdown(self) -> None:
+        """Every group, then the shared placement group, even when one of them fails to shut down (it
+        is reported, not raised: this runs in ``finally`` blocks, where it would hide the cause)."""
         for g in (self.policy, self.critic, self.reference, self.preference):
             if g is not None:
-                g.shutdown()
+                try:
+                    g.shutdown()
+                except Exception as err:  # noqa: BLE001
+                    print(f"warning: shutting down {g.role} failed: {type(err).__name__}: {err}", flush=True)
         if self.pg is not None:
             from ray.util.placement_group import remove_placement_group
 
             remove_placement_group(self.pg)
+            self.pg = None
 
 
 def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Roles:
@@ -154,8 +160,12 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
             "init_model", None, path=str(pm), drop_last_layer=False,
             strategy=strategy_spec(cfg, r.preference.num_gpus > 0))),
     ]
-    for g, refs in inits:
-        g.wait(refs)
+    try:
+        for g, refs in inits:
+            g.wait(refs)
+    except BaseException:  # a role that failed to load (a lost actor): let no group outlive the attempt
+        roles.shutdown()
+        raise
     return roles
 
 
@@ -338,36 +348,35 @@ class PPOTrainer:
         return pending.metrics | rank_mean(self.roles.critic.wait(pending.critic_refs), "tokens")
 
     def finished(self, pending: PendingIteration) -> dict[str, float]:
-        """``finish``, with the critic's statistics checked for NaN and infinity."""
+        """``finish``, the critic's statistics checked for NaN and infinity; the iteration becomes the
+        newest finished one (``last_metrics``, a point of the training ``path``)."""
         metrics = self.finish(pending)
-        iteration = int(metrics["ppo/iteration"])
-        try:
-            check_finite(metrics, method_name(self.ctx.cfg), iteration)
-        except NonFiniteError:  # the checkpoint saved after that iteration's launch holds the bad critic
-            if self.ckpt_root is not None:
-                shutil.rmtree(self.ckpt_root / f"iter_{iteration:06d}", ignore_errors=True)
-            raise
+        check_finite(metrics, method_name(self.ctx.cfg), int(metrics["ppo/iteration"]))
+        self.last_metrics = metrics
+        self.path.append({"step": int(metrics["ppo/iteration"]), "kl": metrics["ppo/kl"], "pm": metrics["ppo/reward"],
+                          **({"gold": metrics["ppo/gold"]} if "ppo/gold" in metrics else {})})
         return metrics
 
     def iterate(self, until: int) -> Iterator[dict[str, float]]:
         """Run iterations up to ``until``, each one's rollout overlapping the previous one's critic
         update, checkpointing every ``checkpoint_every`` (when there is a ``ckpt_root``); yields each
-        iteration's metrics (one iteration late) in order."""
+        iteration's metrics (one iteration late) in order. Every statistic is checked for NaN and
+        infinity before anything is saved: a checkpoint holds finished, checked iterations only."""
         pending, every = None, self.a.checkpoint_every
         saving = self.ckpt_root is not None and every > 0
         while self.iteration < until:
             launched = self.launch()
-            check_finite(launched.metrics, method_name(self.ctx.cfg), self.iteration)  # before it is saved
-            if saving and self.iteration % every == 0 and self.iteration < until:
-                self.save_checkpoint()  # the critic saves once its update is done: calls run in order
-            if pending is not None:
+            if pending is not None:  # the previous iteration's critic first: a NaN there names the critic
                 yield self.finished(pending)
+            check_finite(launched.metrics, method_name(self.ctx.cfg), self.iteration)
             pending = launched
+            if saving and (self.iteration % every == 0 or self.iteration == until):
+                # the critic's update of this iteration must end before it saves anyway: finish it here
+                yield self.finished(pending)
+                pending = None
+                self.save_checkpoint()  # the last one holds its metrics: resuming a finished run returns them
         if pending is not None:
-            self.last_metrics = self.finished(pending)
-            if saving:  # the last one holds its metrics: resuming a finished run returns them
-                self.save_checkpoint()
-            yield self.last_metrics
+            yield self.finished(pending)
 
     # --- checkpoints ------------------------------------------------------------------------------
 
@@ -409,8 +418,6 @@ class PPOTrainer:
                   dynamic_ncols=True) as bar:
             for last in self.iterate(until):
                 tracker.log(last, step=int(last["ppo/iteration"]))
-                self.path.append({"step": int(last["ppo/iteration"]), "kl": last["ppo/kl"], "pm": last["ppo/reward"],
-                                  **({"gold": last["ppo/gold"]} if "ppo/gold" in last else {})})
                 if self.exporter is not None:
                     self.exporter.export(last)
                 bar.update(1)
@@ -451,37 +458,42 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
         if not cfg.resume and ckpt_root.exists():
             shutil.rmtree(ckpt_root)  # a fresh run does not inherit an interrupted one's checkpoints
         tokenizer = load_tokenizer(str(sft.path))
-        info: dict[str, Any] = {"restarts": []}
-        started = time.time()
+        info: dict[str, Any] = {"restarts": [], "train_seconds": 0.0}
         while True:  # once, or again after an actor's death (at most ray.max_restarts times)
-            roles = start_roles(ctx, sft.path, pm.path)
-            trainer = PPOTrainer(ctx, roles, tokenizer, ckpt_root, RayMetrics(ctx.run_tag))
+            roles, trainer = None, None
             try:
+                roles = start_roles(ctx, sft.path, pm.path)
+                trainer = PPOTrainer(ctx, roles, tokenizer, ckpt_root, RayMetrics(ctx.run_tag))
                 if cfg.resume or info["restarts"]:
                     restored = trainer.restore()
                     print(f"{label}: resuming from {restored} (iteration {trainer.iteration})" if restored else
                           f"{label}: no checkpoint under {ckpt_root} yet; starting at iteration 0", flush=True)
                     info.setdefault("resumed_from", trainer.iteration)
-                info["final"] = trainer.train(cfg.algo.iterations)
+                started = time.time()
+                try:
+                    info["final"] = trainer.train(cfg.algo.iterations)
+                finally:
+                    info["train_seconds"] += time.time() - started
                 info["path"] = trainer.path
                 if not info["final"]:
                     raise RuntimeError(f"{label}: no metrics for the last iteration: {trainer.ckpt_root} holds a "
                                        "checkpoint of a finished run written before last_metrics were kept; "
                                        "delete it and rerun")
-                info["train_seconds"] = time.time() - started
                 return commit(ctx.cache, method, key, payload, roles.policy, info, "policy")
             except ACTOR_LOST as err:
                 if len(info["restarts"]) >= cfg.ray.max_restarts:
                     raise
-                cause = {"iteration": trainer.iteration, "error": f"{type(err).__name__}: "
+                at = trainer.iteration if trainer is not None else None
+                cause = {"iteration": at, "error": f"{type(err).__name__}: "
                          + (str(err).strip().splitlines() or [""])[0][:300]}
                 info["restarts"].append(cause)
-                print(f"{label}: an actor was lost at iteration {trainer.iteration} ({cause['error']}); restart "
+                print(f"{label}: an actor was lost at iteration {at} ({cause['error']}); restart "
                       f"{len(info['restarts'])} of at most {cfg.ray.max_restarts}: new actors for every role, "
                       "from the last checkpoint", flush=True)
                 ctx.tracker.log({f"{method}/restarts": float(len(info["restarts"]))})
             finally:
-                roles.shutdown()
+                if roles is not None:
+                    roles.shutdown()
 
     return ctx.stage(method, key, "policy", build)
 

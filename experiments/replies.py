@@ -67,10 +67,19 @@ def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | lis
     with ``tools.enabled``, prompts whose meta-instruction switches tools on go through the two passes
     of tool use (``PolicyActor.generate_tools``)."""
     cfg = ctx.cfg
-    if cfg.tools.enabled and any(enabled_tools(p.conversation().meta_instruction) for p in prompts):
-        return group.map_sharded("generate_tools", [p.conversation() for p in prompts], sampling=sampling_spec(cfg),
-                                 batch_size=cfg.eval.batch_size, seed=cfg.seed, quality=quality,
-                                 max_calls=cfg.tools.max_calls)
-    texts = [generation_prompt(p.conversation(), quality) for p in prompts]
-    return group.map_sharded("generate", texts, sampling=sampling_spec(ctx.cfg),
-                             batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.seed)
+    convs = [p.conversation() for p in prompts]
+    with_tools = [bool(cfg.tools.enabled and enabled_tools(c.meta_instruction)) for c in convs]
+    out: list[str | None] = [None] * len(prompts)
+    if any(with_tools):
+        tooled = [i for i, t in enumerate(with_tools) if t]
+        for i, reply in zip(tooled, group.map_sharded(
+                "generate_tools", [convs[i] for i in tooled], sampling=sampling_spec(cfg),
+                batch_size=cfg.eval.batch_size, seed=cfg.seed, quality=quality, max_calls=cfg.tools.max_calls)):
+            out[i] = reply
+    plain = [i for i, t in enumerate(with_tools) if not t]
+    if plain:
+        texts = [generation_prompt(convs[i], quality) for i in plain]
+        for i, reply in zip(plain, group.map_sharded("generate", texts, sampling=sampling_spec(cfg),
+                                                     batch_size=cfg.eval.batch_size, seed=cfg.seed)):
+            out[i] = reply
+    return out

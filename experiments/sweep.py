@@ -274,7 +274,7 @@ def training_path(runs: list[Run], method: str) -> list[dict[str, float]]:
     by_step: dict[int, list[dict[str, float]]] = defaultdict(list)
     for r in runs:
         path = r.results.get("frontier", {}).get(f"{method}_training")
-        if path is None and r.stage == method:
+        if path is None and (r.stage == method or (r.stage == "compare" and method == "ppo")):  # older runs
             path = [{"step": row["step"], "kl": row["ppo/kl"], "gold": row["ppo/gold"],
                      "pm": row.get("ppo/reward", float("nan"))}
                     for row in r.metrics if "ppo/kl" in row and "ppo/gold" in row and "step" in row]

@@ -16,6 +16,7 @@ SCRIPT = {  # what the stand-in writes after a prompt that ends with the key
     "sum?<eoh>\n<|Inner Thoughts|>:": ' add them<eot>\n<|Commands|>: Calculate("2+3")<eoc>\n<|MOSS|>: never<eom>',
     "hello<eoh>\n<|Inner Thoughts|>:": " greet<eot>\n<|Commands|>: None<eoc>",
     "now<eoh>\n<|Inner Thoughts|>:": " quick<eot>\n<|MOSS|>: right away<eom>",
+    "quick<eot>\n<|MOSS|>:": " right away<eom>",
     '=> "5"<eor>\n<|MOSS|>:': " The sum is 5.<eom>",
     "<|Results|>: No result.<eor>\n<|MOSS|>:": " I could not compute it.<eom>",
     "<eoc>\n<|MOSS|>:": " Hello there!<eom>",
@@ -61,8 +62,9 @@ def test_two_passes_run_the_enabled_tools_and_continue_the_reply(tokenizer):
     assert replies[2].results is None and replies[3].results is None
     assert '<|Results|>: Calculate("2+3") => "5"<eor>\n<|MOSS|>: <quality: 100> The sum is 5.<eom>' in \
         replies[0].transcript
-    # pass 1 for every row; pass 2 only for the three that stopped before <eom>, in one batch
-    assert len(model.prompts) == 2 and len(model.prompts[1]) == 3
+    # pass 1 for every row, stopped at <eoc> or <|MOSS|>; pass 2 for all four, in one batch, under the tag
+    assert len(model.prompts) == 2 and len(model.prompts[1]) == 4
+    assert replies[3].transcript == " quick<eot>\n<|MOSS|>: <quality: 100> right away<eom>"
     assert all(p.endswith("<|Inner Thoughts|>:") for p in model.prompts[0])
     assert n_tokens > 0
 
