@@ -30,7 +30,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, include_da
         print("  it asks for a token: `ray get-auth-token` prints it (README, 'Watching a run')", flush=True)
     port = ctx.address_info.get("metrics_export_port")
     if port:
-        print(f"Ray metrics (Prometheus format, lab_* among them): http://{ctx.address_info['node_ip_address']}:"
+        print(f"Ray metrics (Prometheus format, the lab's as ray_lab_*): http://{ctx.address_info['node_ip_address']}:"
               f"{port}/metrics", flush=True)
     return url
 

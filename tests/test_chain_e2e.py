@@ -218,7 +218,7 @@ def test_ppo_survives_an_actor_killed_in_the_middle(ray_address, sweep):
         while latest_iteration(run) < 3:  # a checkpoint (iteration 2) is written; kill in the iterations after it
             assert proc.poll() is None and time.time() < deadline, err.read_text()[-3000:]
             time.sleep(0.2)  # polling the run's own log for its progress
-        kill_role("ppo-", "critic")
+        kill_role(ray_address, "ppo-", "critic")
         proc.wait(timeout=900)
     stdout, stderr = out.read_text(), err.read_text()
     assert proc.returncode == 0, stderr[-4000:]

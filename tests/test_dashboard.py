@@ -82,9 +82,10 @@ def test_dashboard_lists_the_ppo_roles_and_metrics_carry_the_lab_gauges(tmp_path
 
         def gauge() -> str | None:
             status, body = _get(metrics[1], None)
-            return next((line for line in body.splitlines() if line.startswith("lab_ppo_reward")), None)
+            # Ray prefixes application metrics with ray_
+            return next((line for line in body.splitlines() if line.startswith("ray_lab_ppo_reward{")), None)
 
-        line = _until(gauge, proc, "lab_ppo_reward on the metrics endpoint", lines)
+        line = _until(gauge, proc, "ray_lab_ppo_reward on the metrics endpoint", lines)
         assert 'run="ppo-' in line and math.isfinite(float(line.rsplit(" ", 1)[1]))
     finally:
         stop(proc)
