@@ -36,6 +36,10 @@ class RoleActor:
     def num_threads(self) -> int:
         return torch.get_num_threads()
 
+    def pid(self) -> int:
+        """This rank's process id (fault injection kills it: ``benchmarks/faults.py``)."""
+        return os.getpid()
+
     def usage(self) -> dict[str, float]:
         """What this process has cost since it started or since ``reset_usage``: CPU seconds, peak
         resident memory, peak GPU memory, tokens sampled, and the parameter updates of its current

@@ -43,17 +43,20 @@ def latest_iteration(run_dir: Path) -> int:
     return max((int(r["ppo/iteration"]) for r in rows if "ppo/iteration" in r), default=0)
 
 
-def kill_role(address: str, run_prefix: str, role: str) -> int:
-    """SIGKILL the live rank-0 actor of ``role`` whose name starts with ``run_prefix`` (a run's
-    actors are named ``<stage>-<id>/<role>-<rank>``) on the cluster at ``address``; returns its pid."""
-    from ray.util.state import list_actors
+def kill_role(run_prefix: str, role: str) -> int:
+    """SIGKILL the process of the live rank-0 actor of ``role`` whose name starts with ``run_prefix``
+    (a run's actors are named ``<stage>-<id>/<role>-<rank>``), on the cluster this process is
+    connected to (named actors come from the GCS: no dashboard needed); returns its pid."""
+    import ray
 
-    found = [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
-             if (a.name or "").startswith(run_prefix) and a.name.endswith(f"/{role}-0")]
+    found = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(run_prefix) and a["name"].endswith(f"/{role}-0")]
     if len(found) != 1:
-        raise RuntimeError(f"expected one live {role}-0 of {run_prefix}*, found {[a.name for a in found]}")
-    os.kill(found[0].pid, signal.SIGKILL)
-    return found[0].pid
+        raise RuntimeError(f"expected one live {role}-0 of {run_prefix}*, found {[a['name'] for a in found]}")
+    actor = ray.get_actor(found[0]["name"], namespace=found[0]["namespace"])
+    pid = ray.get(actor.pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 def digest(model_dir: Path) -> str:
@@ -76,7 +79,7 @@ def run_ppo(address: str, cache: Path, run_dir: Path, iterations: int, kill: tup
             while latest_iteration(run_dir) < kill[0] and proc.poll() is None:
                 time.sleep(0.2)  # polling the run's own log for its progress
             if proc.poll() is None:
-                kill_role(address, "ppo-", kill[1])
+                kill_role("ppo-", kill[1])
                 killed = {"iteration": latest_iteration(run_dir), "role": kill[1]}
         proc.wait()
     out: dict[str, Any] = {"returncode": proc.returncode, "killed": killed, "wall_s": time.time() - started}

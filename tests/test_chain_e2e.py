@@ -204,6 +204,7 @@ def test_ppo_survives_an_actor_killed_in_the_middle(ray_address, sweep):
     import time
 
     from benchmarks.faults import kill_role, latest_iteration
+    from scripts.dashboard_screenshot import stop
     from tests.lab import ROOT
 
     root, _ = sweep
@@ -214,12 +215,15 @@ def test_ppo_survives_an_actor_killed_in_the_middle(ray_address, sweep):
     with open(out, "w") as o, open(err, "w") as e:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=o, stderr=e, text=True,
                                 env=dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT)))
-        deadline = time.time() + 600
-        while latest_iteration(run) < 3:  # a checkpoint (iteration 2) is written; kill in the iterations after it
-            assert proc.poll() is None and time.time() < deadline, err.read_text()[-3000:]
-            time.sleep(0.2)  # polling the run's own log for its progress
-        kill_role(ray_address, "ppo-", "critic")
-        proc.wait(timeout=900)
+        try:
+            deadline = time.time() + 600
+            while latest_iteration(run) < 3:  # a checkpoint (iteration 2) is written; kill in the iterations after
+                assert proc.poll() is None and time.time() < deadline, err.read_text()[-3000:]
+                time.sleep(0.2)  # polling the run's own log for its progress
+            kill_role("ppo-", "critic")
+            proc.wait(timeout=900)
+        finally:  # never leave the run going (it would commit behind the next test's back)
+            stop(proc)
     stdout, stderr = out.read_text(), err.read_text()
     assert proc.returncode == 0, stderr[-4000:]
     results = json.loads((run / "results.json").read_text())
