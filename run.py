@@ -14,7 +14,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from experiments.config import cluster_args, register, validate
+from experiments.config import cluster_args, register
+from experiments.validation import validate
 
 register()
 

@@ -31,11 +31,11 @@ from alignment.rollout import Rollout, pack
 from alignment.sequences import prompt_ids, scored_sequences
 from alignment.winrate import length_controlled, outcomes, win_rate
 from alignment.world import WorldPrompt
-from experiments.config import eval_judges
 from experiments.context import RunContext
 from experiments.judging import llm_outcomes, rm_scores
 from experiments.replies import Job, generate, load_replies, replies_key, save_replies
 from experiments.specs import model_spec, strategy_spec
+from experiments.validation import eval_judges
 
 SCORES_FILE = "scores.json"
 Prompt = Union[WorldPrompt, FilePrompt]  # a held-out prompt: the world's, or a file's

@@ -18,7 +18,7 @@ from alignment.models.tokenizer import load_tokenizer
 from alignment.sequences import scored_sequences
 from alignment.world import AIFeedbackLabeller
 from experiments.cache import Artifact, commit
-from experiments.config import as_key, pm_feedback
+from experiments.config import as_key
 from experiments.context import RunContext
 from experiments.evaluate import generate_with
 from experiments.feedback import feedback_contexts, feedback_payload, judge_feedback
@@ -26,6 +26,7 @@ from experiments.loop import Checkpoints, total_steps, train_loop
 from experiments.replies import Job
 from experiments.sft import sft_stage
 from experiments.specs import optim_config, strategy_spec
+from experiments.validation import pm_feedback
 
 
 def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:

@@ -63,7 +63,7 @@ from alignment.rollout import Rollout
 from alignment.sequences import prompt_ids, scored_sequences
 from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
-from experiments.config import PPOConfig, RayConfig, as_key, validate_rl
+from experiments.config import PPOConfig, RayConfig, as_key
 from experiments.context import RunContext
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
 from experiments.loop import check_finite, rank_mean
@@ -73,6 +73,7 @@ from experiments.report import print_win_rates
 from experiments.sft import sft_examples, sft_stage
 from experiments.specs import model_spec, optim_config, strategy_spec
 from experiments.tracking import RayMetrics
+from experiments.validation import validate_rl
 
 STATE_FILE = "trainer_state.json"
 # what a lost actor raises in the driver: its death, or the loss of an object only it held
@@ -87,7 +88,7 @@ def method_name(cfg: Any) -> str:
 
 
 def check(a: PPOConfig, r: RayConfig) -> None:
-    """The loop's settings, checked again where the stage starts (``experiments.config.validate_rl``)."""
+    """The loop's settings, checked again where the stage starts (``experiments.validation.validate_rl``)."""
     validate_rl(a, r)
 
 

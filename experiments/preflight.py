@@ -2,7 +2,7 @@
 directory is looked at, and every judge the run will call is reached, so that a bad row, a
 missing path or an unreachable server fails in seconds, naming the key, before anything trains.
 
-``run.py`` calls ``preflight`` after the schema checks (``experiments.config.validate``). Heavy
+``run.py`` calls ``preflight`` after the schema checks (``experiments.validation.validate``). Heavy
 imports happen only for the options that need them: the built-in default reads nothing here.
 """
 
@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from experiments.config import LabConfig, judges_used, pm_feedback
+from experiments.config import LabConfig
+from experiments.validation import judges_used, pm_feedback
 
 # stages whose SFT stage answers the held-out prompts
 EVALUATING = ("sft", "pm", "pat", "ppo", "grpo", "rloo", "compare", "bon")

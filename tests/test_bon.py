@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from alignment.best_of_n import analytic_kl, best_index, best_of_n, pick_groups
-from experiments.config import register, validate
+from experiments.config import register
+from experiments.validation import validate
 from tests.lab import run_lab
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")

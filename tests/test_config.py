@@ -108,7 +108,7 @@ def test_compare_and_report_presets_compose(preset):
     ("pat.rule=fixed", "pat.thresholds"),
 ])
 def test_settings_no_stage_can_run_with_fail_before_anything_starts(override, key):
-    from experiments.config import validate
+    from experiments.validation import validate
 
     validate(OmegaConf.to_object(_compose(["+experiment=pat"])))  # the preset itself is fine
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -125,7 +125,7 @@ def test_settings_no_stage_can_run_with_fail_before_anything_starts(override, ke
     ("compare.grpo.advantage=gae", r"compare\.grpo\.advantage: 'gae'"),
 ])
 def test_compare_methods_and_their_settings_are_checked(override, match):
-    from experiments.config import validate
+    from experiments.validation import validate
 
     methods = "compare.methods=[pat,ppo,dpo,grpo,rloo,bon]"
     lab = OmegaConf.to_object(_compose(["+experiment=compare", methods]))
@@ -214,7 +214,7 @@ def test_settings_that_change_results_change_exactly_their_stages(tmp_path, over
     ("sft", "ray.policy.num_actors=0", r"ray\.policy: num_actors must be at least 1"),
 ])
 def test_late_checked_settings_now_fail_in_validate(experiment, override, match):
-    from experiments.config import validate
+    from experiments.validation import validate
 
     validate(OmegaConf.to_object(_compose([f"+experiment={experiment}"])))
     with pytest.raises(ValueError, match=match):

@@ -156,7 +156,8 @@ def test_dpo_presets_compose_and_validate(preset):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from experiments.config import LabConfig, register, validate
+    from experiments.config import LabConfig, register
+    from experiments.validation import validate
 
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

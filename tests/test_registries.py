@@ -127,8 +127,8 @@ def test_new_algo_keys_leave_the_default_cache_key_unchanged():
 
 @pytest.mark.parametrize("preset, advantage, kl_in", [("grpo", "grpo", "loss"), ("rloo", "rloo", "reward")])
 def test_grpo_and_rloo_presets_compose_and_validate(preset, advantage, kl_in):
-    from experiments.config import validate
     from experiments.ppo import method_name
+    from experiments.validation import validate
 
     lab = _lab([f"+experiment={preset}"])
     validate(lab)
@@ -152,7 +152,7 @@ def test_grpo_and_rloo_presets_compose_and_validate(preset, advantage, kl_in):
     ("algo.advantage=grpo", r"algo\.advantage=grpo .*algo\.group_size must be at least 2"),
 ])
 def test_bad_algo_settings_fail_in_validate_naming_the_key(override, message):
-    from experiments.config import validate
+    from experiments.validation import validate
 
     with pytest.raises(ValueError, match=message):
         validate(_lab(["+experiment=ppo", override]))

@@ -1,0 +1,262 @@
+"""What the config means and whether a run can go: the closed sets of the settings, the derived
+choices (the judges a run calls, where the preference model's pairs come from), and ``validate``,
+the one place every setting and every cross-field rule is checked before Ray starts (the input
+files and the judges' servers are ``experiments.preflight``'s)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from alignment.data.formats import PREFERENCE_FORMATS, PROMPT_FORMATS
+from alignment.pat import check_bucketing
+from experiments.config import JUDGES, METHODS, DPOConfig, LabConfig, PPOConfig, RayConfig
+
+FEEDBACK = ("auto", "world", "data", "judge")
+# the closed sets of the config, checked by ``validate`` before anything starts
+MODELS = ("tiny", "pretrained")
+DATA_SOURCES = ("world", "moss_sft")
+STRATEGIES = ("torch", "deepspeed")
+PRECISIONS = ("auto", "fp32", "bf16")
+CRITIC_INITS = ("pm", "sft")
+RL_STAGES = ("ppo", "grpo", "rloo")  # the stages that run the PPO loop
+TOOL_CALLS = ("Calculate", "Solve", "Search")  # MOSS's tools the lab runs (alignment/tools); no Text2Image
+
+
+def eval_judges(lab: LabConfig) -> list[str]:
+    """The head-to-head's judges: ``eval.judges``, or gold and pm on the world's prompts, pm on a file's."""
+    if lab.eval.judges is not None:
+        return list(lab.eval.judges)
+    return ["gold", "pm"] if lab.eval.prompts_path is None else ["pm"]
+
+
+def pm_feedback(lab: LabConfig) -> str:
+    """Where the preference model's labelled pairs come from: world, data or judge."""
+    if lab.pm.feedback != "auto":
+        return lab.pm.feedback
+    return "data" if (lab.pm.data_path or lab.pm.multi_response_path) else "world"
+
+
+def judges_used(lab: LabConfig) -> list[str]:
+    """The judges the run will call: the evaluation's (for the stages that evaluate methods) and
+    the preference model's AI feedback (``pm.feedback=judge``)."""
+    used = eval_judges(lab) if lab.stage in ("pat", "ppo", "grpo", "rloo", "compare", "bon", "dpo") else []
+    if pm_feedback(lab) == "judge" and lab.stage != "sft" and lab.pm.judge not in used:
+        used.append(lab.pm.judge)
+    return used
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}: {value!r}; choose one of {', '.join(allowed)}")
+
+
+def validate_inputs(lab: LabConfig) -> None:
+    """Settings of the user's data and judges: formats, feedback, the judges' keys."""
+    _choice("pm.data_format", lab.pm.data_format, PREFERENCE_FORMATS)
+    for key, fmt in (("pm.prompts_format", lab.pm.prompts_format), ("eval.prompts_format", lab.eval.prompts_format),
+                     ("algo.prompts_format", lab.algo.prompts_format)):
+        _choice(key, fmt, PROMPT_FORMATS)
+    _choice("pm.feedback", lab.pm.feedback, FEEDBACK)
+    _choice("pm.judge", lab.pm.judge, ("rm", "llm"))
+    feedback = pm_feedback(lab)
+    if feedback == "data" and not (lab.pm.data_path or lab.pm.multi_response_path):
+        raise ValueError("pm.feedback=data needs pm.data_path or pm.multi_response_path")
+    if feedback == "data" and not lab.pm.val_path:
+        raise ValueError("pm.val_path: preference data from files needs a held-out preference file")
+    if feedback == "judge" and lab.pm.candidates < 2:
+        raise ValueError(f"pm.candidates: {lab.pm.candidates}; at least 2 replies per prompt to compare")
+    if feedback == "judge" and not lab.eval.do_sample:
+        raise ValueError("pm.feedback=judge samples its candidates with the eval.* settings, and eval.do_sample is "
+                         "false: every candidate would be the same reply")
+    judges = eval_judges(lab)
+    if not judges:
+        raise ValueError("eval.judges is empty; list at least one of " + ", ".join(JUDGES))
+    for j in judges:
+        _choice("eval.judges", j, JUDGES)
+    if len(set(judges)) != len(judges):
+        raise ValueError(f"eval.judges: {judges} names a judge twice")
+    if "gold" in judges and lab.eval.prompts_path is not None:
+        raise ValueError("eval.judges: the gold judge knows only the world's prompts, and eval.prompts_path is "
+                         f"set ({lab.eval.prompts_path}); use pm, rm or llm")
+    used = set(judges) | ({lab.pm.judge} if feedback == "judge" else set())
+    if "rm" in used and not lab.judges.rm.path:
+        raise ValueError("judges.rm.path is required by the rm judge: a local sequence-classification directory")
+    llm = lab.judges.llm
+    if "llm" in used:
+        for key in ("base_url", "model"):
+            if not getattr(llm, key):
+                raise ValueError(f"judges.llm.{key} is required by the llm judge")
+    if llm.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", llm.api_key_env):
+        raise ValueError("judges.llm.api_key_env must be the NAME of an environment variable that holds the key "
+                         "(letters, digits, underscores), never the key itself")
+    if llm.concurrency < 1 or llm.timeout <= 0 or llm.max_retries < 0 or llm.max_tokens < 1:
+        raise ValueError("judges.llm: concurrency and max_tokens must be at least 1, timeout > 0, max_retries >= 0 "
+                         f"(got {llm.concurrency}, {llm.max_tokens}, {llm.timeout}, {llm.max_retries})")
+
+
+def validate_algo(a: PPOConfig, key: str = "algo") -> None:
+    """The RL loop's swappable parts (checked against the registries of ``alignment.losses``) and its
+    grouping: ``algo.group_size`` responses per prompt, grpo / rloo need groups of at least 2
+    (``key``: where the settings sit, ``compare.grpo`` for compare's GRPO)."""
+    # importing any module of alignment.losses imports them all (its __init__), filling the registries
+    from alignment.losses.gae import needs_values
+    from alignment.losses.registry import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
+
+    ADVANTAGE_ESTIMATORS.check(f"{key}.advantage", a.advantage)
+    POLICY_LOSSES.check(f"{key}.policy_loss", a.policy_loss)
+    KL_ESTIMATORS.check(f"{key}.kl_estimator", a.kl_estimator)
+    _choice(f"{key}.kl_in", a.kl_in, ("reward", "loss"))
+    if a.group_size < 1:
+        raise ValueError(f"{key}.group_size must be at least 1, got {a.group_size}")
+    if a.rollout_batch_size % a.group_size:
+        raise ValueError(f"{key}.rollout_batch_size ({a.rollout_batch_size}) counts responses: it must be a "
+                         f"multiple of {key}.group_size ({a.group_size})")
+    if not needs_values(a.advantage) and a.group_size < 2:
+        raise ValueError(f"{key}.advantage={a.advantage} compares the responses to one prompt: {key}.group_size "
+                         f"must be at least 2, got {a.group_size}")
+
+
+def validate_rl(a: PPOConfig, r: RayConfig, key: str = "algo") -> None:
+    """The PPO loop's settings against each other and against the roles' ranks (``key``: where the
+    settings sit, ``compare.grpo`` for compare's GRPO)."""
+    from alignment.losses.gae import needs_values
+
+    _choice(f"{key}.critic_init", a.critic_init, CRITIC_INITS)
+    for name in ("iterations", "rollout_batch_size", "epochs", "mini_batches", "max_new_tokens", "ptx_batch_size"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"{key}.{name} must be at least 1, got {getattr(a, name)}")
+    if a.ptx_coef < 0:
+        raise ValueError(f"{key}.ptx_coef must be >= 0, got {a.ptx_coef}")
+    for name in ("clip", "beta"):
+        if getattr(a, name) < 0 or (name == "clip" and a.clip == 0):
+            raise ValueError(f"{key}.{name} must be {'> 0' if name == 'clip' else '>= 0'}, got {getattr(a, name)}")
+    if not (a.temperature > 0 and 0 < a.top_p <= 1):
+        raise ValueError(f"{key}.temperature must be > 0 and top_p in (0, 1], got {a.temperature}, {a.top_p}")
+    for name in ("reward_clip", "value_clip"):
+        if getattr(a, name) is not None and getattr(a, name) <= 0:
+            raise ValueError(f"{key}.{name} must be > 0 or null (no clipping), got {getattr(a, name)}")
+    for role in ("policy", "critic", "reference", "preference") if needs_values(a.advantage) else \
+            ("policy", "reference", "preference"):
+        n, need = getattr(r, role).num_actors, a.mini_batches if role in ("policy", "critic") else 1
+        if a.rollout_batch_size // n < need:
+            raise ValueError(f"{key}.rollout_batch_size ({a.rollout_batch_size}) gives each of the {n} ranks of "
+                             f"ray.{role}.num_actors fewer than {need} rows ({key}.mini_batches: {a.mini_batches})")
+
+
+def validate_resources(lab: LabConfig) -> None:
+    """The roles' resources, and colocation's rule that every role has the same number of ranks."""
+    r = lab.ray
+    if r.max_restarts < 0:
+        raise ValueError(f"ray.max_restarts must be >= 0, got {r.max_restarts}")
+    for role in ("policy", "critic", "reference", "preference", "judge"):
+        res = getattr(r, role)
+        if res.num_actors < 1 or res.num_cpus < 0 or res.num_gpus < 0:
+            raise ValueError(f"ray.{role}: num_actors must be at least 1 and num_cpus, num_gpus >= 0, got "
+                             f"{res.num_actors}, {res.num_cpus}, {res.num_gpus}")
+    if r.colocate and lab.stage in (*RL_STAGES, "compare"):
+        from alignment.losses.gae import needs_values
+
+        roles = ("policy", "critic", "reference", "preference") if needs_values(lab.algo.advantage) else \
+            ("policy", "reference", "preference")
+        sizes = {role: getattr(r, role).num_actors for role in roles}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"ray.colocate puts rank i of every role on one bundle: the roles need the same "
+                             f"num_actors, got {sizes}")
+
+
+def validate(lab: LabConfig) -> None:
+    """Fail before anything starts, naming the key, the value and what is allowed, on settings no
+    stage can run with: the one place every setting and every cross-field rule is checked (the
+    input files and judges are ``experiments.preflight``'s)."""
+    _choice("model.name", lab.model.name, MODELS)
+    _choice("data.source", lab.data.source, DATA_SOURCES)
+    _choice("strategy.name", lab.strategy.name, STRATEGIES)
+    _choice("strategy.precision", lab.strategy.precision, PRECISIONS)
+    if not 0 <= lab.strategy.zero_stage <= 3:
+        raise ValueError(f"strategy.zero_stage: {lab.strategy.zero_stage}; choose 0, 1, 2 or 3 (DeepSpeed ZeRO)")
+    if lab.strategy.name == "torch" and (lab.strategy.zero_stage or lab.strategy.offload):
+        raise ValueError("strategy.zero_stage and strategy.offload are DeepSpeed's: set strategy.name=deepspeed")
+    validate_resources(lab)
+    if lab.tools.max_calls < 1:
+        raise ValueError(f"tools.max_calls must be at least 1, got {lab.tools.max_calls}")
+    for name in lab.chat.tools:
+        _choice("chat.tools", name, TOOL_CALLS)
+    if lab.chat.quality is not None and not 0 <= lab.chat.quality <= 100:
+        raise ValueError(f"chat.quality: {lab.chat.quality}; a quality tag from 0 to 100, or null")
+    for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer),
+                   ("dpo.trainer", lab.dpo.trainer)):
+        for name in ("epochs", "batch_size", "log_every", "num_threads"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"{key}.{name} must be at least 1, got {getattr(t, name)}")
+        if t.checkpoint_every < 0:
+            raise ValueError(f"{key}.checkpoint_every must be >= 0 (0: never), got {t.checkpoint_every}")
+        if t.max_steps == 0 or t.max_steps < -1:
+            raise ValueError(f"{key}.max_steps: {t.max_steps}; at least 1, or -1 for no cap")
+    w = lab.data.world
+    if not (w.val_fraction > 0 and w.test_fraction > 0 and w.val_fraction + w.test_fraction < 1):
+        raise ValueError(f"data.world.val_fraction ({w.val_fraction}) and data.world.test_fraction "
+                         f"({w.test_fraction}) must each be > 0 and sum to less than 1")
+    try:
+        check_bucketing(lab.pat.n_buckets, lab.pat.rule, lab.pat.thresholds)
+    except ValueError as err:  # its messages start with the argument, named as under pat.*
+        raise ValueError(f"pat.{err}") from None
+    if not 0 <= lab.pat.inference_tag <= 100:
+        raise ValueError(f"pat.inference_tag: {lab.pat.inference_tag}; a quality tag from 0 to 100")
+    if lab.pat.control_prompts < 1:
+        raise ValueError(f"pat.control_prompts must be at least 1, got {lab.pat.control_prompts}")
+    validate_compare(lab)
+    if lab.bon.n_max < 1:
+        raise ValueError(f"bon.n_max must be at least 1, got {lab.bon.n_max}")
+    if not lab.bon.ns:
+        raise ValueError("bon.ns is empty; list the n of each best-of-n point, e.g. [1, 2, 4, 8, 16]")
+    for n in lab.bon.ns:
+        if not 1 <= n <= lab.bon.n_max:
+            raise ValueError(f"bon.ns: {n}; each n must be between 1 and bon.n_max ({lab.bon.n_max})")
+    if (lab.stage == "bon" or lab.stage == "compare" and "bon" in lab.compare.methods) and lab.bon.n_max > 1 \
+            and not lab.eval.do_sample:
+        raise ValueError("best-of-n samples its candidates with the eval.* settings, and eval.do_sample is false: "
+                         "every candidate would be the same reply")
+    validate_algo(lab.algo)
+    if lab.stage in (*RL_STAGES, "compare"):
+        validate_rl(lab.algo, lab.ray)
+    validate_dpo(lab)
+    validate_inputs(lab)
+
+
+def validate_compare(lab: LabConfig) -> None:
+    c = lab.compare
+    if not 0 <= c.pat_nice <= 19:
+        raise ValueError(f"compare.pat_nice: {c.pat_nice}; a Linux nice value from 0 to 19")
+    if c.max_parallel < 1:
+        raise ValueError(f"compare.max_parallel must be at least 1, got {c.max_parallel}")
+    if not c.methods:
+        raise ValueError("compare.methods is empty; list at least one of " + ", ".join(METHODS))
+    for m in c.methods:
+        _choice("compare.methods", m, METHODS)
+    if len(set(c.methods)) != len(c.methods):
+        raise ValueError(f"compare.methods: {list(c.methods)} names a method twice")
+    if lab.stage == "compare":
+        for m in ("grpo", "rloo"):
+            if m in c.methods:
+                validate_algo(getattr(c, m), f"compare.{m}")
+                validate_rl(getattr(c, m), lab.ray, f"compare.{m}")
+                if getattr(c, m).advantage != m:
+                    raise ValueError(f"compare.{m}.advantage: {getattr(c, m).advantage!r}; compare's {m.upper()} "
+                                     f"runs the {m} advantage estimator")
+
+
+def validate_dpo(lab: LabConfig) -> None:
+    d = lab.dpo
+    if not d.beta > 0:
+        raise ValueError(f"dpo.beta must be > 0, got {d.beta}")
+    if d.max_length < 2:
+        raise ValueError(f"dpo.max_length must be at least 2, got {d.max_length}")
+    if d.n_prompts == 0 or d.n_prompts < -1:
+        raise ValueError(f"dpo.n_prompts: {d.n_prompts}; at least 1, or -1 for all the PM's groups")
+    trains = lab.stage == "dpo" or lab.stage == "compare" and "dpo" in lab.compare.methods
+    if trains or d.loss != DPOConfig.loss:  # the losses' modules import torch: only when needed
+        import alignment.losses.dpo  # noqa: F401  (registers the preference losses)
+        from alignment.losses.registry import PREFERENCE_LOSSES
+
+        PREFERENCE_LOSSES.check("dpo.loss", d.loss)
