@@ -23,7 +23,7 @@ from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tin
 from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack, response_logits, response_tokens
-from alignment.tool_use import generate_with_tools
+from alignment.tool_use import generate_with_tools, sample_with_tools
 
 
 @dataclass(frozen=True)
@@ -129,23 +129,32 @@ class PolicyActor(TrainableActor):
 
     def generate_tools(self, contexts: list[Conversation], sampling: SamplingSpec, batch_size: int, seed: int,
                        quality: int | None = None, max_calls: int = 8) -> list[str]:
-        """``generate`` with MOSS's tools: two passes per reply, the enabled tools run in between
-        (``alignment.tool_use``)."""
+        """``generate`` with MOSS's tools (``alignment.tool_use``): the enabled tools run between the
+        passes; each reply is a plugin reply (Inner Thoughts, Commands, Results, MOSS)."""
         with self.engine.precision():
             replies, n_tokens = generate_with_tools(self.engine.module, self.tokenizer, contexts, sampling, quality,
                                                     max_calls, batch_size, seed + self.rank)
         self.tokens_generated += n_tokens
-        return [r.reply for r in replies]
+        return [r.plugin for r in replies]
 
-    def rollout(self, prompts: list[list[int]], spec: RolloutSpec, seed: int) -> tuple[Rollout, list[str]]:
-        """Sample a response to each prompt (token ids); returns the rollout and the reply texts."""
+    def rollout(self, prompts: list[list[int]], spec: RolloutSpec, seed: int,
+                tools: list[frozenset[str] | None] | None = None, max_calls: int = 8) -> tuple[Rollout, list[str]]:
+        """Sample a response to each prompt (token ids); returns the rollout and the reply texts.
+        With ``tools`` (per row: the enabled tools, or None for a plain reply) the rows with tools go
+        through the passes of tool use (``alignment.tool_use.sample_with_tools``): what the tools
+        wrote is in the sequences but outside the response mask."""
         tok = self.tokenizer
+        masks = None
         with self.engine.precision():  # the numerics the engine trains with
-            responses, logprobs = sample_responses(self.engine.module, prompts, spec, tok.pad_token_id,
-                                                   tok.eos_token_id, seed + self.rank)
-        texts = [reply_text(t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
+            if tools is not None and any(t is not None for t in tools):
+                responses, logprobs, masks, texts = sample_with_tools(self.engine.module, tok, prompts, tools, spec,
+                                                                      max_calls, seed + self.rank)
+            else:
+                responses, logprobs = sample_responses(self.engine.module, prompts, spec, tok.pad_token_id,
+                                                       tok.eos_token_id, seed + self.rank)
+                texts = [reply_text(t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
         self.tokens_generated += sum(len(r) for r in responses)
-        rollout = pack(prompts, responses, logprobs, tok.pad_token_id)
+        rollout = pack(prompts, responses, logprobs, tok.pad_token_id, masks)
         if self.engine.spec.bf16:
             # in bf16, sampling (one token at a time, KV cache) and the update's forward pass round
             # differently: take the old log-probs from the engine's own forward pass, as OpenRLHF and

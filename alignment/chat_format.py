@@ -147,6 +147,14 @@ class Turn:
     results: str | None = None
     quality: int | None = None
 
+    @property
+    def reply(self) -> str:
+        """What MOSS wrote in this turn as one reply: the plugin reply when the turn has plugin fields
+        (:func:`plugin_reply`), else the MOSS body."""
+        if self.inner_thoughts is None and self.commands is None and self.results is None:
+            return self.moss
+        return plugin_reply(self.moss, self.inner_thoughts, self.commands, self.results)
+
     def field(self, section: Section) -> str | None:
         return {
             Section.HUMAN: self.human,
@@ -162,10 +170,13 @@ class Conversation:
     meta_instruction: str
     turns: tuple[Turn, ...] = field(default_factory=tuple)
 
-    def with_last_reply(self, moss: str, quality: int | None = None) -> Conversation:
-        """A copy whose last MOSS reply (and its quality tag) is replaced."""
+    def with_last_reply(self, reply: str, quality: int | None = None) -> Conversation:
+        """A copy whose last reply (and its quality tag) is replaced; a plugin reply (see
+        :func:`reply_turn`) also replaces the turn's Inner Thoughts, Commands and Results, which a
+        plain one keeps."""
         last = self.turns[-1]
-        new_last = Turn(last.human, moss, last.inner_thoughts, last.commands, last.results, quality)
+        new_last = (reply_turn(last.human, reply, quality) if is_plugin_reply(reply)
+                    else Turn(last.human, reply, last.inner_thoughts, last.commands, last.results, quality))
         return Conversation(self.meta_instruction, self.turns[:-1] + (new_last,))
 
 
@@ -297,6 +308,64 @@ def parse(text: str) -> Conversation:
     if fields:
         raise FormatError("conversation ends without a MOSS reply")
     return Conversation(meta, tuple(turns))
+
+
+PLUGIN_FIELDS: tuple[Section, ...] = (Section.INNER_THOUGHTS, Section.COMMANDS, Section.RESULTS)
+
+
+def is_plugin_reply(reply: str) -> bool:
+    """Whether ``reply`` is a plugin reply: the turn's fields after the human message as they are
+    rendered, ``<|Inner Thoughts|>: …<eot>\n<|Commands|>: …<eoc>\n[<|Results|>: …<eor>\n]<|MOSS|>: …``
+    (without the final ``<eom>`` and without a quality tag). Any other reply is a plain MOSS body."""
+    return reply.startswith(ROLE_TOKENS[Section.INNER_THOUGHTS]) or reply.startswith(ROLE_TOKENS[Section.COMMANDS])
+
+
+def plugin_reply(moss: str, inner_thoughts: str | None = None, commands: str | None = None,
+                 results: str | None = None) -> str:
+    """The plugin reply of a turn's fields (see :func:`is_plugin_reply`)."""
+    turn = Turn("", moss, inner_thoughts, commands, results)
+    text = "".join(f"{ROLE_TOKENS[s]}: {turn.field(s)}{CLOSE_TOKENS[s]}\n" for s in PLUGIN_FIELDS
+                   if turn.field(s) is not None)
+    return f"{text}{ROLE_TOKENS[Section.MOSS]}: {moss}"
+
+
+def reply_turn(human: str, reply: str, quality: int | None = None) -> Turn:
+    """The turn of ``human`` answered by ``reply``: a plain reply is the MOSS field; a plugin reply
+    is parsed into its fields (its MOSS body after the last ``<|MOSS|>:``)."""
+    if not is_plugin_reply(reply):
+        return Turn(human, reply, quality=quality)
+    head, sep, body = reply.rpartition(ROLE_TOKENS[Section.MOSS] + ":")
+    fields = {}
+    for m in _FIELD_RE.finditer(head):
+        section = _ROLE_BY_TOKEN[m.group(1)]
+        if section in PLUGIN_FIELDS:
+            fields[section] = m.group(2)
+    body = body if sep else ""
+    return Turn(human, reply_text(body), fields.get(Section.INNER_THOUGHTS), fields.get(Section.COMMANDS),
+                fields.get(Section.RESULTS), quality)
+
+
+def moss_body(reply: str) -> str:
+    """The MOSS body of a reply: the reply itself, or a plugin reply's MOSS field."""
+    return reply_turn("", reply).moss if is_plugin_reply(reply) else reply
+
+
+def human_prompt(conv: Conversation) -> str:
+    """The conversation up to and including its last human message (``…<eoh>\n``): where a plugin
+    reply starts."""
+    last = conv.turns[-1]
+    text = render(Conversation(conv.meta_instruction, conv.turns[:-1]))
+    return text + f"{ROLE_TOKENS[Section.HUMAN]}: {last.human}{CLOSE_TOKENS[Section.HUMAN]}\n"
+
+
+def reply_split(context: Conversation, reply: str) -> tuple[str, str]:
+    """``(head, body)``: the text before ``reply`` and the reply as written, closed by ``<eom>``.
+    A plain reply follows ``generation_prompt`` (``…<|MOSS|>:``, body `` reply<eom>``); a plugin
+    reply follows the human message (``…<eoh>\n``, body ``<|Inner Thoughts|>: …<eom>``). Their
+    concatenation is the rendered conversation with that reply."""
+    if is_plugin_reply(reply):
+        return human_prompt(context), reply + EOS_TOKEN
+    return generation_prompt(context), written_body(reply)
 
 
 def reply_text(generated: str) -> str:

@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from alignment.world import NUM_SOURCES, World, WorldPrompt, respond
+from alignment.world.categories.tool_use import called, is_tool_task
 
 
 def gold_report(world: World, prompts: Sequence[WorldPrompt], replies: Sequence[str]) -> dict[str, float]:
@@ -20,7 +21,22 @@ def gold_report(world: World, prompts: Sequence[WorldPrompt], replies: Sequence[
         by_cat[p.task.category].append(s)
     out = {"gold": statistics.fmean(scores)}
     out.update({f"gold/{c}": statistics.fmean(v) for c, v in sorted(by_cat.items())})
-    return out
+    return out | tool_report(prompts, replies, scores)
+
+
+def tool_report(prompts: Sequence[WorldPrompt], replies: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
+    """On the tool-use requests, per kind (arithmetic, equation, fact) and in all: the share of
+    replies that call the task's tool (``tool_calls/…``) and the mean gold score (``gold/tool_use/…``).
+    Empty when no request asks for a tool."""
+    calls: dict[str, list[bool]] = defaultdict(list)
+    gold: dict[str, list[float]] = defaultdict(list)
+    for p, r, s in zip(prompts, replies, scores):
+        if is_tool_task(p):
+            for key in ("all", p.task.spec["kind"]):
+                calls[key].append(called(p.task, r))
+                gold[key].append(s)
+    out = {f"tool_calls/{k}": statistics.fmean(v) for k, v in sorted(calls.items())}
+    return out | {f"gold/tool_use/{k}": statistics.fmean(v) for k, v in sorted(gold.items()) if k != "all"}
 
 
 def source_reference(world: World, prompts: Sequence[WorldPrompt], seed: int = 0) -> list[float]:

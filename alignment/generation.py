@@ -46,26 +46,34 @@ def generate_replies(
 
 def _generate_replies(model, tokenizer, prompts: Sequence[str], spec: SamplingSpec, batch_size: int,
                       seed: int) -> tuple[list[str], int]:
-    device = next(model.parameters()).device
     torch.manual_seed(seed)
     out: list[str] = []
     n_tokens = 0
     for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(device) for k, v in enc.items()}
-        kwargs = dict(max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
-                      repetition_penalty=spec.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
-        if spec.do_sample:
-            kwargs.update(temperature=spec.temperature, top_p=spec.top_p)
-        gen = model.generate(**enc, **kwargs)
-        new = gen[:, enc["input_ids"].size(1):]
-        ended = (new == tokenizer.eos_token_id).long()
-        n_tokens += int(((ended.cumsum(1) - ended) == 0).sum())  # no end token strictly before
-        texts = tokenizer.batch_decode(new, skip_special_tokens=False)
+        texts, n = generate_until(model, tokenizer, prompts[start:start + batch_size], spec, [tokenizer.eos_token_id])
         out.extend(reply_text(t) for t in texts)
+        n_tokens += n
     return out, n_tokens
+
+
+def generate_until(model, tokenizer, texts: Sequence[str], spec: SamplingSpec,
+                   stop: list[int]) -> tuple[list[str], int]:
+    """One batched ``generate`` call (the caller seeds and sets eval mode): each text's continuation
+    until one of the ``stop`` ids, decoded with special tokens and without padding, and the number of
+    tokens generated (each row up to and including its first stop id)."""
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    device = next(model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items()}
+    kwargs = dict(max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
+                  repetition_penalty=spec.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=stop)
+    if spec.do_sample:
+        kwargs.update(temperature=spec.temperature, top_p=spec.top_p)
+    new = model.generate(**enc, **kwargs)[:, enc["input_ids"].size(1):]
+    ended = torch.isin(new, torch.tensor(stop, device=new.device)).long()
+    n_tokens = int(((ended.cumsum(1) - ended) == 0).sum())  # no stop id strictly before
+    decoded = tokenizer.batch_decode(new, skip_special_tokens=False)
+    return [t.replace(tokenizer.pad_token, "") if tokenizer.pad_token else t for t in decoded], n_tokens
 
 
 @dataclass(frozen=True)
@@ -82,19 +90,22 @@ class RolloutSpec:
 
 @torch.inference_mode()  # no autograd bookkeeping; only Python lists and ints leave
 def sample_responses(
-    model, prompts: Sequence[Sequence[int]], spec: RolloutSpec, pad_id: int, eos_id: int, seed: int = 0,
+    model, prompts: Sequence[Sequence[int]], spec: RolloutSpec, pad_id: int, eos_id: int | Sequence[int],
+    seed: int | None = 0,
 ) -> tuple[list[list[int]], list[list[float]]]:
     """Sample one response per prompt (token ids) with ``generate`` and the KV cache.
 
-    Returns the response ids (up to and including ``eos_id``) and their log-probs under
-    ``softmax(logits / temperature)``, read from the logits ``generate`` already computed.
+    Returns the response ids (up to and including the first ``eos_id``; several stop ids may be
+    given) and their log-probs under ``softmax(logits / temperature)``, read from the logits
+    ``generate`` already computed. ``seed=None`` goes on with the current RNG state.
     """
     with eval_mode(model):
         return _sample_responses(model, prompts, spec, pad_id, eos_id, seed)
 
 
-def _sample_responses(model, prompts: Sequence[Sequence[int]], spec: RolloutSpec, pad_id: int, eos_id: int,
-                      seed: int) -> tuple[list[list[int]], list[list[float]]]:
+def _sample_responses(model, prompts: Sequence[Sequence[int]], spec: RolloutSpec, pad_id: int,
+                      eos_id: int | Sequence[int], seed: int | None) -> tuple[list[list[int]], list[list[float]]]:
+    stops = [eos_id] if isinstance(eos_id, int) else list(eos_id)
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -102,7 +113,8 @@ def _sample_responses(model, prompts: Sequence[Sequence[int]], spec: RolloutSpec
     for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
         ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
         attn[i, width - len(p):] = 1
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     out = model.generate(
         input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=spec.max_new_tokens,
         min_new_tokens=spec.min_new_tokens, do_sample=True, temperature=spec.temperature, top_p=spec.top_p,
@@ -111,7 +123,7 @@ def _sample_responses(model, prompts: Sequence[Sequence[int]], spec: RolloutSpec
     )
     new = out.sequences[:, width:]
     logprobs = token_logprobs(torch.stack(out.logits, 1), new, spec.temperature)
-    ended = torch.zeros_like(new) if spec.ignore_eos else (new == eos_id).long()
+    ended = torch.zeros_like(new) if spec.ignore_eos else torch.isin(new, torch.tensor(stops, device=new.device)).long()
     # a token is real if no eos came strictly before it (so the eos itself is kept)
     real = (ended.cumsum(1) - ended) == 0
     lengths = real.sum(1).tolist()

@@ -24,7 +24,7 @@ class Rollout:
     sequences: torch.Tensor  # [B, T] long, right-padded prompt + response
     attention_mask: torch.Tensor  # [B, T] long
     prompt_lens: torch.Tensor  # [B] long
-    response_mask: torch.Tensor  # [B, R] float, 1 on real response tokens
+    response_mask: torch.Tensor  # [B, R] float, 1 on response tokens the policy sampled (0: padding, tool output)
     logprobs: torch.Tensor  # [B, R] float, the sampling policy's log-probs of the response tokens
 
     @property
@@ -74,8 +74,10 @@ def pad_to(x: torch.Tensor, length: int, value: float) -> torch.Tensor:
 
 
 def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-         logprobs: Sequence[Sequence[float]], pad_id: int) -> Rollout:
-    """Build a ``Rollout`` from per-row prompt ids, response ids and the responses' log-probs."""
+         logprobs: Sequence[Sequence[float]], pad_id: int, masks: Sequence[Sequence[int]] | None = None) -> Rollout:
+    """Build a ``Rollout`` from per-row prompt ids, response ids and the responses' log-probs;
+    ``masks`` (default: all ones) marks the response tokens the policy sampled, 0 on those a tool
+    wrote (they stay in the sequence as context)."""
     if not (len(prompts) == len(responses) == len(logprobs)):
         raise ValueError(f"{len(prompts)} prompts, {len(responses)} responses, {len(logprobs)} log-prob rows")
     if any(len(p) == 0 for p in prompts):
@@ -93,7 +95,9 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
         n = len(p) + len(r)
         seqs[i, :n] = torch.tensor(list(p) + list(r), dtype=torch.long)
         attn[i, :n] = 1
-        mask[i, : len(r)] = 1
+        if masks is not None and len(masks[i]) != len(r):
+            raise ValueError(f"row {i}: {len(r)} response tokens but a mask of {len(masks[i])}")
+        mask[i, : len(r)] = 1 if masks is None else torch.tensor(list(masks[i]), dtype=torch.float)
         lp[i, : len(r)] = torch.tensor(list(lps), dtype=torch.float)
     return Rollout(seqs, attn, torch.tensor([len(p) for p in prompts]), mask, lp)
 

@@ -1,5 +1,8 @@
 """Token ids of a conversation that ends in a given reply, built the way generation builds them.
 
+A plain reply follows ``…<|MOSS|>:``; a plugin reply (Inner Thoughts, Commands, Results, MOSS:
+``alignment.chat_format.reply_split``) follows the human message.
+
 The preference model scores ``prompt ids + reply ids`` whether the reply came from a data file
 or from the policy, so training and scoring see the same tokens. Its view of the context can be
 narrowed to the last few turns (``context_turns``): the meta-instruction and older rounds then
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alignment.chat_format import Conversation, generation_prompt, written_body
+from alignment.chat_format import Conversation, generation_prompt, reply_split
 
 
 def last_turns(context: Conversation, n: int) -> Conversation:
@@ -36,10 +39,16 @@ def scored_sequences(tokenizer, contexts: Sequence[Conversation], replies: Seque
         raise ValueError(f"{len(contexts)} contexts for {len(replies)} replies")
     if not replies:
         return []
-    heads = tokenizer([generation_prompt(last_turns(c, context_turns)) for c in contexts],
-                      add_special_tokens=False)["input_ids"]
-    bodies = tokenizer([written_body(r) for r in replies], add_special_tokens=False)["input_ids"]
+    heads, bodies = _split(tokenizer, [last_turns(c, context_turns) for c in contexts], replies)
     return [(head + body)[-max_length:] for head, body in zip(heads, bodies)]
+
+
+def _split(tokenizer, contexts: Sequence[Conversation], replies: Sequence[str]) -> tuple[list, list]:
+    """Token ids of each reply's head and body (``reply_split``: plain and plugin replies), the texts
+    tokenized in two batches."""
+    pairs = [reply_split(c, r) for c, r in zip(contexts, replies)]
+    heads = tokenizer([h for h, _ in pairs], add_special_tokens=False)["input_ids"]
+    return heads, tokenizer([b for _, b in pairs], add_special_tokens=False)["input_ids"]
 
 
 def reply_sequences(tokenizer, contexts: Sequence[Conversation], replies: Sequence[str],
@@ -54,8 +63,7 @@ def reply_sequences(tokenizer, contexts: Sequence[Conversation], replies: Sequen
         raise ValueError(f"max_length: {max_length}; at least 2 (a prompt token and a reply token)")
     if not replies:
         return []
-    heads = tokenizer([generation_prompt(c) for c in contexts], add_special_tokens=False)["input_ids"]
-    bodies = tokenizer([written_body(r) for r in replies], add_special_tokens=False)["input_ids"]
+    heads, bodies = _split(tokenizer, contexts, replies)
     out = []
     for head, body in zip(heads, bodies):
         if len(head) + len(body) > max_length:

@@ -1,15 +1,20 @@
 """Multi-pass inference with MOSS's tools (MOSS §8, SPEC "plugin inference takes two passes").
 
-Pass 1 generates the model-written plugin fields, from ``<|Inner Thoughts|>:`` until ``<eoc>``
-(or ``<|MOSS|>``, when the model goes straight to its reply). At ``<eoc>`` the program parses the
-Commands field, runs its calls in the sandbox (:func:`alignment.tools.run_commands`, only the
-tools the meta-instruction enables, at most ``max_calls`` calls), and appends
-``<|Results|>: … <eor>`` and ``<|MOSS|>:`` (with PAT's tag, when given); at ``<|MOSS|>`` it adds
-the ``:`` and the tag. Pass 2 continues the same reply until ``<eom>``.
+The model writes the bodies of Inner Thoughts, Commands and the MOSS reply; the program writes the
+role prefixes and the Results. A reply starts at ``<|Inner Thoughts|>:`` and each pass generates
+until a field's close token:
 
-Batched: every prompt of a batch runs pass 1 together; the rows that stopped for a tool then run
-pass 2 together while the others are done. A tool's error is its Results text (``No result.``),
-never an exception here.
+* at ``<eot>`` the program appends ``\n<|Commands|>:``;
+* at ``<eoc>`` it parses the Commands field and, unless it is ``None`` (no tool), runs its calls in
+  the sandbox (:func:`alignment.tools.run_commands`: only the tools the meta-instruction enables, at
+  most ``max_calls``) and appends ``\n<|Results|>: … <eor>``; then ``\n<|MOSS|>:`` (with PAT's tag,
+  when given);
+* at ``<eom>`` the reply is done. A row that writes a role token itself (``<|Commands|>``,
+  ``<|MOSS|>``) gets the ``:`` after it; a row out of tokens in a field gets the field closed.
+
+Batched: every active row of a batch generates together in each pass, so rows that stopped for a
+tool wait while the others go on; a reply takes at most three passes. A tool's error is its Results
+text (``No result.``), never an exception here.
 """
 
 from __future__ import annotations
@@ -22,78 +27,112 @@ import torch
 from alignment.chat_format import (
     CLOSE_TOKENS,
     ROLE_TOKENS,
-    TURN_ORDER,
     Conversation,
     Section,
+    human_prompt,
+    plugin_reply,
     quality_tag,
-    render,
     reply_text,
 )
-from alignment.generation import SamplingSpec, eval_mode
+from alignment.generation import RolloutSpec, SamplingSpec, eval_mode, generate_until, sample_responses
 from alignment.tools import NO_RESULT, enabled_tools, run_commands
 
-COMMANDS, RESULTS, MOSS = (ROLE_TOKENS[s] for s in (Section.COMMANDS, Section.RESULTS, Section.MOSS))
-EOC, EOR, EOM = (CLOSE_TOKENS[s] for s in (Section.COMMANDS, Section.RESULTS, Section.MOSS))
+INNER, COMMANDS, RESULTS, MOSS = (ROLE_TOKENS[s] for s in (Section.INNER_THOUGHTS, Section.COMMANDS,
+                                                                 Section.RESULTS, Section.MOSS))
+EOT, EOC, EOR, EOM = (CLOSE_TOKENS[s] for s in (Section.INNER_THOUGHTS, Section.COMMANDS, Section.RESULTS,
+                                                Section.MOSS))
+STOPS = (EOT, EOC, EOM, COMMANDS, MOSS)
+"""Where a pass ends: a field's close token, or a role token the model wrote itself."""
+MAX_PASSES = 3
+"""Thoughts, commands, reply: each pass ends at least one field."""
 
 
 @dataclass(frozen=True)
 class ToolReply:
-    """One reply: its MOSS body, what the model and the program wrote on the way (``transcript``:
-    Inner Thoughts, Commands, Results, then the reply) and the Results text (None: no tool ran)."""
+    """One reply: its MOSS body, everything written after ``<|Inner Thoughts|>:`` (``transcript``,
+    tag included), the Results text (None: no tool ran), and the model's Inner Thoughts and
+    Commands (None where it wrote none)."""
 
     reply: str
     transcript: str
     results: str | None
+    thoughts: str | None = None
+    commands: str | None = None
+
+    @property
+    def plugin(self) -> str:
+        """The reply as a plugin reply (``alignment.chat_format.plugin_reply``), without the tag:
+        what judges score and caches keep."""
+        return plugin_reply(self.reply, self.thoughts, self.commands, self.results)
 
 
 def tool_prompt(conv: Conversation) -> str:
-    """The text pass 1 starts from: the conversation up to the last human turn, then
+    """The text the first pass starts from: the conversation up to the last human turn, then
     ``<|Inner Thoughts|>:``, where the model begins a plugin turn."""
-    last = conv.turns[-1]
-    text = render(Conversation(conv.meta_instruction, conv.turns[:-1]))
-    text += f"{ROLE_TOKENS[Section.HUMAN]}: {last.human}{CLOSE_TOKENS[Section.HUMAN]}\n"
-    return text + f"{ROLE_TOKENS[TURN_ORDER[1]]}:"
+    return human_prompt(conv) + f"{INNER}:"
 
 
 def commands_of(generated: str) -> str | None:
-    """The Commands field of pass 1's text (before ``<eoc>``), or None if it wrote none."""
+    """The Commands field of a transcript (before ``<eoc>``), or None if it has none."""
     head = generated.split(EOC, 1)[0]
     return head.rsplit(COMMANDS + ":", 1)[1].strip() if COMMANDS + ":" in head else None
 
 
-def _generate(model, tokenizer, texts: list[str], spec: SamplingSpec, stop: list[int]) -> tuple[list[str], int]:
-    """One batched ``generate`` pass until a ``stop`` id: each row's new text (special tokens kept)
-    and the tokens generated."""
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
-    kwargs = dict(max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
-                  repetition_penalty=spec.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=stop)
-    if spec.do_sample:
-        kwargs.update(temperature=spec.temperature, top_p=spec.top_p)
-    new = model.generate(**enc, **kwargs)[:, enc["input_ids"].size(1):]
-    ended = torch.isin(new, torch.tensor(stop, device=new.device)).long()
-    n_tokens = int(((ended.cumsum(1) - ended) == 0).sum())
-    return [_cut(t, tokenizer.pad_token) for t in tokenizer.batch_decode(new, skip_special_tokens=False)], n_tokens
+class _Row:
+    """One reply under way: the field being written, what the model and the program wrote, and the
+    fields' texts."""
 
+    def __init__(self, field: Section = Section.INNER_THOUGHTS) -> None:
+        self.field, self.text = field, ""
+        self.thoughts: str | None = None
+        self.commands: str | None = None
+        self.results: str | None = None
+        self.reply = ""
+        self.done = False
 
-def _cut(text: str, pad: str | None) -> str:
-    """A generated row up to and including its first stop token, without padding."""
-    if pad:
-        text = text.replace(pad, "")
-    ends = [i + len(t) for t in (EOC, MOSS, EOM) if (i := text.find(t)) >= 0]
-    return text[: min(ends)] if ends else text
+    def advance(self, new: str, enabled: frozenset[str], tag: str, max_calls: int, run: Callable[..., str]) -> str:
+        """Take one pass's text (the model's, up to and including its first stop) and return what the
+        program writes after it (empty when the reply is done)."""
+        cuts = sorted((new.find(t), t) for t in STOPS if t in new)
+        stop = cuts[0][1] if cuts else None
+        body = new[: cuts[0][0]] if cuts else new
+        self.text += new
+        if self.field is Section.MOSS or stop == EOM:  # the reply is written (or the model ended early)
+            self.reply, self.done = reply_text(body), True
+            return ""
+        if stop == MOSS:  # the model went to its reply itself
+            if self.field is Section.INNER_THOUGHTS:
+                self.thoughts = body.strip()
+            return self._write(f":{tag}", Section.MOSS)
+        if self.field is Section.INNER_THOUGHTS and stop != EOC:  # <eot>, <|Commands|> or out of tokens
+            self.thoughts = body.strip()
+            program = {EOT: f"\n{COMMANDS}:", COMMANDS: ":"}.get(stop, f"{EOT}\n{COMMANDS}:")
+            return self._write(program, Section.COMMANDS)
+        self.commands = body.strip()  # the Commands field ends, however it stopped
+        program = "" if stop == EOC else EOC
+        if self.commands not in ("", "None"):
+            self.results = run(self.commands, enabled, max_calls=max_calls)
+            program += f"\n{RESULTS}: {self.results}{EOR}"
+        return self._write(program + f"\n{MOSS}:{tag}", Section.MOSS)
+
+    def _write(self, program: str, field: Section) -> str:
+        self.text += program
+        self.field = field
+        return program
+
+    def tool_reply(self) -> ToolReply:
+        return ToolReply(self.reply, self.text, self.results, self.thoughts, self.commands)
 
 
 @torch.inference_mode()
 def generate_with_tools(model, tokenizer, contexts: Sequence[Conversation], spec: SamplingSpec,
                         quality: int | None = None, max_calls: int = 8, batch_size: int = 32, seed: int = 0,
                         run: Callable[..., str] = run_commands) -> tuple[list[ToolReply], int]:
-    """A reply to each conversation's last human turn through the two passes, with the tools its
+    """A reply to each conversation's last human turn through the passes, with the tools its
     meta-instruction enables; ``quality`` tags the MOSS reply (PAT). Returns the replies and the
-    tokens generated in both passes."""
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (EOC, EOM, MOSS)}
+    tokens generated in all passes."""
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in STOPS]
+    tag = f" {quality_tag(quality)}" if quality is not None else ""
     torch.manual_seed(seed)
     out: list[ToolReply] = []
     n_tokens = 0
@@ -101,33 +140,58 @@ def generate_with_tools(model, tokenizer, contexts: Sequence[Conversation], spec
         for start in range(0, len(contexts), batch_size):
             chunk = list(contexts[start:start + batch_size])
             heads = [tool_prompt(c) for c in chunk]
-            first, n = _generate(model, tokenizer, heads, spec, [ids[EOC], ids[MOSS], ids[EOM]])
-            n_tokens += n
-            tag = f" {quality_tag(quality)}" if quality is not None else ""
-            again, results = [], [None] * len(chunk)
-            for i, (conv, text) in enumerate(zip(chunk, first)):
-                if text.endswith(EOM):  # a reply without its <|MOSS|> field: take it as it is
-                    continue
-                if text.endswith(MOSS):  # straight to the reply: the program writes ':' and the tag
-                    first[i] = f"{text}:{tag}"
-                    again.append(i)
-                    continue
-                commands = commands_of(text)
-                if commands not in (None, "", "None") and text.endswith(EOC):
-                    results[i] = run(commands, enabled_tools(conv.meta_instruction), max_calls=max_calls)
-                    first[i] = f"{text}\n{RESULTS}: {results[i]}{EOR}\n{MOSS}:{tag}"
-                else:  # no call ("None"), no Commands field, or out of tokens: straight to the reply
-                    first[i] = f"{text}\n{MOSS}:{tag}"
-                again.append(i)
-            second: dict[int, str] = {}
-            if again:  # the rows that stopped for a tool, and those yet to reply, together
-                texts, n = _generate(model, tokenizer, [heads[i] + first[i] for i in again], spec, [ids[EOM]])
-                second, n_tokens = dict(zip(again, texts)), n_tokens + n
-            for i in range(len(chunk)):
-                transcript = first[i] + second.get(i, "")
-                body = transcript.rsplit(MOSS + ":", 1)[1] if MOSS + ":" in transcript else transcript
-                out.append(ToolReply(reply_text(body.removeprefix(tag)), transcript, results[i]))
+            rows = [_Row() for _ in chunk]
+            enabled = [enabled_tools(c.meta_instruction) for c in chunk]
+            for _ in range(MAX_PASSES):
+                active = [i for i, r in enumerate(rows) if not r.done]
+                if not active:
+                    break
+                texts, n = generate_until(model, tokenizer, [heads[i] + rows[i].text for i in active], spec,
+                                          stop_ids)
+                n_tokens += n
+                for i, new in zip(active, texts):
+                    rows[i].advance(new, enabled[i], tag, max_calls, run)
+            out.extend(r.tool_reply() for r in rows)
     return out, n_tokens
 
 
-__all__ = ["NO_RESULT", "ToolReply", "commands_of", "generate_with_tools", "tool_prompt"]
+@torch.inference_mode()
+def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enabled: Sequence[frozenset[str] | None],
+                      spec: RolloutSpec, max_calls: int = 8, seed: int = 0, run: Callable[..., str] = run_commands,
+                      ) -> tuple[list[list[int]], list[list[float]], list[list[int]], list[str]]:
+    """PPO's rollouts with tools, on token ids. A row with ``enabled`` tools starts at
+    ``<|Inner Thoughts|>:`` (its prompt ends there: :func:`tool_prompt`) and goes through the passes;
+    a row with ``None`` is a plain reply (its prompt ends ``<|MOSS|>:``). Each pass samples the
+    active rows together (``sample_responses``); what the program writes (role prefixes, Results)
+    joins the response with log-prob 0 and action mask 0, so it gets no log-prob ratio, no KL and
+    no advantage. Returns per row the response ids, their log-probs, the action mask (1 on the
+    tokens the model sampled) and the reply (a plugin reply for tool rows, the body for plain ones)."""
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in STOPS]
+    rows = [_Row(Section.INNER_THOUGHTS if e is not None else Section.MOSS) for e in enabled]
+    ids: list[list[int]] = [[] for _ in prompts]
+    lps: list[list[float]] = [[] for _ in prompts]
+    mask: list[list[int]] = [[] for _ in prompts]
+    torch.manual_seed(seed)
+    with eval_mode(model):
+        for _ in range(MAX_PASSES):
+            active = [i for i, r in enumerate(rows) if not r.done]
+            if not active:
+                break
+            new, new_lps = sample_responses(model, [list(prompts[i]) + ids[i] for i in active], spec,
+                                             tokenizer.pad_token_id, stop_ids, seed=None)
+            for i, toks, lp in zip(active, new, new_lps):
+                ids[i] += toks
+                lps[i] += lp
+                mask[i] += [1] * len(toks)
+                program = rows[i].advance(tokenizer.decode(toks, skip_special_tokens=False), enabled[i] or frozenset(),
+                                          "", max_calls, run)
+                if program:
+                    written = tokenizer(program, add_special_tokens=False)["input_ids"]
+                    ids[i] += written
+                    lps[i] += [0.0] * len(written)
+                    mask[i] += [0] * len(written)
+    replies = [r.tool_reply().plugin if e is not None else r.reply for r, e in zip(rows, enabled)]
+    return ids, lps, mask, replies
+
+
+__all__ = ["NO_RESULT", "ToolReply", "commands_of", "generate_with_tools", "sample_with_tools", "tool_prompt"]

@@ -68,6 +68,7 @@ class WorldConfig:
     zh_share: float = 0.3
     turn_weights: List[float] = field(default_factory=lambda: [0.6, 0.3, 0.1])
     category_weights: Optional[Dict[str, float]] = None  # default: MOSS Table 5 mix
+    tool_share: float = if_set(0.0)  # share of tool-use requests (MOSS §8: calculator, solver, search)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     sft_source_weights: List[float] = field(default_factory=lambda: [1.0] * 6)

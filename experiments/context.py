@@ -28,7 +28,7 @@ from experiments.tracking import Tracker
 def make_world(cfg: WorldConfig) -> World:
     return World(WorldSpec(seed=cfg.seed, category_weights=cfg.category_weights, zh_share=cfg.zh_share,
                            turn_weights=tuple(cfg.turn_weights), val_fraction=cfg.val_fraction,
-                           test_fraction=cfg.test_fraction))
+                           test_fraction=cfg.test_fraction, tool_share=cfg.tool_share))
 
 
 @dataclass

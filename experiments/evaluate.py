@@ -9,6 +9,7 @@ writes the per-prompt scores to ``scores.json``: the sweep report pairs methods 
 
 from __future__ import annotations
 
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from alignment.rollout import Rollout, pack
 from alignment.sequences import prompt_ids, scored_sequences
 from alignment.winrate import length_controlled, outcomes, win_rate
 from alignment.world import WorldPrompt
+from alignment.world.categories.tool_use import called, is_tool_task
 from experiments.context import RunContext
 from experiments.judging import llm_outcomes, rm_scores
 from experiments.replies import Job, generate, load_replies, replies_key, save_replies
@@ -97,6 +99,9 @@ class Judged:
     scores: dict[str, dict[str, list[float]]]
     pairwise: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     lengths: dict[str, list[int]] = field(default_factory=dict)
+    tool_calls: dict[str, list[bool | None]] = field(default_factory=dict)
+    """Per policy and prompt: on a tool-use request of the world, whether the reply called the task's
+    tool with well-formed commands; None on any other prompt. Empty when no prompt asks for a tool."""
 
     def mean(self, judge: str) -> dict[str, float]:
         return {name: sum(v) / len(v) for name, v in self.scores.get(judge, {}).items()}
@@ -136,7 +141,10 @@ def judge_replies(ctx: RunContext, jobs: dict[str, Job], replies: dict[str, list
     tok = load_tokenizer(str(sft_path))
     lengths = {name: [len(ids) for ids in tok([written_body(r) for r in replies[name]],
                                               add_special_tokens=False)["input_ids"]] for name in judged}
-    out = Judged(replies, scores, pairwise, lengths)
+    tool_calls = {name: [called(p.task, r) if is_tool_task(p) else None for p, r in zip(jobs[name].prompts, rs)]
+                  for name, rs in replies.items()}
+    tool_calls = tool_calls if any(c is not None for v in tool_calls.values() for c in v) else {}
+    out = Judged(replies, scores, pairwise, lengths, tool_calls)
     write_scores(ctx, prompts, out, judged)
     return out
 
@@ -196,6 +204,32 @@ def method_results(ctx: RunContext, judged: Judged, wins: dict[str, dict[str, di
                            "length": {p: sum(judged.lengths[p]) / len(judged.lengths[p]) for p in policies}}
     if "gold" in judged.scores:
         out["gold"] = {p: v for p, v in judged.mean("gold").items() if p in policies}
+        if judged.tool_calls:
+            out["tool_use"] = tool_use_results(judged, [p.split("_vs_") for p in wins.get("gold", {})], policies,
+                                               ctx.cfg.seed)
+    return out
+
+
+def tool_use_results(judged: Judged, pairs: list[list[str]], policies: tuple[str, ...], seed: int) -> dict[str, Any]:
+    """The tool-use requests apart: how many, each policy's share of replies that call the task's tool
+    and its mean gold score there and on the other prompts, and the gold win rate of every pair on
+    each part (``win_rate`` on tool-use requests, ``win_rate_other`` on the rest), with intervals."""
+    def part(name: str, tool: bool) -> list[float]:
+        return [s for s, c in zip(judged.scores["gold"][name], judged.tool_calls[name]) if (c is not None) == tool]
+
+    out: dict[str, Any] = {"n": sum(c is not None for c in judged.tool_calls[policies[0]]),
+                           "share": {}, "gold": {}, "gold_other": {}, "win_rate": {}, "win_rate_other": {}}
+    for p in policies:
+        calls = [c for c in judged.tool_calls[p] if c is not None]
+        out["share"][p] = sum(calls) / len(calls)
+        out["gold"][p] = statistics.fmean(part(p, True))
+        out["gold_other"][p] = statistics.fmean(part(p, False)) if part(p, False) else None
+    for a, b in pairs:
+        if [c is None for c in judged.tool_calls[a]] != [c is None for c in judged.tool_calls[b]]:
+            continue  # not the same prompts
+        out["win_rate"][f"{a}_vs_{b}"] = _win(outcomes(part(a, True), part(b, True)), None, None, seed)
+        if part(a, False):
+            out["win_rate_other"][f"{a}_vs_{b}"] = _win(outcomes(part(a, False), part(b, False)), None, None, seed)
     return out
 
 
@@ -208,6 +242,9 @@ def method_metrics(results: dict[str, Any]) -> dict[str, float]:
     ``eval/gold_<policy>`` and ``eval/length_<policy>``."""
     flat = {f"win_rate/{judge}/{pair}": w["value"] for judge, d in results["win_rate"].items() for pair, w in d.items()}
     flat |= {f"eval/gold_{name}": v for name, v in results.get("gold", {}).items()}
+    tools = results.get("tool_use", {})
+    flat |= {f"eval/tool_share_{name}": v for name, v in tools.get("share", {}).items()}
+    flat |= {f"eval/tool_gold_{name}": v for name, v in tools.get("gold", {}).items()}
     return flat | {f"eval/length_{name}": v for name, v in results["length"].items()}
 
 

@@ -69,7 +69,7 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                                    optim=optim_config(cfg.pat.trainer, steps))
             scorer.submit("init_model", path=str(pm.path), drop_last_layer=False,
                           strategy=strategy_spec(cfg, cfg.ray.preference.num_gpus > 0))
-            seqs = scored_sequences(tokenizer, convs, [c.turns[-1].moss for c in convs], cfg.pm.max_length,
+            seqs = scored_sequences(tokenizer, convs, [c.turns[-1].reply for c in convs], cfg.pm.max_length,
                                     cfg.pm.context_turns)
             scores = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)  # after its init
             scorer.shutdown()

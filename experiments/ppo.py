@@ -48,7 +48,7 @@ from actors.policy import PolicyActor, PolicyUpdateSpec
 from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.atomic import atomic_dir, write_json
-from alignment.chat_format import Conversation
+from alignment.chat_format import Conversation, generation_prompt
 from alignment.data.batching import shard
 from alignment.data.formats import load_prompts
 from alignment.generation import RolloutSpec
@@ -61,7 +61,10 @@ from alignment.losses.reward import RunningMoments, normalise_scores, token_rewa
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout
 from alignment.sequences import prompt_ids, scored_sequences
+from alignment.tool_use import tool_prompt
+from alignment.tools import enabled_tools
 from alignment.world import WorldPrompt
+from alignment.world.categories.tool_use import called
 from experiments.cache import Artifact, commit
 from experiments.config import PPOConfig, RayConfig, as_key
 from experiments.context import RunContext
@@ -178,6 +181,7 @@ class PromptBatch:
     ids: list[list[int]]
     contexts: list[Conversation] | None = None
     world: list[WorldPrompt] | None = None
+    tools: list[frozenset[str] | None] | None = None  # per row with ``tools.enabled``: its tools, or None
 
 
 @dataclass
@@ -234,7 +238,11 @@ class PPOTrainer:
             return PromptBatch([prompt_ids(self.tokenizer, c) for c in picked], picked)
         prompts = grouped(self.ctx.world.prompts("train", n, offset=self.a.prompt_offset + iteration))
         contexts = [p.conversation() for p in prompts]
-        return PromptBatch([prompt_ids(self.tokenizer, c) for c in contexts], contexts, prompts)
+        tools = [enabled_tools(c.meta_instruction) or None if self.ctx.cfg.tools.enabled else None for c in contexts]
+        if not any(tools):  # plain replies only
+            return PromptBatch([prompt_ids(self.tokenizer, c) for c in contexts], contexts, prompts)
+        texts = [tool_prompt(c) if t else generation_prompt(c) for c, t in zip(contexts, tools)]
+        return PromptBatch(self.tokenizer(texts, add_special_tokens=False)["input_ids"], contexts, prompts, tools)
 
     def ptx_batch(self, iteration: int) -> list[Encoded] | None:
         """The iteration's SFT examples for PPO-ptx (None when ``algo.ptx_coef`` is 0): the SFT
@@ -248,10 +256,15 @@ class PPOTrainer:
         n, data = self.a.ptx_batch_size, self._ptx
         return [data[(iteration * n + i) % len(data)] for i in range(n)]
 
-    def rollout(self, ids: list[list[int]]) -> tuple[Rollout, list[str]]:
+    def rollout(self, batch: PromptBatch) -> tuple[Rollout, list[str]]:
         policy = self.roles.policy
         seed = self.ctx.cfg.seed * 1_000_003 + self.iteration * policy.size
-        outs = policy.call_sharded("rollout", shard(ids, policy.size), spec=self.rollout_spec, seed=seed)
+        if batch.tools is None:
+            outs = policy.call_sharded("rollout", shard(batch.ids, policy.size), spec=self.rollout_spec, seed=seed)
+        else:  # with MOSS's tools: each rank's rows and their tools
+            shares = list(zip(shard(batch.ids, policy.size), shard(batch.tools, policy.size)))
+            outs = policy.wait(policy.submit("rollout", shares, spec=self.rollout_spec, seed=seed,
+                                             max_calls=self.ctx.cfg.tools.max_calls))
         return (Rollout.cat([o[0] for o in outs], self.tokenizer.pad_token_id),
                 [t for o in outs for t in o[1]])
 
@@ -290,7 +303,7 @@ class PPOTrainer:
         algo = self.a
         t0 = time.perf_counter()
         batch = self.prompt_batch(self.iteration)
-        rollout, texts = self.rollout(batch.ids)
+        rollout, texts = self.rollout(batch)
         t1 = time.perf_counter()
         ref_logprobs, scores, values = self.score(rollout, batch, texts)
         t2 = time.perf_counter()
@@ -339,6 +352,9 @@ class PPOTrainer:
         }
         if batch.world is not None:
             metrics["ppo/gold"] = sum(self.ctx.world.judge(p, t) for p, t in zip(batch.world, texts)) / len(texts)
+            if batch.tools is not None:  # the share of tool requests whose rollout called the task's tool
+                calls = [called(p.task, t) for p, t, on in zip(batch.world, texts, batch.tools) if on]
+                metrics["ppo/tool_calls"] = sum(calls) / len(calls)
         metrics["ppo/iteration"] = self.iteration
         return PendingIteration(metrics | rank_mean(policy_stats, "tokens"), critic_refs)
 
@@ -442,6 +458,8 @@ def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str
     payload = {"algo": algo, "data": as_key(cfg.data), "strategy": as_key(cfg.strategy),
                "pm_max_length": cfg.pm.max_length, "drop_last_layer": cfg.pm.drop_last_layer, "seed": cfg.seed,
                "sft": str(sft.path), "pm": str(pm.path)}
+    if as_key(cfg.tools):  # rollouts with tools differ (and keys without them stay as they were)
+        payload["tools"] = as_key(cfg.tools)
     return ctx.cache_key(method_name(cfg), payload), payload
 
 

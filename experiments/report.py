@@ -58,6 +58,28 @@ def win_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def tool_use_table(r: dict[str, Any]) -> list[str]:
+    """The tool-use section (``results.tool_use``): per policy the share of tool-use requests answered
+    with a call of the right tool and the mean gold score there and elsewhere; the gold win rates of
+    each pair on the two parts. Empty when no prompt asked for a tool."""
+    t = r.get("tool_use")
+    if not t:
+        return []
+    lines = ["## Tool use", "", f"{t['n']} of the held-out requests ask for a tool (calculator, solver, search).", "",
+             "| policy | calls the tool | gold on tool requests | gold on the others |", "| --- | --- | --- | --- |"]
+    for p in t["share"]:
+        other = t["gold_other"][p]
+        lines.append(f"| {p} | {t['share'][p]:.3f} | {t['gold'][p]:.3f} | "
+                     + (f"{other:.3f}" if other is not None else "-") + " |")
+    lines += ["", "| pair | gold win rate on tool requests | 95% CI | on the others | 95% CI |",
+              "| --- | --- | --- | --- | --- |"]
+    for pair, w in t["win_rate"].items():
+        o = t["win_rate_other"].get(pair)
+        rest = f"{o['value']:.3f} | [{o['ci'][0]:.3f}, {o['ci'][1]:.3f}]" if o else "- | -"
+        lines.append(f"| {pair_name(pair)} | {w['value']:.3f} | [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] | {rest} |")
+    return [*lines, ""]
+
+
 def save_png(fig, path: Path) -> Path:
     """Write ``fig`` to ``path`` atomically and close it."""
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -129,7 +151,7 @@ def write_pat_report(run_dir: Path, r: dict[str, Any]) -> dict[str, Path]:
               "", f"Spearman correlation of tag and score: {c['spearman']:.3f}.", "",
               "## PAT training data", "",
               "Tag counts: " + ", ".join(f"{k}: {v}" for k, v in r["pat"]["tag_counts"].items()),
-              "", "## Samples", ""]
+              "", *tool_use_table(r), "## Samples", ""]
     for s in r["samples"]:
         lines += [f"**Prompt:** {s['prompt']}", "", f"- SFT: {s['sft']!r}", f"- PAT: {s['pat']!r}", ""]
     write_text(run_dir / "report.md", "\n".join(lines) + "\n")

@@ -352,4 +352,33 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     kl = {r.seed: r.results["kl"]["final"] for r in runs if "kl" in r.results}
     if kl:
         out["kl"] = {"final": _mean(list(kl.values()))}
+    tools = tool_use(runs)
+    if tools:
+        out["tool_use"] = tools
     return out
+
+
+def tool_use(runs: list[Run]) -> dict[str, Any] | None:
+    """The runs' ``tool_use`` blocks (``experiments.evaluate.tool_use_results``) over seeds: each
+    policy's share of tool requests answered with a call and its gold there and elsewhere, and each
+    pair's gold win rate on tool requests and on the others, as seed means with intervals (a
+    policy judged in several jobs of one seed counts once per seed). None without tool requests."""
+    blocks = [(r.seed, r.results["tool_use"]) for r in runs if r.results.get("tool_use")]
+    if not blocks:
+        return None
+
+    def over_seeds(part: str, name: str, sub: str | None = None) -> dict[str, Any] | None:
+        per_seed: dict[int, float] = {}
+        for seed, b in blocks:
+            v = b[part].get(name)
+            v = v[sub] if (sub and v is not None) else v
+            if v is not None:
+                per_seed.setdefault(seed, v)
+        return _mean([per_seed[s] for s in sorted(per_seed)]) if per_seed else None
+
+    policies = list(dict.fromkeys(p for _, b in blocks for p in b["share"]))
+    pairs = list(dict.fromkeys(k for _, b in blocks for k in b["win_rate"]))
+    return {"n": blocks[0][1]["n"],
+            **{part: {p: over_seeds(part, p) for p in policies} for part in ("share", "gold", "gold_other")},
+            **{part: {k: v for k in pairs if (v := over_seeds(part, k, "value")) is not None}
+               for part in ("win_rate", "win_rate_other")}}

@@ -321,7 +321,7 @@ def markdown(r: dict[str, Any]) -> str:
                   "| pair | judge | win rate | length-controlled | 95% interval |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {pair_label(key)} | {JUDGE_NAMES[judge]} | {w['value']:.3f} | **{w['lc']['value']:.3f}** | "
                   f"[{w['lc']['ci'][0]:.3f}, {w['lc']['ci'][1]:.3f}] |" for judge, key, w in lc]
-    lines += ["", "![win matrix](win_matrix.png)", "", "## Reward over-optimisation", "",
+    lines += ["", "![win matrix](win_matrix.png)", "", *tool_use_markdown(r), "## Reward over-optimisation", "",
               "Preference-model win rate against SFT minus the gold judge's (mean over seeds). A positive gap means "
               "the method pleases the reward model more than it improves true quality.", "",
               "| method | gap | 95% interval |", "| --- | --- | --- |"]
@@ -370,6 +370,26 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [f"- sum of the jobs' wall times: {r['wall_seconds']:.0f} s", "", "## Runs", ""]
     lines += [f"- `{x['path']}`: {x['stage']}, seed {x['seed']}" for x in r["runs"]]
     return "\n".join(lines) + "\n"
+
+
+def tool_use_markdown(r: dict[str, Any]) -> list[str]:
+    """The tool-use section of a sweep (``results.tool_use``), seed means [95% interval]; empty
+    when no request asked for a tool."""
+    t = r.get("tool_use")
+    if not t:
+        return []
+
+    def cell(v: dict[str, Any] | None) -> str:
+        return fmt(v) if v else "-"
+
+    lines = ["## Tool use", "", f"{t['n']} held-out requests per seed ask for a tool (calculator, equation "
+             "solver, search); seed means [95% interval].", "",
+             "| policy | calls the tool | gold on tool requests | gold on the others |", "| --- | --- | --- | --- |"]
+    lines += [f"| {NAMES.get(p, p)} | {cell(t['share'][p])} | {cell(t['gold'][p])} | {cell(t['gold_other'][p])} |"
+              for p in t["share"]]
+    lines += ["", "| pair | gold win rate on tool requests | on the others |", "| --- | --- | --- |"]
+    lines += [f"| {pair_label(k)} | {cell(v)} | {cell(t['win_rate_other'].get(k))} |" for k, v in t["win_rate"].items()]
+    return [*lines, ""]
 
 
 def write_report(out_dir: Path, r: dict[str, Any]) -> dict[str, Path]:

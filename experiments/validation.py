@@ -194,6 +194,8 @@ def validate(lab: LabConfig) -> None:
         if t.max_steps == 0 or t.max_steps < -1:
             raise ValueError(f"{key}.max_steps: {t.max_steps}; at least 1, or -1 for no cap")
     w = lab.data.world
+    if not 0.0 <= w.tool_share < 1.0:
+        raise ValueError(f"data.world.tool_share: {w.tool_share}; a share in [0, 1)")
     if not (w.val_fraction > 0 and w.test_fraction > 0 and w.val_fraction + w.test_fraction < 1):
         raise ValueError(f"data.world.val_fraction ({w.val_fraction}) and data.world.test_fraction "
                          f"({w.test_fraction}) must each be > 0 and sum to less than 1")

@@ -179,3 +179,56 @@ def test_pack_and_response_grid(tokenizer):
     back = Rollout.cat(parts, tokenizer.pad_token_id)
     assert torch.equal(back.sequences[:, : ro.sequences.size(1)], ro.sequences)
     assert torch.equal(back.logprobs, ro.logprobs)
+
+
+def test_gae_and_rewards_skip_the_tokens_a_tool_wrote():
+    """Inside a response, the tokens a tool wrote are outside the mask: the score lands on the last
+    sampled token, and the advantages of the sampled tokens are those of the same response with the
+    tool's tokens taken out."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 0], [1, 0, 1, 1, 0, 0, 0, 0]], dtype=torch.float)
+    values, kl = torch.randn(2, 8), torch.rand(2, 8)
+    rewards = token_rewards(torch.tensor([1.0, -2.0]), kl, mask, beta=0.1)
+    assert rewards[0, 6] == pytest.approx(1.0 - 0.1 * kl[0, 6].item()) and rewards[1, 3] == pytest.approx(
+        -2.0 - 0.1 * kl[1, 3].item())
+    assert (rewards * (1 - mask)).abs().sum() == 0
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.9)
+    for row in range(2):
+        keep = mask[row] > 0
+        dense_adv, dense_ret = gae(rewards[row, keep][None], values[row, keep][None], torch.ones(1, int(keep.sum())),
+                                   gamma=1.0, lam=0.9)
+        torch.testing.assert_close(adv[row, keep], dense_adv[0])
+        torch.testing.assert_close(ret[row, keep], dense_ret[0])
+    assert (adv * (1 - mask)).abs().sum() == 0
+
+
+def test_rollouts_with_tools_mask_what_the_program_wrote(tokenizer):
+    """``sample_with_tools`` on a random tiny model: each pass runs out of tokens, so the program
+    closes every field and writes the Results; those tokens carry mask 0 and log-prob 0, and the
+    sampled tokens' log-probs equal the model's on the whole sequence, tool output included."""
+    from alignment.chat_format import Conversation, ToolSwitch, Turn, meta_instruction
+    from alignment.generation import RolloutSpec
+    from alignment.models.causal_lm import ArchSpec, build_tiny
+    from alignment.tool_use import sample_with_tools, tool_prompt
+
+    model = build_tiny(ArchSpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2), tokenizer, seed=0)
+    conv = Conversation(meta_instruction(ToolSwitch(enabled=frozenset({"Calculator"}))), (Turn("What is 2+3?", ""),))
+    prompts = [tokenizer(tool_prompt(conv), add_special_tokens=False)["input_ids"]] * 2
+    prompts.append(tokenizer("<|Human|>: hi<eoh>\n<|MOSS|>:", add_special_tokens=False)["input_ids"])
+    spec = RolloutSpec(max_new_tokens=3)
+    ids, lps, masks, replies = sample_with_tools(model, tokenizer, prompts, [frozenset({"Calculate"})] * 2 + [None],
+                                                 spec, seed=0, run=lambda text, enabled, max_calls: "No result.")
+    for row in range(2):
+        assert sum(masks[row]) == 9  # three passes of three sampled tokens
+        written = tokenizer.decode([t for t, m in zip(ids[row], masks[row]) if not m], skip_special_tokens=False)
+        assert written.startswith("<eot>\n<|Commands|>:") and "<|Results|>: No result.<eor>\n<|MOSS|>:" in written
+        assert all(lp == 0.0 for lp, m in zip(lps[row], masks[row]) if not m)
+        assert replies[row].startswith("<|Inner Thoughts|>:") and "<|Results|>: No result.<eor>" in replies[row]
+    assert masks[2] == [1] * len(ids[2]) and not replies[2].startswith("<|")  # a plain row: one pass, all sampled
+    ro = pack(prompts, ids, lps, tokenizer.pad_token_id, masks)
+    with torch.no_grad():
+        logits = model(input_ids=ro.sequences, attention_mask=ro.attention_mask).logits
+    from alignment.losses.logprobs import token_logprobs
+
+    recomputed = token_logprobs(at_responses(logits, ro), response_tokens(ro)) * ro.response_mask
+    torch.testing.assert_close(recomputed, ro.logprobs, atol=1e-4, rtol=1e-4)

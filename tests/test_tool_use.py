@@ -1,6 +1,7 @@
-"""Multi-pass inference with tools, on a scripted stand-in model: pass 1 stops at ``<eoc>``, the
-commands run in the sandbox (only the enabled tools), Results and ``<|MOSS|>:`` are appended, and
-pass 2 continues the same reply; rows that answer at once, or call nothing, finish too."""
+"""Multi-pass inference with tools, on a scripted stand-in model: each pass ends at a field's close
+token, the program writes ``<|Commands|>:``, runs the commands in the sandbox (only the enabled tools)
+and writes Results and ``<|MOSS|>:``, and the next pass continues the same reply; rows that answer at
+once, call nothing or write a malformed call finish too."""
 
 from __future__ import annotations
 
@@ -8,15 +9,30 @@ import re
 
 import torch
 
-from alignment.chat_format import PLAIN_META, Conversation, ToolSwitch, Turn, meta_instruction
+from alignment.chat_format import (
+    PLAIN_META,
+    Conversation,
+    ToolSwitch,
+    Turn,
+    meta_instruction,
+    moss_body,
+    plugin_reply,
+    render,
+    reply_split,
+    reply_turn,
+)
 from alignment.generation import SamplingSpec
 from alignment.tool_use import commands_of, generate_with_tools, tool_prompt
 
 SCRIPT = {  # what the stand-in writes after a prompt that ends with the key
-    "sum?<eoh>\n<|Inner Thoughts|>:": ' add them<eot>\n<|Commands|>: Calculate("2+3")<eoc>\n<|MOSS|>: never<eom>',
-    "hello<eoh>\n<|Inner Thoughts|>:": " greet<eot>\n<|Commands|>: None<eoc>",
-    "now<eoh>\n<|Inner Thoughts|>:": " quick<eot>\n<|MOSS|>: right away<eom>",
-    "quick<eot>\n<|MOSS|>:": " right away<eom>",
+    "sum?<eoh>\n<|Inner Thoughts|>:": " add them<eot>",
+    "add them<eot>\n<|Commands|>:": ' Calculate("2+3")<eoc>',
+    "hello<eoh>\n<|Inner Thoughts|>:": " greet<eot>",
+    "greet<eot>\n<|Commands|>:": " None<eoc>",
+    "now<eoh>\n<|Inner Thoughts|>:": " quick<|MOSS|>",
+    "quick<|MOSS|>:": " right away<eom>",
+    "odd<eoh>\n<|Inner Thoughts|>:": " try<eot>",
+    "try<eot>\n<|Commands|>:": " Calculate(2+3<eoc>",
     '=> "5"<eor>\n<|MOSS|>:': " The sum is 5.<eom>",
     "<|Results|>: No result.<eor>\n<|MOSS|>:": " I could not compute it.<eom>",
     "<eoc>\n<|MOSS|>:": " Hello there!<eom>",
@@ -37,7 +53,7 @@ class Scripted(torch.nn.Module):
         rows = []
         for text in self.prompts[-1]:
             text = re.sub(r" <quality: \d+>$", "", text)  # PAT's tag opens the reply
-            cont = next(v for k, v in SCRIPT.items() if text.endswith(k))
+            cont = next((v for k, v in SCRIPT.items() if text.endswith(k)), " and so on and on")
             ids = self.tok(cont, add_special_tokens=False)["input_ids"]
             stop = next((i for i, t in enumerate(ids) if t in eos_token_id), len(ids) - 1)
             rows.append(ids[: stop + 1][:max_new_tokens])
@@ -50,23 +66,38 @@ def _conv(human: str, tools: frozenset[str]) -> Conversation:
     return Conversation(meta_instruction(ToolSwitch(enabled=tools)) if tools else PLAIN_META, (Turn(human, ""),))
 
 
-def test_two_passes_run_the_enabled_tools_and_continue_the_reply(tokenizer):
+def test_passes_run_the_enabled_tools_and_continue_the_reply(tokenizer):
     calc = frozenset({"Calculator"})
     contexts = [_conv("What is the sum?", calc), _conv("What is the sum?", frozenset()), _conv("hello", calc),
-                _conv("Answer now", calc)]
+                _conv("Answer now", calc), _conv("Something odd", calc)]
     model = Scripted(tokenizer)
     replies, n_tokens = generate_with_tools(model, tokenizer, contexts, SamplingSpec(do_sample=False), quality=100)
-    assert [r.reply for r in replies] == ["The sum is 5.", "I could not compute it.", "Hello there!", "right away"]
+    assert [r.reply for r in replies] == ["The sum is 5.", "I could not compute it.", "Hello there!", "right away",
+                                          "I could not compute it."]
     assert replies[0].results == 'Calculate("2+3") => "5"'
     assert replies[1].results == "No result."  # the calculator is disabled there: the call is ignored
-    assert replies[2].results is None and replies[3].results is None
-    assert '<|Results|>: Calculate("2+3") => "5"<eor>\n<|MOSS|>: <quality: 100> The sum is 5.<eom>' in \
-        replies[0].transcript
-    # pass 1 for every row, stopped at <eoc> or <|MOSS|>; pass 2 for all four, in one batch, under the tag
-    assert len(model.prompts) == 2 and len(model.prompts[1]) == 4
-    assert replies[3].transcript == " quick<eot>\n<|MOSS|>: <quality: 100> right away<eom>"
+    assert replies[2].results is None and replies[3].results is None  # "None" calls nothing
+    assert replies[4].results == "No result."  # a malformed call: a Results error, the turn ends cleanly
+    assert replies[0].transcript == (' add them<eot>\n<|Commands|>: Calculate("2+3")<eoc>\n'
+                                     '<|Results|>: Calculate("2+3") => "5"<eor>\n<|MOSS|>: <quality: 100> '
+                                     'The sum is 5.<eom>')
+    assert replies[0].plugin == ('<|Inner Thoughts|>: add them<eot>\n<|Commands|>: Calculate("2+3")<eoc>\n'
+                                 '<|Results|>: Calculate("2+3") => "5"<eor>\n<|MOSS|>: The sum is 5.')
+    assert replies[2].plugin == "<|Inner Thoughts|>: greet<eot>\n<|Commands|>: None<eoc>\n<|MOSS|>: Hello there!"
+    assert replies[3].transcript == " quick<|MOSS|>: <quality: 100> right away<eom>"
+    # thoughts for every row; then commands (and row 3's reply) in one batch; then the replies
+    assert [len(p) for p in model.prompts] == [5, 5, 4]
     assert all(p.endswith("<|Inner Thoughts|>:") for p in model.prompts[0])
     assert n_tokens > 0
+
+
+def test_out_of_tokens_closes_the_field(tokenizer):
+    """A pass that ends without a stop token has its field closed by the program and goes on."""
+    model = Scripted(tokenizer)
+    spec = SamplingSpec(do_sample=False, max_new_tokens=2)
+    [reply], _ = generate_with_tools(model, tokenizer, [_conv("What is the sum?", frozenset({"Calculator"}))], spec)
+    assert reply.transcript.count("<eot>") == 1 and reply.transcript.count("<eoc>") == 1
+    assert "<|MOSS|>:" in reply.transcript and len(model.prompts) == 3
 
 
 def test_tool_prompt_and_commands_parsing():
@@ -74,6 +105,14 @@ def test_tool_prompt_and_commands_parsing():
     assert tool_prompt(conv).endswith("<|Human|>: hi<eoh>\n<|Inner Thoughts|>:")
     assert commands_of(' x<eot>\n<|Commands|>: Calculate("1+1")<eoc>') == 'Calculate("1+1")'
     assert commands_of(" no commands<eot>") is None
+    reply = plugin_reply("It is 2.", "add", 'Calculate("1+1")', 'Calculate("1+1") => "2"')
+    turn = reply_turn("hi", reply, quality=80)
+    assert (turn.inner_thoughts, turn.commands, turn.results, turn.moss, turn.quality) == (
+        "add", 'Calculate("1+1")', 'Calculate("1+1") => "2"', "It is 2.", 80)
+    head, body = reply_split(Conversation(conv.meta_instruction, (turn,)), reply)
+    assert head.endswith("<eoh>\n") and head + body + "\n" == render(Conversation(conv.meta_instruction,
+                                                                                   (reply_turn("hi", reply),)))
+    assert reply_split(conv, "plain")[0].endswith("<|MOSS|>:") and moss_body(reply) == "It is 2."
 
 
 def test_chat_command_talks_to_a_checkpoint_and_quits(tmp_path, tokenizer):

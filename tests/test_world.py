@@ -16,7 +16,7 @@ from alignment.world.task import Task
 def test_prompts_cover_categories_languages_and_turns(world):
     prompts = world.prompts("train", 1500)
     cats = Counter(p.task.category for p in prompts)
-    assert set(cats) == set(CATEGORIES)
+    assert set(cats) == set(CATEGORIES) - {"tool_use"}  # tool use joins with data.world.tool_share
     assert cats["writing"] > cats["code"] > cats["brainstorming"] > cats["honesty"]  # MOSS Table 5 order
     assert {p.task.lang for p in prompts} == {"en", "zh"}
     assert {len(p.history) + 1 for p in prompts} == {1, 2, 3}
@@ -121,3 +121,42 @@ def test_labeller_labels_all_fifteen_pairs(world):
 def test_unknown_category_is_rejected():
     with pytest.raises(ValueError, match="unknown world categories"):
         World(WorldSpec(category_weights={"poetry": 1.0}))
+
+
+def test_tool_use_requests_join_by_share_and_keep_the_default_world():
+    plain, tooled = World(WorldSpec()), World(WorldSpec(tool_share=0.25))
+    cats = Counter(p.task.category for p in tooled.prompts("train", 2000))
+    assert 0.2 < cats["tool_use"] / 2000 < 0.3
+    tool_prompts = [p for p in tooled.prompts("train", 300) if p.task.category == "tool_use"]
+    assert tool_prompts and all(not p.history for p in tool_prompts)  # tool requests open a conversation
+    assert all(t.commands is None for p in tooled.prompts("train", 300) for t in p.history)
+    kinds = Counter(p.task.spec["kind"] for p in tooled.prompts("train", 2000) if p.task.category == "tool_use")
+    assert set(kinds) == {"arithmetic", "equation", "fact"}
+    assert World(WorldSpec(tool_share=0.0)).prompts("train", 50) == plain.prompts("train", 50)
+    with pytest.raises(ValueError, match="tool_share"):
+        World(WorldSpec(tool_share=1.0))
+
+
+def test_tool_use_sources_call_or_guess_and_the_judge_reads_answer_and_commands():
+    from alignment.chat_format import parse, render
+    from alignment.world.categories.tool_use import called
+
+    world = World(WorldSpec(tool_share=0.5))
+    prompts = [p for p in world.prompts("test", 600) if p.task.category == "tool_use"][:150]
+    rng = random.Random(0)
+    calls = [statistics.fmean(called(p.task, respond(p.task, s, rng)) for p in prompts) for s in range(NUM_SOURCES)]
+    gold = [statistics.fmean(gold_score(p.task, respond(p.task, s, rng)) for p in prompts) for s in range(NUM_SOURCES)]
+    assert calls[0] < 0.25 and calls[-1] > 0.85 and gold == sorted(gold)  # the better sources call more, score more
+    p = next(p for p in prompts if p.task.spec["kind"] == "arithmetic")
+    reply = respond(p.task, NUM_SOURCES - 1, random.Random(1))
+    conv = p.conversation(reply)
+    assert "- Calculator: enabled." in conv.meta_instruction and parse(render(conv)) == conv  # a well-formed turn
+    answer = p.task.spec["answer"]
+    call, guess = f'<|Inner Thoughts|>: x<eot>\n<|Commands|>: Calculate("{p.task.spec["call"]}")<eoc>\n' \
+        f'<|Results|>: r<eor>\n<|MOSS|>: Sure! It is {answer}.', f"Sure! It is {answer}."
+    assert gold_score(p.task, call) == pytest.approx(1.0)  # right answer, well-formed command
+    assert gold_score(p.task, guess) == pytest.approx(0.7 * 0.8 + 0.2)  # right answer, no command
+    wrong = call.replace(f"It is {answer}.", f"It is {int(float(answer)) + 1}.")
+    assert gold_score(p.task, wrong) == pytest.approx(0.3 * 0.8 + 0.2)
+    bad = call.replace("Calculate(", "Calc(")  # an unknown tool is not a well-formed call of the task's tool
+    assert not called(p.task, bad) and gold_score(p.task, bad) == pytest.approx(0.7 * 0.8 + 0.2)

@@ -37,20 +37,22 @@ def gae(
     """Advantages and returns ``[B, R]``.
 
     ``values[:, t]`` is the critic's value of the state before response token ``t``; the value
-    after the last token is 0 (the episode ends). Positions outside ``mask`` get 0 and do not
-    feed back into earlier tokens.
+    after the last token is 0 (the episode ends). Positions outside ``mask`` get 0 and are skipped:
+    the recursion runs over the marked tokens only, so the tokens a tool wrote inside a response
+    (outside the mask) pass the later tokens' advantage on to the earlier ones unchanged.
     """
     mask = mask.to(values.dtype)
     values = values * mask
     rewards = rewards * mask
     advantages = torch.zeros_like(values)
     running = torch.zeros_like(values[:, 0])
-    length = values.size(1)
-    for t in reversed(range(length)):
-        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+    next_value = torch.zeros_like(running)  # the value of the next marked token's state
+    for t in reversed(range(values.size(1))):
+        on = mask[:, t] > 0
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = (delta + gamma * lam * running) * mask[:, t]
-        advantages[:, t] = running
+        running = torch.where(on, delta + gamma * lam * running, running)
+        advantages[:, t] = running * mask[:, t]
+        next_value = torch.where(on, values[:, t], next_value)
     return advantages, (advantages + values) * mask
 
 

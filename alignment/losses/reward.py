@@ -57,8 +57,9 @@ def normalise_scores(scores: torch.Tensor, moments: RunningMoments | None, clip:
 
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-token rewards ``[B, R]``: ``-beta * kl`` on every response token, plus the sequence's
-    score on its last response token. ``mask`` marks the response tokens (left-aligned)."""
+    score on its last response token. ``mask`` marks the response tokens (left-aligned; with tools,
+    the tokens the program wrote inside a response are outside it)."""
     mask = mask.to(kl.dtype)
     rewards = -beta * kl * mask
-    last = (mask.sum(1).long() - 1).clamp(min=0)
+    last = mask.size(1) - 1 - mask.flip(1).argmax(1)  # the last marked column
     return rewards.scatter_add(1, last[:, None], scores.to(rewards.dtype)[:, None] * (mask.sum(1, keepdim=True) > 0))
