@@ -50,8 +50,8 @@ class DPOPair:
     """One labelled pair for ``dpo_step``: each reply as (prompt ids, reply ids), and its summed
     log-prob under the reference model (computed once, before training)."""
 
-    chosen: tuple[list[int], list[int]]
-    rejected: tuple[list[int], list[int]]
+    chosen: tuple[list[int], ...]  # (prompt ids, reply ids[, the reply's mask])
+    rejected: tuple[list[int], ...]
     ref_chosen: float
     ref_rejected: float
 
@@ -93,10 +93,12 @@ class PolicyActor(TrainableActor):
         stats = self.engine.step()
         return {"loss": loss.item(), "tokens": float(n_tokens), **stats}
 
-    def sequence_logprobs(self, rows: list[tuple[list[int], list[int]]]) -> torch.Tensor:
-        """``[B]`` summed log-probs of each row's reply tokens given its prompt (with autograd)."""
-        ro = pack([p for p, _ in rows], [r for _, r in rows], [[0.0] * len(r) for _, r in rows],
-                  self.tokenizer.pad_token_id).to(self.device)
+    def sequence_logprobs(self, rows: list[tuple[list[int], ...]]) -> torch.Tensor:
+        """``[B]`` summed log-probs of each row's reply tokens given its prompt (with autograd); a row
+        ``(prompt, reply, mask)`` sums over the reply tokens its mask marks."""
+        masks = [row[2] if len(row) > 2 else [1] * len(row[1]) for row in rows]
+        ro = pack([row[0] for row in rows], [row[1] for row in rows], [[0.0] * len(row[1]) for row in rows],
+                  self.tokenizer.pad_token_id, masks).to(self.device)
         return sequence_logps(token_logprobs(response_logits(self.engine, ro), response_tokens(ro)), ro.response_mask)
 
     def dpo_step(self, pairs: list[DPOPair], spec: DPOSpec) -> dict[str, float]:
@@ -109,7 +111,7 @@ class PolicyActor(TrainableActor):
             where.setdefault((tuple(row[0]), tuple(row[1])), len(where))
             if len(where) > len(rows):
                 rows.append(row)
-        index = [where[(tuple(p), tuple(r))] for p, r in [q.chosen for q in pairs] + [q.rejected for q in pairs]]
+        index = [where[(tuple(r[0]), tuple(r[1]))] for r in [q.chosen for q in pairs] + [q.rejected for q in pairs]]
         logps = self.sequence_logprobs(rows)[torch.tensor(index, device=self.device)]
         chosen, rejected = logps[:n], logps[n:]
         ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in pairs], device=self.device)
@@ -138,17 +140,19 @@ class PolicyActor(TrainableActor):
         return [r.plugin for r in replies]
 
     def rollout(self, prompts: list[list[int]], spec: RolloutSpec, seed: int,
-                tools: list[frozenset[str] | None] | None = None, max_calls: int = 8) -> tuple[Rollout, list[str]]:
+                tools: list[frozenset[str] | None] | None = None, max_calls: int = 8,
+                quality: int | None = None) -> tuple[Rollout, list[str]]:
         """Sample a response to each prompt (token ids); returns the rollout and the reply texts.
         With ``tools`` (per row: the enabled tools, or None for a plain reply) the rows with tools go
         through the passes of tool use (``alignment.tool_use.sample_with_tools``): what the tools
-        wrote is in the sequences but outside the response mask."""
+        wrote is in the sequences but outside the response mask; ``quality`` is the PAT tag the
+        program writes after their ``<|MOSS|>:``."""
         tok = self.tokenizer
         masks = None
         with self.engine.precision():  # the numerics the engine trains with
             if tools is not None and any(t is not None for t in tools):
                 responses, logprobs, masks, texts = sample_with_tools(self.engine.module, tok, prompts, tools, spec,
-                                                                      max_calls, seed + self.rank)
+                                                                      max_calls, seed + self.rank, quality=quality)
             else:
                 responses, logprobs = sample_responses(self.engine.module, prompts, spec, tok.pad_token_id,
                                                        tok.eos_token_id, seed + self.rank)

@@ -13,7 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alignment.chat_format import Conversation, generation_prompt, reply_split
+from alignment.chat_format import (
+    Conversation,
+    Section,
+    generation_prompt,
+    is_plugin_reply,
+    reply_split,
+    reply_turn,
+    turn_segments,
+    written_body,
+)
 
 
 def last_turns(context: Conversation, n: int) -> Conversation:
@@ -39,35 +48,57 @@ def scored_sequences(tokenizer, contexts: Sequence[Conversation], replies: Seque
         raise ValueError(f"{len(contexts)} contexts for {len(replies)} replies")
     if not replies:
         return []
-    heads, bodies = _split(tokenizer, [last_turns(c, context_turns) for c in contexts], replies)
+    heads, bodies, _ = _split(tokenizer, [last_turns(c, context_turns) for c in contexts], replies)
     return [(head + body)[-max_length:] for head, body in zip(heads, bodies)]
 
 
-def _split(tokenizer, contexts: Sequence[Conversation], replies: Sequence[str]) -> tuple[list, list]:
-    """Token ids of each reply's head and body (``reply_split``: plain and plugin replies), the texts
-    tokenized in two batches."""
-    pairs = [reply_split(c, r) for c, r in zip(contexts, replies)]
-    heads = tokenizer([h for h, _ in pairs], add_special_tokens=False)["input_ids"]
-    return heads, tokenizer([b for _, b in pairs], add_special_tokens=False)["input_ids"]
+def _split(tokenizer, contexts: Sequence[Conversation], replies: Sequence[str]) -> tuple[list, list, list]:
+    """Token ids of each reply's head and body (``reply_split``: plain and plugin replies), and the
+    body's mask: 1 on what the model wrote. A plain body is one text; a plugin body is tokenized
+    field by field, as SFT's ``encode`` tokenizes it, the role prefixes and Results (the program's)
+    masked out. The texts are tokenized in batches, each distinct text once."""
+    heads = [h for h, _ in (reply_split(c, r) for c, r in zip(contexts, replies))]
+    pieces = [_body_segments(r) for r in replies]
+    texts = list(dict.fromkeys([*heads, *(t for segs in pieces for t, _ in segs)]))
+    ids_of = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"]))
+    bodies, masks = [], []
+    for segs in pieces:
+        body: list[int] = []
+        mask: list[int] = []
+        for text, written in segs:
+            body += ids_of[text]
+            mask += [int(written)] * len(ids_of[text])
+        bodies.append(body)
+        masks.append(mask)
+    return [ids_of[h] for h in heads], bodies, masks
+
+
+def _body_segments(reply: str) -> list[tuple[str, bool]]:
+    """A reply's body as (text, written by the model) pieces; they concatenate to ``reply_split``'s body."""
+    if not is_plugin_reply(reply):
+        return [(written_body(reply), True)]
+    segs = [seg for seg in turn_segments(reply_turn("", reply)) if seg.section is not Section.HUMAN][:-1]
+    return [(seg.text, seg.model_written) for seg in segs]
 
 
 def reply_sequences(tokenizer, contexts: Sequence[Conversation], replies: Sequence[str],
-                    max_length: int) -> list[tuple[list[int], list[int]]]:
+                    max_length: int, with_masks: bool = False) -> list[tuple[list[int], ...]]:
     """``(prompt ids, reply ids)`` of each (context, reply), the tokens generation builds (the whole
     context's ``prompt_ids``, then the written reply), for a policy's log-prob of the reply. Within
     ``max_length`` tokens: the reply keeps its start and the prompt its end, the prompt at least
-    ``min(len(prompt), max_length // 2)`` tokens (never none)."""
+    ``min(len(prompt), max_length // 2)`` tokens (never none). ``with_masks``: each row also holds
+    the reply's mask, 0 on the tokens the program wrote in a plugin reply (role prefixes, Results)."""
     if len(contexts) != len(replies):
         raise ValueError(f"{len(contexts)} contexts for {len(replies)} replies")
     if max_length < 2:
         raise ValueError(f"max_length: {max_length}; at least 2 (a prompt token and a reply token)")
     if not replies:
         return []
-    heads, bodies = _split(tokenizer, contexts, replies)
-    out = []
-    for head, body in zip(heads, bodies):
+    heads, bodies, masks = _split(tokenizer, contexts, replies)
+    out: list[tuple[list[int], ...]] = []
+    for head, body, mask in zip(heads, bodies, masks):
         if len(head) + len(body) > max_length:
             body = body[: max_length - max(1, min(len(head), max_length // 2))]
             head = head[-(max_length - len(body)):]
-        out.append((list(head), list(body)))
+        out.append((list(head), list(body), mask[:len(body)]) if with_masks else (list(head), list(body)))
     return out

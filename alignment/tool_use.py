@@ -158,6 +158,7 @@ def generate_with_tools(model, tokenizer, contexts: Sequence[Conversation], spec
 @torch.inference_mode()
 def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enabled: Sequence[frozenset[str] | None],
                       spec: RolloutSpec, max_calls: int = 8, seed: int = 0, run: Callable[..., str] = run_commands,
+                      quality: int | None = None,
                       ) -> tuple[list[list[int]], list[list[float]], list[list[int]], list[str]]:
     """PPO's rollouts with tools, on token ids. A row with ``enabled`` tools starts at
     ``<|Inner Thoughts|>:`` (its prompt ends there: :func:`tool_prompt`) and goes through the passes;
@@ -165,8 +166,11 @@ def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enable
     active rows together (``sample_responses``); what the program writes (role prefixes, Results)
     joins the response with log-prob 0 and action mask 0, so it gets no log-prob ratio, no KL and
     no advantage. Returns per row the response ids, their log-probs, the action mask (1 on the
-    tokens the model sampled) and the reply (a plugin reply for tool rows, the body for plain ones)."""
+    tokens the model sampled) and the reply (a plugin reply for tool rows, the body for plain ones).
+    ``quality``: PAT's tag, which the program writes after a tool row's ``<|MOSS|>:`` (a plain row's
+    prompt carries its own)."""
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in STOPS]
+    tag = f" {quality_tag(quality)}" if quality is not None else ""
     rows = [_Row(Section.INNER_THOUGHTS if e is not None else Section.MOSS) for e in enabled]
     ids: list[list[int]] = [[] for _ in prompts]
     lps: list[list[float]] = [[] for _ in prompts]
@@ -184,7 +188,7 @@ def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enable
                 lps[i] += lp
                 mask[i] += [1] * len(toks)
                 program = rows[i].advance(tokenizer.decode(toks, skip_special_tokens=False), enabled[i] or frozenset(),
-                                          "", max_calls, run)
+                                          tag, max_calls, run)
                 if program:
                     written = tokenizer(program, add_special_tokens=False)["input_ids"]
                     ids[i] += written

@@ -34,7 +34,7 @@ from experiments.report import print_win_rates
 from experiments.sft import sft_stage
 from experiments.specs import model_spec, optim_config, strategy_spec
 
-Rows = list[tuple[list[int], list[int]]]
+Rows = list[tuple[list[int], list[int], list[int]]]  # prompt ids, reply ids, the reply's mask
 PM_TRAINING_ONLY = ("trainer", "drop_last_layer", "max_length", "context_turns")  # change the PM, not its pairs
 
 
@@ -50,8 +50,10 @@ def dpo_key(ctx: RunContext, sft: Artifact) -> tuple[str, dict[str, Any]]:
 
 
 def encode_groups(tokenizer: Any, groups: list[ComparisonGroup], max_length: int) -> list[Rows]:
-    """Each group's candidates as (prompt ids, reply ids), as the policy would generate them."""
-    return [reply_sequences(tokenizer, [g.context] * len(g.candidates), g.candidates, max_length) for g in groups]
+    """Each group's candidates as (prompt ids, reply ids, mask), as the policy would generate them (the
+    mask leaves out what a tool wrote in a plugin reply)."""
+    return [reply_sequences(tokenizer, [g.context] * len(g.candidates), g.candidates, max_length, with_masks=True)
+            for g in groups]
 
 
 def reference_logps(ref: Any, rows: Rows, pad_id: int, batch_size: int) -> list[float]:
@@ -61,8 +63,8 @@ def reference_logps(ref: Any, rows: Rows, pad_id: int, batch_size: int) -> list[
     for start in range(0, len(rows), batch_size * ref.size):
         shares = shard(rows[start:start + batch_size * ref.size], ref.size)
         # a rank without rows (the short last batch) scores one row, dropped below
-        parts = [pack([p for p, _ in s], [r for _, r in s], [[0.0] * len(r) for _, r in s], pad_id)
-                 for s in (share or rows[:1] for share in shares)]
+        parts = [pack([p for p, _, _ in s], [r for _, r, _ in s], [[0.0] * len(r) for _, r, _ in s], pad_id,
+                      [m for _, _, m in s]) for s in (share or rows[:1] for share in shares)]
         pending.append((ref.submit("logprobs", [(p,) for p in parts]), parts, [len(s) for s in shares]))
     out: list[float] = []
     with tqdm(total=len(rows), desc="dpo: reference log-probs", unit="seq", dynamic_ncols=True) as bar:

@@ -30,6 +30,8 @@ from alignment.losses.kl import kl_estimate
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack
 from alignment.sequences import prompt_ids, scored_sequences
+from alignment.tool_use import tool_prompt
+from alignment.tools import enabled_tools
 from alignment.winrate import length_controlled, outcomes, win_rate
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called, is_tool_task
@@ -285,14 +287,26 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
                                        bf16=strategy_spec(cfg, cfg.ray.reference.num_gpus > 0).bf16)
                     + scorer.submit("init_model", None, path=str(pm_path), drop_last_layer=False,
                                     strategy=strategy_spec(cfg, cfg.ray.preference.num_gpus > 0)))
+        tools = [(enabled_tools(p.conversation().meta_instruction) or None) if cfg.tools.enabled else None
+                 for p in prompts]
+        if any(tools):  # tool requests sample through the tools; the tag follows their <|MOSS|>: (so the
+            # reference sees it too, outside the response mask)
+            plain = [tok(tool_prompt(p.conversation()), add_special_tokens=False)["input_ids"] if t else ids
+                     for p, t, ids in zip(prompts, tools, plain)]
         points = []
         for tag in tags:
-            ids = [prompt_ids(tok, p.conversation(), tag) for p in prompts]
-            parts = policy.call_sharded("rollout", shard(ids, policy.size), spec=spec, seed=cfg.seed)
+            ids = [head if t else prompt_ids(tok, p.conversation(), tag) for p, t, head in zip(prompts, tools, plain)]
+            if any(tools):
+                shares = list(zip(shard(ids, policy.size), shard(tools, policy.size)))
+                parts = policy.wait(policy.submit("rollout", shares, spec=spec, seed=cfg.seed,
+                                                  max_calls=cfg.tools.max_calls, quality=tag))
+            else:
+                parts = policy.call_sharded("rollout", shard(ids, policy.size), spec=spec, seed=cfg.seed)
             sampled = Rollout.cat([p[0] for p in parts], tok.pad_token_id)
             texts = [t for p in parts for t in p[1]]
             responses = [row[len(p):] for row, p in zip(sampled.token_lists(), ids)]
-            untagged = pack(plain, responses, [[0.0] * len(r) for r in responses], tok.pad_token_id)
+            masks = [m[:len(r)] for m, r in zip(sampled.response_mask.long().tolist(), responses)]
+            untagged = pack(plain, responses, [[0.0] * len(r) for r in responses], tok.pad_token_id, masks)
             ref = torch.cat(reference.wait(reference.submit(
                 "logprobs", [(r,) for r in untagged.split(reference.size)], temperature=spec.temperature)))
             kl = (kl_estimate(sampled.logprobs, ref, "k1") * sampled.response_mask).sum(1)

@@ -138,3 +138,22 @@ def test_chat_command_talks_to_a_checkpoint_and_quits(tmp_path, tokenizer):
     bad = subprocess.run([*cmd[:3], f"chat.model_path={tmp_path / 'nowhere'}"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode != 0 and "config error: chat.model_path:" in bad.stderr
+
+
+def test_plugin_replies_tokenize_as_sft_does_with_the_program_masked(tokenizer):
+    """The preference model's and DPO's tokens of a plugin reply are SFT's (field by field), and
+    DPO's mask leaves out the role prefixes and Results the program wrote."""
+    from alignment.loss_mask import encode
+    from alignment.sequences import reply_sequences, scored_sequences
+
+    conv = _conv("What is 2+3?", frozenset({"Calculator"}))
+    reply = plugin_reply("It is 5.", "add", 'Calculate("2+3")', 'Calculate("2+3") => "5"')
+    (head, body, mask), = reply_sequences(tokenizer, [conv], [reply], 10_000, with_masks=True)
+    whole = encode(conv.with_last_reply(reply), tokenizer)
+    assert head + body == whole.input_ids[:len(head) + len(body)] and len(whole.input_ids) == len(head) + len(body) + 1
+    assert mask == whole.loss_mask[len(head):len(head) + len(body)]  # loss on thoughts, commands, reply only
+    written = tokenizer.decode([t for t, m in zip(body, mask) if m], skip_special_tokens=False)
+    assert written == ' add<eot> Calculate("2+3")<eoc> It is 5.<eom>'
+    assert scored_sequences(tokenizer, [conv], [reply], 10_000) == [head + body]
+    (h2, b2), = reply_sequences(tokenizer, [conv], ["plain"], 10_000)
+    assert tokenizer.decode(b2, skip_special_tokens=False) == " plain<eom>"
