@@ -21,6 +21,7 @@ from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
+from experiments.evaluate import generate_with
 from experiments.loop import Checkpoints, total_steps, train_loop
 from experiments.replies import Job, generate, replies_key, save_replies
 from experiments.specs import model_spec, optim_config, strategy_spec
@@ -110,13 +111,20 @@ def sft_stage(ctx: RunContext) -> Artifact:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    """``+experiment=sft``: train (or reuse) the SFT model and report its gold score."""
+    """``+experiment=sft``: train (or reuse) the SFT model and report its gold score. A reused model
+    is judged on its replies under this run's evaluation settings (``tools.*``: with tools or
+    without), from the reply cache or sampled now."""
     art = sft_stage(ctx)
-    info = art.info
+    info = dict(art.info)
+    if art.cached and info["eval"]["gold"] is not None:
+        prompts = ctx.world.prompts("test", ctx.cfg.eval.n_prompts)
+        replies = generate_with(ctx, art.path, {"sft": Job(prompts)}, "policy")["sft"]
+        info["eval"] = gold_report(ctx.world, prompts, replies)
     results = {
         "sft": {"checkpoint": str(art.path), "cached": art.cached, "gold": info["eval"]["gold"],
                 "gold_init": info.get("init", {}).get("gold"), "sources": info["sources"],
-                "trainable_params": info["trainable_params"], "train_seconds": info.get("train_seconds")},
+                "trainable_params": info["trainable_params"], "train_seconds": info.get("train_seconds"),
+                "by_category": {k: v for k, v in info["eval"].items() if k.startswith(("gold/", "tool_calls/"))}},
     }
     metrics = {"eval/gold_sft": info["eval"]["gold"], "sft/cached": float(art.cached)}
     if info["eval"]["gold"] is None:  # a prompt file: no gold judge
@@ -124,7 +132,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if "init" in info and info["init"]["gold"] is not None:
         metrics["eval/gold_init"] = info["init"]["gold"]
     metrics.update({f"eval/gold_source_{i}": s for i, s in enumerate(info["sources"])})
-    metrics.update({f"eval/sft/{k}": v for k, v in info["eval"].items() if k.startswith("gold/")})
+    metrics.update({f"eval/sft/{k}": v for k, v in info["eval"].items() if k.startswith(("gold/", "tool_calls/"))})
     ctx.tracker.log(metrics)
     ctx.tracker.summary(metrics)
     rows = [("untrained model", info.get("init", {}).get("gold")), ("SFT model", info["eval"]["gold"])]
@@ -132,5 +140,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     print("\nGold-judge score on held-out test prompts (0..1):")
     for name, value in rows:
         print(f"  {name:<18} {'n/a' if value is None else f'{value:.3f}'}")
+    if "tool_calls/all" in info["eval"]:
+        e = info["eval"]
+        kinds = [k.split("/")[1] for k in e if k.startswith("tool_calls/") and k != "tool_calls/all"]
+        print(f"  tool requests: gold {e['gold/tool_use']:.3f}, calls the right tool {e['tool_calls/all']:.3f} ("
+              + ", ".join(f"{k} {e[f'tool_calls/{k}']:.3f}" for k in kinds) + ")")
     print(f"  checkpoint: {art.path}{' (cached)' if art.cached else ''}")
     return results
