@@ -1,76 +1,296 @@
 """Chat driver: talk to a trained policy in the terminal, as MOSS's CLI demo did.
-``python run.py +experiment=chat chat.model_path=<dir>``.
+``python run.py +experiment=chat chat.model=pat`` (or ``sft``, ``ppo``, ``dpo``, or a model directory).
 
-The model loads in this process (no Ray). Each line you type is a human turn; the reply is
-sampled with the evaluation's settings (``eval.temperature``, ``eval.top_p``, ...), under PAT's
-tag with ``chat.quality``. With ``chat.tools`` (``[Calculate, Solve, Search]``) the
-meta-instruction switches those tools on and every reply goes through the two passes of tool use
-(``alignment.tool_use``), printing the Commands and Results it produced. ``/reset`` starts a new
-conversation; ``/quit`` (or end of input) leaves.
+``chat.model`` names this config's model in the lab's cache, found with the chain's own keys
+(``experiments.sft``, ``pm``, ``pat``, ``ppo``, ``dpo``: the artifact ``+experiment=pat`` would
+reuse), or a model directory. Both are checked by ``experiments.validation.validate`` before anything
+loads; a name whose artifact is not cached fails naming the command that builds it.
+
+The model loads in this process (no Ray). Each line you type is a human turn of one MOSS-format
+conversation, kept across turns; the reply is sampled with the evaluation's settings (``eval.*``),
+under PAT's tag ``chat.tag`` (with ``chat.model=pat`` and no tag, ``pat.inference_tag``). With
+``chat.tools`` (``[Calculate, Solve, Search]``) the meta-instruction switches those tools on and
+every reply goes through the two passes of tool use (``alignment.tool_use``); its Inner Thoughts,
+Commands and Results are printed before it unless ``chat.show_plugin=false``, and kept in the
+history either way. ``/reset`` starts a new conversation; ``/quit``, end of input (Ctrl-D) or
+Ctrl-C leaves.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
-from alignment.chat_format import PLAIN_META, Conversation, ToolSwitch, Turn, generation_prompt, meta_instruction
-from alignment.generation import generate_replies
-from alignment.models.causal_lm import load_causal_lm
-from alignment.models.tokenizer import load_tokenizer
-from alignment.tool_use import commands_of, generate_with_tools
-from alignment.tools import DISPLAY_NAMES
-from experiments.context import RunContext
-from experiments.specs import sampling_spec
+from alignment.chat_format import (
+    PLAIN_META,
+    ROLE_TOKENS,
+    SPECIAL_TOKENS,
+    Conversation,
+    Section,
+    ToolSwitch,
+    Turn,
+    generation_prompt,
+    meta_instruction,
+    quality_tag,
+)
+from experiments.cache import ArtifactCache
+from experiments.config import LabConfig
 
-CALL_TO_DISPLAY = {call: display for display, call in DISPLAY_NAMES.items()}
+if TYPE_CHECKING:  # the drivers' modules import torch and Ray: they load when a chat needs them
+    from experiments.context import RunContext
+
+NAMED = {  # chat.model's names: what the artifact is, and the experiment whose chain builds it
+    "sft": ("SFT checkpoint", "sft"),
+    "pat": ("PAT model", "pat"),
+    "ppo": ("PPO policy", "ppo"),
+    "dpo": ("DPO policy", "dpo"),
+}
+UPSTREAM = {"tokenizer": "tokenizer", "sft": "SFT checkpoint", "pm": "preference model"}
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+PLUGIN = (Section.INNER_THOUGHTS, Section.COMMANDS, Section.RESULTS)
+LABELS = {Section.INNER_THOUGHTS: "Inner Thoughts", Section.COMMANDS: "Commands", Section.RESULTS: "Results"}
+COMMANDS_HELP = "/reset starts a new conversation; /quit or Ctrl-D leaves."
 
 
-def chat(ctx: RunContext, stdin: TextIO, stdout: TextIO) -> int:
-    """Read turns from ``stdin`` and write replies to ``stdout`` until ``/quit`` or end of input;
-    returns the number of replies."""
-    c = ctx.cfg.chat
-    tokenizer = load_tokenizer(c.model_path)
-    model = load_causal_lm(c.model_path, tokenizer)
-    switch = ToolSwitch(enabled=frozenset(CALL_TO_DISPLAY[t] for t in c.tools)) if c.tools else None
-    meta = meta_instruction(switch) if switch else PLAIN_META
-    spec = sampling_spec(ctx.cfg)
-    tools = f", tools: {', '.join(c.tools)}" if c.tools else ""
-    print(f"Chatting with {c.model_path}{tools}. /reset starts over, /quit leaves.", file=stdout, flush=True)
+@dataclass(frozen=True)
+class ChatModel:
+    """The policy a chat talks to: what ``chat.model`` said, its directory, and PAT's tag (and the
+    key that set the tag: ``chat.tag`` or ``pat.inference_tag``)."""
+
+    name: str
+    path: Path
+    tag: int | None = None
+    tag_from: str | None = None
+
+
+class NotCached(ValueError):
+    """``chat.model`` names a model this config's chain has not built (or not all the way)."""
+
+    def __init__(self, name: str, stage: str, key: str, root: Path):
+        self.name, self.stage, self.key, self.root = name, stage, key, root
+        what, experiment = NAMED[name]
+        upstream = "" if stage == name else f" (its chain is missing from the {UPSTREAM.get(stage, stage)} on)"
+        super().__init__(f"chat.model={name}: the cache {root} holds no {what} (stage {name}) for this config"
+                         f"{upstream}; `python run.py +experiment={experiment}` builds it (give the chat the "
+                         "overrides that run had: the cache is keyed by the config)")
+
+
+class _Missing(LookupError):
+    def __init__(self, stage: str, key: str):
+        super().__init__(stage, key)
+        self.stage, self.key = stage, key
+
+
+class _ReadOnlyCache(ArtifactCache):
+    """The cache as the chat sees it: a stage asked to build its artifact raises ``_Missing``."""
+
+    def put(self, stage: str, key: str, payload: dict[str, Any]):  # type: ignore[override]
+        raise _Missing(stage, key)
+
+
+def cached_model(lab: LabConfig, name: str) -> Path:
+    """The directory of this config's ``name`` model (sft, pat, ppo, dpo) in the cache, found with
+    the chain's own keys; raises ``NotCached`` at the first stage of its chain that is missing."""
+    from experiments.cache import Artifact, cache_root
+    from experiments.context import RunContext
+    from experiments.dpo import dpo_key
+    from experiments.pat import pat_key
+    from experiments.pm import pm_payload
+    from experiments.ppo import ppo_key
+    from experiments.sft import sft_payload, tokenizer_stage
+
+    root = cache_root(lab.cache_dir)
+    ctx = RunContext(lab, root, _ReadOnlyCache(root), tracker=None, run_tag="chat")  # type: ignore[arg-type]
+
+    def found(stage: str, key: str) -> Artifact:
+        path = ctx.cache.get(stage, key)
+        if path is None:
+            raise NotCached(name, stage, key, root)
+        return Artifact(path, True, {})
+
+    try:
+        tokenizer = tokenizer_stage(ctx)
+    except _Missing as missing:
+        raise NotCached(name, missing.stage, missing.key, root) from None
+    except FileNotFoundError as err:  # model.name=pretrained without its directory: "model.path: ..."
+        raise ValueError(str(err)) from None
+    sft = found("sft", ctx.cache_key("sft", sft_payload(lab, tokenizer)))
+    if name == "sft":
+        return sft.path
+    if name == "dpo":
+        return found("dpo", dpo_key(ctx, sft)[0]).path
+    pm = found("pm", ctx.cache_key("pm", pm_payload(ctx, sft)))
+    return found(name, (pat_key if name == "pat" else ppo_key)(ctx, sft, pm)[0]).path
+
+
+def check_model_dir(key: str, value: str) -> Path:
+    """``value`` as a directory the chat can load (config.json, weights, tokenizer), or a
+    ``ValueError`` naming ``key``."""
+    p = Path(value).expanduser()
+    if not p.is_dir():
+        names = ", ".join(NAMED)
+        what = f"neither a name ({names}: this config's model in the cache) nor a directory" \
+            if key == "chat.model" else "not a directory"
+        raise ValueError(f"{key}: {value!r} is {what}")
+    if not (p / "config.json").is_file():
+        raise ValueError(f"{key}: {value} has no config.json: not a model directory (save_pretrained writes one)")
+    if not any((p / w).is_file() for w in WEIGHTS):
+        raise ValueError(f"{key}: {value} has no weights ({' or '.join(WEIGHTS[::2])})")
+    if not any((p / t).is_file() for t in TOKENIZER_FILES):
+        raise ValueError(f"{key}: {value} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); the chat loads "
+                         "the model's own")
+    return p.resolve()
+
+
+def resolve_model(lab: LabConfig) -> ChatModel:
+    """The model ``chat.model`` names (or ``chat.model_path``, its older spelling for a directory),
+    checked without loading it; raises ``ValueError`` naming the key."""
+    c = lab.chat
+    tag_from = "chat.tag" if c.tag is not None else None
+    if c.model is None:
+        if c.model_path is None:
+            raise ValueError(f"chat.model is required: {', '.join(NAMED)} (this config's model in the cache, "
+                             "e.g. chat.model=pat after `bash scripts/run.sh`) or a model directory")
+        path = check_model_dir("chat.model_path", c.model_path)
+        return ChatModel(str(path), path, c.tag, tag_from)
+    tag = c.tag
+    if c.model in NAMED:
+        path = cached_model(lab, c.model).resolve()
+        if c.model == "pat" and tag is None:
+            tag, tag_from = lab.pat.inference_tag, "pat.inference_tag"
+    else:
+        path = check_model_dir("chat.model", c.model)
+    if c.model_path is not None and Path(c.model_path).expanduser().resolve() != path:
+        raise ValueError(f"chat.model ({c.model}) and chat.model_path ({c.model_path}) name different models; "
+                         "set chat.model only")
+    return ChatModel(c.model, path, tag, tag_from)
+
+
+def plugin_fields(transcript: str) -> dict[Section, str | None]:
+    """The Inner Thoughts, Commands and Results of a tool-use transcript (what the model and the
+    program wrote after the prompt's ``<|Inner Thoughts|>:``; a leading role token is read too):
+    each field's text up to its close token (or any special token), stripped; ``None`` when absent
+    or empty."""
+    text = transcript if transcript.lstrip().startswith(tuple(ROLE_TOKENS.values())) \
+        else f"{ROLE_TOKENS[Section.INNER_THOUGHTS]}:{transcript}"
+    out: dict[Section, str | None] = {}
+    for section in PLUGIN:
+        opener = f"{ROLE_TOKENS[section]}:"
+        at = text.find(opener)
+        if at < 0:
+            out[section] = None
+            continue
+        body = text[at + len(opener):]
+        ends = [i for t in SPECIAL_TOKENS if (i := body.find(t)) >= 0]
+        out[section] = body[: min(ends, default=len(body))].strip() or None
+    return out
+
+
+def plugin_lines(fields: dict[Section, str | None]) -> list[str]:
+    """The fields as printed before the reply: ``  [Commands] ...``, continuation lines indented."""
+    lines = []
+    for section in PLUGIN:
+        body = fields.get(section)
+        if body is None:
+            continue
+        label = f"  [{LABELS[section]}] "
+        first, *rest = body.splitlines()
+        lines += [label + first, *(" " * len(label) + r for r in rest)]
+    return lines
+
+
+def banner(chosen: ChatModel, tools: list[str], show_plugin: bool) -> str:
+    what = str(chosen.path) if chosen.name == str(chosen.path) else f"{chosen.name} ({chosen.path})"
+    tag = f"tag {quality_tag(chosen.tag)} ({chosen.tag_from})" if chosen.tag is not None else "no quality tag"
+    if tools:
+        shown = "shown" if show_plugin else "hidden (chat.show_plugin=false)"
+        extra = f", tools: {', '.join(tools)}; Inner Thoughts, Commands and Results {shown}"
+    else:
+        extra = ", no tools"
+    return f"Chatting with {what}\n  {tag}{extra}. {COMMANDS_HELP}"
+
+
+def _read_line(stdin: TextIO, stdout: TextIO, prompt: str) -> str | None:
+    """A line of input, or ``None`` at its end; the terminal's own through ``input`` (line editing)."""
+    if stdin is sys.stdin and stdout is sys.stdout and prompt:
+        try:
+            return input(prompt)
+        except EOFError:
+            return None
+    stdout.write(prompt)
+    stdout.flush()
+    line = stdin.readline()
+    return line or None
+
+
+def chat(cfg: LabConfig, chosen: ChatModel, stdin: TextIO, stdout: TextIO) -> int:
+    """Read turns from ``stdin`` and write replies to ``stdout`` until ``/quit``, end of input or
+    Ctrl-C; returns the number of replies."""
+    from alignment.generation import generate_replies
+    from alignment.models.causal_lm import load_causal_lm
+    from alignment.models.tokenizer import load_tokenizer
+    from alignment.tool_use import generate_with_tools
+    from alignment.tools import DISPLAY_NAMES
+    from experiments.specs import sampling_spec
+
+    c = cfg.chat
+    tokenizer = load_tokenizer(str(chosen.path))
+    model = load_causal_lm(str(chosen.path), tokenizer)
+    display = {call: name for name, call in DISPLAY_NAMES.items()}
+    meta = meta_instruction(ToolSwitch(enabled=frozenset(display[t] for t in c.tools))) if c.tools else PLAIN_META
+    spec = sampling_spec(cfg)
+    interactive = stdin.isatty()
+    if interactive and stdin is sys.stdin:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    print(banner(chosen, c.tools, c.show_plugin), file=stdout, flush=True)
     turns: list[Turn] = []
     replies = 0
-    for line in stdin:
-        text = line.strip()
-        if text in ("/quit", "/exit"):
-            break
-        if text == "/reset":
-            turns = []
-            print("(new conversation)", file=stdout, flush=True)
-            continue
-        if not text:
-            continue
-        conv = Conversation(meta, (*turns, Turn(text, "")))
-        if c.tools:
-            out = generate_with_tools(model, tokenizer, [conv], spec, c.quality, ctx.cfg.tools.max_calls,
-                                      seed=ctx.cfg.seed + replies)[0][0]
-            commands = commands_of(out.transcript)
-            if out.results is not None:
-                print(f"  [Commands] {commands}\n  [Results] {out.results}", file=stdout)
-            turn = Turn(text, out.reply, commands=commands if out.results is not None else None,
-                        results=out.results, quality=c.quality)
-            reply = out.reply
-        else:
-            reply = generate_replies(model, tokenizer, [generation_prompt(conv, c.quality)], spec,
-                                     seed=ctx.cfg.seed + replies)[0][0]
-            turn = Turn(text, reply, quality=c.quality)
-        print(f"MOSS: {reply}", file=stdout, flush=True)
-        turns.append(turn)
-        replies += 1
+    try:
+        while (line := _read_line(stdin, stdout, "You: " if interactive else "")) is not None:
+            text = line.strip()
+            if text in ("/quit", "/exit"):
+                break
+            if text == "/reset":
+                turns = []
+                print("(new conversation)", file=stdout, flush=True)
+                continue
+            if not text:
+                continue
+            conv = Conversation(meta, (*turns, Turn(text, "")))
+            seed = cfg.seed + replies
+            if c.tools:
+                out = generate_with_tools(model, tokenizer, [conv], spec, quality=chosen.tag,
+                                          max_calls=cfg.tools.max_calls, seed=seed)[0][0]
+                fields = plugin_fields(out.transcript)
+                if out.results is not None:  # what the program wrote, as it wrote it
+                    fields[Section.RESULTS] = out.results
+                if c.show_plugin:
+                    for shown in plugin_lines(fields):
+                        print(shown, file=stdout)
+                turn = Turn(text, out.reply, inner_thoughts=fields[Section.INNER_THOUGHTS],
+                            commands=fields[Section.COMMANDS], results=fields[Section.RESULTS], quality=chosen.tag)
+            else:
+                reply = generate_replies(model, tokenizer, [generation_prompt(conv, chosen.tag)], spec,
+                                         seed=seed)[0][0]
+                turn = Turn(text, reply, quality=chosen.tag)
+            print(f"MOSS: {turn.moss}", file=stdout, flush=True)
+            turns.append(turn)
+            replies += 1
+    except KeyboardInterrupt:
+        pass
+    if interactive:
+        print(file=stdout, flush=True)  # the shell's prompt starts on a line of its own
     return replies
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
     """``+experiment=chat``."""
-    if not ctx.cfg.chat.model_path:
-        raise ValueError("chat.model_path: required, a trained policy's directory (e.g. results.json's artifacts.pat)")
-    return {"replies": chat(ctx, sys.stdin, sys.stdout)}
+    chosen = resolve_model(ctx.cfg)
+    replies = chat(ctx.cfg, chosen, sys.stdin, sys.stdout)
+    return {"model": chosen.name, "path": str(chosen.path), "tag": chosen.tag, "replies": replies}

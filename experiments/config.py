@@ -353,11 +353,17 @@ class ToolsConfig:
 
 @dataclass
 class ChatConfig:
-    """``+experiment=chat``: talk to a checkpoint in the terminal."""
+    """``+experiment=chat``: talk to a policy in the terminal (``experiments/chat.py``)."""
 
-    model_path: Optional[str] = None  # a trained policy's directory (e.g. results.json's artifacts.pat)
-    quality: Optional[int] = None  # PAT's tag at inference (e.g. 100); None for SFT, PPO, DPO, ...
+    # sft, pat, ppo or dpo: this config's model in the cache, as the chain (+experiment=pat, ppo, dpo)
+    # keys it; anything else: a model directory (config.json, weights and tokenizer)
+    model: Optional[str] = None
+    # the directory that loads: filled in from chat.model by validation (the chat check of preflight
+    # reads it); set by hand it is the older spelling of chat.model=<dir>
+    model_path: Optional[str] = None
+    tag: Optional[int] = None  # PAT's quality tag (0..100); null: none, or pat.inference_tag with chat.model=pat
     tools: List[str] = field(default_factory=list)  # call names switched on: Calculate, Solve, Search
+    show_plugin: bool = True  # print each reply's Inner Thoughts, Commands and Results before it
 
 
 @dataclass

@@ -297,9 +297,9 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
         for tag in tags:
             ids = [head if t else prompt_ids(tok, p.conversation(), tag) for p, t, head in zip(prompts, tools, plain)]
             if any(tools):
-                shares = list(zip(shard(ids, policy.size), shard(tools, policy.size)))
-                parts = policy.wait(policy.submit("rollout", shares, spec=spec, seed=cfg.seed,
-                                                  max_calls=cfg.tools.max_calls, quality=tag))
+                shares = [(part, spec, cfg.seed, on) for part, on in zip(shard(ids, policy.size),
+                                                                          shard(tools, policy.size))]
+                parts = policy.wait(policy.submit("rollout", shares, max_calls=cfg.tools.max_calls, quality=tag))
             else:
                 parts = policy.call_sharded("rollout", shard(ids, policy.size), spec=spec, seed=cfg.seed)
             sampled = Rollout.cat([p[0] for p in parts], tok.pad_token_id)

@@ -262,9 +262,9 @@ class PPOTrainer:
         if batch.tools is None:
             outs = policy.call_sharded("rollout", shard(batch.ids, policy.size), spec=self.rollout_spec, seed=seed)
         else:  # with MOSS's tools: each rank's rows and their tools
-            shares = list(zip(shard(batch.ids, policy.size), shard(batch.tools, policy.size)))
-            outs = policy.wait(policy.submit("rollout", shares, spec=self.rollout_spec, seed=seed,
-                                             max_calls=self.ctx.cfg.tools.max_calls))
+            shares = [(ids, self.rollout_spec, seed, tools)
+                      for ids, tools in zip(shard(batch.ids, policy.size), shard(batch.tools, policy.size))]
+            outs = policy.wait(policy.submit("rollout", shares, max_calls=self.ctx.cfg.tools.max_calls))
         return (Rollout.cat([o[0] for o in outs], self.tokenizer.pad_token_id),
                 [t for o in outs for t in o[1]])
 

@@ -182,8 +182,12 @@ def validate(lab: LabConfig) -> None:
         raise ValueError(f"tools.max_calls must be at least 1, got {lab.tools.max_calls}")
     for name in lab.chat.tools:
         _choice("chat.tools", name, TOOL_CALLS)
-    if lab.chat.quality is not None and not 0 <= lab.chat.quality <= 100:
-        raise ValueError(f"chat.quality: {lab.chat.quality}; a quality tag from 0 to 100, or null")
+    if lab.chat.tag is not None and not 0 <= lab.chat.tag <= 100:
+        raise ValueError(f"chat.tag: {lab.chat.tag}; a quality tag from 0 to 100, or null")
+    if lab.stage == "chat":  # the model chat.model names: in the cache, or a directory with a model
+        from experiments.chat import resolve_model
+
+        lab.chat.model_path = str(resolve_model(lab).path)  # what loads, and what preflight's check reads
     for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer),
                    ("dpo.trainer", lab.dpo.trainer)):
         for name in ("epochs", "batch_size", "log_every", "num_threads"):

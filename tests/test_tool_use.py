@@ -115,31 +115,6 @@ def test_tool_prompt_and_commands_parsing():
     assert reply_split(conv, "plain")[0].endswith("<|MOSS|>:") and moss_body(reply) == "It is 2."
 
 
-def test_chat_command_talks_to_a_checkpoint_and_quits(tmp_path, tokenizer):
-    """``+experiment=chat``: lines in, ``MOSS:`` replies out, /reset and /quit, no Ray; a bad path
-    fails naming the key."""
-    import subprocess
-    import sys
-
-    from alignment.models.causal_lm import ArchSpec, build_tiny
-    from tests.lab import ROOT
-
-    model_dir = tmp_path / "policy"
-    build_tiny(ArchSpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2), tokenizer,
-               seed=0).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    cmd = [sys.executable, "run.py", "+experiment=chat", f"chat.model_path={model_dir}", "eval.max_new_tokens=8",
-           f"hydra.run.dir={tmp_path / 'run'}", "chat.tools=[Calculate]"]
-    out = subprocess.run(cmd, cwd=ROOT, input="What is 2+3?\n/reset\nhello\n/quit\nnever read\n", text=True,
-                         capture_output=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("MOSS:") == 2 and "(new conversation)" in out.stdout
-    assert "tools: Calculate" in out.stdout and "Ray dashboard" not in out.stdout
-    bad = subprocess.run([*cmd[:3], f"chat.model_path={tmp_path / 'nowhere'}"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode != 0 and "config error: chat.model_path:" in bad.stderr
-
-
 def test_plugin_replies_tokenize_as_sft_does_with_the_program_masked(tokenizer):
     """The preference model's and DPO's tokens of a plugin reply are SFT's (field by field), and
     DPO's mask leaves out the role prefixes and Results the program wrote."""
