@@ -23,7 +23,7 @@ def test_tool_use_runs_through_sft_pat_ppo_and_the_reports(ray_address, tmp_path
         run = tmp_path / "sweep" / job
         results = json.loads((run / "results.json").read_text())
         tools = results["tool_use"]
-        assert 0 < tools["n"] < 30 and set(tools["share"]) == {method, "sft"}
+        assert 0 < tools["n"] < 30 and {method, "sft"} <= set(tools["share"])
         assert all(0 <= v <= 1 for v in [*tools["share"].values(), *tools["gold"].values()])
         for part in ("win_rate", "win_rate_other"):
             w = tools[part][f"{method}_vs_sft"]
