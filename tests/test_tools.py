@@ -89,6 +89,22 @@ def test_calculator_values(expression: str, expected: str) -> None:
         "1" * 10_000,
         "(" * 300 + "1" + ")" * 300,
         "1" * (MAX_LENGTH + 1),
+        "().__class__",  # dunder access and attribute / subscript chains
+        "().__class__.__bases__[0].__subclasses__()",
+        "(1).__class__.__mro__[-1]",
+        "__import__('os').system('id')",
+        "getattr(1, 'real')",
+        "globals()",
+        "eval('1+1')",
+        "(lambda: 1)()",
+        "{1: 2}[1]",
+        "{x for x in (1, 2)}",
+        "ｅｖａｌ('1')",  # a fullwidth name, which Python normalises to eval
+        "__ｉｍｐｏｒｔ__('os')",
+        "１+１",  # fullwidth digits
+        "\u202e1+1",  # a right-to-left override
+        "1" + "+1" * 50_000,  # 100 kB
+        "(" * 10_000 + "1" + ")" * 10_000,  # deep nesting
     ],
 )
 def test_calculator_refuses_fast_without_raising(expression: str) -> None:
@@ -168,6 +184,13 @@ def test_solver_solutions(solver: Solver, equation: str, expected: str) -> None:
         "__import__('os')",
         "f(x)=1",  # an undefined function
         "x" * 400,  # too long
+        "__import__('os').system('id')=1",
+        "().__class__.__bases__[0]=x",
+        "x.__class__.__mro__=1",
+        "(lambda y: y)(x)=1",
+        "ｅｖａｌ('1')=x",  # normalised to eval: not in the namespace
+        "x" + "+x" * 50_000 + "=1",  # 100 kB
+        "(" * 5_000 + "x" + ")" * 5_000 + "=1",
     ],
 )
 def test_solver_no_result(solver: Solver, equation: str) -> None:
