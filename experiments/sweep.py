@@ -361,20 +361,24 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
 def tool_use(runs: list[Run]) -> dict[str, Any] | None:
     """The runs' ``tool_use`` blocks (``experiments.evaluate.tool_use_results``) over seeds: each
     policy's share of tool requests answered with a call and its gold there and elsewhere, and each
-    pair's gold win rate on tool requests and on the others, as seed means with intervals (a
-    policy judged in several jobs of one seed counts once per seed). None without tool requests."""
+    pair's gold win rate on tool requests and on the others, as seed means with intervals over seeds
+    (with one seed, a win rate keeps its interval over prompts; a policy judged in several jobs of
+    one seed counts once per seed). None without tool requests."""
     blocks = [(r.seed, r.results["tool_use"]) for r in runs if r.results.get("tool_use")]
     if not blocks:
         return None
 
     def over_seeds(part: str, name: str, sub: str | None = None) -> dict[str, Any] | None:
-        per_seed: dict[int, float] = {}
+        per_seed: dict[int, Any] = {}
         for seed, b in blocks:
-            v = b[part].get(name)
-            v = v[sub] if (sub and v is not None) else v
-            if v is not None:
-                per_seed.setdefault(seed, v)
-        return _mean([per_seed[s] for s in sorted(per_seed)]) if per_seed else None
+            if b[part].get(name) is not None:
+                per_seed.setdefault(seed, b[part][name])
+        if not per_seed:
+            return None
+        if sub and len(per_seed) == 1:  # one seed: its own interval over prompts
+            w = next(iter(per_seed.values()))
+            return {"value": w["value"], "ci": w["ci"], "per_seed": [w["value"]]}
+        return _mean([per_seed[s][sub] if sub else per_seed[s] for s in sorted(per_seed)])
 
     policies = list(dict.fromkeys(p for _, b in blocks for p in b["share"]))
     pairs = list(dict.fromkeys(k for _, b in blocks for k in b["win_rate"]))

@@ -380,10 +380,13 @@ def tool_use_markdown(r: dict[str, Any]) -> list[str]:
         return []
 
     def cell(v: dict[str, Any] | None) -> str:
-        return fmt(v) if v else "-"
+        if not v:
+            return "-"
+        return fmt(v) if len(v["per_seed"]) > 1 or v["ci"][0] < v["ci"][1] else f"{v['value']:.3f}"
 
     lines = ["## Tool use", "", f"{t['n']} held-out requests per seed ask for a tool (calculator, equation "
-             "solver, search); seed means [95% interval].", "",
+             "solver, search); seed means [95% interval over seeds; with one seed, over prompts for the win "
+             "rates].", "",
              "| policy | calls the tool | gold on tool requests | gold on the others |", "| --- | --- | --- | --- |"]
     lines += [f"| {NAMES.get(p, p)} | {cell(t['share'][p])} | {cell(t['gold'][p])} | {cell(t['gold_other'][p])} |"
               for p in t["share"]]
