@@ -197,7 +197,9 @@ class PolicyActor(TrainableActor):
             surrogate, st = surrogate_fn(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
             loss = surrogate
             if ref is not None:
-                kl_loss = masked_mean(kl_estimate(logprobs, ref, spec.kl_estimator), mb.response_mask)
+                on = mb.response_mask > 0  # a tool's tokens (and padding) never enter the estimator
+                kl = kl_estimate(torch.where(on, logprobs, 0.0), torch.where(on, ref, 0.0), spec.kl_estimator)
+                kl_loss = masked_mean(kl, mb.response_mask)
                 st["kl_loss"] = kl_loss.detach()
                 loss = loss + spec.kl_coef * kl_loss
             if ptx_part:

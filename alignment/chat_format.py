@@ -322,8 +322,9 @@ def is_plugin_reply(reply: str) -> bool:
 
 def plugin_reply(moss: str, inner_thoughts: str | None = None, commands: str | None = None,
                  results: str | None = None) -> str:
-    """The plugin reply of a turn's fields (see :func:`is_plugin_reply`)."""
-    turn = Turn("", moss, inner_thoughts, commands, results)
+    """The plugin reply of a turn's fields (see :func:`is_plugin_reply`); it always opens with Inner
+    Thoughts (empty when the model wrote none), so it reads back as a plugin reply."""
+    turn = Turn("", moss, inner_thoughts or "", commands, results)
     text = "".join(f"{ROLE_TOKENS[s]}: {turn.field(s)}{CLOSE_TOKENS[s]}\n" for s in PLUGIN_FIELDS
                    if turn.field(s) is not None)
     return f"{text}{ROLE_TOKENS[Section.MOSS]}: {moss}"

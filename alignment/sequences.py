@@ -102,3 +102,12 @@ def reply_sequences(tokenizer, contexts: Sequence[Conversation], replies: Sequen
             head = head[-(max_length - len(body)):]
         out.append((list(head), list(body), mask[:len(body)]) if with_masks else (list(head), list(body)))
     return out
+
+
+def written_lengths(tokenizer, replies: Sequence[str]) -> list[int]:
+    """Each reply's length in the tokens its writer wrote: a plain body with its ``<eom>``; of a
+    plugin reply, the Inner Thoughts, Commands and reply (not the role prefixes or Results)."""
+    pieces = [_body_segments(r) for r in replies]
+    texts = list(dict.fromkeys(t for segs in pieces for t, _ in segs))
+    n_of = dict(zip(texts, (len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])))
+    return [sum(n_of[t] for t, written in segs if written) for segs in pieces]

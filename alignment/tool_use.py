@@ -100,9 +100,11 @@ class _Row:
         if self.field is Section.MOSS or stop == EOM:  # the reply is written (or the model ended early)
             self.reply, self.done = reply_text(body), True
             return ""
-        if stop == MOSS:  # the model went to its reply itself
+        if stop == MOSS:  # the model went to its reply itself (a Commands field it left open runs nothing)
             if self.field is Section.INNER_THOUGHTS:
                 self.thoughts = body.strip()
+            else:
+                self.commands = body.strip()
             return self._write(f":{tag}", Section.MOSS)
         if self.field is Section.INNER_THOUGHTS and stop != EOC:  # <eot>, <|Commands|> or out of tokens
             self.thoughts = body.strip()
@@ -177,12 +179,14 @@ def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enable
     mask: list[list[int]] = [[] for _ in prompts]
     torch.manual_seed(seed)
     with eval_mode(model):
-        for _ in range(MAX_PASSES):
-            active = [i for i, r in enumerate(rows) if not r.done]
+        for n_pass in range(MAX_PASSES + 1):
+            # pass 0: the plain rows, to <eom> as a plain rollout samples them; then the tool rows' passes
+            active = [i for i, (r, e) in enumerate(zip(rows, enabled)) if not r.done and (e is None) == (n_pass == 0)]
             if not active:
-                break
+                continue
+            stops = tokenizer.eos_token_id if n_pass == 0 else stop_ids
             new, new_lps = sample_responses(model, [list(prompts[i]) + ids[i] for i in active], spec,
-                                             tokenizer.pad_token_id, stop_ids, seed=None)
+                                             tokenizer.pad_token_id, stops, seed=None)
             for i, toks, lp in zip(active, new, new_lps):
                 ids[i] += toks
                 lps[i] += lp

@@ -22,14 +22,14 @@ from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.atomic import write_json
-from alignment.chat_format import Conversation, written_body
+from alignment.chat_format import Conversation
 from alignment.data.batching import shard
 from alignment.data.formats import FilePrompt
 from alignment.generation import RolloutSpec
 from alignment.losses.kl import kl_estimate
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack
-from alignment.sequences import prompt_ids, scored_sequences
+from alignment.sequences import prompt_ids, scored_sequences, written_lengths
 from alignment.tool_use import tool_prompt
 from alignment.tools import enabled_tools
 from alignment.winrate import length_controlled, outcomes, win_rate
@@ -141,8 +141,7 @@ def judge_replies(ctx: RunContext, jobs: dict[str, Job], replies: dict[str, list
     contexts = [p.conversation() for p in prompts]
     pairwise = {"llm": llm_outcomes(ctx, contexts, replies, pairs)} if "llm" in judges and pairs else {}
     tok = load_tokenizer(str(sft_path))
-    lengths = {name: [len(ids) for ids in tok([written_body(r) for r in replies[name]],
-                                              add_special_tokens=False)["input_ids"]] for name in judged}
+    lengths = {name: written_lengths(tok, replies[name]) for name in judged}  # a tool's Results not counted
     tool_calls = {name: [called(p.task, r) if is_tool_task(p) else None for p, r in zip(jobs[name].prompts, rs)]
                   for name, rs in replies.items()}
     tool_calls = tool_calls if any(c is not None for v in tool_calls.values() for c in v) else {}
