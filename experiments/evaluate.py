@@ -23,7 +23,6 @@ from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.atomic import write_json
 from alignment.chat_format import Conversation
-from alignment.data.batching import shard
 from alignment.data.formats import FilePrompt
 from alignment.generation import RolloutSpec
 from alignment.losses.kl import kl_estimate
@@ -31,13 +30,12 @@ from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack
 from alignment.sequences import prompt_ids, scored_sequences, written_lengths
 from alignment.tool_use import tool_prompt
-from alignment.tools import enabled_tools
 from alignment.winrate import length_controlled, outcomes, win_rate
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called, is_tool_task
 from experiments.context import RunContext
 from experiments.judging import llm_outcomes, rm_scores
-from experiments.replies import Job, generate, load_replies, replies_key, save_replies
+from experiments.replies import Job, generate, load_replies, replies_key, rollouts, save_replies, tool_rows
 from experiments.specs import model_spec, strategy_spec
 from experiments.validation import eval_judges
 
@@ -286,8 +284,7 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
                                        bf16=strategy_spec(cfg, cfg.ray.reference.num_gpus > 0).bf16)
                     + scorer.submit("init_model", None, path=str(pm_path), drop_last_layer=False,
                                     strategy=strategy_spec(cfg, cfg.ray.preference.num_gpus > 0)))
-        tools = [(enabled_tools(p.conversation().meta_instruction) or None) if cfg.tools.enabled else None
-                 for p in prompts]
+        tools = tool_rows(cfg, [p.conversation() for p in prompts])
         if any(tools):  # tool requests sample through the tools; the tag follows their <|MOSS|>: (so the
             # reference sees it too, outside the response mask)
             plain = [tok(tool_prompt(p.conversation()), add_special_tokens=False)["input_ids"] if t else ids
@@ -295,12 +292,7 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
         points = []
         for tag in tags:
             ids = [head if t else prompt_ids(tok, p.conversation(), tag) for p, t, head in zip(prompts, tools, plain)]
-            if any(tools):
-                shares = [(part, spec, cfg.seed, on) for part, on in zip(shard(ids, policy.size),
-                                                                          shard(tools, policy.size))]
-                parts = policy.wait(policy.submit("rollout", shares, max_calls=cfg.tools.max_calls, quality=tag))
-            else:
-                parts = policy.call_sharded("rollout", shard(ids, policy.size), spec=spec, seed=cfg.seed)
+            parts = rollouts(policy, ids, tools, spec, cfg.seed, cfg.tools.max_calls, quality=tag)
             sampled = Rollout.cat([p[0] for p in parts], tok.pad_token_id)
             texts = [t for p in parts for t in p[1]]
             responses = [row[len(p):] for row, p in zip(sampled.token_lists(), ids)]

@@ -62,7 +62,6 @@ from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout
 from alignment.sequences import prompt_ids, scored_sequences
 from alignment.tool_use import tool_prompt
-from alignment.tools import enabled_tools
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called
 from experiments.cache import Artifact, commit
@@ -72,6 +71,7 @@ from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs,
 from experiments.loop import check_finite, rank_mean
 from experiments.pat import pat_key
 from experiments.pm import pm_stage
+from experiments.replies import rollouts, tool_rows
 from experiments.report import print_win_rates
 from experiments.sft import sft_examples, sft_stage
 from experiments.specs import model_spec, optim_config, strategy_spec
@@ -238,7 +238,7 @@ class PPOTrainer:
             return PromptBatch([prompt_ids(self.tokenizer, c) for c in picked], picked)
         prompts = grouped(self.ctx.world.prompts("train", n, offset=self.a.prompt_offset + iteration))
         contexts = [p.conversation() for p in prompts]
-        tools = [enabled_tools(c.meta_instruction) or None if self.ctx.cfg.tools.enabled else None for c in contexts]
+        tools = tool_rows(self.ctx.cfg, contexts)
         if not any(tools):  # plain replies only
             return PromptBatch([prompt_ids(self.tokenizer, c) for c in contexts], contexts, prompts)
         texts = [tool_prompt(c) if t else generation_prompt(c) for c, t in zip(contexts, tools)]
@@ -259,12 +259,7 @@ class PPOTrainer:
     def rollout(self, batch: PromptBatch) -> tuple[Rollout, list[str]]:
         policy = self.roles.policy
         seed = self.ctx.cfg.seed * 1_000_003 + self.iteration * policy.size
-        if batch.tools is None:
-            outs = policy.call_sharded("rollout", shard(batch.ids, policy.size), spec=self.rollout_spec, seed=seed)
-        else:  # with MOSS's tools: each rank's rows and their tools
-            shares = [(ids, self.rollout_spec, seed, tools)
-                      for ids, tools in zip(shard(batch.ids, policy.size), shard(batch.tools, policy.size))]
-            outs = policy.wait(policy.submit("rollout", shares, max_calls=self.ctx.cfg.tools.max_calls))
+        outs = rollouts(policy, batch.ids, batch.tools, self.rollout_spec, seed, self.ctx.cfg.tools.max_calls)
         return (Rollout.cat([o[0] for o in outs], self.tokenizer.pad_token_id),
                 [t for o in outs for t in o[1]])
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from actors.group import RoleGroup
 from alignment.atomic import write_json
-from alignment.chat_format import generation_prompt
+from alignment.chat_format import Conversation, generation_prompt
+from alignment.data.batching import shard
 from alignment.data.formats import FilePrompt
 from alignment.tools import enabled_tools
 from alignment.world import WorldPrompt
@@ -61,6 +62,23 @@ def save_replies(ctx: RunContext, key: str, name: str, model_path: Path, replies
         write_json(tmp / FILE, replies)
 
 
+def tool_rows(cfg: LabConfig, convs: list[Conversation]) -> list[frozenset[str] | None]:
+    """Per conversation, the tools its meta-instruction enables when ``tools.enabled`` (None: a plain
+    reply, as every reply is with tools off): which rows go through the passes of tool use."""
+    return [(enabled_tools(c.meta_instruction) or None) if cfg.tools.enabled else None for c in convs]
+
+
+def rollouts(group: RoleGroup, ids: list[list[int]], tools: list[frozenset[str] | None] | None, spec: Any,
+             seed: int, max_calls: int, quality: int | None = None) -> list[Any]:
+    """Each rank's ``PolicyActor.rollout`` of its share of ``ids``; with ``tools`` (``tool_rows``) a
+    rank gets its rows' tools too, and ``quality`` is the tag the program writes after a tool row's
+    ``<|MOSS|>:``."""
+    if tools is None or not any(tools):
+        return group.call_sharded("rollout", shard(ids, group.size), spec=spec, seed=seed)
+    shares = [(part, spec, seed, on) for part, on in zip(shard(ids, group.size), shard(tools, group.size))]
+    return group.wait(group.submit("rollout", shares, max_calls=max_calls, quality=quality))
+
+
 def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | list[FilePrompt],
              quality: int | None = None) -> list[str]:
     """The group's replies to ``prompts`` with the run's fixed sampling settings (sharded over ranks);
@@ -68,7 +86,7 @@ def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | lis
     of tool use (``PolicyActor.generate_tools``)."""
     cfg = ctx.cfg
     convs = [p.conversation() for p in prompts]
-    with_tools = [bool(cfg.tools.enabled and enabled_tools(c.meta_instruction)) for c in convs]
+    with_tools = [t is not None for t in tool_rows(cfg, convs)]
     out: list[str | None] = [None] * len(prompts)
     if any(with_tools):
         tooled = [i for i, t in enumerate(with_tools) if t]
