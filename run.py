@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> None:
     with ThreadPoolExecutor(max_workers=1) as pool:
         importing = pool.submit(load_drivers)
         if lab.stage not in ("report", "chat"):  # the report reads finished runs, chat runs here: no cluster
-            init_ray(**cluster_args(lab.ray))
+            init_ray(**cluster_args(lab.ray, lab.rollout.engine))
         DRIVERS = importing.result()
 
     from alignment.atomic import write_json, write_text

@@ -267,6 +267,15 @@ class TrainingEngine:
         self.scheduler.load_state_dict(state["scheduler"])
         self.global_step = int(state["global_step"])
 
+    def gathered(self) -> contextlib.AbstractContextManager:
+        """The full parameters inside the block: gathered under ZeRO-3 (collective: every rank
+        enters), as they are otherwise."""
+        if self._ds is not None and self.spec.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
+        return contextlib.nullcontext()
+
     def save_model(
         self, path: str | os.PathLike[str], save_fn: Callable[[torch.nn.Module, str], Any]
     ) -> None:
@@ -275,12 +284,7 @@ class TrainingEngine:
         Under ZeRO-3 the parameters are gathered around the call (collective: call on every rank).
         E.g. ``save_fn=lambda m, p: m.save_pretrained(p)``.
         """
-        if self._ds is not None and self.spec.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
-                if _is_rank0():
-                    save_fn(self.module, str(path))
-        elif _is_rank0():
-            save_fn(self.module, str(path))
+        with self.gathered():
+            if _is_rank0():
+                save_fn(self.module, str(path))
         _barrier()

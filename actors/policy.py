@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -9,9 +11,9 @@ import torch
 
 from actors.base import TrainableActor
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
-from alignment.chat_format import Conversation, reply_text
+from actors.sampling import SamplingRole
 from alignment.data.batching import collate, shard
-from alignment.generation import RolloutSpec, SamplingSpec, generate_replies, sample_responses
+from alignment.generation import Generator, HFGenerator, RolloutSpec
 from alignment.loss_mask import Encoded
 from alignment.losses.dpo import log_ratios, sequence_logps
 from alignment.losses.kl import kl_estimate
@@ -23,7 +25,6 @@ from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tin
 from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack, response_logits, response_tokens
-from alignment.tool_use import generate_with_tools, sample_with_tools
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class ModelSpec:
     seed: int = 0
 
 
-class PolicyActor(TrainableActor):
+class PolicyActor(TrainableActor, SamplingRole):
     def init_model(self, spec: ModelSpec, strategy: StrategySpec, optim: OptimConfig | None) -> int:
         """Build the model and its engine; returns the number of trainable parameters."""
         self.tokenizer = load_tokenizer(spec.tokenizer_path)
@@ -122,49 +123,86 @@ class PolicyActor(TrainableActor):
                 "chosen_logps": chosen.detach().mean().item(), "rejected_logps": rejected.detach().mean().item(),
                 "pairs": float(n), "sequences": float(len(rows)), **step}
 
-    def generate(self, prompts: list[str], sampling: SamplingSpec, batch_size: int, seed: int) -> list[str]:
-        with self.engine.precision():  # the numerics the engine trains with
-            replies, n_tokens = generate_replies(self.engine.module, self.tokenizer, prompts, sampling, batch_size,
-                                                 seed + self.rank)
-        self.tokens_generated += n_tokens
-        return replies
+    def generator(self) -> Generator:
+        return HFGenerator(self.engine.module, self.tokenizer)
 
-    def generate_tools(self, contexts: list[Conversation], sampling: SamplingSpec, batch_size: int, seed: int,
-                       quality: int | None = None, max_calls: int = 8) -> list[str]:
-        """``generate`` with MOSS's tools (``alignment.tool_use``): the enabled tools run between the
-        passes; each reply is a plugin reply (Inner Thoughts, Commands, Results, MOSS)."""
-        with self.engine.precision():
-            replies, n_tokens = generate_with_tools(self.engine.module, self.tokenizer, contexts, sampling, quality,
-                                                    max_calls, batch_size, seed + self.rank)
-        self.tokens_generated += n_tokens
-        return [r.plugin for r in replies]
+    def sampling_context(self) -> contextlib.AbstractContextManager:
+        return self.engine.precision()  # the numerics the engine trains with
 
     def rollout(self, prompts: list[list[int]], spec: RolloutSpec, seed: int,
                 tools: list[frozenset[str] | None] | None = None, max_calls: int = 8,
                 quality: int | None = None) -> tuple[Rollout, list[str]]:
-        """Sample a response to each prompt (token ids); returns the rollout and the reply texts.
-        With ``tools`` (per row: the enabled tools, or None for a plain reply) the rows with tools go
-        through the passes of tool use (``alignment.tool_use.sample_with_tools``): what the tools
-        wrote is in the sequences but outside the response mask; ``quality`` is the PAT tag the
-        program writes after their ``<|MOSS|>:``."""
-        tok = self.tokenizer
-        masks = None
-        with self.engine.precision():  # the numerics the engine trains with
-            if tools is not None and any(t is not None for t in tools):
-                responses, logprobs, masks, texts = sample_with_tools(self.engine.module, tok, prompts, tools, spec,
-                                                                      max_calls, seed + self.rank, quality=quality)
-            else:
-                responses, logprobs = sample_responses(self.engine.module, prompts, spec, tok.pad_token_id,
-                                                       tok.eos_token_id, seed + self.rank)
-                texts = [reply_text(t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
-        self.tokens_generated += sum(len(r) for r in responses)
-        rollout = pack(prompts, responses, logprobs, tok.pad_token_id, masks)
+        """Sample a response to each prompt (token ids; ``SamplingRole.sample``); returns the rollout
+        and the reply texts. What tools wrote is in the sequences but outside the response mask."""
+        responses, logprobs, masks, texts = self.sample(prompts, spec, seed, tools, max_calls, quality)
+        rollout = pack(prompts, responses, logprobs, self.tokenizer.pad_token_id, masks)
         if self.engine.spec.bf16:
             # in bf16, sampling (one token at a time, KV cache) and the update's forward pass round
             # differently: take the old log-probs from the engine's own forward pass, as OpenRLHF and
             # verl do, so the first ratio of an update is 1 and the KL to an identical reference 0
             rollout = replace(rollout, logprobs=self.old_logprobs(rollout, spec.temperature))
         return rollout, texts
+
+    def score_rollout(self, prompts: list[list[int]], responses: list[list[int]], masks: list[list[int]] | None,
+                      texts: list[str], sampled: list[list[float]], temperature: float,
+                      ) -> tuple[Rollout, list[str], tuple[float, int]]:
+        """The rollout of responses another engine sampled (vLLM): the old log-probs are this
+        engine's forward pass on the sampled tokens, so the ratio and KL of the update compare the
+        trainer's numbers with the trainer's, whatever the sampler's kernels computed. Also the sum
+        of |sampler − trainer| log-prob over the sampled tokens, and their count."""
+        rollout = pack(prompts, responses, sampled, self.tokenizer.pad_token_id, masks)
+        with self.engine.precision():
+            ours = self.old_logprobs(rollout, temperature)
+        on = rollout.response_mask > 0
+        gap = ((rollout.logprobs - ours).abs() * on).sum().item()
+        return replace(rollout, logprobs=ours), texts, (gap, int(on.sum()))
+
+    def _weights(self, only_lora: bool) -> Iterator[tuple[str, torch.Tensor]]:
+        """The weights a rollout engine needs, under transformers' names, where they live: all of them;
+        or, with ``only_lora``, only the layers the adapters change, merged (``W + s·BA``). Call inside
+        ``self.engine.gathered()`` (ZeRO-3)."""
+        module = self.engine.module
+        if not hasattr(module, "merge_adapter"):
+            yield from module.state_dict().items()
+            return
+        module.merge_adapter()
+        try:
+            for n, t in module.state_dict().items():
+                if "lora_" not in n and (not only_lora or ".base_layer." in n):
+                    yield _plain_name(n), t
+        finally:
+            module.unmerge_adapter()
+
+    @torch.no_grad()
+    def named_weights(self, only_lora: bool = False) -> list[tuple[str, torch.Tensor]]:
+        """``_weights`` copied to the CPU (rank 0's; other ranks return none), for Ray's object store.
+        Collective under ZeRO-3: every rank calls it."""
+        with self.engine.gathered():
+            if self.rank != 0:
+                return []
+            return [(n, t.detach().cpu().clone()) for n, t in self._weights(only_lora)]
+
+    def init_broadcast(self, host: str, port: int, world_size: int) -> None:
+        """GPU, rank 0: host the NCCL group of the weight broadcast to the rollout engines."""
+        from alignment.vllm_generation import broadcast_group
+
+        if self.rank == 0:
+            self._broadcast = broadcast_group(host, port, 0, world_size, self.device)
+
+    @torch.no_grad()
+    def weight_metas(self, only_lora: bool = False) -> list[tuple[str, str, tuple[int, ...]]]:
+        """Name, dtype and shape of each tensor ``broadcast_weights`` sends, in order (rank 0)."""
+        with self.engine.gathered():
+            return [(n, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in self._weights(only_lora)]
+
+    @torch.no_grad()
+    def broadcast_weights(self, only_lora: bool = False) -> None:
+        """GPU: rank 0 broadcasts ``_weights`` to the engines (collective under ZeRO-3)."""
+        with self.engine.gathered():
+            if self.rank == 0:
+                for _, t in self._weights(only_lora):
+                    self._broadcast.broadcast(t.contiguous(), src=0, stream=torch.cuda.current_stream())
+                torch.cuda.synchronize()
 
     @torch.no_grad()
     def old_logprobs(self, rollout: Rollout, temperature: float) -> torch.Tensor:
@@ -228,3 +266,9 @@ class PolicyActor(TrainableActor):
             self.tokenizer.save_pretrained(out)
 
         self.engine.save_model(path, save_fn)
+
+
+def _plain_name(peft_name: str) -> str:
+    """A PEFT-wrapped parameter's transformers name: ``base_model.model.`` and ``.base_layer`` go."""
+    name = peft_name.removeprefix("base_model.model.")
+    return name.replace(".base_layer.", ".")

@@ -1,10 +1,23 @@
-"""Sampling replies from a causal LM with transformers' ``generate`` (KV cache on)."""
+"""Sampling replies from a causal LM: the generation interface and its transformers engine.
+
+Everything that samples goes through a :class:`Generator`, which has two calls:
+
+* ``until``: texts in, each one's continuation to a stop id out (evaluation, the preference
+  model's candidates, best-of-n, the passes of tool use);
+* ``sample``: token ids in, response ids and their log-probs out (PPO, GRPO and RLOO rollouts).
+
+:class:`HFGenerator` runs them with transformers' ``generate`` (KV cache on), the lab's default;
+``alignment.vllm_generation.VLLMGenerator`` runs them on a vLLM engine (``rollout.engine=vllm``).
+The functions below take a model or a generator (:func:`as_generator`). Both engines draw their
+randomness from torch's global generator, so a caller seeds with ``torch.manual_seed``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -34,23 +47,56 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
-@torch.inference_mode()  # no autograd bookkeeping; only Python lists and ints leave
+@runtime_checkable
+class Generator(Protocol):
+    """A generation engine over one model (see the module docstring)."""
+
+    def until(self, texts: Sequence[str], spec: SamplingSpec, stop: list[int]) -> tuple[list[str], int]:
+        """Each text's continuation until one of the ``stop`` ids (kept), decoded with special
+        tokens, and the number of tokens generated."""
+        ...
+
+    def sample(self, prompts: Sequence[Sequence[int]], spec: RolloutSpec, stop: int | Sequence[int],
+               seed: int | None) -> tuple[list[list[int]], list[list[float]]]:
+        """Each prompt's response ids (to and with the first stop id) and their log-probs under
+        ``softmax(logits / temperature)``; ``seed=None`` goes on with torch's current state."""
+        ...
+
+
+class HFGenerator:
+    """The transformers engine: ``generate`` with the KV cache, on ``model`` as it is (its train or
+    eval mode comes back after each call)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any):
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.inference_mode()
+    def until(self, texts: Sequence[str], spec: SamplingSpec, stop: list[int]) -> tuple[list[str], int]:
+        with eval_mode(self.model):
+            return generate_until(self.model, self.tokenizer, texts, spec, stop)
+
+    def sample(self, prompts: Sequence[Sequence[int]], spec: RolloutSpec, stop: int | Sequence[int],
+               seed: int | None) -> tuple[list[list[int]], list[list[float]]]:
+        return sample_responses(self.model, prompts, spec, self.tokenizer.pad_token_id, stop, seed)
+
+
+def as_generator(model: Any, tokenizer: Any) -> Generator:
+    """``model`` itself when it is a :class:`Generator`, else the transformers engine over it."""
+    return model if isinstance(model, Generator) else HFGenerator(model, tokenizer)
+
+
 def generate_replies(
     model, tokenizer, prompts: Sequence[str], spec: SamplingSpec, batch_size: int = 32, seed: int = 0
 ) -> tuple[list[str], int]:
-    """Generate one reply per prompt text (each ending ``<|MOSS|>:``); returns the reply bodies and
-    the number of tokens generated (each reply up to and including its end token)."""
-    with eval_mode(model):
-        return _generate_replies(model, tokenizer, prompts, spec, batch_size, seed)
-
-
-def _generate_replies(model, tokenizer, prompts: Sequence[str], spec: SamplingSpec, batch_size: int,
-                      seed: int) -> tuple[list[str], int]:
+    """Generate one reply per prompt text (each ending ``<|MOSS|>:``) with ``model`` (a model or a
+    :class:`Generator`), ``batch_size`` prompts at a time; returns the reply bodies and the number
+    of tokens generated (each reply up to and including its end token)."""
+    gen = as_generator(model, tokenizer)
     torch.manual_seed(seed)
     out: list[str] = []
     n_tokens = 0
     for start in range(0, len(prompts), batch_size):
-        texts, n = generate_until(model, tokenizer, prompts[start:start + batch_size], spec, [tokenizer.eos_token_id])
+        texts, n = gen.until(prompts[start:start + batch_size], spec, [tokenizer.eos_token_id])
         out.extend(reply_text(t) for t in texts)
         n_tokens += n
     return out, n_tokens

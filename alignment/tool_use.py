@@ -34,7 +34,7 @@ from alignment.chat_format import (
     quality_tag,
     reply_text,
 )
-from alignment.generation import RolloutSpec, SamplingSpec, eval_mode, generate_until, sample_responses
+from alignment.generation import RolloutSpec, SamplingSpec, as_generator
 from alignment.tools import NO_RESULT, enabled_tools, run_commands
 
 INNER, COMMANDS, RESULTS, MOSS = (ROLE_TOKENS[s] for s in (Section.INNER_THOUGHTS, Section.COMMANDS,
@@ -126,38 +126,35 @@ class _Row:
         return ToolReply(self.reply, self.text, self.results, self.thoughts, self.commands)
 
 
-@torch.inference_mode()
 def generate_with_tools(model, tokenizer, contexts: Sequence[Conversation], spec: SamplingSpec,
                         quality: int | None = None, max_calls: int = 8, batch_size: int = 32, seed: int = 0,
                         run: Callable[..., str] = run_commands) -> tuple[list[ToolReply], int]:
     """A reply to each conversation's last human turn through the passes, with the tools its
-    meta-instruction enables; ``quality`` tags the MOSS reply (PAT). Returns the replies and the
-    tokens generated in all passes."""
+    meta-instruction enables; ``quality`` tags the MOSS reply (PAT). ``model``: a model or a
+    ``Generator``. Returns the replies and the tokens generated in all passes."""
+    gen = as_generator(model, tokenizer)
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in STOPS]
     tag = f" {quality_tag(quality)}" if quality is not None else ""
     torch.manual_seed(seed)
     out: list[ToolReply] = []
     n_tokens = 0
-    with eval_mode(model):
-        for start in range(0, len(contexts), batch_size):
-            chunk = list(contexts[start:start + batch_size])
-            heads = [tool_prompt(c) for c in chunk]
-            rows = [_Row() for _ in chunk]
-            enabled = [enabled_tools(c.meta_instruction) for c in chunk]
-            for _ in range(MAX_PASSES):
-                active = [i for i, r in enumerate(rows) if not r.done]
-                if not active:
-                    break
-                texts, n = generate_until(model, tokenizer, [heads[i] + rows[i].text for i in active], spec,
-                                          stop_ids)
-                n_tokens += n
-                for i, new in zip(active, texts):
-                    rows[i].advance(new, enabled[i], tag, max_calls, run)
-            out.extend(r.tool_reply() for r in rows)
+    for start in range(0, len(contexts), batch_size):
+        chunk = list(contexts[start:start + batch_size])
+        heads = [tool_prompt(c) for c in chunk]
+        rows = [_Row() for _ in chunk]
+        enabled = [enabled_tools(c.meta_instruction) for c in chunk]
+        for _ in range(MAX_PASSES):
+            active = [i for i, r in enumerate(rows) if not r.done]
+            if not active:
+                break
+            texts, n = gen.until([heads[i] + rows[i].text for i in active], spec, stop_ids)
+            n_tokens += n
+            for i, new in zip(active, texts):
+                rows[i].advance(new, enabled[i], tag, max_calls, run)
+        out.extend(r.tool_reply() for r in rows)
     return out, n_tokens
 
 
-@torch.inference_mode()
 def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enabled: Sequence[frozenset[str] | None],
                       spec: RolloutSpec, max_calls: int = 8, seed: int = 0, run: Callable[..., str] = run_commands,
                       quality: int | None = None,
@@ -165,12 +162,13 @@ def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enable
     """PPO's rollouts with tools, on token ids. A row with ``enabled`` tools starts at
     ``<|Inner Thoughts|>:`` (its prompt ends there: :func:`tool_prompt`) and goes through the passes;
     a row with ``None`` is a plain reply (its prompt ends ``<|MOSS|>:``). Each pass samples the
-    active rows together (``sample_responses``); what the program writes (role prefixes, Results)
+    active rows together (``Generator.sample``); what the program writes (role prefixes, Results)
     joins the response with log-prob 0 and action mask 0, so it gets no log-prob ratio, no KL and
     no advantage. Returns per row the response ids, their log-probs, the action mask (1 on the
     tokens the model sampled) and the reply (a plugin reply for tool rows, the body for plain ones).
     ``quality``: PAT's tag, which the program writes after a tool row's ``<|MOSS|>:`` (a plain row's
-    prompt carries its own)."""
+    prompt carries its own). ``model``: a model or a ``Generator``."""
+    gen = as_generator(model, tokenizer)
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in STOPS]
     tag = f" {quality_tag(quality)}" if quality is not None else ""
     rows = [_Row(Section.INNER_THOUGHTS if e is not None else Section.MOSS) for e in enabled]
@@ -178,26 +176,24 @@ def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enable
     lps: list[list[float]] = [[] for _ in prompts]
     mask: list[list[int]] = [[] for _ in prompts]
     torch.manual_seed(seed)
-    with eval_mode(model):
-        for n_pass in range(MAX_PASSES + 1):
-            # pass 0: the plain rows, to <eom> as a plain rollout samples them; then the tool rows' passes
-            active = [i for i, (r, e) in enumerate(zip(rows, enabled)) if not r.done and (e is None) == (n_pass == 0)]
-            if not active:
-                continue
-            stops = tokenizer.eos_token_id if n_pass == 0 else stop_ids
-            new, new_lps = sample_responses(model, [list(prompts[i]) + ids[i] for i in active], spec,
-                                             tokenizer.pad_token_id, stops, seed=None)
-            for i, toks, lp in zip(active, new, new_lps):
-                ids[i] += toks
-                lps[i] += lp
-                mask[i] += [1] * len(toks)
-                program = rows[i].advance(tokenizer.decode(toks, skip_special_tokens=False), enabled[i] or frozenset(),
-                                          tag, max_calls, run)
-                if program:
-                    written = tokenizer(program, add_special_tokens=False)["input_ids"]
-                    ids[i] += written
-                    lps[i] += [0.0] * len(written)
-                    mask[i] += [0] * len(written)
+    for n_pass in range(MAX_PASSES + 1):
+        # pass 0: the plain rows, to <eom> as a plain rollout samples them; then the tool rows' passes
+        active = [i for i, (r, e) in enumerate(zip(rows, enabled)) if not r.done and (e is None) == (n_pass == 0)]
+        if not active:
+            continue
+        stops = tokenizer.eos_token_id if n_pass == 0 else stop_ids
+        new, new_lps = gen.sample([list(prompts[i]) + ids[i] for i in active], spec, stops, seed=None)
+        for i, toks, lp in zip(active, new, new_lps):
+            ids[i] += toks
+            lps[i] += lp
+            mask[i] += [1] * len(toks)
+            program = rows[i].advance(tokenizer.decode(toks, skip_special_tokens=False), enabled[i] or frozenset(),
+                                      tag, max_calls, run)
+            if program:
+                written = tokenizer(program, add_special_tokens=False)["input_ids"]
+                ids[i] += written
+                lps[i] += [0.0] * len(written)
+                mask[i] += [0] * len(written)
     replies = [r.tool_reply().plugin if e is not None else r.reply for r, e in zip(rows, enabled)]
     return ids, lps, mask, replies
 

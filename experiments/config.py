@@ -7,6 +7,8 @@ a message that names the key.
 
 import copy
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -239,11 +241,17 @@ class RayConfig:
     reference: ActorResources = field(default_factory=ActorResources)
     preference: ActorResources = field(default_factory=ActorResources)
     judge: ActorResources = field(default_factory=ActorResources)  # the reward-model judge (judges.rm)
+    rollout: ActorResources = field(default_factory=ActorResources)  # vLLM engines (rollout.engine=vllm)
 
 
-def cluster_args(r: RayConfig) -> dict[str, Any]:
-    """The keyword arguments of ``actors.session.init_ray`` from the ``ray`` settings."""
-    return {"address": r.address, "num_cpus": r.num_cpus, "include_dashboard": r.include_dashboard,
+def cluster_args(r: RayConfig, engine: str = "hf") -> dict[str, Any]:
+    """The keyword arguments of ``actors.session.init_ray`` from the ``ray`` settings. With vLLM
+    engines (``engine``) a local cluster counts their CPUs on top of the machine's: the engines
+    sample while the trainers wait and the reverse, threads on the same cores."""
+    num_cpus = r.num_cpus
+    if engine == "vllm" and r.address is None and num_cpus is None:
+        num_cpus = (os.cpu_count() or 1) + math.ceil(r.rollout.num_cpus * r.rollout.num_actors)
+    return {"address": r.address, "num_cpus": num_cpus, "include_dashboard": r.include_dashboard,
             "dashboard_host": r.dashboard_host, "dashboard_port": r.dashboard_port}
 
 
@@ -352,6 +360,22 @@ class ToolsConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """The generation engine (``alignment.generation``; ``experiments/engines.py``): transformers'
+    ``generate`` in the policy's own actors (``hf``, the default), or vLLM engines in their own Ray
+    actors (``vllm``: ``ray.rollout`` places them), for PPO/GRPO/RLOO rollouts, evaluation, the
+    preference model's candidates, best-of-n and the passes of tool use."""
+
+    engine: str = if_set("hf")  # hf | vllm
+    tensor_parallel_size: int = if_set(1)  # GPUs per engine
+    dtype: str = if_set("auto")  # auto (bfloat16 on GPUs, float32 on the CPU), float32, bfloat16, float16
+    sync: str = not_in_key("auto")  # auto (nccl on GPUs, else object_store) | object_store | nccl
+    gpu_memory_utilization: float = not_in_key(0.5)  # share of each GPU for an engine's weights and KV cache
+    kv_cache_gib: float = not_in_key(1.0)  # the CPU backend's KV-cache space per engine
+    enforce_eager: bool = not_in_key(True)  # no CUDA graphs: starts in seconds (False: faster decoding on GPUs)
+
+
+@dataclass
 class ChatConfig:
     """``+experiment=chat``: talk to a policy in the terminal (``experiments/chat.py``)."""
 
@@ -389,6 +413,7 @@ class LabConfig:
     compare: CompareConfig = field(default_factory=CompareConfig)
     bon: BoNConfig = field(default_factory=BoNConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     extra: Dict[str, Any] = field(default_factory=dict)  # free-form notes, logged with the run
 

@@ -34,6 +34,7 @@ from alignment.winrate import length_controlled, outcomes, win_rate
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called, is_tool_task
 from experiments.context import RunContext
+from experiments.engines import start_engines, uses_vllm
 from experiments.judging import llm_outcomes, rm_scores
 from experiments.replies import Job, generate, load_replies, replies_key, rollouts, save_replies, tool_rows
 from experiments.specs import model_spec, strategy_spec
@@ -61,10 +62,14 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
     if not todo:
         print(f"EVAL: reusing cached replies of {model_path.name} ({', '.join(jobs)})", flush=True)
         return out
-    group = ctx.group(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, stage)
+    if uses_vllm(cfg):  # the engines sample with the policy's calls (actors/sampling.py)
+        group = start_engines(ctx, model_path, f"{role}-rollout", stage)
+    else:
+        group = ctx.group(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, stage)
     try:
-        group.call("init_model", model_spec(cfg, model_path, str(model_path)),
-                   strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), None)
+        if not uses_vllm(cfg):
+            group.call("init_model", model_spec(cfg, model_path, str(model_path)),
+                       strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), None)
         for name in todo:
             out[name] = generate(ctx, group, jobs[name].prompts, jobs[name].quality)
             save_replies(ctx, keys[name], name, model_path, out[name])
@@ -277,6 +282,7 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
                           "eval")
     scorer = ctx.group(PreferenceActor, f"{name}-frontier-preference", cfg.ray.preference,
                        cfg.pm.trainer.num_threads, "eval")
+    engines = start_engines(ctx, model_path, f"{name}-frontier-rollout", "eval") if uses_vllm(cfg) else None
     try:
         policy.wait(policy.submit("init_model", None, spec=model_spec(cfg, model_path, str(model_path)),
                                   strategy=strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim=None)
@@ -292,7 +298,7 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
         points = []
         for tag in tags:
             ids = [head if t else prompt_ids(tok, p.conversation(), tag) for p, t, head in zip(prompts, tools, plain)]
-            parts = rollouts(policy, ids, tools, spec, cfg.seed, cfg.tools.max_calls, quality=tag)
+            parts = rollouts(policy, ids, tools, spec, cfg.seed, cfg.tools.max_calls, quality=tag, engines=engines)
             sampled = Rollout.cat([p[0] for p in parts], tok.pad_token_id)
             texts = [t for p in parts for t in p[1]]
             responses = [row[len(p):] for row, p in zip(sampled.token_lists(), ids)]
@@ -309,5 +315,6 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
                            "pm": sum(pm) / len(pm), "n": len(prompts)})
         return points
     finally:
-        for g in (policy, reference, scorer):
-            g.shutdown()
+        for g in (policy, reference, scorer, engines):
+            if g is not None:
+                g.shutdown()

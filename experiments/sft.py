@@ -101,8 +101,10 @@ def sft_stage(ctx: RunContext) -> Artifact:
             art = commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
             ckpts.clear()
             # the replies join the evaluation-reply cache once the model they belong to is stored,
-            # so later head-to-heads of this checkpoint reuse them instead of sampling again
-            save_replies(ctx, replies_key(ctx, art.path, Job(prompts)), "eval", art.path, replies)
+            # so later head-to-heads of this checkpoint reuse them instead of sampling again (when
+            # they come from the engine the head-to-heads use: the training actors sample with hf)
+            if cfg.rollout.engine == "hf":
+                save_replies(ctx, replies_key(ctx, art.path, Job(prompts)), "eval", art.path, replies)
             return art
         finally:
             group.shutdown()

@@ -20,6 +20,9 @@ STRATEGIES = ("torch", "deepspeed")
 PRECISIONS = ("auto", "fp32", "bf16")
 CRITIC_INITS = ("pm", "sft")
 RL_STAGES = ("ppo", "grpo", "rloo")  # the stages that run the PPO loop
+ENGINES = ("hf", "vllm")  # rollout.engine
+SYNC_MODES = ("auto", "object_store", "nccl")  # rollout.sync
+ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # rollout.dtype
 TOOL_CALLS = ("Calculate", "Solve", "Search")  # MOSS's tools the lab runs (alignment/tools); no Text2Image
 
 
@@ -149,7 +152,7 @@ def validate_resources(lab: LabConfig) -> None:
     r = lab.ray
     if r.max_restarts < 0:
         raise ValueError(f"ray.max_restarts must be >= 0, got {r.max_restarts}")
-    for role in ("policy", "critic", "reference", "preference", "judge"):
+    for role in ("policy", "critic", "reference", "preference", "judge", "rollout"):
         res = getattr(r, role)
         if res.num_actors < 1 or res.num_cpus < 0 or res.num_gpus < 0:
             raise ValueError(f"ray.{role}: num_actors must be at least 1 and num_cpus, num_gpus >= 0, got "
@@ -165,6 +168,31 @@ def validate_resources(lab: LabConfig) -> None:
                              f"num_actors, got {sizes}")
 
 
+def validate_rollout(lab: LabConfig) -> None:
+    """The generation engine's settings (``rollout.*``); whether vLLM imports is ``preflight``'s."""
+    r, res = lab.rollout, lab.ray.rollout
+    _choice("rollout.engine", r.engine, ENGINES)
+    _choice("rollout.sync", r.sync, SYNC_MODES)
+    _choice("rollout.dtype", r.dtype, ENGINE_DTYPES)
+    if r.tensor_parallel_size < 1:
+        raise ValueError(f"rollout.tensor_parallel_size must be at least 1, got {r.tensor_parallel_size}")
+    if r.engine != "vllm":
+        return
+    if r.tensor_parallel_size > 1 and res.num_gpus < r.tensor_parallel_size:
+        raise ValueError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs that many GPUs per engine: "
+                         f"set ray.rollout.num_gpus (now {res.num_gpus})")
+    if r.sync == "nccl" and (res.num_gpus == 0 or lab.ray.policy.num_gpus == 0):
+        raise ValueError("rollout.sync=nccl broadcasts over GPUs: ray.policy.num_gpus and ray.rollout.num_gpus must "
+                         "be > 0 (on the CPU use rollout.sync=object_store or auto)")
+    if not 0 < r.gpu_memory_utilization <= 1:
+        raise ValueError(f"rollout.gpu_memory_utilization must be in (0, 1], got {r.gpu_memory_utilization}")
+    if r.kv_cache_gib <= 0:
+        raise ValueError(f"rollout.kv_cache_gib must be > 0, got {r.kv_cache_gib}")
+    if lab.stage == "chat":
+        raise ValueError("rollout.engine=vllm: the chat command generates in its own process with transformers; "
+                         "leave rollout.engine=hf")
+
+
 def validate(lab: LabConfig) -> None:
     """Fail before anything starts, naming the key, the value and what is allowed, on settings no
     stage can run with: the one place every setting and every cross-field rule is checked (the
@@ -178,6 +206,7 @@ def validate(lab: LabConfig) -> None:
     if lab.strategy.name == "torch" and (lab.strategy.zero_stage or lab.strategy.offload):
         raise ValueError("strategy.zero_stage and strategy.offload are DeepSpeed's: set strategy.name=deepspeed")
     validate_resources(lab)
+    validate_rollout(lab)
     if lab.tools.max_calls < 1:
         raise ValueError(f"tools.max_calls must be at least 1, got {lab.tools.max_calls}")
     for name in lab.chat.tools:

@@ -176,7 +176,8 @@ def _stage_keys(tmp_path, overrides: list[str]) -> dict[str, str]:
     "pat.trainer.num_threads=2", "dpo.trainer.num_threads=1", "algo.num_threads=1", "algo.checkpoint_every=3",
     "algo.keep_checkpoints=5", "algo.policy_update_threads=2", "compare.grpo.num_threads=1",
     "ray.policy.num_cpus=1", "ray.reference.num_actors=2", "logger.wandb=false", "eval.judges=[gold]",
-    "compare.max_parallel=1", "resume=true",
+    "compare.max_parallel=1", "resume=true", "rollout.sync=object_store", "rollout.kv_cache_gib=4",
+    "rollout.gpu_memory_utilization=0.3", "rollout.enforce_eager=false", "ray.rollout.num_actors=2",
 ])
 def test_settings_that_cannot_change_results_reuse_every_stage(tmp_path, override):
     assert _stage_keys(tmp_path, [override]) == _stage_keys(tmp_path, [])
@@ -191,6 +192,7 @@ def test_settings_that_cannot_change_results_reuse_every_stage(tmp_path, overrid
     ("compare.grpo.beta=0.05", {"grpo"}),
     ("dpo.beta=0.2", {"dpo"}),
     ("seed=1", {"sft", "pm", "pat", "ppo", "grpo", "dpo"}),
+    ("rollout.engine=vllm", {"ppo", "grpo"}),  # another engine's rollouts; SFT, PM, PAT and DPO sample none
 ])
 def test_settings_that_change_results_change_exactly_their_stages(tmp_path, override, changed):
     base, new = _stage_keys(tmp_path, []), _stage_keys(tmp_path, [override])
@@ -212,6 +214,10 @@ def test_settings_that_change_results_change_exactly_their_stages(tmp_path, over
     ("sft", "model.name=gpt5", r"model\.name: 'gpt5'; choose one of tiny, pretrained"),
     ("sft", "data.source=web", r"data\.source: 'web'; choose one of world, moss_sft"),
     ("sft", "ray.policy.num_actors=0", r"ray\.policy: num_actors must be at least 1"),
+    ("ppo", "rollout.engine=sglang", r"rollout\.engine: 'sglang'; choose one of hf, vllm"),
+    ("ppo", "rollout.engine=vllm rollout.sync=nccl", r"rollout\.sync=nccl broadcasts over GPUs"),
+    ("ppo", "rollout.engine=vllm rollout.tensor_parallel_size=2", r"rollout\.tensor_parallel_size=2 needs that many"),
+    ("ppo", "ray.rollout.num_actors=0", r"ray\.rollout: num_actors must be at least 1"),
 ])
 def test_late_checked_settings_now_fail_in_validate(experiment, override, match):
     from experiments.validation import validate
@@ -234,3 +240,15 @@ def test_a_bad_setting_fails_in_seconds_with_nothing_started(tmp_path, override,
     assert out.returncode != 0 and message in out.stderr
     assert "Ray dashboard" not in out.stdout and not (tmp_path / "cache").exists()  # no Ray, nothing trained
     assert time.time() - started < 10
+
+
+def test_vllm_engine_where_vllm_does_not_import_fails_before_ray(tmp_path):
+    from alignment.vllm_generation import vllm_available
+
+    if vllm_available()[0]:
+        pytest.skip("vLLM imports in this venv (tests/test_vllm.py runs the engine)")
+    out = subprocess.run([sys.executable, "run.py", "+experiment=ppo", "rollout.engine=vllm",
+                          f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "config error: rollout.engine=vllm: vLLM does not import here" in out.stderr
+    assert "setup_vllm.sh" in out.stderr and "Ray dashboard" not in out.stdout and not (tmp_path / "cache").exists()

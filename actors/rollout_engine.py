@@ -1,0 +1,78 @@
+"""The rollout engine role (``rollout.engine=vllm``): a vLLM engine in a Ray actor that samples
+for the policy and takes the policy's weights after each update.
+
+Its sampling calls are the policy's own (``actors.sampling.SamplingRole``: ``generate``,
+``generate_tools``, ``sample``), so a driver hands it the same work. Weights come in whole
+through Ray's object store (``load_weights``), or, on GPUs, by an NCCL broadcast from policy
+rank 0 (``init_broadcast`` / ``receive_broadcast``). With ``sleep`` / ``wake_up`` (GPU) an
+engine colocated with the policy frees its memory while the trainers run.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+import torch
+
+from actors.base import RoleActor
+from actors.sampling import SamplingRole
+from alignment.generation import Generator
+from alignment.models.tokenizer import load_tokenizer
+from alignment.vllm_generation import EngineSpec, VLLMGenerator, build_llm, load_weights
+
+
+class RolloutEngineActor(RoleActor, SamplingRole):
+    whole_batches = True
+
+    def setup_distributed(self, where: tuple[str, int]) -> None:
+        """Engines are not a data-parallel group: each runs its own vLLM engine (and vLLM sets up its
+        own process group for tensor parallelism)."""
+
+    def init_model(self, spec: EngineSpec) -> dict[str, float]:
+        """Start the engine on ``spec.path``; returns its start-up time and parameter count."""
+        t0 = time.perf_counter()
+        self.tokenizer = load_tokenizer(spec.tokenizer_path)
+        self.llm = build_llm(spec)
+        self.spec = spec
+        return {"start_s": time.perf_counter() - t0}
+
+    def tensor_parallel_size(self) -> int:
+        return self.spec.tensor_parallel_size
+
+    def generator(self) -> Generator:
+        return VLLMGenerator(self.llm, self.tokenizer)
+
+    def load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> float:
+        """Load named tensors (transformers' names) into the engine; returns the seconds it took."""
+        t0 = time.perf_counter()
+        load_weights(self.llm, weights)
+        return time.perf_counter() - t0
+
+    def init_broadcast(self, host: str, port: int, rank_offset: int, world_size: int) -> None:
+        """GPU: join the NCCL group of the weight broadcast (policy rank 0 is rank 0)."""
+        self.llm.collective_rpc("lab_init_broadcast", args=(host, port, rank_offset, world_size))
+
+    def receive_broadcast(self, metas: list[tuple[str, str, tuple[int, ...]]]) -> float:
+        """GPU: receive one broadcast of the policy's weights; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("lab_receive_broadcast", args=(metas,))
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - t0
+
+    def sleep(self) -> None:
+        """GPU with ``enable_sleep_mode``: drop weights and KV cache from the GPU until ``wake_up``."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
+
+    def unload(self) -> None:
+        """Shut the engine down (an idle actor kept for a later stage holds no engine)."""
+        llm: Any = getattr(self, "llm", None)
+        if llm is not None:
+            del self.llm
+            del llm
+            gc.collect()
+        super().unload()
