@@ -159,19 +159,24 @@ class PolicyActor(TrainableActor, SamplingRole):
 
     def _weights(self, only_lora: bool) -> Iterator[tuple[str, torch.Tensor]]:
         """The weights a rollout engine needs, under transformers' names, where they live: all of them;
-        or, with ``only_lora``, only the layers the adapters change, merged (``W + s·BA``). Call inside
-        ``self.engine.gathered()`` (ZeRO-3)."""
+        or, with ``only_lora``, only the layers the adapters change. An adapted layer's weight is
+        ``W + s·BA`` in a new tensor (merging in place and back would let rounding drift the base
+        weights at every sync). Call inside ``self.engine.gathered()`` (ZeRO-3)."""
         module = self.engine.module
-        if not hasattr(module, "merge_adapter"):
+        if not hasattr(module, "peft_config"):
             yield from module.state_dict().items()
             return
-        module.merge_adapter()
-        try:
-            for n, t in module.state_dict().items():
-                if "lora_" not in n and (not only_lora or ".base_layer." in n):
-                    yield _plain_name(n), t
-        finally:
-            module.unmerge_adapter()
+        merged = {}
+        for name, sub in module.named_modules():
+            if hasattr(sub, "get_delta_weight") and hasattr(sub, "base_layer"):
+                delta = sum(sub.get_delta_weight(a) for a in sub.active_adapters)
+                merged[_plain_name(name) + ".weight"] = sub.base_layer.weight + delta
+        if only_lora:
+            yield from merged.items()
+            return
+        for n, t in module.state_dict().items():
+            if "lora_" not in n:
+                yield _plain_name(n), merged.get(_plain_name(n), t)
 
     @torch.no_grad()
     def named_weights(self, only_lora: bool = False) -> list[tuple[str, torch.Tensor]]:
@@ -186,8 +191,9 @@ class PolicyActor(TrainableActor, SamplingRole):
         """GPU, rank 0: host the NCCL group of the weight broadcast to the rollout engines."""
         from alignment.vllm_generation import broadcast_group
 
-        if self.rank == 0:
-            self._broadcast = broadcast_group(host, port, 0, world_size, self.device)
+        if self.rank == 0:  # an indexed device: the communicator compares each tensor's device with it
+            self._broadcast = broadcast_group(host, port, 0, world_size,
+                                              torch.device("cuda", torch.cuda.current_device()))
 
     @torch.no_grad()
     def weight_metas(self, only_lora: bool = False) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -269,6 +275,6 @@ class PolicyActor(TrainableActor, SamplingRole):
 
 
 def _plain_name(peft_name: str) -> str:
-    """A PEFT-wrapped parameter's transformers name: ``base_model.model.`` and ``.base_layer`` go."""
-    name = peft_name.removeprefix("base_model.model.")
-    return name.replace(".base_layer.", ".")
+    """A PEFT-wrapped module's or parameter's transformers name: ``base_model.model.`` and
+    ``.base_layer`` go."""
+    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")

@@ -61,12 +61,14 @@ class RolloutEngineActor(RoleActor, SamplingRole):
         self.llm.reset_prefix_cache()
         return time.perf_counter() - t0
 
-    def sleep(self) -> None:
-        """GPU with ``enable_sleep_mode``: drop weights and KV cache from the GPU until ``wake_up``."""
-        self.llm.sleep(level=1)
+    def sleep(self, level: int = 1) -> None:
+        """GPU with ``enable_sleep_mode``: free the GPU until ``wake_up``: level 1 keeps a copy of the
+        weights on the CPU, level 2 drops them (a full sync follows) and the KV cache either way."""
+        self.llm.sleep(level=level)
 
-    def wake_up(self) -> None:
-        self.llm.wake_up()
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take the GPU memory back: ``["weights"]`` (before a sync), ``["kv_cache"]``, or all."""
+        self.llm.wake_up(tags=tags)
 
     def unload(self) -> None:
         """Shut the engine down (an idle actor kept for a later stage holds no engine)."""

@@ -60,7 +60,7 @@ def build_llm(spec: EngineSpec) -> Any:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     on_gpu = torch.cuda.is_available()
     if not on_gpu:  # else the CPU backend reserves most of the machine's memory for its KV cache
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(spec.kv_cache_gib))))
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(spec.kv_cache_gib)))  # this engine's, in GiB
         # its threads as many as the actor's torch threads, unpinned: the engine shares the cores with
         # the trainers' actors, as every role does
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -75,6 +75,10 @@ def build_llm(spec: EngineSpec) -> Any:
     )
     if on_gpu:
         kwargs.update(gpu_memory_utilization=spec.gpu_memory_utilization, enable_sleep_mode=spec.enable_sleep_mode)
+    else:
+        # a prefill split over steps rewinds each seeded request's generator, which vLLM 0.32's CPU
+        # generators cannot do ("CPU Generator does not use offset"): whole prefills only
+        kwargs.update(enable_chunked_prefill=False)
     return LLM(**kwargs)
 
 

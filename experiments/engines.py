@@ -10,7 +10,7 @@ With ``vllm``:
   ranks pack them and recompute the old log-probs on the sampled tokens with the trainer's own
   forward pass (``PolicyActor.score_rollout``): the ratio and KL of the update compare the
   trainer's numbers with the trainer's, never vLLM's kernels with the trainer's;
-* ``WeightSync.sync`` hands the policy's weights to every engine after each update: through
+* ``EngineSync.sync`` hands the policy's weights to every engine after each update: through
   Ray's object store (the CPU, or ``rollout.sync=object_store``), or by an NCCL broadcast from policy
   rank 0 (GPUs, ``rollout.sync=nccl``); with LoRA only the layers the adapters change, merged.
 """
@@ -28,7 +28,7 @@ from actors.rollout_engine import RolloutEngineActor
 from alignment.data.batching import shard
 from alignment.rollout import Rollout
 from alignment.vllm_generation import EngineSpec
-from experiments.config import LabConfig
+from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
 
 FUSED = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
@@ -39,24 +39,48 @@ def uses_vllm(cfg: LabConfig) -> bool:
     return cfg.rollout.engine == "vllm"
 
 
+def rollout_key(cfg: LabConfig) -> dict[str, Any]:
+    """What the engine adds to the key of anything it samples: nothing for ``hf`` (keys stay as
+    they were), the engine's settings for ``vllm``."""
+    return as_key(cfg.rollout) if uses_vllm(cfg) else {}
+
+
+def sleeps(cfg: LabConfig) -> bool:
+    """Whether the engines share the trainers' GPUs and sleep while they run (``ray.colocate`` on GPUs)."""
+    return uses_vllm(cfg) and cfg.ray.colocate and cfg.ray.rollout.num_gpus > 0
+
+
+def sync_mode(cfg: LabConfig) -> str:
+    """``rollout.sync``, with ``auto`` resolved: an NCCL broadcast between the policy's and the
+    engines' own GPUs; through the object store on the CPU, and when colocated (one GPU may hold
+    policy rank 0 and an engine, and NCCL takes no two ranks on one device)."""
+    if cfg.rollout.sync != "auto":
+        return cfg.rollout.sync
+    on_gpus = cfg.ray.policy.num_gpus > 0 and cfg.ray.rollout.num_gpus > 0
+    return "nccl" if on_gpus and not cfg.ray.colocate else "object_store"
+
+
 def engine_spec(cfg: LabConfig, path: Path | str) -> EngineSpec:
-    r, sleep = cfg.rollout, cfg.ray.colocate and cfg.ray.rollout.num_gpus > 0  # colocated on GPUs: sleep/wake
+    r = cfg.rollout
     return EngineSpec(path=str(path), tokenizer_path=str(path), tensor_parallel_size=r.tensor_parallel_size,
                       dtype=r.dtype, gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gib=r.kv_cache_gib,
-                      enforce_eager=r.enforce_eager, enable_sleep_mode=sleep, seed=cfg.seed)
+                      enforce_eager=r.enforce_eager, enable_sleep_mode=sleeps(cfg), seed=cfg.seed)
 
 
-def start_engines(ctx: RunContext, path: Path | str, role: str, stage: str, pg: Any = None) -> RoleGroup:
-    """``ray.rollout.num_actors`` vLLM engines on the checkpoint at ``path``, started (the engines
-    load it themselves)."""
+def start_engines(ctx: RunContext, path: Path | str, role: str, stage: str, pg: Any = None,
+                  wait: bool = True) -> tuple[RoleGroup, list[Any]]:
+    """``ray.rollout.num_actors`` vLLM engines on the checkpoint at ``path`` (the engines load it
+    themselves): the group, and its start-up calls (already awaited with ``wait``)."""
     cfg = ctx.cfg
     group = ctx.group(RolloutEngineActor, role, cfg.ray.rollout, cfg.trainer.num_threads, stage, pg=pg)
-    try:
-        group.call("init_model", engine_spec(cfg, path))
-    except BaseException:
-        group.shutdown()
-        raise
-    return group
+    refs = group.submit("init_model", None, spec=engine_spec(cfg, path))
+    if wait:
+        try:
+            group.wait(refs)
+        except BaseException:
+            group.shutdown()
+            raise
+    return group, refs
 
 
 def sample_rollouts(engines: RoleGroup, policy: RoleGroup, ids: list[list[int]],
@@ -81,7 +105,22 @@ def sample_rollouts(engines: RoleGroup, policy: RoleGroup, ids: list[list[int]],
     return [(o[0], o[1]) for o in outs], gap / max(n, 1)
 
 
-class WeightSync:
+def wait_all(refs: list[Any]) -> list[Any]:
+    """``ray.get`` of ``refs`` that raises the first failure at once, while other calls still wait
+    (a sender that fails must not leave the driver waiting on receivers that never get data)."""
+    pending, failed = list(refs), None
+    while pending and failed is None:
+        ready, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(ready)
+        except Exception as err:  # noqa: BLE001 - re-raised below, first failure first
+            failed = err
+    if failed is not None:
+        raise failed
+    return ray.get(refs)
+
+
+class EngineSync:
     """The policy's weights into the engines after each update (see the module docstring)."""
 
     def __init__(self, cfg: LabConfig, policy: RoleGroup, engines: RoleGroup):
@@ -90,8 +129,7 @@ class WeightSync:
         targets = set(lora.target_modules)
         # LoRA: only the adapted layers change; vLLM fuses q/k/v and gate/up, so a group goes whole or not at all
         self.only_lora = lora.enabled and all(targets >= g or not (targets & g) for g in FUSED)
-        on_gpu = cfg.ray.policy.num_gpus > 0 and cfg.ray.rollout.num_gpus > 0
-        self.mode = cfg.rollout.sync if cfg.rollout.sync != "auto" else ("nccl" if on_gpu else "object_store")
+        self.mode = sync_mode(cfg)
         self._joined = False
 
     def _join_nccl(self) -> None:
@@ -100,7 +138,7 @@ class WeightSync:
         world = 1 + self.engines.size * tp
         refs = [self.policy.actors[0].init_broadcast.remote(host, port, world)]
         refs += [a.init_broadcast.remote(host, port, 1 + i * tp, world) for i, a in enumerate(self.engines.actors)]
-        ray.get(refs)
+        wait_all(refs)
         self._joined = True
 
     def sync(self) -> float:
@@ -109,10 +147,10 @@ class WeightSync:
         if self.mode == "nccl":
             if not self._joined:
                 self._join_nccl()
-            metas = self.policy.wait([self.policy.actors[0].weight_metas.remote(self.only_lora)])[0]
-            sends = self.policy.submit("broadcast_weights", None, only_lora=self.only_lora)  # rank 0 sends
-            self.engines.wait(self.engines.submit("receive_broadcast", [(metas,)] * self.engines.size))
-            self.policy.wait(sends)
+            # every rank takes part (gathered under ZeRO-3); rank 0's names and shapes, then its broadcast
+            metas = self.policy.wait(self.policy.submit("weight_metas", None, only_lora=self.only_lora))[0]
+            sends = self.policy.submit("broadcast_weights", None, only_lora=self.only_lora)
+            wait_all(sends + self.engines.submit("receive_broadcast", [(metas,)] * self.engines.size))
         else:
             # every rank takes part (gathered under ZeRO-3); rank 0's tensors go to the engines as one
             # object in the store, never through the driver

@@ -63,7 +63,7 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
         print(f"EVAL: reusing cached replies of {model_path.name} ({', '.join(jobs)})", flush=True)
         return out
     if uses_vllm(cfg):  # the engines sample with the policy's calls (actors/sampling.py)
-        group = start_engines(ctx, model_path, f"{role}-rollout", stage)
+        group = start_engines(ctx, model_path, f"{role}-rollout", stage)[0]
     else:
         group = ctx.group(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, stage)
     try:
@@ -282,7 +282,7 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
                           "eval")
     scorer = ctx.group(PreferenceActor, f"{name}-frontier-preference", cfg.ray.preference,
                        cfg.pm.trainer.num_threads, "eval")
-    engines = start_engines(ctx, model_path, f"{name}-frontier-rollout", "eval") if uses_vllm(cfg) else None
+    engines = start_engines(ctx, model_path, f"{name}-frontier-rollout", "eval")[0] if uses_vllm(cfg) else None
     try:
         policy.wait(policy.submit("init_model", None, spec=model_spec(cfg, model_path, str(model_path)),
                                   strategy=strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim=None)

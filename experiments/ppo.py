@@ -69,7 +69,7 @@ from alignment.world.categories.tool_use import called
 from experiments.cache import Artifact, commit
 from experiments.config import PPOConfig, RayConfig, as_key
 from experiments.context import RunContext
-from experiments.engines import WeightSync, sample_rollouts, start_engines, uses_vllm
+from experiments.engines import EngineSync, rollout_key, sample_rollouts, sleeps, start_engines, uses_vllm
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
 from experiments.loop import check_finite, rank_mean
 from experiments.pat import pat_key
@@ -171,10 +171,18 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
             strategy=strategy_spec(cfg, r.preference.num_gpus > 0))),
     ]
     try:
-        if uses_vllm(cfg) and not local:  # the engines start from the SFT checkpoint, as the policy does
-            roles.engines = start_engines(ctx, sft, "rollout", method_name(cfg), pg=pg)
+        if uses_vllm(cfg):  # the engines start from the SFT checkpoint, as the policy does; on shared GPUs
+            # only once the other roles have loaded (vLLM sizes its KV cache by the memory left free)
+            if local:
+                raise ValueError("rollout.engine=vllm needs Ray actors for its engines; the in-process roles "
+                                 "(local) sample with hf")
+            if not sleeps(cfg):
+                roles.engines, refs = start_engines(ctx, sft, "rollout", method_name(cfg), pg=pg, wait=False)
+                inits.append((roles.engines, refs))
         for g, refs in inits:
             g.wait(refs)
+        if sleeps(cfg):
+            roles.engines = start_engines(ctx, sft, "rollout", method_name(cfg), pg=pg)[0]
     except BaseException:  # a role that failed to load (a lost actor): let no group outlive the attempt
         roles.shutdown()
         raise
@@ -224,8 +232,10 @@ class PPOTrainer:
                                             kl_coef=self.a.beta if self.a.kl_in == "loss" else 0.0,
                                             kl_estimator=self.a.kl_estimator)
         self._ptx: list[Encoded] | None = None
-        self.sync = WeightSync(ctx.cfg, roles.policy, roles.engines) if roles.engines is not None else None
-        self._sleeping = False  # colocated vLLM engines on GPUs sleep while the trainers run
+        self.sync = EngineSync(ctx.cfg, roles.policy, roles.engines) if roles.engines is not None else None
+        # colocated vLLM engines on GPUs sleep from the end of a rollout to the sync after the update: level 2
+        # drops their weights (the sync brings them all), level 1 keeps a copy on the CPU (LoRA sends a part)
+        self.sleep_level = (1 if self.sync.only_lora else 2) if self.sync is not None and sleeps(ctx.cfg) else 0
 
     def prompt_batch(self, iteration: int) -> PromptBatch:
         """The iteration's prompts: the next ones of ``algo.prompts_path``, or of the SFT file's
@@ -270,28 +280,31 @@ class PPOTrainer:
         """The batch's responses: sampled by the policy ranks, or by the vLLM engines and scored by
         the policy ranks (``experiments.engines.sample_rollouts``); and the engines' statistics."""
         policy, engines = self.roles.policy, self.roles.engines
-        seed = self.ctx.cfg.seed * 1_000_003 + self.iteration * policy.size
+        ranks = max(policy.size, engines.size if engines is not None else 0)  # rank r samples with seed + r
+        seed = self.ctx.cfg.seed * 1_000_003 + self.iteration * ranks
         stats: dict[str, float] = {}
         if engines is None:
             outs = rollouts(policy, batch.ids, batch.tools, self.rollout_spec, seed, self.ctx.cfg.tools.max_calls)
         else:
-            if self._sleeping:
-                engines.call("wake_up")
-                self._sleeping = False
             outs, stats["rollout/logprob_gap"] = sample_rollouts(engines, policy, batch.ids, batch.tools,
                                                                   self.rollout_spec, seed, self.ctx.cfg.tools.max_calls)
+            if self.sleep_level:  # the GPUs go to the scoring roles and the update until the sync
+                engines.call("sleep", self.sleep_level)
         return (Rollout.cat([o[0] for o in outs], self.tokenizer.pad_token_id),
                 [t for o in outs for t in o[1]], stats)
 
-    def sync_engines(self) -> dict[str, float]:
-        """After a policy update: its weights into the vLLM engines (none without them); colocated
-        on GPUs, the engines then sleep until the next rollout wakes them."""
+    def sync_engines(self, asleep: bool = True) -> dict[str, float]:
+        """After a policy update: its weights into the vLLM engines (none without them). Colocated
+        on GPUs the engines slept since the rollout (``asleep``): their weights' memory wakes first,
+        then the sync, then the KV cache's."""
         if self.sync is None:
             return {}
+        engines = self.roles.engines
+        if self.sleep_level and asleep:
+            engines.call("wake_up", ["weights"])
         seconds = self.sync.sync()
-        if self.ctx.cfg.ray.colocate and self.ctx.cfg.ray.rollout.num_gpus > 0:
-            self.roles.engines.call("sleep")
-            self._sleeping = True
+        if self.sleep_level and asleep:
+            engines.call("wake_up", ["kv_cache"])
         return {"time/sync_s": seconds}
 
     def score(self, ro: Rollout, batch: PromptBatch, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor,
@@ -450,7 +463,7 @@ class PPOTrainer:
         if self.roles.critic is not None:
             self.roles.critic.call("load_checkpoint", str(latest / "critic"))
         self.iteration = int(state["iteration"])
-        self.sync_engines()  # the engines started from the SFT model
+        self.sync_engines(asleep=False)  # the engines started from the SFT model, awake
         self.moments.load_state_dict(state["moments"])
         self.last_metrics = state.get("last_metrics", {})
         self.path = [p for p in state.get("path", []) if p["step"] <= self.iteration]
@@ -488,8 +501,8 @@ def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str
                "sft": str(sft.path), "pm": str(pm.path)}
     if as_key(cfg.tools):  # rollouts with tools differ (and keys without them stay as they were)
         payload["tools"] = as_key(cfg.tools)
-    if as_key(cfg.rollout):  # so do those of another engine
-        payload["rollout"] = as_key(cfg.rollout)
+    if rollout_key(cfg):  # so do those of another engine
+        payload["rollout"] = rollout_key(cfg)
     return ctx.cache_key(method_name(cfg), payload), payload
 
 

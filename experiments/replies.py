@@ -20,7 +20,7 @@ from alignment.tools import enabled_tools
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
-from experiments.engines import sample_rollouts
+from experiments.engines import rollout_key, sample_rollouts
 from experiments.specs import sampling_spec
 
 STAGE = "replies"
@@ -41,7 +41,7 @@ def sampling_key(cfg: LabConfig) -> dict[str, Any]:
     sampling.pop("n_prompts")  # the prompt digest already says which prompts
     sampling.pop("evaluate_init")
     sampling |= {f"tools_{k}": v for k, v in as_key(cfg.tools).items()}  # replies with tools differ
-    sampling |= {f"rollout_{k}": v for k, v in as_key(cfg.rollout).items()}  # and those of another engine
+    sampling |= {f"rollout_{k}": v for k, v in rollout_key(cfg).items()}  # and those of another engine
     return sampling
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CUDA checks on one GPU, in under 8 minutes: the PPO smoke run on CUDA with each generation engine
+# CUDA checks on one GPU, in under 8 minutes (at most 60 + 2 x 130 + 150 s): the PPO smoke run on CUDA with each generation engine
 # (rollout.engine=hf, then vllm: its weights synced by NCCL broadcast), then the generation benchmark
 # (tokens/s of both engines against the HBM roofline, and the sync time). Figures go to
 # docs/BENCHMARKS.md ("GPU"). Outputs: $OUT (default outputs/gpu_check): each run's dir, the
@@ -9,6 +9,7 @@
 # where nvidia-smi sees a GPU), else ./.venv; where vLLM does not import, its half is skipped, saying so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+status=0  # the first failure's exit status; every check still runs
 OUT=${OUT:-outputs/gpu_check}
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
@@ -17,7 +18,7 @@ log() { echo "$*" | tee -a "$SUMMARY"; }
 
 nvidia-smi -L >/dev/null 2>&1 || { log "no GPU: nvidia-smi sees none"; exit 1; }
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
-elif PY=$(timeout 300 bash scripts/setup_vllm.sh 2>"$OUT/setup_vllm.log" | tail -n 1) && [ -x "$PY" ]; then :
+elif PY=$(timeout 60 bash scripts/setup_vllm.sh 2>"$OUT/setup_vllm.log" | tail -n 1) && [ -x "$PY" ]; then :
 else PY=$(bash scripts/setup.sh | tail -n 1); fi
 ENGINES="hf"
 if "$PY" -c "import vllm" 2>/dev/null; then ENGINES="hf vllm"; else log "vLLM does not import in $PY: its checks are skipped"; fi
@@ -29,9 +30,10 @@ SMOKE=(data.n_train=400 trainer.batch_size=8 pm.n_prompts=12 pm.n_val_prompts=6 
        ray.rollout.num_gpus=0.3 rollout.gpu_memory_utilization=0.25 "cache_dir=$OUT/cache")
 for engine in $ENGINES; do
   start=$(date +%s)
-  timeout 170 "$PY" run.py +experiment=ppo "rollout.engine=$engine" "${SMOKE[@]}" "hydra.run.dir=$OUT/ppo-$engine" \
+  timeout 130 "$PY" run.py +experiment=ppo "rollout.engine=$engine" "${SMOKE[@]}" "hydra.run.dir=$OUT/ppo-$engine" \
     > "$OUT/ppo-$engine.log" 2>&1
   rc=$?
+  [ "$rc" = 0 ] || [ "$status" != 0 ] || status=$rc
   log "ppo on CUDA, rollout.engine=$engine: exit $rc in $(( $(date +%s) - start )) s"
   grep -E "PPO vs SFT|KL to the reference" "$OUT/ppo-$engine.log" | tee -a "$SUMMARY"
   "$PY" - "$OUT/ppo-$engine/metrics.jsonl" <<'PYEOF' 2>/dev/null | tee -a "$SUMMARY"
@@ -42,9 +44,12 @@ print("  last iteration: " + ", ".join(f"{k} {rows[-1][k]:.4g}" for k in keys if
 PYEOF
 done
 
-# the benchmark: batch 32 and 256 for every size, vLLM if it imports (2 timed calls each)
+# the benchmark: batch 32 and 256 for every size, vLLM if it imports (one timed call each, after a warm-up)
 BENCH_ENGINES=${ENGINES}
-timeout 200 "$PY" benchmarks/generation.py --engines $BENCH_ENGINES --json "$OUT/generation.json" \
+timeout 150 "$PY" benchmarks/generation.py --engines $BENCH_ENGINES --repeats 1 --json "$OUT/generation.json" \
   > "$OUT/generation.log" 2>&1
-log "generation benchmark: exit $?"
+rc=$?
+[ "$rc" = 0 ] || [ "$status" != 0 ] || status=$rc
+log "generation benchmark: exit $rc"
 grep -E "^\||start-up" "$OUT/generation.log" | tee -a "$SUMMARY"
+exit "$status"

@@ -121,6 +121,11 @@ def test_engine_samples_carry_the_policys_log_probs_and_stop_ids(ray_address, ch
     assert torch.allclose(ours, ro.logprobs, atol=1e-4)
     fixed = gen.sample(prompts[:3], RolloutSpec(max_new_tokens=12, ignore_eos=True), stop, seed=0)[0]
     assert [len(r) for r in fixed] == [12, 12, 12]
+    # more prompt tokens than one engine step takes (a 32-row PPO batch with tools): whole prefills, one
+    # after another (a chunked prefill of a seeded request fails on vLLM's CPU backend)
+    long = torch.randint(20, len(tok) - 20, (48, 300), generator=torch.Generator().manual_seed(0)).tolist()
+    rows = gen.sample(long, RolloutSpec(max_new_tokens=8), stop, seed=1)[0]
+    assert len(rows) == 48 and rows == gen.sample(long, RolloutSpec(max_new_tokens=8), stop, seed=1)[0]
 
 
 TINY = ["data.world.tool_share=0.4", "tools.enabled=true", "data.n_train=400", "trainer.batch_size=8",
