@@ -10,7 +10,7 @@ the lab's generation interface (``HFGenerator.sample`` / ``VLLMGenerator.sample`
     python benchmarks/generation.py --json out.json                   # the rows, for docs/BENCHMARKS.md
 
 Prints, per size and batch, the tokens/s of each engine (the median of ``--repeats`` timed calls
-after one warm-up call; vLLM's start-up apart), then the sync table: the seconds to hand the
+after a short warm-up call; vLLM's start-up apart), then the sync table: the seconds to hand the
 policy's weights to a vLLM engine (state dict to the CPU, then vLLM's in-place reload, as
 ``rollout.sync=object_store`` does inside each engine actor). On a GPU it adds the HBM roofline:
 each decode step reads every weight and the batch's KV cache once, so tokens/s cannot pass
@@ -67,8 +67,10 @@ def save_model(name: str, root: Path, dtype: torch.dtype) -> tuple[Path, int]:
     return path, sum(p.numel() for p in model.parameters())
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up (first-call allocations, kernel selection)
+def timed(fn, repeats: int, warmup=None) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one call of ``warmup`` (default ``fn``):
+    first-call allocations and kernel selection stay out of the figure."""
+    (warmup or fn)()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -114,6 +116,7 @@ def main() -> None:
           f"{torch.__version__}, {'GPU ' + torch.cuda.get_device_name() if on_gpu else 'CPU'}, {dtype}; prompts of "
           f"{PROMPT_LEN} tokens, {args.new_tokens} new tokens each", flush=True)
     spec = RolloutSpec(max_new_tokens=args.new_tokens, ignore_eos=True)
+    warm = RolloutSpec(max_new_tokens=4, ignore_eos=True)  # the warm-up: 8 rows, 4 tokens
     rows, syncs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sizes:
@@ -137,7 +140,8 @@ def main() -> None:
                 prompts = torch.randint(2, SIZES[name]["vocab_size"], (batch, PROMPT_LEN)).tolist()
                 row = {"size": name, "params": n_params, "batch": batch}
                 for engine, gen in engines.items():
-                    seconds = timed(lambda gen=gen, p=prompts: gen.sample(p, spec, 1, seed=0), args.repeats)
+                    seconds = timed(lambda gen=gen, p=prompts: gen.sample(p, spec, 1, seed=0), args.repeats,
+                                    warmup=lambda gen=gen, p=prompts: gen.sample(p[:8], warm, 1, seed=0))
                     row[f"{engine}_tok_s"] = batch * args.new_tokens / seconds
                 if on_gpu:
                     row["roofline_tok_s"] = roofline(SIZES[name], n_params, batch, args.new_tokens, 2,

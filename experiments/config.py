@@ -369,7 +369,7 @@ class RolloutConfig:
     engine: str = if_set("hf")  # hf | vllm
     tensor_parallel_size: int = if_set(1)  # GPUs per engine
     dtype: str = if_set("auto")  # auto (bfloat16 on GPUs, float32 on the CPU), float32, bfloat16, float16
-    sync: str = not_in_key("auto")  # auto (nccl on GPUs, else object_store) | object_store | nccl
+    sync: str = not_in_key("auto")  # auto (nccl between own GPUs, else object_store) | object_store | nccl
     gpu_memory_utilization: float = not_in_key(0.5)  # share of each GPU for an engine's weights and KV cache
     kv_cache_gib: float = not_in_key(1.0)  # the CPU backend's KV-cache space per engine
     enforce_eager: bool = not_in_key(True)  # no CUDA graphs: starts in seconds (False: faster decoding on GPUs)

@@ -65,17 +65,18 @@ class RunContext:
         return art
 
     def group(self, actor_cls: type, role: str, res: ActorResources, num_threads: int, stage: str,
-              pg: PlacementGroup | None = None) -> RoleGroup:
+              pg: PlacementGroup | None = None, pooled: bool = True) -> RoleGroup:
         """An actor group for ``stage``; its usage joins the stage's cost when it shuts down.
 
         With ``ray.reuse_actors`` an idle group of an earlier stage comes back from the pool, or a
         new one is named ``<run>/<role>-<rank>`` and goes to the pool when the stage shuts it
         down. Otherwise, and for a group in a shared placement group ``pg``, it is named
-        ``<run>/<stage>/<role>-<rank>`` and killed at shutdown."""
+        ``<run>/<stage>/<role>-<rank>`` and killed at shutdown, as is one that must not be
+        ``pooled``."""
         with self._lock:
             num_threads = self.threads.get(stage, num_threads)
         nice, record = self.nice.get(stage, 0), self.costs.recorder(stage)
-        if self.pool is not None and pg is None:
+        if self.pool is not None and pg is None and pooled:
             group = self.pool.acquire(actor_cls, role, res, num_threads, nice, record)
         else:
             group = RoleGroup(actor_cls, role, res, num_threads, pg=pg, run_tag=f"{self.run_tag}/{stage}",

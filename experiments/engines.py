@@ -72,7 +72,10 @@ def start_engines(ctx: RunContext, path: Path | str, role: str, stage: str, pg: 
     """``ray.rollout.num_actors`` vLLM engines on the checkpoint at ``path`` (the engines load it
     themselves): the group, and its start-up calls (already awaited with ``wait``)."""
     cfg = ctx.cfg
-    group = ctx.group(RolloutEngineActor, role, cfg.ray.rollout, cfg.trainer.num_threads, stage, pg=pg)
+    # a fresh process per engine: vLLM 0.32 cannot start a second engine in a process that has since
+    # imported numba (the search tool's bm25s does), so engine actors are never lent to a later stage
+    group = ctx.group(RolloutEngineActor, role, cfg.ray.rollout, cfg.trainer.num_threads, stage, pg=pg,
+                      pooled=False)
     refs = group.submit("init_model", None, spec=engine_spec(cfg, path))
     if wait:
         try:
