@@ -72,6 +72,8 @@ def build_llm(spec: EngineSpec) -> Any:
         tensor_parallel_size=spec.tensor_parallel_size, seed=spec.seed, max_model_len=spec.max_model_len,
         logprobs_mode="processed_logprobs", worker_extension_cls=f"{__name__}.WeightSync",
         enable_prefix_caching=True,
+        # tensor parallelism: one worker process per GPU of the actor's bundle; else the worker runs here
+        distributed_executor_backend="mp" if spec.tensor_parallel_size > 1 else "uni",
     )
     if on_gpu:
         kwargs.update(gpu_memory_utilization=spec.gpu_memory_utilization, enable_sleep_mode=spec.enable_sleep_mode)
