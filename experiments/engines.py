@@ -52,12 +52,13 @@ def sleeps(cfg: LabConfig) -> bool:
 
 def sync_mode(cfg: LabConfig) -> str:
     """``rollout.sync``, with ``auto`` resolved: an NCCL broadcast between the policy's and the
-    engines' own GPUs; through the object store on the CPU, and when colocated (one GPU may hold
-    policy rank 0 and an engine, and NCCL takes no two ranks on one device)."""
+    engines' own whole GPUs; through the object store on the CPU, and with shares of a GPU or
+    colocated (one GPU may hold policy rank 0 and an engine, and NCCL takes no two ranks on one
+    device)."""
     if cfg.rollout.sync != "auto":
         return cfg.rollout.sync
-    on_gpus = cfg.ray.policy.num_gpus > 0 and cfg.ray.rollout.num_gpus > 0
-    return "nccl" if on_gpus and not cfg.ray.colocate else "object_store"
+    own_gpus = cfg.ray.policy.num_gpus >= 1 and cfg.ray.rollout.num_gpus >= 1 and not cfg.ray.colocate
+    return "nccl" if own_gpus else "object_store"
 
 
 def engine_spec(cfg: LabConfig, path: Path | str) -> EngineSpec:

@@ -184,9 +184,10 @@ def validate_rollout(lab: LabConfig) -> None:
     if r.sync == "nccl" and (res.num_gpus == 0 or lab.ray.policy.num_gpus == 0):
         raise ValueError("rollout.sync=nccl broadcasts over GPUs: ray.policy.num_gpus and ray.rollout.num_gpus must "
                          "be > 0 (on the CPU use rollout.sync=object_store or auto)")
-    if r.sync == "nccl" and lab.ray.colocate:
-        raise ValueError("rollout.sync=nccl with ray.colocate: policy rank 0 and an engine may share a GPU, and NCCL "
-                         "takes no two ranks on one device; use rollout.sync=object_store or auto")
+    if r.sync == "nccl" and (lab.ray.colocate or res.num_gpus < 1 or lab.ray.policy.num_gpus < 1):
+        raise ValueError("rollout.sync=nccl needs the policy and the engines on whole GPUs of their own (no "
+                         "ray.colocate, num_gpus >= 1): NCCL takes no two ranks on one device; use "
+                         "rollout.sync=object_store or auto")
     if not 0 < r.gpu_memory_utilization <= 1:
         raise ValueError(f"rollout.gpu_memory_utilization must be in (0, 1], got {r.gpu_memory_utilization}")
     if r.kv_cache_gib <= 0:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CUDA checks on one GPU, in under 8 minutes (at most 60 + 2 x 130 + 150 s): the PPO smoke run on CUDA with each generation engine
-# (rollout.engine=hf, then vllm: its weights synced by NCCL broadcast), then the generation benchmark
+# CUDA checks on one GPU, in under 8 minutes (at most 60 + 2 x 130 + 150 s): the PPO smoke run on CUDA with each
+# generation engine (rollout.engine=hf, then vllm; on one GPU the roles hold shares of it, so the weights go through
+# the object store: the NCCL broadcast needs the engines on GPUs of their own), then the generation benchmark
 # (tokens/s of both engines against the HBM roofline, and the sync time). Figures go to
 # docs/BENCHMARKS.md ("GPU"). Outputs: $OUT (default outputs/gpu_check): each run's dir, the
 # benchmark's JSON, and summary.txt.

@@ -216,6 +216,8 @@ def test_settings_that_change_results_change_exactly_their_stages(tmp_path, over
     ("sft", "ray.policy.num_actors=0", r"ray\.policy: num_actors must be at least 1"),
     ("ppo", "rollout.engine=sglang", r"rollout\.engine: 'sglang'; choose one of hf, vllm"),
     ("ppo", "rollout.engine=vllm rollout.sync=nccl", r"rollout\.sync=nccl broadcasts over GPUs"),
+    ("ppo", "rollout.engine=vllm rollout.sync=nccl ray.policy.num_gpus=0.5 ray.rollout.num_gpus=0.5",
+     r"rollout\.sync=nccl needs the policy and the engines on whole GPUs"),
     ("ppo", "rollout.engine=vllm rollout.tensor_parallel_size=2", r"rollout\.tensor_parallel_size=2 needs that many"),
     ("ppo", "ray.rollout.num_actors=0", r"ray\.rollout: num_actors must be at least 1"),
 ])
