@@ -91,3 +91,20 @@ def write_prompts(path: Path, world: World, n: int, split: str = "test") -> Path
                                                  {"role": "assistant", "content": t.moss})]
         rows.append({"messages": msgs + [{"role": "user", "content": p.text}]})
     return write_jsonl(path, rows)
+
+
+def save_sft_and_pm(root: Path, tokenizer, hidden: int = 32, intermediate: int = 64) -> tuple[Path, Path]:
+    """A small random SFT checkpoint (2 layers, 2 heads) and a preference model made from it, with a
+    non-constant reward (mechanics, not quality)."""
+    from alignment.models.causal_lm import ArchSpec, build_tiny
+    from alignment.models.value_head import load_value_model
+
+    sft, pm = root / "sft", root / "pm"
+    arch = ArchSpec(hidden_size=hidden, intermediate_size=intermediate, num_layers=2, num_heads=2)
+    build_tiny(arch, tokenizer, seed=0).save_pretrained(sft)
+    tokenizer.save_pretrained(sft)
+    value = load_value_model(str(sft), drop_last_layer=True)
+    torch.nn.init.normal_(value.score.weight, std=0.5)
+    value.save_pretrained(pm)
+    tokenizer.save_pretrained(pm)
+    return sft, pm

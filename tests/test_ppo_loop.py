@@ -8,23 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment.models.causal_lm import ArchSpec, build_tiny
-from alignment.models.value_head import load_value_model
+from tests.builders import save_sft_and_pm
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, tokenizer):
     """A small random SFT checkpoint and a preference model made from it (mechanics, not quality)."""
-    root = tmp_path_factory.mktemp("ppo_models")
-    sft, pm = root / "sft", root / "pm"
-    model = build_tiny(ArchSpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2), tokenizer, seed=0)
-    model.save_pretrained(sft)
-    tokenizer.save_pretrained(sft)
-    value = load_value_model(str(sft), drop_last_layer=True)
-    torch.nn.init.normal_(value.score.weight, std=0.5)  # a non-constant reward
-    value.save_pretrained(pm)
-    tokenizer.save_pretrained(pm)
-    return sft, pm
+    return save_sft_and_pm(tmp_path_factory.mktemp("ppo_models"), tokenizer)
 
 
 def make_ctx(tmp_path: Path, n_ranks: int = 1, iterations: int = 3, run_tag: str = "ppo-test"):

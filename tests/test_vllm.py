@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from alignment.vllm_generation import vllm_available
+from tests.builders import save_sft_and_pm
 
 OK, WHY = vllm_available()
 pytestmark = pytest.mark.skipif(not OK, reason=f"vLLM does not import here ({WHY}); scripts/test.sh runs these "
@@ -27,19 +28,7 @@ PROMPTS = ["<|Human|>: What is 3 plus 4?<eoh>\n<|MOSS|>:", "<|Human|>: Tell me a
 def checkpoints(tmp_path_factory, tokenizer):
     """A small random SFT checkpoint (head size 32, which vLLM's CPU attention takes) and a
     preference model made from it."""
-    from alignment.models.causal_lm import ArchSpec, build_tiny
-    from alignment.models.value_head import load_value_model
-
-    root = tmp_path_factory.mktemp("vllm_models")
-    sft, pm = root / "sft", root / "pm"
-    model = build_tiny(ArchSpec(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2), tokenizer, seed=0)
-    model.save_pretrained(sft)
-    tokenizer.save_pretrained(sft)
-    value = load_value_model(str(sft), drop_last_layer=True)
-    torch.nn.init.normal_(value.score.weight, std=0.5)
-    value.save_pretrained(pm)
-    tokenizer.save_pretrained(pm)
-    return sft, pm
+    return save_sft_and_pm(tmp_path_factory.mktemp("vllm_models"), tokenizer, hidden=64, intermediate=128)
 
 
 def vllm_ctx(tmp_path, lora: bool):
