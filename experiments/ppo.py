@@ -36,7 +36,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,15 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from actors.critic import CriticActor, CriticSpec
-from actors.group import LocalGroup, RoleGroup, colocated_pg
-from actors.policy import PolicyActor, PolicyUpdateSpec
-from actors.preference import PreferenceActor
-from actors.reference import ReferenceActor
+from actors.critic import CriticSpec
+from actors.policy import PolicyUpdateSpec
 from alignment.atomic import atomic_dir, write_json
 from alignment.chat_format import Conversation, generation_prompt
 from alignment.data.batching import shard
 from alignment.data.formats import load_prompts
 from alignment.generation import RolloutSpec
 from alignment.loss_mask import Encoded
-from alignment.losses.gae import AdvantageInputs, needs_values
+from alignment.losses.gae import AdvantageInputs
 from alignment.losses.kl import kl_estimate
 from alignment.losses.masked import masked_mean, masked_whiten
 from alignment.losses.registry import ADVANTAGE_ESTIMATORS
@@ -69,124 +66,24 @@ from alignment.world.categories.tool_use import called
 from experiments.cache import Artifact, commit
 from experiments.config import PPOConfig, RayConfig, as_key
 from experiments.context import RunContext
-from experiments.engines import EngineSync, rollout_key, sample_rollouts, sleeps, start_engines, uses_vllm
+from experiments.engines import EngineSync, rollout_key, sample_rollouts, sleeps
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
 from experiments.loop import check_finite, rank_mean
 from experiments.pat import pat_key
 from experiments.pm import pm_stage
 from experiments.replies import rollouts, tool_rows
 from experiments.report import print_win_rates
+from experiments.roles import METHODS, Roles, method_name, start_roles  # noqa: F401 (the loop's roles)
 from experiments.sft import sft_examples, sft_stage
-from experiments.specs import model_spec, optim_config, strategy_spec
 from experiments.tracking import RayMetrics
 from experiments.validation import validate_rl
 
 STATE_FILE = "trainer_state.json"
 # what a lost actor raises in the driver: its death, or the loss of an object only it held
 ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
-METHODS = ("ppo", "grpo", "rloo")  # the stages this driver runs; their presets set algo.advantage and the rest
-
-
-def method_name(cfg: Any) -> str:
-    """What the run's policy, cache stage and results are named after: the stage (ppo, grpo, rloo),
-    or ppo when another driver (compare) runs the loop."""
-    return cfg.stage if cfg.stage in METHODS else "ppo"
-
-
 def check(a: PPOConfig, r: RayConfig) -> None:
     """The loop's settings, checked again where the stage starts (``experiments.validation.validate_rl``)."""
     validate_rl(a, r)
-
-
-@dataclass
-class Roles:
-    """The four PPO roles, each a group of actors (``RoleGroup``) or one in-process rank (``LocalGroup``);
-    ``critic`` is None when the advantage estimator needs no values (grpo, rloo); ``engines`` are the
-    vLLM rollout engines (``rollout.engine=vllm``), else None."""
-
-    policy: RoleGroup
-    critic: RoleGroup | None
-    reference: RoleGroup
-    preference: RoleGroup
-    pg: Any = field(default=None, repr=False)
-    engines: RoleGroup | None = None
-
-    def shutdown(self) -> None:
-        """Every group, then the shared placement group, even when one of them fails to shut down (it
-        is reported, not raised: this runs in ``finally`` blocks, where it would hide the cause)."""
-        for g in (self.policy, self.critic, self.reference, self.preference, self.engines):
-            if g is not None:
-                try:
-                    g.shutdown()
-                except Exception as err:  # noqa: BLE001
-                    print(f"warning: shutting down {g.role} failed: {type(err).__name__}: {err}", flush=True)
-        if self.pg is not None:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(self.pg)
-            self.pg = None
-
-
-def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Roles:
-    """Place the roles (Ray actors, or in this process with ``local``) and load their models; the
-    critic only when the advantage estimator needs values."""
-    cfg, a = ctx.cfg, ctx.cfg.algo
-    r = cfg.ray
-    pg, with_critic = None, needs_values(a.advantage)
-    if local:
-        policy, critic, reference, preference = (
-            LocalGroup(cls, name, a.num_threads) if cls is not None else None for cls, name in
-            ((PolicyActor, "policy"), (CriticActor if with_critic else None, "critic"), (ReferenceActor, "reference"),
-             (PreferenceActor, "preference")))
-        roles = Roles(policy, critic, reference, preference)
-    else:
-        if r.colocate:
-            if ctx.pool is not None:  # idle groups of earlier stages hold resources the bundle needs
-                ctx.pool.evict()
-            pg = colocated_pg([r.policy, *([r.critic] if with_critic else []), r.reference, r.preference,
-                               *([r.rollout] if uses_vllm(cfg) else [])])
-
-        def group(cls: type, name: str, res: Any) -> RoleGroup:  # colocated roles are not pooled
-            return ctx.group(cls, name, res, a.num_threads, method_name(cfg), pg=pg)
-
-        roles = Roles(group(PolicyActor, "policy", r.policy),
-                      group(CriticActor, "critic", r.critic) if with_critic else None,
-                      group(ReferenceActor, "reference", r.reference),
-                      group(PreferenceActor, "preference", r.preference), pg)
-    steps = a.iterations * a.epochs * a.mini_batches
-    critic_path = pm if a.critic_init == "pm" else sft
-    inits = [
-        (roles.policy, roles.policy.submit(
-            "init_model", None, spec=model_spec(cfg, sft, str(sft)),
-            strategy=strategy_spec(cfg, r.policy.num_gpus > 0), optim=optim_config(a.policy_optim, steps))),
-        *([(roles.critic, roles.critic.submit(
-            "init_model", None, path=str(critic_path), drop_last_layer=cfg.pm.drop_last_layer,
-            strategy=strategy_spec(cfg, r.critic.num_gpus > 0), optim=optim_config(a.critic_optim, steps),
-            seed=cfg.seed))]
-          if roles.critic is not None else []),
-        (roles.reference, roles.reference.submit(
-            "init_model", None, path=str(sft), bf16=strategy_spec(cfg, r.reference.num_gpus > 0).bf16)),
-        (roles.preference, roles.preference.submit(
-            "init_model", None, path=str(pm), drop_last_layer=False,
-            strategy=strategy_spec(cfg, r.preference.num_gpus > 0))),
-    ]
-    try:
-        if uses_vllm(cfg):  # the engines start from the SFT checkpoint, as the policy does; on shared GPUs
-            # only once the other roles have loaded (vLLM sizes its KV cache by the memory left free)
-            if local:
-                raise ValueError("rollout.engine=vllm needs Ray actors for its engines; the in-process roles "
-                                 "(local) sample with hf")
-            if not sleeps(cfg):
-                roles.engines, refs = start_engines(ctx, sft, "rollout", method_name(cfg), pg=pg, wait=False)
-                inits.append((roles.engines, refs))
-        for g, refs in inits:
-            g.wait(refs)
-        if sleeps(cfg):
-            roles.engines = start_engines(ctx, sft, "rollout", method_name(cfg), pg=pg)[0]
-    except BaseException:  # a role that failed to load (a lost actor): let no group outlive the attempt
-        roles.shutdown()
-        raise
-    return roles
 
 
 @dataclass
