@@ -21,7 +21,15 @@ from alignment.losses.lm import masked_lm_loss
 from alignment.losses.logprobs import entropy, token_logprobs
 from alignment.losses.masked import masked_mean
 from alignment.losses.registry import POLICY_LOSSES, PREFERENCE_LOSSES
-from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tiny, load_causal_lm, mergeable
+from alignment.models.causal_lm import (
+    ArchSpec,
+    LoraSpec,
+    apply_lora,
+    build_tiny,
+    load_causal_lm,
+    mergeable,
+    merged_weights,
+)
 from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack, response_logits, response_tokens
@@ -144,48 +152,30 @@ class PolicyActor(TrainableActor, SamplingRole):
         return rollout, texts
 
     def score_rollout(self, prompts: list[list[int]], responses: list[list[int]], masks: list[list[int]] | None,
-                      texts: list[str], sampled: list[list[float]], temperature: float,
-                      ) -> tuple[Rollout, list[str], tuple[float, int]]:
+                      sampled: list[list[float]], temperature: float) -> tuple[Rollout, tuple[float, int]]:
         """The rollout of responses another engine sampled (vLLM): the old log-probs are this
-        engine's forward pass on the sampled tokens, so the ratio and KL of the update compare the
-        trainer's numbers with the trainer's, whatever the sampler's kernels computed. Also the sum
-        of |sampler − trainer| log-prob over the sampled tokens, and their count."""
+        engine's forward pass on the sampled tokens (the numerics of the update's, which applies the
+        engine's precision itself), so the ratio and KL compare the trainer's numbers with the
+        trainer's, whatever the sampler's kernels computed. Also the sum of |sampler − trainer|
+        log-prob over the sampled tokens, and their count."""
         rollout = pack(prompts, responses, sampled, self.tokenizer.pad_token_id, masks)
-        with self.engine.precision():
-            ours = self.old_logprobs(rollout, temperature)
+        ours = self.old_logprobs(rollout, temperature)
         on = rollout.response_mask > 0
         gap = ((rollout.logprobs - ours).abs() * on).sum().item()
-        return replace(rollout, logprobs=ours), texts, (gap, int(on.sum()))
+        return replace(rollout, logprobs=ours), (gap, int(on.sum()))
 
     def _weights(self, only_lora: bool) -> Iterator[tuple[str, torch.Tensor]]:
-        """The weights a rollout engine needs, under transformers' names, where they live: all of them;
-        or, with ``only_lora``, only the layers the adapters change. An adapted layer's weight is
-        ``W + s·BA`` in a new tensor (merging in place and back would let rounding drift the base
-        weights at every sync). Call inside ``self.engine.gathered()`` (ZeRO-3)."""
-        module = self.engine.module
-        if not hasattr(module, "peft_config"):
-            yield from module.state_dict().items()
-            return
-        merged = {}
-        for name, sub in module.named_modules():
-            if hasattr(sub, "get_delta_weight") and hasattr(sub, "base_layer"):
-                delta = sum(sub.get_delta_weight(a) for a in sub.active_adapters)
-                merged[_plain_name(name) + ".weight"] = sub.base_layer.weight + delta
-        if only_lora:
-            yield from merged.items()
-            return
-        for n, t in module.state_dict().items():
-            if "lora_" not in n:
-                yield _plain_name(n), merged.get(_plain_name(n), t)
+        """``merged_weights`` of the engine's module (call inside ``self.engine.gathered()``, ZeRO-3)."""
+        return merged_weights(self.engine.module, only_adapted=only_lora)
 
     @torch.no_grad()
-    def named_weights(self, only_lora: bool = False) -> list[tuple[str, torch.Tensor]]:
-        """``_weights`` copied to the CPU (rank 0's; other ranks return none), for Ray's object store.
-        Collective under ZeRO-3: every rank calls it."""
+    def named_weights(self, only_lora: bool = False, dtype: str | None = None) -> list[tuple[str, torch.Tensor]]:
+        """``_weights`` copied to the CPU in the engines' ``dtype`` (rank 0's; other ranks return none),
+        for Ray's object store. Collective under ZeRO-3: every rank calls it."""
         with self.engine.gathered():
             if self.rank != 0:
                 return []
-            return [(n, t.detach().cpu().clone()) for n, t in self._weights(only_lora)]
+            return [(n, _cast(t, dtype).to("cpu", copy=True)) for n, t in self._weights(only_lora)]
 
     def init_broadcast(self, host: str, port: int, world_size: int) -> None:
         """GPU, rank 0: host the NCCL group of the weight broadcast to the rollout engines."""
@@ -196,18 +186,20 @@ class PolicyActor(TrainableActor, SamplingRole):
                                               torch.device("cuda", torch.cuda.current_device()))
 
     @torch.no_grad()
-    def weight_metas(self, only_lora: bool = False) -> list[tuple[str, str, tuple[int, ...]]]:
-        """Name, dtype and shape of each tensor ``broadcast_weights`` sends, in order (rank 0)."""
+    def weight_metas(self, only_lora: bool = False, dtype: str | None = None) -> list[tuple[str, str, tuple[int, ...]]]:
+        """Name, dtype and shape of each tensor ``broadcast_weights`` sends, in order (rank 0's;
+        collective under ZeRO-3)."""
         with self.engine.gathered():
-            return [(n, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in self._weights(only_lora)]
+            return [(n, str(_cast(t, dtype).dtype).removeprefix("torch."), tuple(t.shape))
+                    for n, t in self._weights(only_lora)]
 
     @torch.no_grad()
-    def broadcast_weights(self, only_lora: bool = False) -> None:
-        """GPU: rank 0 broadcasts ``_weights`` to the engines (collective under ZeRO-3)."""
+    def broadcast_weights(self, only_lora: bool = False, dtype: str | None = None) -> None:
+        """GPU: rank 0 broadcasts ``_weights`` in the engines' ``dtype`` (collective under ZeRO-3)."""
         with self.engine.gathered():
             if self.rank == 0:
                 for _, t in self._weights(only_lora):
-                    self._broadcast.broadcast(t.contiguous(), src=0, stream=torch.cuda.current_stream())
+                    self._broadcast.broadcast(_cast(t, dtype).contiguous(), src=0, stream=torch.cuda.current_stream())
                 torch.cuda.synchronize()
 
     @torch.no_grad()
@@ -274,7 +266,7 @@ class PolicyActor(TrainableActor, SamplingRole):
         self.engine.save_model(path, save_fn)
 
 
-def _plain_name(peft_name: str) -> str:
-    """A PEFT-wrapped module's or parameter's transformers name: ``base_model.model.`` and
-    ``.base_layer`` go."""
-    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+def _cast(t: torch.Tensor, dtype: str | None) -> torch.Tensor:
+    """``t`` (detached) in the engines' ``dtype`` when it is a float tensor; integer and bool buffers as they are."""
+    t = t.detach()
+    return t.to(getattr(torch, dtype)) if dtype and t.is_floating_point() else t

@@ -10,9 +10,7 @@ engine colocated with the policy frees its memory while the trainers run.
 
 from __future__ import annotations
 
-import gc
 import time
-from typing import Any
 
 import torch
 
@@ -40,6 +38,10 @@ class RolloutEngineActor(RoleActor, SamplingRole):
 
     def tensor_parallel_size(self) -> int:
         return self.spec.tensor_parallel_size
+
+    def weight_dtype(self) -> str:
+        """The dtype the engine holds its weights in (``rollout.dtype`` resolved): what a sync sends."""
+        return str(self.llm.model_config.dtype).removeprefix("torch.")
 
     def generator(self) -> Generator:
         return VLLMGenerator(self.llm, self.tokenizer)
@@ -69,12 +71,3 @@ class RolloutEngineActor(RoleActor, SamplingRole):
     def wake_up(self, tags: list[str] | None = None) -> None:
         """Take the GPU memory back: ``["weights"]`` (before a sync), ``["kv_cache"]``, or all."""
         self.llm.wake_up(tags=tags)
-
-    def unload(self) -> None:
-        """Shut the engine down (an idle actor kept for a later stage holds no engine)."""
-        llm: Any = getattr(self, "llm", None)
-        if llm is not None:
-            del self.llm
-            del llm
-            gc.collect()
-        super().unload()

@@ -27,11 +27,14 @@ from alignment.losses.logprobs import token_logprobs
 
 @dataclass(frozen=True)
 class SamplingSpec:
-    """Fixed sampling settings; the defaults are the released MOSS demo's."""
+    """Fixed sampling settings; the defaults are the released MOSS demo's. Its ``generate`` call set
+    temperature, top-p and the repetition penalty and left top-k at transformers' default of 50, so
+    ``top_k`` is 50 here, passed to every engine (0: no top-k)."""
 
     max_new_tokens: int = 96
     temperature: float = 0.7
     top_p: float = 0.8
+    top_k: int = 50
     repetition_penalty: float = 1.02
     do_sample: bool = True
 
@@ -114,7 +117,7 @@ def generate_until(model, tokenizer, texts: Sequence[str], spec: SamplingSpec,
                   repetition_penalty=spec.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=stop)
     if spec.do_sample:
-        kwargs.update(temperature=spec.temperature, top_p=spec.top_p)
+        kwargs.update(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k)
     new = model.generate(**enc, **kwargs)[:, enc["input_ids"].size(1):]
     ended = torch.isin(new, torch.tensor(stop, device=new.device)).long()
     n_tokens = int(((ended.cumsum(1) - ended) == 0).sum())  # no stop id strictly before

@@ -111,7 +111,8 @@ class VLLMGenerator:
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
         sample = spec.do_sample
         params = [SamplingParams(max_tokens=spec.max_new_tokens, temperature=spec.temperature if sample else 0.0,
-                                 top_p=spec.top_p if sample else 1.0, repetition_penalty=spec.repetition_penalty,
+                                 top_p=spec.top_p if sample else 1.0, top_k=spec.top_k if sample else 0,
+                                 repetition_penalty=spec.repetition_penalty,
                                  stop_token_ids=list(stop), seed=s, detokenize=False)
                   for s in _seeds(len(ids), None)]
         outs = [list(o.token_ids) for o in self._run(ids, params)]
@@ -134,6 +135,17 @@ class VLLMGenerator:
             ids.append(toks)
             lps.append([float(step[t].logprob) for step, t in zip(o.logprobs, toks)])
         return ids, lps
+
+
+FUSED = ({"q_proj", "k_proj", "v_proj"}, {"gate_proj", "up_proj"})
+"""Projections vLLM fuses into one weight: a partial update must bring all of a group or none."""
+
+
+def adapted_layers_suffice(lora_targets: Iterable[str]) -> bool:
+    """Whether an engine can take only the LoRA-adapted layers of an update: every group of fused
+    projections is adapted whole or not at all."""
+    targets = set(lora_targets)
+    return all(targets >= g or not (targets & g) for g in FUSED)
 
 
 def load_weights(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> int:

@@ -157,7 +157,7 @@ def main() -> None:
                 source = LlamaForCausalLM.from_pretrained(path, dtype=dtype).to(device)
 
                 def sync(source=source, llm=llm) -> None:
-                    load_weights(llm, [(n, t.detach().cpu().clone()) for n, t in source.state_dict().items()])
+                    load_weights(llm, [(n, t.detach().to("cpu", copy=True)) for n, t in source.state_dict().items()])
 
                 seconds = timed(sync, args.repeats)
                 mb = sum(t.numel() * t.element_size() for t in source.state_dict().values()) / 2**20

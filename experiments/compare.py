@@ -22,6 +22,7 @@ from experiments import bon
 from experiments.cache import Artifact
 from experiments.context import RunContext
 from experiments.dpo import dpo_stage
+from experiments.engines import shares_gpu
 from experiments.evaluate import Job, frontier_points, generate_many, head_to_head, judge_replies, method_results
 from experiments.pat import controllability, pat_stage, tag_jobs
 from experiments.pm import pm_stage
@@ -45,10 +46,11 @@ def overlap(cost: dict[str, dict[str, Any]], a: str, b: str) -> float:
 
 def train_all(ctx: RunContext, sft: Artifact, pm: Artifact, methods: list[str]) -> dict[str, Any]:
     """Every method's product (an ``Artifact``; best-of-n's ``bon.Samples``), trained side by side
-    (``compare.max_parallel`` at a time) or one after the other. With PAT and PPO side by side, PAT's
-    actors run at a lower OS priority and get more threads once PPO is done (``compare.pat_*``)."""
+    (``compare.max_parallel`` at a time; one with vLLM engines on a shared GPU) or one after the
+    other. With PAT and PPO side by side, PAT's actors run at a lower OS priority and get more
+    threads once PPO is done (``compare.pat_*``)."""
     c = ctx.cfg.compare
-    workers = min(c.max_parallel, len(methods)) if c.concurrent else 1
+    workers = min(c.max_parallel, len(methods)) if c.concurrent and not shares_gpu(ctx.cfg) else 1
     if c.concurrent and workers > 1 and {"pat", "ppo"} <= set(methods):
         ctx.nice["pat"] = c.pat_nice
     pool = ThreadPoolExecutor(max_workers=workers)
@@ -63,11 +65,11 @@ def train_all(ctx: RunContext, sft: Artifact, pm: Artifact, methods: list[str]) 
 
 def frontiers(ctx: RunContext, made: dict[str, Any], sft: Artifact, pm: Artifact) -> dict[str, Any]:
     """The reward-KL points of every trained policy on the first ``pat.control_prompts`` test prompts
-    (PAT: one per tag), two at a time."""
+    (PAT: one per tag), two at a time (one with vLLM engines on a shared GPU)."""
     control = ctx.test_prompts[: ctx.cfg.pat.control_prompts]
     tags = {"pat": list(bucket_tags(ctx.cfg.pat.n_buckets))}
     todo = [m for m in ("pat", *POLICIES) if m in made]
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=1 if shares_gpu(ctx.cfg) else 2) as pool:  # engines.shares_gpu
         futures = {m: pool.submit(frontier_points, ctx.for_method(m), m, made[m].path, sft.path, pm.path, control,
                                   tags.get(m, [None])) for m in todo}
         return {m: f.result() for m, f in futures.items()}

@@ -272,6 +272,7 @@ class EvalConfig:
     max_new_tokens: int = 96
     temperature: float = 0.7
     top_p: float = 0.8
+    top_k: int = 50  # transformers' default, which the MOSS demo's generate call kept; 0: none
     repetition_penalty: float = 1.02
     do_sample: bool = True
     evaluate_init: bool = True  # also judge the untrained model

@@ -34,7 +34,7 @@ from alignment.winrate import length_controlled, outcomes, win_rate
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called, is_tool_task
 from experiments.context import RunContext
-from experiments.engines import start_engines, uses_vllm
+from experiments.engines import shares_gpu, start_engines, uses_vllm
 from experiments.judging import llm_outcomes, rm_scores
 from experiments.replies import Job, generate, load_replies, replies_key, rollouts, save_replies, tool_rows
 from experiments.specs import model_spec, strategy_spec
@@ -63,7 +63,7 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
         print(f"EVAL: reusing cached replies of {model_path.name} ({', '.join(jobs)})", flush=True)
         return out
     if uses_vllm(cfg):  # the engines sample with the policy's calls (actors/sampling.py)
-        group = start_engines(ctx, model_path, f"{role}-rollout", stage)[0]
+        group = start_engines(ctx, model_path, f"{role}-rollout", stage)
     else:
         group = ctx.group(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, stage)
     try:
@@ -84,7 +84,8 @@ def generate_many(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]])
     """``generate_with`` for several models at once (``{role: (model, jobs)}``), one policy group
     each, side by side when the cluster has room."""
     total = sum(len(job.prompts) for _, jobs in work.values() for job in jobs.values())
-    with ThreadPoolExecutor(max_workers=len(work)) as pool, tqdm(total=total, desc="eval replies") as bar:
+    workers = 1 if shares_gpu(ctx.cfg) else len(work)  # engines on a shared GPU start one at a time
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=total, desc="eval replies") as bar:
         futures = [pool.submit(generate_with, ctx, path, jobs, role, bar) for role, (path, jobs) in work.items()]
         out: dict[str, list[str]] = {}
         for f in futures:
@@ -282,14 +283,19 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
                           "eval")
     scorer = ctx.group(PreferenceActor, f"{name}-frontier-preference", cfg.ray.preference,
                        cfg.pm.trainer.num_threads, "eval")
-    engines = start_engines(ctx, model_path, f"{name}-frontier-rollout", "eval")[0] if uses_vllm(cfg) else None
+    engines = None
     try:
-        policy.wait(policy.submit("init_model", None, spec=model_spec(cfg, model_path, str(model_path)),
-                                  strategy=strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim=None)
-                    + reference.submit("init_model", None, path=str(sft_path),
-                                       bf16=strategy_spec(cfg, cfg.ray.reference.num_gpus > 0).bf16)
-                    + scorer.submit("init_model", None, path=str(pm_path), drop_last_layer=False,
-                                    strategy=strategy_spec(cfg, cfg.ray.preference.num_gpus > 0)))
+        inits = (policy.submit("init_model", None, spec=model_spec(cfg, model_path, str(model_path)),
+                               strategy=strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim=None)
+                 + reference.submit("init_model", None, path=str(sft_path),
+                                    bf16=strategy_spec(cfg, cfg.ray.reference.num_gpus > 0).bf16)
+                 + scorer.submit("init_model", None, path=str(pm_path), drop_last_layer=False,
+                                 strategy=strategy_spec(cfg, cfg.ray.preference.num_gpus > 0)))
+        if uses_vllm(cfg):
+            engines = start_engines(ctx, model_path, f"{name}-frontier-rollout", "eval",
+                                    after=lambda: policy.wait(inits))
+        else:
+            policy.wait(inits)
         tools = tool_rows(cfg, [p.conversation() for p in prompts])
         if any(tools):  # tool requests sample through the tools; the tag follows their <|MOSS|>: (so the
             # reference sees it too, outside the response mask)

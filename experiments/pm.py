@@ -20,11 +20,10 @@ from alignment.world import AIFeedbackLabeller
 from experiments.cache import Artifact, commit
 from experiments.config import as_key
 from experiments.context import RunContext
-from experiments.engines import rollout_key
 from experiments.evaluate import generate_with
 from experiments.feedback import feedback_contexts, feedback_payload, judge_feedback
 from experiments.loop import Checkpoints, total_steps, train_loop
-from experiments.replies import Job
+from experiments.replies import Job, sampler_key
 from experiments.sft import sft_stage
 from experiments.specs import optim_config, strategy_spec
 from experiments.validation import pm_feedback
@@ -42,8 +41,7 @@ def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:
                "seed": cfg.seed, "sft": str(sft.path)}
     if cfg.pm.sft_samples:
         # the SFT samples' settings (with tools when they are on: the samples then differ)
-        payload["sampling"] = (as_key(cfg.eval) | {f"tools_{k}": v for k, v in as_key(cfg.tools).items()}
-                               | {f"rollout_{k}": v for k, v in rollout_key(cfg).items()})
+        payload["sampling"] = as_key(cfg.eval) | sampler_key(cfg)
     if pm_feedback(cfg) == "judge":  # the labelled pairs' own key: prompts, candidates, sampling and judge
         payload["feedback"] = feedback_payload(ctx, sft, feedback_contexts(ctx))
     return payload

@@ -66,7 +66,7 @@ from alignment.world.categories.tool_use import called
 from experiments.cache import Artifact, commit
 from experiments.config import PPOConfig, RayConfig, as_key
 from experiments.context import RunContext
-from experiments.engines import EngineSync, rollout_key, sample_rollouts, sleeps
+from experiments.engines import EngineSync, rollout_key, sample_on_engines, score_samples, sleeps
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
 from experiments.loop import check_finite, rank_mean
 from experiments.pat import pat_key
@@ -175,7 +175,7 @@ class PPOTrainer:
 
     def rollout(self, batch: PromptBatch) -> tuple[Rollout, list[str], dict[str, float]]:
         """The batch's responses: sampled by the policy ranks, or by the vLLM engines and scored by
-        the policy ranks (``experiments.engines.sample_rollouts``); and the engines' statistics."""
+        the policy ranks (``experiments.engines.sample_on_engines``, ``score_samples``); and the engines' statistics."""
         policy, engines = self.roles.policy, self.roles.engines
         ranks = max(policy.size, engines.size if engines is not None else 0)  # rank r samples with seed + r
         seed = self.ctx.cfg.seed * 1_000_003 + self.iteration * ranks
@@ -183,10 +183,11 @@ class PPOTrainer:
         if engines is None:
             outs = rollouts(policy, batch.ids, batch.tools, self.rollout_spec, seed, self.ctx.cfg.tools.max_calls)
         else:
-            outs, stats["rollout/logprob_gap"] = sample_rollouts(engines, policy, batch.ids, batch.tools,
-                                                                  self.rollout_spec, seed, self.ctx.cfg.tools.max_calls)
+            parts = sample_on_engines(engines, batch.ids, batch.tools, self.rollout_spec, seed,
+                                      self.ctx.cfg.tools.max_calls)
             if self.sleep_level:  # the GPUs go to the scoring roles and the update until the sync
                 engines.call("sleep", self.sleep_level)
+            outs, stats["rollout/logprob_gap"] = score_samples(policy, batch.ids, parts, self.rollout_spec.temperature)
         return (Rollout.cat([o[0] for o in outs], self.tokenizer.pad_token_id),
                 [t for o in outs for t in o[1]], stats)
 

@@ -20,7 +20,7 @@ from alignment.tools import enabled_tools
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
-from experiments.engines import rollout_key, sample_rollouts
+from experiments.engines import rollout_key, sample_on_engines, score_samples
 from experiments.specs import sampling_spec
 
 STAGE = "replies"
@@ -35,14 +35,19 @@ class Job:
     quality: int | None = None
 
 
+def sampler_key(cfg: LabConfig) -> dict[str, Any]:
+    """What else than ``eval.*`` shapes sampled replies: the tools (replies with tools differ) and
+    the engine (nothing for hf)."""
+    return ({f"tools_{k}": v for k, v in as_key(cfg.tools).items()}
+            | {f"rollout_{k}": v for k, v in rollout_key(cfg).items()})
+
+
 def sampling_key(cfg: LabConfig) -> dict[str, Any]:
     """The evaluation's sampling settings, as they enter the key of replies sampled with them."""
     sampling = as_key(cfg.eval)
     sampling.pop("n_prompts")  # the prompt digest already says which prompts
     sampling.pop("evaluate_init")
-    sampling |= {f"tools_{k}": v for k, v in as_key(cfg.tools).items()}  # replies with tools differ
-    sampling |= {f"rollout_{k}": v for k, v in rollout_key(cfg).items()}  # and those of another engine
-    return sampling
+    return sampling | sampler_key(cfg)
 
 
 def replies_key(ctx: RunContext, model_path: Path, job: Job) -> str:
@@ -75,9 +80,10 @@ def rollouts(group: RoleGroup, ids: list[list[int]], tools: list[frozenset[str] 
     """Each rank's ``PolicyActor.rollout`` of its share of ``ids``; with ``tools`` (``tool_rows``) a
     rank gets its rows' tools too, and ``quality`` is the tag the program writes after a tool row's
     ``<|MOSS|>:``. With ``engines`` (vLLM) the engines sample and the policy ranks pack and score
-    (``experiments.engines.sample_rollouts``)."""
+    (``experiments.engines.sample_on_engines``, ``score_samples``)."""
     if engines is not None:
-        return sample_rollouts(engines, group, ids, tools, spec, seed, max_calls, quality)[0]
+        return score_samples(group, ids, sample_on_engines(engines, ids, tools, spec, seed, max_calls, quality),
+                             spec.temperature)[0]
     if tools is None or not any(tools):
         return group.call_sharded("rollout", shard(ids, group.size), spec=spec, seed=seed)
     shares = [(part, spec, seed, on) for part, on in zip(shard(ids, group.size), shard(tools, group.size))]

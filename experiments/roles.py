@@ -14,7 +14,7 @@ from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.losses.gae import needs_values
 from experiments.context import RunContext
-from experiments.engines import sleeps, start_engines, uses_vllm
+from experiments.engines import start_engines, uses_vllm
 from experiments.specs import model_spec, optim_config, strategy_spec
 
 
@@ -61,6 +61,9 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
     critic only when the advantage estimator needs values."""
     cfg, a = ctx.cfg, ctx.cfg.algo
     r = cfg.ray
+    if local and uses_vllm(cfg):
+        raise ValueError("rollout.engine=vllm needs Ray actors for its engines; the in-process roles (local) "
+                         "sample with hf")
     pg, with_critic = None, needs_values(a.advantage)
     if local:
         policy, critic, reference, preference = (
@@ -100,18 +103,14 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
             strategy=strategy_spec(cfg, r.preference.num_gpus > 0))),
     ]
     try:
-        if uses_vllm(cfg):  # the engines start from the SFT checkpoint, as the policy does; on shared GPUs
-            # only once the other roles have loaded (vLLM sizes its KV cache by the memory left free)
-            if local:
-                raise ValueError("rollout.engine=vllm needs Ray actors for its engines; the in-process roles "
-                                 "(local) sample with hf")
-            if not sleeps(cfg):
-                roles.engines, refs = start_engines(ctx, sft, "rollout", method_name(cfg), pg=pg, wait=False)
-                inits.append((roles.engines, refs))
-        for g, refs in inits:
-            g.wait(refs)
-        if sleeps(cfg):
-            roles.engines = start_engines(ctx, sft, "rollout", method_name(cfg), pg=pg)[0]
+        def loaded() -> None:
+            for g, refs in inits:
+                g.wait(refs)
+
+        if uses_vllm(cfg):  # the engines start from the SFT checkpoint, as the policy does
+            roles.engines = start_engines(ctx, sft, "rollout", method_name(cfg), pg=pg, after=loaded)
+        else:
+            loaded()
     except BaseException:  # a role that failed to load (a lost actor): let no group outlive the attempt
         roles.shutdown()
         raise

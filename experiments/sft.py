@@ -21,6 +21,7 @@ from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
+from experiments.engines import uses_vllm
 from experiments.evaluate import generate_with
 from experiments.loop import Checkpoints, total_steps, train_loop
 from experiments.replies import Job, generate, replies_key, save_replies
@@ -103,7 +104,7 @@ def sft_stage(ctx: RunContext) -> Artifact:
             # the replies join the evaluation-reply cache once the model they belong to is stored,
             # so later head-to-heads of this checkpoint reuse them instead of sampling again (when
             # they come from the engine the head-to-heads use: the training actors sample with hf)
-            if cfg.rollout.engine == "hf":
+            if not uses_vllm(cfg):
                 save_replies(ctx, replies_key(ctx, art.path, Job(prompts)), "eval", art.path, replies)
             return art
         finally:

@@ -37,7 +37,7 @@ def model_spec(cfg: LabConfig, tokenizer_dir: Path, path: str | None = None) -> 
 def sampling_spec(cfg: LabConfig) -> SamplingSpec:
     """The evaluation's fixed sampling settings (``eval.*``)."""
     e = cfg.eval
-    return SamplingSpec(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
+    return SamplingSpec(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
                         repetition_penalty=e.repetition_penalty, do_sample=e.do_sample)
 
 

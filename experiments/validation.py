@@ -72,6 +72,10 @@ def validate_inputs(lab: LabConfig) -> None:
     if feedback == "judge" and not lab.eval.do_sample:
         raise ValueError("pm.feedback=judge samples its candidates with the eval.* settings, and eval.do_sample is "
                          "false: every candidate would be the same reply")
+    e = lab.eval
+    if e.do_sample and not (e.temperature > 0 and 0 < e.top_p <= 1 and e.top_k >= 0):
+        raise ValueError("eval.temperature must be > 0, eval.top_p in (0, 1] and eval.top_k >= 0 (0: no top-k), got "
+                         f"{e.temperature}, {e.top_p}, {e.top_k}")
     judges = eval_judges(lab)
     if not judges:
         raise ValueError("eval.judges is empty; list at least one of " + ", ".join(JUDGES))
@@ -162,6 +166,7 @@ def validate_resources(lab: LabConfig) -> None:
 
         roles = ("policy", "critic", "reference", "preference") if needs_values(lab.algo.advantage) else \
             ("policy", "reference", "preference")
+        roles += ("rollout",) if lab.rollout.engine == "vllm" else ()
         sizes = {role: getattr(r, role).num_actors for role in roles}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"ray.colocate puts rank i of every role on one bundle: the roles need the same "

@@ -204,6 +204,7 @@ def test_settings_that_change_results_change_exactly_their_stages(tmp_path, over
     ("ppo", "algo.clip=-1", r"algo\.clip must be > 0, got -1"),
     ("ppo", "algo.critic_init=random", r"algo\.critic_init: 'random'; choose one of pm, sft"),
     ("ppo", "algo.temperature=0", r"algo\.temperature must be > 0"),
+    ("sft", "eval.top_k=-1", r"eval\.temperature must be > 0, eval\.top_p in \(0, 1\] and eval\.top_k >= 0"),
     ("ppo", "ray.policy.num_actors=4 algo.rollout_batch_size=2", r"algo\.rollout_batch_size \(2\) gives each of the 4"),
     ("ppo", "ray.colocate=true ray.critic.num_actors=2", r"ray\.colocate .* same num_actors"),
     ("compare", "compare.methods=[pat,grpo] compare.grpo.clip=0", r"compare\.grpo\.clip must be > 0"),
@@ -220,6 +221,7 @@ def test_settings_that_change_results_change_exactly_their_stages(tmp_path, over
      r"rollout\.sync=nccl needs the policy and the engines on whole GPUs"),
     ("ppo", "rollout.engine=vllm rollout.tensor_parallel_size=2", r"rollout\.tensor_parallel_size=2 needs that many"),
     ("ppo", "ray.rollout.num_actors=0", r"ray\.rollout: num_actors must be at least 1"),
+    ("ppo", "rollout.engine=vllm ray.colocate=true ray.rollout.num_actors=2", r"ray\.colocate .* same num_actors"),
 ])
 def test_late_checked_settings_now_fail_in_validate(experiment, override, match):
     from experiments.validation import validate
@@ -254,3 +256,20 @@ def test_vllm_engine_where_vllm_does_not_import_fails_before_ray(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "config error: rollout.engine=vllm: vLLM does not import here" in out.stderr
     assert "setup_vllm.sh" in out.stderr and "Ray dashboard" not in out.stdout and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("overrides, shares, sync", [
+    ([], False, "object_store"),  # the CPU
+    (["ray.policy.num_gpus=1", "ray.rollout.num_gpus=1"], False, "nccl"),  # GPUs of their own
+    (["ray.policy.num_gpus=0.5", "ray.rollout.num_gpus=0.3"], True, "object_store"),  # shares of one GPU
+    (["ray.colocate=true", "ray.policy.num_gpus=1", "ray.rollout.num_gpus=1"], True, "object_store"),
+])
+def test_engines_on_a_shared_gpu_start_one_at_a_time_and_sync_through_the_store(overrides, shares, sync):
+    """Where an engine's GPU may hold another process, engines start after the other roles, one at a
+    time (vLLM's memory profiling), and NCCL is never picked (it takes no two ranks on one device)."""
+    from experiments.engines import shares_gpu, sync_mode
+
+    cfg = OmegaConf.to_object(_compose(["+experiment=ppo", "rollout.engine=vllm", *overrides]))
+    assert (shares_gpu(cfg), sync_mode(cfg)) == (shares, sync)
+    hf = OmegaConf.to_object(_compose(["+experiment=ppo", *overrides]))
+    assert not shares_gpu(hf)

@@ -63,6 +63,35 @@ def test_lora_trains_adapters_only_and_saves_merged(tmp_path, tokenizer):
     assert any("lora_" in n for n, _ in model.named_parameters())  # the live model keeps its adapters
 
 
+def test_merged_weights_are_the_merged_model_and_adapted_layers_bring_their_biases(tokenizer):
+    """What a rollout engine is sent (``merged_weights``): all of it equals the merged model's state
+    under the plain names; ``only_adapted`` is every parameter of the adapted layers (a Qwen2's
+    q/k/v biases too), and the live adapters stay unmerged."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from alignment.models.causal_lm import merged_weights
+
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    model = apply_lora(Qwen2ForCausalLM(cfg), LoraSpec(enabled=True, r=4, alpha=8))
+    for n, p in model.named_parameters():  # make the adapters non-trivial
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    full = dict(merged_weights(model))
+    expected = mergeable(model).state_dict()
+    assert full.keys() == expected.keys()
+    for n, t in expected.items():
+        torch.testing.assert_close(full[n], t)
+    adapted = dict(merged_weights(model, only_adapted=True))
+    layers = {f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    with_bias = {n for n in layers if not n.endswith("o_proj")}
+    assert adapted.keys() == {n + ".weight" for n in layers} | {n + ".bias" for n in with_bias}
+    for n, t in adapted.items():
+        torch.testing.assert_close(t, expected[n])
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())  # nothing merged in place
+
+
 def test_value_head_reads_the_last_non_pad_token(tmp_path, tokenizer):
     build_tiny(SMALL, tokenizer).save_pretrained(tmp_path / "lm")
     vm = load_value_model(str(tmp_path / "lm"))

@@ -4,6 +4,7 @@ optionally wrapped with LoRA (peft). Saved models are plain ``save_pretrained`` 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -78,6 +79,40 @@ def apply_lora(model: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
     cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                      target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
+
+
+def merged_weights(model: torch.nn.Module, only_adapted: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """``model``'s weights under the plain transformers names, one at a time, where they live, for an
+    inference engine that holds a merged copy: with LoRA an adapted layer's weight is ``W + s·BA``
+    in a new tensor (merging in place and back would let rounding drift the base weights). With
+    ``only_adapted``, every parameter of the adapted layers and nothing else (an engine that reloads
+    a layer rebuilds it from what it is sent: a bias left out would be lost)."""
+    if not hasattr(model, "peft_config"):
+        yield from model.state_dict().items()
+        return
+    adapted = {_plain_name(name): sub for name, sub in model.named_modules()
+               if hasattr(sub, "get_delta_weight") and hasattr(sub, "base_layer")}
+
+    def merged(sub: torch.nn.Module) -> torch.Tensor:
+        return sub.base_layer.weight + sum(sub.get_delta_weight(a) for a in sub.active_adapters)
+
+    if only_adapted:
+        for layer, sub in adapted.items():
+            yield layer + ".weight", merged(sub)
+            if getattr(sub.base_layer, "bias", None) is not None:
+                yield layer + ".bias", sub.base_layer.bias
+        return
+    for name, t in model.state_dict().items():
+        if "lora_" not in name:
+            plain = _plain_name(name)
+            layer, _, kind = plain.rpartition(".")
+            yield plain, merged(adapted[layer]) if kind == "weight" and layer in adapted else t
+
+
+def _plain_name(peft_name: str) -> str:
+    """A PEFT-wrapped module's or parameter's transformers name: ``base_model.model.`` and
+    ``.base_layer`` go."""
+    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
 def mergeable(model: torch.nn.Module) -> torch.nn.Module:
