@@ -47,7 +47,7 @@ def vllm_ctx(tmp_path, lora: bool):
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_after_a_policy_update_vllm_greedy_equals_hf_greedy(ray_address, tmp_path, checkpoints, lora):
-    from alignment.generation import SamplingSpec
+    from alignment.generation import RolloutSpec, SamplingSpec
     from alignment.models.tokenizer import load_tokenizer
     from experiments.ppo import PPOTrainer, start_roles
 
@@ -62,8 +62,14 @@ def test_after_a_policy_update_vllm_greedy_equals_hf_greedy(ray_address, tmp_pat
             return (roles.engines.call("generate", PROMPTS, greedy, 8, 0)[0],
                     roles.policy.call("generate", PROMPTS, greedy, 8, 0)[0])
 
+        def engine_sample() -> tuple[list[list[int]], list[list[float]]]:  # seeded: the same draw each time
+            return tuple(roles.engines.call("sample", ids, probe, 5)[0][:2])
+
+        ids = load_tokenizer(str(sft))(PROMPTS, add_special_tokens=False)["input_ids"]
+        probe = RolloutSpec(max_new_tokens=16)
         engine, hf = replies()
         assert engine == hf  # the same checkpoint, the same greedy continuation
+        before = engine_sample()
         trainer = PPOTrainer(ctx, roles, load_tokenizer(str(sft)))
         if lora:  # only the adapted layers travel: q, k, v and o of every decoder layer
             names = [n for n, _ in roles.policy.call("named_weights", only_lora=True)[0]]
@@ -73,9 +79,14 @@ def test_after_a_policy_update_vllm_greedy_equals_hf_greedy(ray_address, tmp_pat
         assert metrics["time/sync_s"] > 0
         # the old log-probs are the trainer's; vLLM's own agree with them in fp32
         assert 0 <= metrics["rollout/logprob_gap"] < 1e-3
-        engine_after, hf_after = replies()
-        assert hf_after != hf  # the update changed what the policy says ...
-        assert engine_after == hf_after  # ... and the engine says it too
+        # the update reached the engine: its seeded draw (tokens, or their log-probs) moved ...
+        after = engine_sample()
+        assert after[0] != before[0] or max(abs(a - b) for ra, rb in zip(after[1], before[1])
+                                            for a, b in zip(ra, rb)) > 1e-3
+        # ... to the trainer's updated weights: the next rollout's log-probs agree with the trainer's
+        assert trainer.step()["rollout/logprob_gap"] < 1e-3
+        engine_after, hf_after = replies()  # (a random model's greedy text may not change in one step)
+        assert engine_after == hf_after  # the engine says what the updated policy says
     finally:
         roles.shutdown()
         ctx.close()
