@@ -22,7 +22,7 @@ from alignment.chat_format import (
     reply_turn,
 )
 from alignment.generation import SamplingSpec
-from alignment.tool_use import commands_of, generate_with_tools, tool_prompt
+from alignment.tool_use import ToolReply, commands_of, generate_with_tools, tool_prompt
 
 SCRIPT = {  # what the stand-in writes after a prompt that ends with the key
     "sum?<eoh>\n<|Inner Thoughts|>:": " add them<eot>",
@@ -132,3 +132,24 @@ def test_plugin_replies_tokenize_as_sft_does_with_the_program_masked(tokenizer):
     assert scored_sequences(tokenizer, [conv], [reply], 10_000) == [head + body]
     (h2, b2), = reply_sequences(tokenizer, [conv], ["plain"], 10_000)
     assert tokenizer.decode(b2, skip_special_tokens=False) == " plain<eom>"
+
+
+def test_tool_copy_benchmark_counts_calls_copies_and_answers():
+    """``benchmarks/tool_copy.py``'s table: a call counts only with the task's tool, a copy only when
+    the argument is the request's expression, a right answer by the judge's rule."""
+    from alignment.world import World, WorldSpec
+    from alignment.world.categories.tool_use import is_tool_task
+    from benchmarks.tool_copy import score
+
+    prompts = [p for p in World(WorldSpec(seed=0, tool_share=0.5)).prompts("test", 100)
+               if is_tool_task(p) and p.task.spec["kind"] == "arithmetic"][:4]
+    assert len(prompts) == 4
+    call = [p.task.spec["call"] for p in prompts]
+    answer = [p.task.spec["answer"] for p in prompts]
+    replies = [
+        ToolReply(f"It is {answer[0]}.", "", None, "t", f'Calculate("{call[0]}")'),  # copies, right
+        ToolReply("It is 1.5.", "", None, "t", f'Calculate("{call[1]}+1")'),  # calls, miscopies, wrong
+        ToolReply(f"It is {answer[2]}.", "", None, "t", f'Solve("{call[2]}")'),  # the wrong tool, right
+        ToolReply("It is 7.5.", "", None, "t", "None"),  # no call
+    ]
+    assert score(prompts, replies) == {"arithmetic": {"requests": 4, "calls": 2, "copied": 1, "right": 2}}
