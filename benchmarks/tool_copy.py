@@ -1,14 +1,16 @@
 """Tool use of a trained model on the world's tool requests: how often it calls the task's tool,
-how often its command copies the request's operands exactly, and how often its final answer is
+how often its command copies the request's expression exactly, and how often its final answer is
 right, per kind of request (arithmetic, equation, fact).
 
-    python benchmarks/tool_copy.py CHECKPOINT --tool-share 0.5 --n-prompts 400
+    python benchmarks/tool_copy.py CHECKPOINT --n-prompts 400
 
-``CHECKPOINT`` is a policy directory with its tokenizer (an SFT, PAT or PPO artifact of the cache).
-The test prompts are the world's (``data.world.seed`` 0 and the given ``--tool-share``: pass the
-share the model was trained with to see its own test set); replies are sampled with the
-evaluation's default settings and the tools on, as the lab's evaluation samples them. Prints a
-table; ``--out`` writes it as JSON.
+``CHECKPOINT`` is a policy directory of the lab's cache (``<cache>/sft/<key>``, ``pat/<key>``,
+``ppo/<key>``, …): its tokenizer and its ``lab_artifact.json``, which gives the world (seed, tool
+share) whose test prompts are used, and for a PAT model the quality tag it generates at
+(``--tool-share``, ``--world-seed`` and ``--quality`` override them, and are needed for a
+directory without that file). Replies are sampled with the evaluation's default settings (batches
+of ``eval.batch_size`` 64) and the tools on; the counts follow the gold judge's rules
+(``alignment.world.categories.tool_use``). Prints a table; ``--out`` writes it as JSON.
 """
 
 from __future__ import annotations
@@ -31,23 +33,25 @@ from alignment.models.tokenizer import load_tokenizer  # noqa: E402
 from alignment.tool_use import ToolReply, generate_with_tools  # noqa: E402
 from alignment.tools import parse_calls  # noqa: E402
 from alignment.world import World, WorldPrompt, WorldSpec  # noqa: E402
-from alignment.world.categories.tool_use import TOOL_OF, answer_right, is_tool_task  # noqa: E402
+from alignment.world.categories.tool_use import TOOL_OF, answer_right, called, is_tool_task  # noqa: E402
+
+EVAL_BATCH = 64
 
 
-def tool_copy(checkpoint: str, tool_share: float, n_prompts: int, world_seed: int = 0,
-              seed: int = 0) -> dict[str, dict[str, int]]:
-    """Per kind of tool request: ``requests``, ``calls`` (every call of the task's tool),
-    ``copied`` (a call of the task's tool whose argument is the request's expression; arithmetic
-    and equations) and
-    ``right`` (the final answer)."""
+def tool_copy(checkpoint: str, tool_share: float, n_prompts: int, world_seed: int = 0, seed: int = 0,
+              quality: int | None = None) -> dict[str, dict[str, int]]:
+    """Per kind of tool request: ``requests``; ``calls``, the replies whose Commands call the task's
+    tool and nothing else, every line well formed (the judge's rule); ``copied``, those of them
+    with a call whose argument is the request's expression, character for character (arithmetic
+    and equations); ``right``, the replies with the right final answer."""
     prompts = [p for p in World(WorldSpec(seed=world_seed, tool_share=tool_share)).prompts("test", n_prompts)
                if is_tool_task(p)]
     if not prompts:
-        raise SystemExit(f"no tool requests among {n_prompts} test prompts at --tool-share {tool_share}")
+        raise ValueError(f"no tool requests among {n_prompts} test prompts at tool share {tool_share}")
     tokenizer = load_tokenizer(checkpoint)
     model = load_causal_lm(checkpoint, tokenizer).eval()
     replies, _ = generate_with_tools(model, tokenizer, [p.conversation() for p in prompts], SamplingSpec(),
-                                     seed=seed)
+                                     quality=quality, batch_size=EVAL_BATCH, seed=seed)
     return score(prompts, replies)
 
 
@@ -56,36 +60,63 @@ def score(prompts: Sequence[WorldPrompt], replies: Sequence[ToolReply]) -> dict[
     table: dict[str, dict[str, int]] = {}
     for prompt, reply in zip(prompts, replies, strict=True):
         kind = prompt.task.spec["kind"]
-        calls = parse_calls(reply.commands or "")
         row = table.setdefault(kind, {"requests": 0, "calls": 0, "copied": 0, "right": 0})
         row["requests"] += 1
-        row["calls"] += bool(calls) and all(name == TOOL_OF[kind] for name, _ in calls)
-        row["copied"] += kind != "fact" and any(name == TOOL_OF[kind] and arg.strip() == prompt.task.spec["call"]
-                                                for name, arg in calls)
+        calls = called(prompt.task, reply.plugin)
+        row["calls"] += calls
+        args = [arg for name, arg in parse_calls(reply.commands or "") if name == TOOL_OF[kind]]
+        row["copied"] += calls and kind != "fact" and prompt.task.spec["call"] in args
         row["right"] += answer_right(prompt.task, reply.reply)
     return table
 
 
+def _settings(checkpoint: Path, args: argparse.Namespace) -> tuple[float, int, int | None]:
+    """Tool share, world seed and quality tag: the flags, else the checkpoint's ``lab_artifact.json``."""
+    meta = checkpoint / "lab_artifact.json"
+    cfg = json.loads(meta.read_text()).get("config", {}) if meta.is_file() else {}
+    world = cfg.get("data", {}).get("world", {})
+    share = args.tool_share if args.tool_share is not None else world.get("tool_share")
+    if share is None:
+        raise SystemExit(f"{checkpoint}: no lab_artifact.json with the world's tool share; pass --tool-share")
+    if not 0 < share < 1:
+        raise SystemExit(f"--tool-share {share}: a share in (0, 1)")
+    world_seed = args.world_seed if args.world_seed is not None else world.get("seed", 0)
+    quality = args.quality if args.quality is not None else cfg.get("pat", {}).get("inference_tag")
+    if quality is not None and not 0 <= quality <= 100:
+        raise SystemExit(f"--quality {quality}: a tag in [0, 100]")
+    return float(share), int(world_seed), quality
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint")
-    parser.add_argument("--tool-share", type=float, default=0.1)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--tool-share", type=float, help="the world's tool share (default: the checkpoint's)")
+    parser.add_argument("--world-seed", type=int, help="the world's seed (default: the checkpoint's)")
+    parser.add_argument("--quality", type=int, help="PAT's tag (default: a PAT checkpoint's inference tag)")
     parser.add_argument("--n-prompts", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0, help="the sampling seed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    if not (Path(args.checkpoint) / "config.json").is_file():
-        raise SystemExit(f"{args.checkpoint}: not a model directory (no config.json)")
+    for name in ("config.json", "tokenizer.json"):
+        if not (args.checkpoint / name).is_file():
+            raise SystemExit(f"{args.checkpoint}: not a policy directory with its tokenizer (no {name})")
+    if args.n_prompts < 1:
+        raise SystemExit(f"--n-prompts {args.n_prompts}: at least 1")
+    share, world_seed, quality = _settings(args.checkpoint, args)
     torch.set_num_threads(args.threads)
-    table = tool_copy(args.checkpoint, args.tool_share, args.n_prompts, seed=args.seed)
+    try:
+        table = tool_copy(str(args.checkpoint), share, args.n_prompts, world_seed, args.seed, quality)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    print(f"tool share {share}, world seed {world_seed}, quality tag {quality}")
     print(f"{'kind':<12}{'requests':>10}{'calls':>8}{'copied':>8}{'right':>8}")
     for kind, row in table.items():
         print(f"{kind:<12}{row['requests']:>10}{row['calls']:>8}{row['copied'] if kind != 'fact' else '-':>8}"
               f"{row['right']:>8}")
     if args.out:
-        body: dict[str, Any] = {"checkpoint": args.checkpoint, "tool_share": args.tool_share,
-                                "n_prompts": args.n_prompts, "seed": args.seed, "kinds": table}
+        body: dict[str, Any] = {"checkpoint": str(args.checkpoint), "tool_share": share, "world_seed": world_seed,
+                                "quality": quality, "n_prompts": args.n_prompts, "seed": args.seed, "kinds": table}
         args.out.write_text(json.dumps(body, indent=2) + "\n")
 
 

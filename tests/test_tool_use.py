@@ -135,21 +135,34 @@ def test_plugin_replies_tokenize_as_sft_does_with_the_program_masked(tokenizer):
 
 
 def test_tool_copy_benchmark_counts_calls_copies_and_answers():
-    """``benchmarks/tool_copy.py``'s table: a call counts only with the task's tool, a copy only when
-    the argument is the request's expression, a right answer by the judge's rule."""
+    """``benchmarks/tool_copy.py``'s table: a call counts by the judge's rule (the task's tool only,
+    every line well formed), a copy only within such a call and only when the argument is the
+    request's expression, a right answer by the judge's rule; facts have no copy."""
     from alignment.world import World, WorldSpec
     from alignment.world.categories.tool_use import is_tool_task
     from benchmarks.tool_copy import score
 
-    prompts = [p for p in World(WorldSpec(seed=0, tool_share=0.5)).prompts("test", 100)
-               if is_tool_task(p) and p.task.spec["kind"] == "arithmetic"][:4]
-    assert len(prompts) == 4
-    call = [p.task.spec["call"] for p in prompts]
-    answer = [p.task.spec["answer"] for p in prompts]
+    tasks = [p for p in World(WorldSpec(seed=0, tool_share=0.5)).prompts("test", 200) if is_tool_task(p)]
+    arith = [p for p in tasks if p.task.spec["kind"] == "arithmetic"][:6]
+    equation = next(p for p in tasks if p.task.spec["kind"] == "equation")
+    fact = next(p for p in tasks if p.task.spec["kind"] == "fact")
+    call = [p.task.spec["call"] for p in arith]
+    answer = [p.task.spec["answer"] for p in arith]
+
+    def reply(body: str, commands: str) -> ToolReply:
+        return ToolReply(body, "", None, "t", commands)
+
+    prompts = [*arith, equation, fact]
     replies = [
-        ToolReply(f"It is {answer[0]}.", "", None, "t", f'Calculate("{call[0]}")'),  # copies, right
-        ToolReply("It is 1.5.", "", None, "t", f'Calculate("{call[1]}+1")'),  # calls, miscopies, wrong
-        ToolReply(f"It is {answer[2]}.", "", None, "t", f'Solve("{call[2]}")'),  # the wrong tool, right
-        ToolReply("It is 7.5.", "", None, "t", "None"),  # no call
+        reply(f"It is {answer[0]}.", f'Calculate("{call[0]}")'),  # calls, copies, right
+        reply("It is 1.5.", f'Calculate("{call[1]}+1")'),  # calls, miscopies, wrong
+        reply(f"It is {answer[2]}.", f'Solve("{call[2]}")'),  # the wrong tool, right
+        reply("It is 7.5.", "None"),  # no call
+        reply("It is 7.5.", f'Calculate("{call[4]}")\nSearch("x")'),  # a second tool: no call, no copy
+        reply("It is 7.5.", f'Calculate("{call[5]}")\nCalculate(oops'),  # a malformed line: no call
+        reply(f"x = {equation.task.spec['answer']}", f'Solve("{equation.task.spec["call"]}")'),
+        reply(f"It is {fact.task.spec['answer']}.", f'Search("{fact.task.spec["call"]}")'),
     ]
-    assert score(prompts, replies) == {"arithmetic": {"requests": 4, "calls": 2, "copied": 1, "right": 2}}
+    assert score(prompts, replies) == {"arithmetic": {"requests": 6, "calls": 2, "copied": 1, "right": 2},
+                                       "equation": {"requests": 1, "calls": 1, "copied": 1, "right": 1},
+                                       "fact": {"requests": 1, "calls": 1, "copied": 0, "right": 1}}
