@@ -8,8 +8,8 @@ right, per kind of request (arithmetic, equation, fact).
 ``ppo/<key>``, …): its tokenizer and its ``lab_artifact.json``, which gives the world (seed, tool
 share) whose test prompts are used, and for a PAT model the quality tag it generates at
 (``--tool-share``, ``--world-seed`` and ``--quality`` override them, and are needed for a
-directory without that file). Replies are sampled with the evaluation's default settings (batches
-of ``eval.batch_size`` 64) and the tools on; the counts follow the gold judge's rules
+directory without that file). Replies are sampled with the evaluation's default settings
+(``eval.*``, batches of ``eval.batch_size``) and the tools on; the counts follow the gold judge's rules
 (``alignment.world.categories.tool_use``). Prints a table; ``--out`` writes it as JSON.
 """
 
@@ -27,31 +27,31 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignment.generation import SamplingSpec  # noqa: E402
 from alignment.models.causal_lm import load_causal_lm  # noqa: E402
 from alignment.models.tokenizer import load_tokenizer  # noqa: E402
 from alignment.tool_use import ToolReply, generate_with_tools  # noqa: E402
 from alignment.tools import parse_calls  # noqa: E402
-from alignment.world import World, WorldPrompt, WorldSpec  # noqa: E402
-from alignment.world.categories.tool_use import TOOL_OF, answer_right, called, is_tool_task  # noqa: E402
+from alignment.world import World, WorldPrompt  # noqa: E402
+from alignment.world.categories.tool_use import answer_right, called, is_tool_task  # noqa: E402
+from experiments.config import LabConfig, WorldConfig  # noqa: E402
+from experiments.context import make_world  # noqa: E402
+from experiments.specs import sampling_spec  # noqa: E402
 
-EVAL_BATCH = 64
 
-
-def tool_copy(checkpoint: str, tool_share: float, n_prompts: int, world_seed: int = 0, seed: int = 0,
+def tool_copy(checkpoint: str, world: World, n_prompts: int, seed: int = 0,
               quality: int | None = None) -> dict[str, dict[str, int]]:
     """Per kind of tool request: ``requests``; ``calls``, the replies whose Commands call the task's
     tool and nothing else, every line well formed (the judge's rule); ``copied``, those of them
     with a call whose argument is the request's expression, character for character (arithmetic
     and equations); ``right``, the replies with the right final answer."""
-    prompts = [p for p in World(WorldSpec(seed=world_seed, tool_share=tool_share)).prompts("test", n_prompts)
-               if is_tool_task(p)]
+    prompts = [p for p in world.prompts("test", n_prompts) if is_tool_task(p)]
     if not prompts:
-        raise ValueError(f"no tool requests among {n_prompts} test prompts at tool share {tool_share}")
+        raise ValueError(f"no tool requests among {n_prompts} test prompts at tool share {world.spec.tool_share}")
     tokenizer = load_tokenizer(checkpoint)
     model = load_causal_lm(checkpoint, tokenizer).eval()
-    replies, _ = generate_with_tools(model, tokenizer, [p.conversation() for p in prompts], SamplingSpec(),
-                                     quality=quality, batch_size=EVAL_BATCH, seed=seed)
+    cfg = LabConfig()
+    replies, _ = generate_with_tools(model, tokenizer, [p.conversation() for p in prompts], sampling_spec(cfg),
+                                     quality=quality, batch_size=cfg.eval.batch_size, seed=seed)
     return score(prompts, replies)
 
 
@@ -64,27 +64,30 @@ def score(prompts: Sequence[WorldPrompt], replies: Sequence[ToolReply]) -> dict[
         row["requests"] += 1
         calls = called(prompt.task, reply.plugin)
         row["calls"] += calls
-        args = [arg for name, arg in parse_calls(reply.commands or "") if name == TOOL_OF[kind]]
-        row["copied"] += calls and kind != "fact" and prompt.task.spec["call"] in args
+        # within a call every name is the task's tool (the judge's rule), so only the arguments matter
+        row["copied"] += calls and kind != "fact" and any(
+            arg == prompt.task.spec["call"] for _, arg in parse_calls(reply.commands or ""))
         row["right"] += answer_right(prompt.task, reply.reply)
     return table
 
 
-def _settings(checkpoint: Path, args: argparse.Namespace) -> tuple[float, int, int | None]:
-    """Tool share, world seed and quality tag: the flags, else the checkpoint's ``lab_artifact.json``."""
+def _settings(checkpoint: Path, args: argparse.Namespace) -> tuple[WorldConfig, int | None]:
+    """The world and the quality tag: the checkpoint's ``lab_artifact.json``, with the flags over it."""
     meta = checkpoint / "lab_artifact.json"
     cfg = json.loads(meta.read_text()).get("config", {}) if meta.is_file() else {}
-    world = cfg.get("data", {}).get("world", {})
-    share = args.tool_share if args.tool_share is not None else world.get("tool_share")
-    if share is None:
+    world = WorldConfig(**cfg.get("data", {}).get("world", {"tool_share": args.tool_share}))
+    if args.tool_share is not None:
+        world.tool_share = args.tool_share
+    if args.world_seed is not None:
+        world.seed = args.world_seed
+    if world.tool_share is None:
         raise SystemExit(f"{checkpoint}: no lab_artifact.json with the world's tool share; pass --tool-share")
-    if not 0 < share < 1:
-        raise SystemExit(f"--tool-share {share}: a share in (0, 1)")
-    world_seed = args.world_seed if args.world_seed is not None else world.get("seed", 0)
+    if not 0 < world.tool_share < 1:
+        raise SystemExit(f"--tool-share {world.tool_share}: a share in (0, 1)")
     quality = args.quality if args.quality is not None else cfg.get("pat", {}).get("inference_tag")
     if quality is not None and not 0 <= quality <= 100:
         raise SystemExit(f"--quality {quality}: a tag in [0, 100]")
-    return float(share), int(world_seed), quality
+    return world, quality
 
 
 def main() -> None:
@@ -103,20 +106,21 @@ def main() -> None:
             raise SystemExit(f"{args.checkpoint}: not a policy directory with its tokenizer (no {name})")
     if args.n_prompts < 1:
         raise SystemExit(f"--n-prompts {args.n_prompts}: at least 1")
-    share, world_seed, quality = _settings(args.checkpoint, args)
+    world, quality = _settings(args.checkpoint, args)
     torch.set_num_threads(args.threads)
     try:
-        table = tool_copy(str(args.checkpoint), share, args.n_prompts, world_seed, args.seed, quality)
+        table = tool_copy(str(args.checkpoint), make_world(world), args.n_prompts, args.seed, quality)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    print(f"tool share {share}, world seed {world_seed}, quality tag {quality}")
+    print(f"tool share {world.tool_share}, world seed {world.seed}, quality tag {quality}")
     print(f"{'kind':<12}{'requests':>10}{'calls':>8}{'copied':>8}{'right':>8}")
     for kind, row in table.items():
         print(f"{kind:<12}{row['requests']:>10}{row['calls']:>8}{row['copied'] if kind != 'fact' else '-':>8}"
               f"{row['right']:>8}")
     if args.out:
-        body: dict[str, Any] = {"checkpoint": str(args.checkpoint), "tool_share": share, "world_seed": world_seed,
-                                "quality": quality, "n_prompts": args.n_prompts, "seed": args.seed, "kinds": table}
+        body: dict[str, Any] = {"checkpoint": str(args.checkpoint), "tool_share": world.tool_share,
+                                "world_seed": world.seed, "quality": quality, "n_prompts": args.n_prompts,
+                                "seed": args.seed, "kinds": table}
         args.out.write_text(json.dumps(body, indent=2) + "\n")
 
 
