@@ -3,7 +3,7 @@ the search corpus ("What is the capital of Canada?"), asked with MOSS's tools sw
 
 A reply is a plugin turn (``alignment.chat_format.plugin_reply``): Inner Thoughts, Commands, the
 Results the program wrote, then the MOSS reply. A source calls the right tool with probability
-``0.3 + 0.7 p`` and otherwise guesses (Commands ``None``); a caller copies the operands into the command and
+``0.6 + 0.4 p`` and otherwise guesses (Commands ``None``); a caller copies the operands into the command and
 the result into its reply, each right with a chance that grows with ``p``; a guess is right with a
 small chance (arithmetic and equations) or a fair one (facts). The Results are the real tools'
 output (``alignment.tools.run_commands``).
@@ -49,7 +49,7 @@ THOUGHTS = {
 NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 DIGITS_RE = re.compile(r"\d+")
 ANSWER_WEIGHT = 0.7
-CALL_BASE = 0.3
+CALL_BASE = 0.6
 """A source of accuracy ``p`` calls the tool with probability ``CALL_BASE + (1 - CALL_BASE) * p``."""
 
 
