@@ -11,8 +11,8 @@ from tests.lab import run_lab
 
 
 def test_sft_raises_gold_score_and_is_cached(ray_address, tmp_path):
-    small = ["data.n_train=2400", "trainer.batch_size=8", "trainer.lr=4e-3", "eval.n_prompts=48",
-             "trainer.log_every=15"]
+    small = ["data.n_train=3200", "trainer.batch_size=8", "trainer.lr=4e-3", "eval.n_prompts=48",
+             "trainer.log_every=20"]
     first = run_lab(ray_address, tmp_path / "run1", tmp_path / "cache", *small)
     run1 = tmp_path / "run1"
     results = json.loads((run1 / "results.json").read_text())["sft"]
