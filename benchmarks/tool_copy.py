@@ -75,13 +75,14 @@ def _settings(checkpoint: Path, args: argparse.Namespace) -> tuple[WorldConfig, 
     """The world and the quality tag: the checkpoint's ``lab_artifact.json``, with the flags over it."""
     meta = checkpoint / "lab_artifact.json"
     cfg = json.loads(meta.read_text()).get("config", {}) if meta.is_file() else {}
-    world = WorldConfig(**cfg.get("data", {}).get("world", {"tool_share": args.tool_share}))
+    saved = cfg.get("data", {}).get("world")
+    if saved is None and args.tool_share is None:
+        raise SystemExit(f"{checkpoint}: no lab_artifact.json with the world's tool share; pass --tool-share")
+    world = WorldConfig(**(saved or {}))
     if args.tool_share is not None:
         world.tool_share = args.tool_share
     if args.world_seed is not None:
         world.seed = args.world_seed
-    if world.tool_share is None:
-        raise SystemExit(f"{checkpoint}: no lab_artifact.json with the world's tool share; pass --tool-share")
     if not 0 < world.tool_share < 1:
         raise SystemExit(f"--tool-share {world.tool_share}: a share in (0, 1)")
     quality = args.quality if args.quality is not None else cfg.get("pat", {}).get("inference_tag")
