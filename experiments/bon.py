@@ -24,6 +24,7 @@ from alignment.best_of_n import analytic_kl, pick_groups
 from alignment.winrate import outcomes, win_rate
 from experiments.cache import Artifact
 from experiments.context import RunContext
+from experiments.equal_kl import bon_path, final_kls, job_at_kl, print_at_kl, sft_point
 from experiments.evaluate import (
     Job,
     Judged,
@@ -139,12 +140,17 @@ def run(ctx: RunContext) -> dict[str, Any]:
         replies = {"bon": drawn.best, "sft": sft_replies}
         judged = judge_replies(ctx, jobs, replies, pm.path, sft.path, prompts, ("bon", "sft"), [("bon", "sft")])
         bon = summary(ctx, drawn, judged, pm, sft)
+        # the path measured like every other method's points (the evaluation's curve above is not)
+        frontier = {"bon_path": bon_path(ctx, sft.path, pm.path), "sft": sft_point(ctx, sft.path, pm.path)}
     wins = head_to_head(ctx, judged, [("bon", "sft")])
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
                "gold_agreement": pm.info["eval"].get("gold_agreement")},
         **method_results(ctx, judged, wins, ("bon", "sft")),
         "bon": bon,
+        "frontier": frontier,
+        "kl": {"final": final_kls(frontier, ctx.cfg.pat.inference_tag), "bound": ["bon"]},
+        "at_kl": job_at_kl(frontier),
         "cost": ctx.costs.summary(),
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path)},
         "cached": {"sft": sft.cached, "pm": pm.cached},
@@ -184,6 +190,8 @@ def print_summary(r: dict[str, Any]) -> None:
     print("  " + "".join(f"{h.split(' vs')[0][:w - 1]:>{w}}" for h, w in zip(CURVE_HEADER, widths)))
     for row in curve_rows(r):
         print("  " + "".join(f"{c:>{w}}" for c, w in zip(row, widths)))
+    if "at_kl" in r:
+        print_at_kl(r["at_kl"])
 
 
 def curve_plot(r: dict[str, Any], path: Path) -> Path:

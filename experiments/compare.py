@@ -23,10 +23,11 @@ from experiments.cache import Artifact
 from experiments.context import RunContext
 from experiments.dpo import dpo_stage
 from experiments.engines import shares_gpu
+from experiments.equal_kl import bon_path, final_kls, job_at_kl, sft_point, training_path
 from experiments.evaluate import Job, frontier_points, generate_many, head_to_head, judge_replies, method_results
 from experiments.pat import controllability, pat_stage, tag_jobs
 from experiments.pm import pm_stage
-from experiments.ppo import ppo_stage
+from experiments.ppo import ppo_stage, snapshots
 from experiments.sft import sft_stage
 from experiments.sweep import METHODS, Run, aggregate, pairs_of
 from experiments.sweep_report import print_summary, timeline_plot, write_report
@@ -96,6 +97,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
             jobs["bon"], replies["bon"] = Job(prompts), made["bon"].best
         judged = judge_replies(ctx, jobs, replies, pm.path, sft.path, prompts, policies, pairs)
         frontier = frontiers(ctx, made, sft, pm)
+        frontier["sft"] = sft_point(ctx, sft.path, pm.path)
+        for m in ("ppo", "grpo", "rloo"):
+            if m in made:
+                frontier[f"{m}_path"] = training_path(ctx.for_method(m), m, snapshots(made[m].path), sft.path, pm.path)
+        if "bon" in made:
+            frontier["bon_path"] = bon_path(ctx, sft.path, pm.path)
         bon_curve = bon.summary(ctx, made["bon"], judged, pm, sft) if "bon" in made else None
     wins = head_to_head(ctx, judged, pairs)
     cost = ctx.costs.summary()
@@ -119,9 +126,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), **{m: str(a.path) for m, a in trained.items()}},
         "cached": {"sft": sft.cached, "pm": pm.cached, **{m: a.cached for m, a in trained.items()}},
     }
-    if "ppo" in trained:
-        final = trained["ppo"].info["final"]
-        results["kl"] = {"final": final["ppo/kl"], "final_per_token": final["ppo/kl_per_token"]}
+    results["kl"] = {"final": final_kls(frontier, cfg.pat.inference_tag), "bound": ["bon"] if "bon" in made else [],
+                     "training_final": {m: trained[m].info["final"]["ppo/kl"] for m in ("ppo", "grpo", "rloo")
+                                        if m in trained}}
+    results["at_kl"] = job_at_kl(frontier)
     metrics = [json.loads(line) for line in ctx.tracker.metrics_path.read_text().splitlines() if line.strip()]
     report = aggregate([Run(ctx.run_dir, "compare", cfg.seed, results,
                             json.loads((ctx.run_dir / "scores.json").read_text()), metrics)])

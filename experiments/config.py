@@ -192,6 +192,9 @@ class PPOConfig:
     prompts_format: str = if_set("auto")  # auto, prompt, messages, moss
     ptx_coef: float = 0.0  # PPO-ptx: weight of the SFT loss mixed into each policy step (0: off)
     ptx_batch_size: int = 16  # SFT examples per iteration for that loss, over all policy ranks
+    # policies saved along training (evenly spaced iterations, the final one apart) for the equal-KL table:
+    # each is measured like every method's final point (experiments/equal_kl.py); 0: none
+    path_points: int = 0
     policy_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     critic_optim: OptimizerConfig = field(default_factory=OptimizerConfig)
     # how a run goes, not what it makes: never in a cache key

@@ -27,6 +27,7 @@ from alignment.sequences import reply_sequences
 from experiments.cache import Artifact, commit
 from experiments.config import as_key
 from experiments.context import RunContext
+from experiments.equal_kl import control_prompts, final_kls, sft_point
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
 from experiments.loop import Checkpoints, total_steps, train_loop
 from experiments.pm import comparison_groups, pm_payload, pm_stage
@@ -161,7 +162,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     with ctx.costs.span("eval"):
         policies = tuple(name for _, jobs in work.values() for name in jobs)
         judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, policies, pairs)
-        point = frontier_points(ctx, "dpo", dpo.path, sft.path, pm.path, prompts[: cfg.pat.control_prompts], [None])
+        frontier = {"dpo": frontier_points(ctx, "dpo", dpo.path, sft.path, pm.path, control_prompts(ctx), [None]),
+                    "sft": sft_point(ctx, sft.path, pm.path)}
     wins = head_to_head(ctx, judged, pairs)
     train = dpo.info["train"]
     results = {
@@ -169,7 +171,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         **method_results(ctx, judged, wins, policies),
         "dpo": {"loss": cfg.dpo.loss, "beta": cfg.dpo.beta, "groups": dpo.info["groups"], "pairs": dpo.info["pairs"],
                 "final": train, "train_seconds": dpo.info.get("train_seconds")},
-        "frontier": {"dpo": point},
+        "frontier": frontier,
+        "kl": {"final": final_kls(frontier, cfg.pat.inference_tag)},
         "cost": ctx.costs.summary(),
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "dpo": str(dpo.path)},
         "cached": {"sft": sft.cached, "pm": pm.cached, "dpo": dpo.cached},

@@ -273,7 +273,8 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
     The policy samples as PPO does (``algo`` temperature and length, no top-p), so the mean of
     ``sum_t log pi(y_t) - log pi_SFT(y_t)`` over its samples estimates KL(pi || pi_SFT). The SFT
     model sees the prompt without the tag. Each point holds that KL, the gold score and the
-    preference-model score of the same samples. ``name`` labels the actors (``<name>-frontier-policy``)."""
+    preference-model score of the same samples (their means, and per prompt in ``golds`` and
+    ``pms``). ``name`` labels the actors (``<name>-frontier-policy``)."""
     cfg, a = ctx.cfg, ctx.cfg.algo
     tok = load_tokenizer(str(sft_path))
     spec = RolloutSpec(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=1.0)
@@ -318,7 +319,9 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
             pm = scorer.map_sharded("score", seqs, batch_size=cfg.eval.batch_size)
             gold = [ctx.world.judge(p, t) for p, t in zip(prompts, texts)] if ctx.on_world else None
             points.append({"tag": tag, "kl": kl.mean().item(), "gold": sum(gold) / len(gold) if gold else None,
-                           "pm": sum(pm) / len(pm), "n": len(prompts)})
+                           "pm": sum(pm) / len(pm), "n": len(prompts),
+                           # per prompt, for win rates against SFT's samples and the equal-KL table
+                           "golds": gold, "pms": list(pm)})
         return points
     finally:
         for g in (policy, reference, scorer, engines):

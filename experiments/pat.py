@@ -21,6 +21,7 @@ from alignment.world import WorldPrompt
 from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_key
 from experiments.context import RunContext
+from experiments.equal_kl import final_kls, job_at_kl, print_at_kl, sft_point
 from experiments.evaluate import (
     Job,
     Judged,
@@ -125,8 +126,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     with ctx.costs.span("eval"):
         work = {"pat-eval": (pat.path, tag_jobs(cfg, prompts)), "sft-eval": (sft.path, {"sft": Job(prompts)})}
         judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "sft"), [("pat", "sft")])
-        frontier = frontier_points(ctx, "pat", pat.path, sft.path, pm.path, control,
-                                   list(bucket_tags(cfg.pat.n_buckets)))
+        frontier = {"pat": frontier_points(ctx, "pat", pat.path, sft.path, pm.path, control,
+                                           list(bucket_tags(cfg.pat.n_buckets))),
+                    "sft": sft_point(ctx, sft.path, pm.path)}
     wins = head_to_head(ctx, judged, [("pat", "sft")])
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
@@ -135,7 +137,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "controllability": controllability(cfg, judged),
         "pat": {"tag_counts": pat.info["tag_counts"], "edges": pat.info["edges"],
                 "inference_tag": cfg.pat.inference_tag},
-        "frontier": {"pat": frontier},
+        "frontier": frontier,
+        "kl": {"final": final_kls(frontier, cfg.pat.inference_tag)},
+        "at_kl": job_at_kl(frontier),
         "cost": ctx.costs.summary(),
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "pat": str(pat.path)},
         "cached": {"sft": sft.cached, "pm": pm.cached, "pat": pat.cached},
@@ -163,3 +167,7 @@ def print_summary(results: dict[str, Any]) -> None:
           + ", ".join(f"{t}:{v:.2f}" for t, v in zip(c["tags"], c.get("gold", c.get("score"))))
           + f"  (Spearman {c['spearman']:.2f})")
     print(f"  preference model val accuracy {results['pm']['val_accuracy']:.3f}")
+    if "pat" in results["kl"]["final"]:
+        print(f"  KL to the SFT model at <quality: {results['pat']['inference_tag']}>: "
+              f"{results['kl']['final']['pat']:.3f} nats per reply (temperature-1 samples of the control prompts)")
+    print_at_kl(results["at_kl"])

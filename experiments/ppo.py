@@ -63,10 +63,11 @@ from alignment.sequences import prompt_ids, scored_sequences
 from alignment.tool_use import tool_prompt
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called
-from experiments.cache import Artifact, commit
+from experiments.cache import INFO_FILE, Artifact
 from experiments.config import PPOConfig, RayConfig, as_key
 from experiments.context import RunContext
 from experiments.engines import EngineSync, rollout_key, sample_on_engines, score_samples, sleeps
+from experiments.equal_kl import control_prompts, final_kls, job_at_kl, print_at_kl, sft_point, training_path
 from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
 from experiments.loop import check_finite, rank_mean
 from experiments.pat import pat_key
@@ -310,6 +311,10 @@ class PPOTrainer:
         self.last_metrics = metrics
         self.path.append({"step": int(metrics["ppo/iteration"]), "kl": metrics["ppo/kl"], "pm": metrics["ppo/reward"],
                           **({"gold": metrics["ppo/gold"]} if "ppo/gold" in metrics else {})})
+        step = int(metrics["ppo/iteration"])
+        if self.ckpt_root is not None and step in snapshot_steps(self.a):
+            with atomic_dir(self.ckpt_root / SNAPSHOTS / f"iter_{step:06d}") as tmp:
+                self.roles.policy.call("save", str(tmp))  # the policy after ``step`` iterations, for the path
         return metrics
 
     def iterate(self, until: int) -> Iterator[dict[str, float]]:
@@ -382,6 +387,22 @@ class PPOTrainer:
         return last
 
 
+SNAPSHOTS = "path"  # the policies saved along training, under the checkpoints and then in the artifact
+
+
+def snapshot_steps(a: PPOConfig) -> set[int]:
+    """The iterations after which the policy is saved for the equal-KL path: ``algo.path_points``
+    evenly spaced ones before the last (the trained policy itself is the path's last point)."""
+    k = min(a.path_points, a.iterations - 1)
+    return {round(i * a.iterations / (k + 1)) for i in range(1, k + 1)} if k > 0 else set()
+
+
+def snapshots(root: Path) -> list[tuple[int, Path]]:
+    """``(iteration, directory)`` of the policies saved along training under ``root``, in order."""
+    found = sorted((root / SNAPSHOTS).glob("iter_*")) if (root / SNAPSHOTS).is_dir() else []
+    return [(int(p.name.removeprefix("iter_")), p) for p in found]
+
+
 def checkpoints(root: Path | None) -> list[Path]:
     """Complete checkpoints under ``root``, oldest first."""
     if root is None or not root.is_dir():
@@ -439,7 +460,14 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                     raise RuntimeError(f"{label}: no metrics for the last iteration: {trainer.ckpt_root} holds a "
                                        "checkpoint of a finished run written before last_metrics were kept; "
                                        "delete it and rerun")
-                return commit(ctx.cache, method, key, payload, roles.policy, info, "policy")
+                with ctx.cache.put(method, key, payload) as tmp:  # the policy, its path's snapshots, info
+                    roles.policy.call("save", str(tmp))
+                    for step, snap in snapshots(ckpt_root):
+                        if step in snapshot_steps(cfg.algo):
+                            shutil.copytree(snap, tmp / SNAPSHOTS / snap.name)
+                    write_json(tmp / INFO_FILE, info)
+                print(f"{label}: policy written to {ctx.cache.path(method, key)}", flush=True)
+                return Artifact(ctx.cache.path(method, key), False, info)
             except ACTOR_LOST as err:
                 if len(info["restarts"]) >= cfg.ray.max_restarts:
                     raise
@@ -479,24 +507,30 @@ def run(ctx: RunContext) -> dict[str, Any]:
     with ctx.costs.span("eval"):
         policies = tuple(name for _, jobs in work.values() for name in jobs)
         judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, policies, pairs)
-        point = frontier_points(ctx, m, trained.path, sft.path, pm.path, prompts[: cfg.pat.control_prompts], [None])
+        frontier = {m: frontier_points(ctx, m, trained.path, sft.path, pm.path, control_prompts(ctx), [None]),
+                    "sft": sft_point(ctx, sft.path, pm.path),
+                    f"{m}_path": training_path(ctx, m, snapshots(trained.path), sft.path, pm.path),
+                    f"{m}_training": trained.info.get("path", [])}
     wins = head_to_head(ctx, judged, pairs)
     final = trained.info["final"]
     results = {
         "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"]},
         **method_results(ctx, judged, wins, policies),
-        "kl": {"final": final["ppo/kl"], "final_per_token": final["ppo/kl_per_token"]},
+        # measured like every method's final point (experiments/equal_kl.py); the training loop's own estimate apart
+        "kl": {"final": final_kls(frontier, cfg.pat.inference_tag), "training_final": {m: final["ppo/kl"]},
+               "training_final_per_token": {m: final["ppo/kl_per_token"]}},
+        "at_kl": job_at_kl(frontier),
         m: {"iterations": cfg.algo.iterations, "final": final, "train_seconds": trained.info.get("train_seconds")},
         "restarts": len(trained.info.get("restarts", [])),
         **({"restart_causes": trained.info["restarts"]} if trained.info.get("restarts") else {}),
-        "frontier": {m: point, f"{m}_training": trained.info.get("path", [])},
+        "frontier": frontier,
         "cost": ctx.costs.summary(),
         "artifacts": {"sft": str(sft.path), "pm": str(pm.path), m: str(trained.path),
                       **({"pat": str(pat_path)} if pat_path else {})},
         "cached": {"sft": sft.cached, "pm": pm.cached, m: trained.cached},
         "samples": samples(prompts, judged.replies, ("sft", m)),
     }
-    flat = method_metrics(results) | {"kl/final": results["kl"]["final"]}
+    flat = method_metrics(results) | {f"kl/final_{m}": results["kl"]["final"][m]}
     ctx.tracker.log(flat)
     ctx.tracker.summary(flat)
     print_summary(results, m)
@@ -508,4 +542,6 @@ def print_summary(results: dict[str, Any], method: str = "ppo") -> None:
     print_win_rates(results)
     if "gold" in results:
         print("  mean gold: " + ", ".join(f"{k.upper()} {v:.3f}" for k, v in results["gold"].items()))
-    print(f"  KL to the reference at the last iteration: {results['kl']['final']:.3f} nats per response")
+    print(f"  KL to the SFT model: {results['kl']['final'][method]:.3f} nats per reply (temperature-1 samples of the "
+          f"control prompts; the last iteration's rollouts: {results['kl']['training_final'][method]:.3f})")
+    print_at_kl(results.get("at_kl", {}))

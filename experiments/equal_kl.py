@@ -1,0 +1,145 @@
+"""Every method measured alike on the reward-KL plane, and read at equal KL.
+
+Every point comes from ``frontier_points``: the first ``pat.control_prompts`` test prompts, the
+policy sampling as PPO trains (temperature 1, no top-p, ``algo.max_new_tokens``), the KL to the SFT
+model the mean over replies of the summed log-ratio (k1) of the sampled tokens, the gold score and
+the preference model's of the same replies. The SFT model's own samples (``frontier["sft"]``, KL 0)
+are the reference of the win rates. Paths:
+
+- PPO, GRPO and RLOO by iteration: SFT, the policies saved along training (``algo.path_points``), the
+  trained policy;
+- PAT by tag, lowest to highest;
+- best-of-n by n, on ``bon.n_max`` samples of the SFT model per prompt drawn like the others (the
+  same prompts and sampler); its KL is the analytic ``log n - (n-1)/n``, an upper bound, not an
+  estimate (``"kl_bound": true``).
+
+``at_kl`` reads each path at ``alignment.equal_kl.BUDGETS`` (interpolated, never extrapolated):
+``at_kl.<budget>.<method>`` holds the gold score and the gold win rate against SFT's samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alignment.best_of_n import analytic_kl, pick_groups
+from alignment.equal_kl import BUDGETS, at_budget, t_interval, win_share
+from experiments.context import RunContext
+from experiments.evaluate import frontier_points
+
+RL_PATHS = ("ppo", "grpo", "rloo")
+
+
+def budget_key(budget: float) -> str:
+    return f"{budget:g}"
+
+
+def control_prompts(ctx: RunContext) -> list[Any]:
+    return ctx.test_prompts[: ctx.cfg.pat.control_prompts]
+
+
+def sft_point(ctx: RunContext, sft_path: Path, pm_path: Path) -> dict[str, Any]:
+    """The SFT model's own point (KL 0 up to float error): the reference of every path's win rate."""
+    return frontier_points(ctx, "sft", sft_path, sft_path, pm_path, control_prompts(ctx), [None])[0] | {"step": 0}
+
+
+def training_path(ctx: RunContext, name: str, snapshots: list[tuple[int, Path]], sft_path: Path,
+                  pm_path: Path) -> list[dict[str, Any]]:
+    """One point per policy saved along training (``(iteration, directory)``), in order."""
+    return [frontier_points(ctx, name, path, sft_path, pm_path, control_prompts(ctx), [None])[0] | {"step": step}
+            for step, path in snapshots]
+
+
+def bon_path(ctx: RunContext, sft_path: Path, pm_path: Path) -> list[dict[str, Any]]:
+    """Best-of-n by n (``bon.ns``) on ``bon.n_max`` samples per control prompt drawn like every other
+    point, the pick the preference model's best of the first n."""
+    n_max, prompts = ctx.cfg.bon.n_max, control_prompts(ctx)
+    repeated = [p for p in prompts for _ in range(n_max)]
+    drawn = frontier_points(ctx, "bon", sft_path, sft_path, pm_path, repeated, [None])[0]
+    points = []
+    for n in sorted(set(ctx.cfg.bon.ns)):
+        picks = pick_groups(drawn["pms"], n_max, n)
+        pms = [drawn["pms"][i] for i in picks]
+        golds = [drawn["golds"][i] for i in picks] if drawn["golds"] is not None else None
+        points.append({"n": n, "kl": analytic_kl(n), "kl_bound": True, "pm": sum(pms) / len(pms), "pms": pms,
+                       "gold": sum(golds) / len(golds) if golds else None, "golds": golds, "n_prompts": len(prompts)})
+    return points
+
+
+def paths(frontier: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each method's path in a job's ``results["frontier"]``, in the order its knob moves it."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    sft = frontier.get("sft")
+    for m in RL_PATHS:
+        if m in frontier and f"{m}_path" in frontier and sft is not None:
+            out[m] = [sft, *frontier[f"{m}_path"], *frontier[m]]
+    if "pat" in frontier:
+        out["pat"] = sorted(frontier["pat"], key=lambda p: -1 if p["tag"] is None else p["tag"])
+    if "bon_path" in frontier:
+        out["bon"] = frontier["bon_path"]
+    return out
+
+
+def job_at_kl(frontier: dict[str, Any], budgets: tuple[float, ...] = BUDGETS) -> dict[str, dict[str, Any]]:
+    """``{budget: {method: {"gold", "win_rate"}}}`` of one job's paths (a value is None where the path
+    does not reach the budget); win rates need the SFT point and the gold judge (the world)."""
+    sft = frontier.get("sft")
+    table: dict[str, dict[str, Any]] = {}
+    for m, path in paths(frontier).items():
+        kls = [p["kl"] for p in path]
+        golds = [p["gold"] for p in path]
+        wins = ([win_share(p["golds"], sft["golds"]) for p in path]
+                if sft is not None and sft.get("golds") and all(p.get("golds") for p in path) else None)
+        for b in budgets:
+            row = {"gold": at_budget(kls, golds, b) if None not in golds else None,
+                   "win_rate": at_budget(kls, wins, b) if wins else None,
+                   "reached": max(kls) >= b, "kl_bound": bool(path[-1].get("kl_bound"))}
+            table.setdefault(budget_key(b), {})[m] = row
+    return table
+
+
+def final_kls(frontier: dict[str, Any], inference_tag: int) -> dict[str, float]:
+    """Each method's final KL, measured alike: PAT's at its inference tag, best-of-n's the analytic
+    bound at the largest n."""
+    out = {m: frontier[m][0]["kl"] for m in (*RL_PATHS, "dpo") if frontier.get(m)}
+    at_tag = [p for p in frontier.get("pat", []) if p["tag"] == inference_tag]
+    if at_tag:
+        out["pat"] = at_tag[0]["kl"]
+    if frontier.get("bon_path"):
+        out["bon"] = frontier["bon_path"][-1]["kl"]
+    return out
+
+
+def sweep_at_kl(per_job: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The jobs' ``at_kl`` tables (one per seed and method) combined over seeds: for each budget and
+    method, the mean gold score and gold win rate with t-intervals over the seeds that reached the
+    budget, and how many did."""
+    values: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for table in per_job:
+        for b, by_method in table.items():
+            for m, row in by_method.items():
+                values.setdefault((b, m), []).append(row)
+    out: dict[str, dict[str, Any]] = {}
+    for (b, m), rows in sorted(values.items()):
+        cell: dict[str, Any] = {"seeds": len(rows), "reached": sum(r["reached"] for r in rows),
+                                "kl_bound": any(r["kl_bound"] for r in rows)}
+        for key in ("gold", "win_rate"):
+            xs = [r[key] for r in rows if r[key] is not None]
+            cell[key] = sum(xs) / len(xs) if xs and len(xs) == len(rows) else None
+            cell[f"{key}_ci"] = list(t_interval(xs)) if cell[key] is not None and len(xs) > 1 else None
+        out.setdefault(b, {})[m] = cell
+    return out
+
+
+def print_at_kl(table: dict[str, dict[str, Any]]) -> None:
+    """The equal-KL table on the console: gold score and gold win rate against SFT's samples."""
+    if not table:
+        return
+    print("  at equal KL (gold score / gold win rate vs SFT's samples; - : the path does not reach it):")
+    for b, by_method in table.items():
+        cells = [f"{m.upper()} {_num(r['gold'])} / {_num(r['win_rate'])}" for m, r in by_method.items()]
+        print(f"    {b} nats: " + ", ".join(cells))
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
