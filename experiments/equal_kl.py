@@ -143,3 +143,47 @@ def print_at_kl(table: dict[str, dict[str, Any]]) -> None:
 
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    if row.get(key) is None:
+        return f"not reached ({row['reached']}/{row['seeds']} seeds)" if "seeds" in row else "not reached"
+    ci = row.get(f"{key}_ci")
+    return f"{row[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def at_kl_markdown(table: dict[str, dict[str, Any]], names: dict[str, str]) -> list[str]:
+    """The equal-KL table of a report: one row per budget and method, gold win rate against SFT's
+    samples and mean gold, each with its t-interval over seeds."""
+    if not table:
+        return []
+    lines = ["| KL budget (nats) | method | gold win rate vs SFT [95% CI] | mean gold [95% CI] |",
+             "| --- | --- | --- | --- |"]
+    for b, by_method in table.items():
+        for m, row in sorted(by_method.items(), key=lambda kv: -(kv[1].get("win_rate") or -1.0)):
+            name = names.get(m, m) + (" (analytic KL bound)" if row.get("kl_bound") else "")
+            lines.append(f"| {b} | {name} | {_cell(row, 'win_rate')} | {_cell(row, 'gold')} |")
+    return lines
+
+
+def at_kl_sentences(table: dict[str, dict[str, Any]], names: dict[str, str]) -> list[str]:
+    """One sentence per budget: the method with the highest gold win rate against SFT's samples,
+    and whether its interval clears every other method's (a lead) or overlaps some (no lead)."""
+    out = []
+    for b, by_method in table.items():
+        known = {m: r for m, r in by_method.items() if r.get("win_rate") is not None}
+        if not known:
+            continue
+        best, row = max(known.items(), key=lambda kv: kv[1]["win_rate"])
+        others = {m: r for m, r in known.items() if m != best}
+        text = (f"At {b} nats of KL, {names.get(best, best)} has the highest gold win rate against SFT's samples "
+                f"({_cell(row, 'win_rate')})")
+        if not others:
+            out.append(text + ", the only method whose path reaches it.")
+            continue
+        ci = row.get("win_rate_ci")
+        overlap = [names.get(m, m) for m, r in others.items()
+                   if ci is None or r.get("win_rate_ci") is None or r["win_rate_ci"][1] >= ci[0]]
+        out.append(text + (f"; its interval overlaps {', '.join(overlap)}'s, so no lead is established." if overlap
+                           else "; its interval lies above every other method's."))
+    return out

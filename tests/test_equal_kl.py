@@ -81,3 +81,23 @@ def test_ppo_saves_its_path_at_evenly_spaced_iterations_before_the_last():
     assert snapshot_steps(PPOConfig(iterations=40, path_points=3)) == {10, 20, 30}
     assert snapshot_steps(PPOConfig(iterations=40, path_points=0)) == set()
     assert snapshot_steps(PPOConfig(iterations=2, path_points=4)) == {1}
+
+
+def test_report_sentences_claim_a_lead_only_when_the_intervals_separate():
+    from experiments.equal_kl import at_kl_markdown, at_kl_sentences
+
+    names = {"pat": "PAT", "ppo": "PPO", "bon": "best-of-n"}
+    table = {"1": {"pat": {"win_rate": 0.70, "win_rate_ci": [0.65, 0.75], "gold": 0.6, "gold_ci": [0.5, 0.7],
+                           "seeds": 3, "reached": 3, "kl_bound": False},
+                   "ppo": {"win_rate": 0.55, "win_rate_ci": [0.50, 0.60], "gold": 0.5, "gold_ci": [0.4, 0.6],
+                           "seeds": 3, "reached": 3, "kl_bound": False}},
+             "2": {"pat": {"win_rate": 0.70, "win_rate_ci": [0.60, 0.80], "gold": 0.6, "gold_ci": [0.5, 0.7],
+                           "seeds": 3, "reached": 3, "kl_bound": False},
+                   "bon": {"win_rate": 0.65, "win_rate_ci": [0.62, 0.68], "gold": 0.5, "gold_ci": [0.4, 0.6],
+                           "seeds": 3, "reached": 3, "kl_bound": True},
+                   "ppo": {"win_rate": None, "gold": None, "seeds": 3, "reached": 1, "kl_bound": False}}}
+    first, second = at_kl_sentences(table, names)
+    assert "PAT" in first and "lies above every other" in first
+    assert "overlaps best-of-n's" in second and "no lead" in second
+    md = "\n".join(at_kl_markdown(table, names))
+    assert "best-of-n (analytic KL bound)" in md and "not reached (1/3 seeds)" in md
