@@ -21,7 +21,7 @@ register()
 
 
 def load_drivers() -> dict:
-    """The driver of each stage (``experiments/registry.py``: ``DRIVERS["ppo"]`` is ``experiments.ppo.run``)."""
+    """The driver of each stage (``experiments/registry.py``: ``DRIVERS["ppo"]`` is ``experiments.stages.ppo.run``)."""
     from experiments.registry import DRIVERS
 
     return DRIVERS
@@ -35,8 +35,8 @@ def main(cfg: DictConfig) -> None:
         presets = sorted(f.stem for f in (Path(__file__).parent / "conf" / "experiment").glob("*.yaml"))
         sys.exit(f"config error: {err.full_key} is required. Choose an experiment, e.g. "
                  f"`python run.py +experiment=sft` (available: {', '.join(presets)})")
-    from experiments.cache import cache_root
     from experiments.preflight import preflight
+    from experiments.runtime.cache import cache_root
 
     try:
         validate(lab)
@@ -55,9 +55,9 @@ def main(cfg: DictConfig) -> None:
         DRIVERS = importing.result()
 
     from alignment.atomic import write_json, write_text
-    from experiments.cache import ArtifactCache
-    from experiments.context import RunContext
-    from experiments.tracking import Tracker
+    from experiments.runtime.cache import ArtifactCache
+    from experiments.runtime.context import RunContext
+    from experiments.runtime.tracking import Tracker
 
     if lab.stage not in DRIVERS:
         sys.exit(f"config error: stage={lab.stage!r} has no driver; choose from {sorted(DRIVERS)}")

@@ -72,10 +72,10 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
     ``update_threads`` for the policy's update: 0 keeps ``threads``)
     or (``local``) on the same classes in this process."""
     from alignment.models.tokenizer import load_tokenizer
-    from experiments.cache import ArtifactCache
     from experiments.config import ActorResources, LabConfig, cluster_args
-    from experiments.context import RunContext
-    from experiments.ppo import PPOTrainer, PromptBatch, start_roles
+    from experiments.runtime.cache import ArtifactCache
+    from experiments.runtime.context import RunContext
+    from experiments.stages.ppo import PPOTrainer, PromptBatch, start_roles
 
     torch.set_num_threads(threads)
     cfg = LabConfig(stage="ppo")

@@ -34,8 +34,8 @@ from alignment.tools import parse_calls  # noqa: E402
 from alignment.world import World, WorldPrompt  # noqa: E402
 from alignment.world.categories.tool_use import answer_right, called, is_tool_task  # noqa: E402
 from experiments.config import LabConfig, WorldConfig  # noqa: E402
-from experiments.context import make_world  # noqa: E402
-from experiments.specs import sampling_spec  # noqa: E402
+from experiments.runtime.context import make_world  # noqa: E402
+from experiments.runtime.specs import sampling_spec  # noqa: E402
 
 
 def tool_copy(checkpoint: str, world: World, n_prompts: int, seed: int = 0,

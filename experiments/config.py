@@ -365,7 +365,7 @@ class ToolsConfig:
 
 @dataclass
 class RolloutConfig:
-    """The generation engine (``alignment.generation``; ``experiments/engines.py``): transformers'
+    """The generation engine (``alignment.generation``; ``experiments/runtime/engines.py``): transformers'
     ``generate`` in the policy's own actors (``hf``, the default), or vLLM engines in their own Ray
     actors (``vllm``: ``ray.rollout`` places them), for PPO/GRPO/RLOO rollouts, evaluation, the
     preference model's candidates, best-of-n and the passes of tool use."""
@@ -381,7 +381,7 @@ class RolloutConfig:
 
 @dataclass
 class ChatConfig:
-    """``+experiment=chat``: talk to a policy in the terminal (``experiments/chat.py``)."""
+    """``+experiment=chat``: talk to a policy in the terminal (``experiments/commands/chat.py``)."""
 
     # sft, pat, ppo or dpo: this config's model in the cache, as the chain (+experiment=pat, ppo, dpo)
     # keys it; anything else: a model directory (config.json, weights and tokenizer)

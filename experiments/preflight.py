@@ -92,6 +92,6 @@ def preflight(lab: LabConfig, cache_root: Path) -> None:
         _read("algo.prompts_path", lambda: load_prompts(lab.algo.prompts_path, lab.algo.prompts_format))
     used = judges_used(lab)
     if "rm" in used or "llm" in used:
-        from experiments.judging import check_judges
+        from experiments.evaluation.judging import check_judges
 
         check_judges(lab, used, cache_root)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from experiments import bon, chat, compare, dpo, pat, pm, ppo, sft, sweep_report
+from experiments.commands import chat, compare
+from experiments.reports import sweep_report
+from experiments.stages import bon, dpo, pat, pm, ppo, sft
 
 DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
     "sft": sft.run,

@@ -223,7 +223,7 @@ def validate(lab: LabConfig) -> None:
     if lab.chat.tag is not None and not 0 <= lab.chat.tag <= 100:
         raise ValueError(f"chat.tag: {lab.chat.tag}; a quality tag from 0 to 100, or null")
     if lab.stage == "chat":  # the model chat.model names: in the cache, or a directory with a model
-        from experiments.chat import resolve_model
+        from experiments.commands.chat import resolve_model
 
         lab.chat.model_path = str(resolve_model(lab).path)  # what loads, and what preflight's check reads
     for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer),

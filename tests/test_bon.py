@@ -57,7 +57,7 @@ def test_pick_groups_selects_within_each_prompts_samples():
 
 
 def test_curve_points_follow_the_picks():
-    from experiments.bon import curve
+    from experiments.stages.bon import curve
 
     texts = ["a", "a", "b", "c", "d", "e", "e", "e"]
     pm = [0.0, 1.0, 3.0, 2.0, 5.0, 4.0, 4.0, 6.0]

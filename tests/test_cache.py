@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alignment.atomic import atomic_dir, write_json, write_text
-from experiments.cache import ArtifactCache, cache_root, config_key
+from experiments.runtime.cache import ArtifactCache, cache_root, config_key
 
 
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):

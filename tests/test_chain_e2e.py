@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from experiments.sweep import pairs_of
+from experiments.reports.sweep import pairs_of
 from tests.lab import run_lab
 
 SMALL = ["data.n_train=800", "trainer.batch_size=8", "pm.n_prompts=24", "pm.n_val_prompts=6",

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from alignment.chat_format import Conversation, Section, ToolSwitch, Turn, meta_instruction, render
-from experiments.chat import ChatModel, NotCached, banner, chat, plugin_fields, plugin_lines, resolve_model
+from experiments.commands.chat import ChatModel, NotCached, banner, chat, plugin_fields, plugin_lines, resolve_model
 from experiments.config import register
 from tests.lab import ROOT
 
@@ -139,7 +139,7 @@ def test_show_plugin_false_hides_the_fields(calc_model):
 def _fill(lab, model_dir: Path | None = None) -> list[str]:
     """Resolve ``chat.model``, putting each artifact its chain misses into the cache (the model's own
     as ``model_dir``): the stages that were missing, in order."""
-    from experiments.cache import ArtifactCache
+    from experiments.runtime.cache import ArtifactCache
 
     missing = []
     while True:

@@ -138,7 +138,7 @@ def test_compare_methods_and_their_settings_are_checked(override, match):
 
 
 def test_ppo_cross_key_limits_name_the_keys():
-    from experiments.ppo import check
+    from experiments.stages.ppo import check
 
     lab = OmegaConf.to_object(_compose(["+experiment=ppo"]))
     check(lab.algo, lab.ray)
@@ -154,13 +154,13 @@ def test_ppo_cross_key_limits_name_the_keys():
 def _stage_keys(tmp_path, overrides: list[str]) -> dict[str, str]:
     """The cache key of every stage for the config ``+experiment=compare`` composes with ``overrides``
     (the same upstream artifacts for all: what differs is the stage's own settings)."""
-    from experiments.cache import Artifact, ArtifactCache
-    from experiments.context import RunContext
-    from experiments.dpo import dpo_key
-    from experiments.pat import pat_key
-    from experiments.pm import pm_payload
-    from experiments.ppo import ppo_key
-    from experiments.sft import sft_payload
+    from experiments.runtime.cache import Artifact, ArtifactCache
+    from experiments.runtime.context import RunContext
+    from experiments.stages.dpo import dpo_key
+    from experiments.stages.pat import pat_key
+    from experiments.stages.pm import pm_payload
+    from experiments.stages.ppo import ppo_key
+    from experiments.stages.sft import sft_payload
 
     lab = OmegaConf.to_object(_compose(["+experiment=compare", "ray.reuse_actors=false", *overrides]))
     ctx = RunContext(lab, tmp_path, ArtifactCache(tmp_path / "cache"), tracker=None, run_tag="keys")
@@ -267,7 +267,7 @@ def test_vllm_engine_where_vllm_does_not_import_fails_before_ray(tmp_path):
 def test_engines_on_a_shared_gpu_start_one_at_a_time_and_sync_through_the_store(overrides, shares, sync):
     """Where an engine's GPU may hold another process, engines start after the other roles, one at a
     time (vLLM's memory profiling), and NCCL is never picked (it takes no two ranks on one device)."""
-    from experiments.engines import shares_gpu, sync_mode
+    from experiments.runtime.engines import shares_gpu, sync_mode
 
     cfg = OmegaConf.to_object(_compose(["+experiment=ppo", "rollout.engine=vllm", *overrides]))
     assert (shares_gpu(cfg), sync_mode(cfg)) == (shares, sync)

@@ -98,7 +98,7 @@ def test_dpo_step_lowers_the_loss_on_a_fixed_batch(tmp_path, world, tokenizer):
     from actors.reference import ReferenceActor
     from alignment.data.preference import world_groups
     from alignment.world import AIFeedbackLabeller
-    from experiments.dpo import dpo_pairs, encode_groups, reference_logps
+    from experiments.stages.dpo import dpo_pairs, encode_groups, reference_logps
 
     sft = tmp_path / "sft"
     build_tiny(ARCH, tokenizer, seed=0).save_pretrained(sft)
@@ -129,7 +129,7 @@ def test_dpo_step_lowers_the_loss_on_a_fixed_batch(tmp_path, world, tokenizer):
 def test_group_batches_keep_a_groups_pairs_together_and_cover_each_pair_once():
     import random
 
-    from experiments.dpo import group_batches
+    from experiments.stages.dpo import group_batches
 
     sizes = [3, 1, 4, 2]
     items = [(g, i) for g, n in enumerate(sizes) for i in range(n)]

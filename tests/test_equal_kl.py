@@ -37,7 +37,7 @@ def _ppo_frontier(final_golds: list[float], final_kl: float) -> dict:
 
 
 def test_one_jobs_table_reads_the_path_from_the_sft_point_through_the_snapshots():
-    from experiments.equal_kl import final_kls, job_at_kl, paths
+    from experiments.evaluation.equal_kl import final_kls, job_at_kl, paths
 
     frontier = _ppo_frontier([0.9, 0.9, 0.1, 0.5], 2.0)
     assert [p["kl"] for p in paths(frontier)["ppo"]] == [0.0, 1.0, 2.0]
@@ -50,7 +50,7 @@ def test_one_jobs_table_reads_the_path_from_the_sft_point_through_the_snapshots(
 
 
 def test_pat_path_goes_by_tag_and_best_of_n_is_flagged_as_a_bound():
-    from experiments.equal_kl import job_at_kl, paths
+    from experiments.evaluation.equal_kl import job_at_kl, paths
 
     sft = _point(0.0, [0.5, 0.5], tag=None, step=0)
     pat = [_point(1.0, [0.9, 0.7], tag=100), _point(0.2, [0.3, 0.5], tag=0), _point(0.5, [0.5, 0.6], tag=50)]
@@ -63,7 +63,7 @@ def test_pat_path_goes_by_tag_and_best_of_n_is_flagged_as_a_bound():
 
 
 def test_the_sweep_table_averages_seeds_with_a_t_interval_and_needs_every_seed_to_reach_a_budget():
-    from experiments.equal_kl import job_at_kl, sweep_at_kl
+    from experiments.evaluation.equal_kl import job_at_kl, sweep_at_kl
 
     jobs = [job_at_kl(_ppo_frontier(golds, kl), budgets=(1.5, 2.5))
             for golds, kl in (([0.9, 0.9, 0.1, 0.5], 2.0), ([0.7, 0.6, 0.5, 0.5], 2.0), ([0.6, 0.6, 0.6, 0.6], 3.0))]
@@ -75,8 +75,9 @@ def test_the_sweep_table_averages_seeds_with_a_t_interval_and_needs_every_seed_t
 
 
 def test_ppo_saves_its_path_at_evenly_spaced_iterations_before_the_last():
+    from experiments.stages.ppo import snapshot_steps
+
     from experiments.config import PPOConfig
-    from experiments.ppo import snapshot_steps
 
     assert snapshot_steps(PPOConfig(iterations=40, path_points=3)) == {10, 20, 30}
     assert snapshot_steps(PPOConfig(iterations=40, path_points=0)) == set()
@@ -84,7 +85,7 @@ def test_ppo_saves_its_path_at_evenly_spaced_iterations_before_the_last():
 
 
 def test_report_sentences_claim_a_lead_only_when_the_intervals_separate():
-    from experiments.equal_kl import at_kl_markdown, at_kl_sentences
+    from experiments.evaluation.equal_kl import at_kl_markdown, at_kl_sentences
 
     names = {"pat": "PAT", "ppo": "PPO", "bon": "best-of-n"}
     table = {"1": {"pat": {"win_rate": 0.70, "win_rate_ci": [0.65, 0.75], "gold": 0.6, "gold_ci": [0.5, 0.7],

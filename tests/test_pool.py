@@ -10,10 +10,10 @@ import pytest
 
 
 def _ctx(tmp_path: Path):
-    from experiments.cache import ArtifactCache
     from experiments.config import LabConfig
-    from experiments.context import RunContext
-    from experiments.tracking import Tracker
+    from experiments.runtime.cache import ArtifactCache
+    from experiments.runtime.context import RunContext
+    from experiments.runtime.tracking import Tracker
 
     cfg = LabConfig(stage="pat")
     cfg.logger.wandb = False

@@ -18,10 +18,10 @@ def checkpoints(tmp_path_factory, tokenizer):
 
 
 def make_ctx(tmp_path: Path, n_ranks: int = 1, iterations: int = 3, run_tag: str = "ppo-test"):
-    from experiments.cache import ArtifactCache
     from experiments.config import ActorResources, LabConfig
-    from experiments.context import RunContext
-    from experiments.tracking import Tracker
+    from experiments.runtime.cache import ArtifactCache
+    from experiments.runtime.context import RunContext
+    from experiments.runtime.tracking import Tracker
 
     cfg = LabConfig(stage="ppo")
     cfg.logger.wandb = False
@@ -39,7 +39,7 @@ def make_ctx(tmp_path: Path, n_ranks: int = 1, iterations: int = 3, run_tag: str
 
 
 def test_two_data_parallel_ranks_per_trainable_role_stay_identical(ray_address, tmp_path, checkpoints):
-    from experiments.ppo import PPOTrainer, start_roles
+    from experiments.stages.ppo import PPOTrainer, start_roles
 
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path, n_ranks=2)
@@ -68,8 +68,8 @@ def test_two_data_parallel_ranks_per_trainable_role_stay_identical(ray_address, 
 
 
 def test_resume_continues_from_saved_iteration_and_optimizer_state(ray_address, tmp_path, checkpoints):
-    from experiments.ppo import PPOTrainer, start_roles
-    from experiments.ppo import checkpoints as list_checkpoints
+    from experiments.stages.ppo import PPOTrainer, start_roles
+    from experiments.stages.ppo import checkpoints as list_checkpoints
 
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path, iterations=3)
@@ -120,7 +120,7 @@ def test_colocated_roles_train_with_deepspeed_zero2(ray_address, tmp_path, check
     """All four roles in one placement-group bundle, the trainable ones on DeepSpeed ZeRO-2."""
     from actors.reference import ReferenceActor
     from experiments.config import ActorResources
-    from experiments.ppo import PPOTrainer, start_roles
+    from experiments.stages.ppo import PPOTrainer, start_roles
 
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path)
@@ -173,7 +173,7 @@ def test_widen_gives_a_stages_live_and_later_actors_more_threads(ray_address, tm
 def test_pipelined_loop_equals_the_plain_loop(ray_address, tmp_path, checkpoints):
     """``iterate`` overlaps each rollout with the previous critic update; the weights it reaches
     and the metrics it reports are those of whole iterations run one after the other."""
-    from experiments.ppo import PPOTrainer, start_roles
+    from experiments.stages.ppo import PPOTrainer, start_roles
 
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path)
@@ -237,8 +237,8 @@ def test_grpo_runs_two_policy_ranks_without_a_critic(ray_address, tmp_path, chec
 
     import ray
 
-    from experiments.ppo import PPOTrainer, start_roles
-    from experiments.ppo import checkpoints as list_checkpoints
+    from experiments.stages.ppo import PPOTrainer, start_roles
+    from experiments.stages.ppo import checkpoints as list_checkpoints
 
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path, n_ranks=2, iterations=2, run_tag="grpo-test")
@@ -309,7 +309,7 @@ def test_kl_in_the_loss_is_zero_while_the_policy_is_the_reference(tmp_path, chec
 def test_ranks_without_ptx_examples_join_the_mean_of_those_with_them():
     """With fewer PTX examples than policy ranks a rank reports no ``ptx_loss``: the mean over ranks
     takes it from the ranks that have it, instead of failing with KeyError."""
-    from experiments.loop import rank_mean
+    from experiments.runtime.loop import rank_mean
 
     joined = rank_mean([{"policy/ptx_loss": 2.0, "policy/loss": 1.0, "tokens": 3.0},
                         {"policy/loss": 3.0, "tokens": 1.0}], "tokens")

@@ -127,7 +127,7 @@ def test_new_algo_keys_leave_the_default_cache_key_unchanged():
 
 @pytest.mark.parametrize("preset, advantage, kl_in", [("grpo", "grpo", "loss"), ("rloo", "rloo", "reward")])
 def test_grpo_and_rloo_presets_compose_and_validate(preset, advantage, kl_in):
-    from experiments.ppo import method_name
+    from experiments.stages.ppo import method_name
     from experiments.validation import validate
 
     lab = _lab([f"+experiment={preset}"])
@@ -171,7 +171,7 @@ def test_an_unknown_name_fails_through_run_py_before_ray_starts(override, names)
 
 
 def test_drivers_are_registered_for_grpo_and_rloo():
-    from experiments import ppo
     from experiments.registry import DRIVERS
+    from experiments.stages import ppo
 
     assert DRIVERS["grpo"] is ppo.run and DRIVERS["rloo"] is ppo.run and DRIVERS["ppo"] is ppo.run

@@ -45,7 +45,7 @@ def _train(sft_dir, examples, root, kill_at=None, batcher=None):
     from actors.group import LocalGroup
     from actors.policy import ModelSpec, PolicyActor
     from experiments.config import TrainerConfig
-    from experiments.loop import Checkpoints, train_loop
+    from experiments.runtime.loop import Checkpoints, train_loop
 
     t = TrainerConfig(epochs=2, batch_size=4, log_every=1, checkpoint_every=3)
     group = LocalGroup(PolicyActor, "policy", num_threads=torch.get_num_threads())

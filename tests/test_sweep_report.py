@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from alignment.winrate import mean_interval, seeds_win_rate, win_rate
-from experiments.costs import Ledger, peak_concurrent
-from experiments.sweep import aggregate, load_runs
-from experiments.sweep_report import build
+from experiments.reports.sweep import aggregate, load_runs
+from experiments.reports.sweep_report import build
+from experiments.runtime.costs import Ledger, peak_concurrent
 
 PROMPTS = ["p0", "p1", "p2", "p3"]
 COST = {"wall_s": 10.0, "cpu_s": 20.0, "peak_rss_mb": 100.0, "gpu_peak_mb": 0.0, "tokens_generated": 0.0,
@@ -228,7 +228,7 @@ def test_every_method_is_paired_ranked_and_drawn(four_methods):
 
 
 def test_win_matrix_reads_each_pair_both_ways(four_methods):
-    from experiments.sweep_report import win_matrix
+    from experiments.reports.sweep_report import win_matrix
 
     r = aggregate(load_runs(four_methods))
     policies = ["pat", "ppo", "dpo", "bon", "sft"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from experiments.config import TrainerConfig
-from experiments.loop import NonFiniteError, check_finite, train_loop
+from experiments.runtime.loop import NonFiniteError, check_finite, train_loop
 
 
 class TwoRanks:

@@ -24,8 +24,8 @@ from typing import Any
 
 from alignment.best_of_n import analytic_kl, pick_groups
 from alignment.equal_kl import BUDGETS, at_budget, t_interval, win_share
-from experiments.context import RunContext
-from experiments.evaluate import frontier_points
+from experiments.evaluation.head_to_head import frontier_points
+from experiments.runtime.context import RunContext
 
 RL_PATHS = ("ppo", "grpo", "rloo")
 

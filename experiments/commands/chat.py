@@ -2,7 +2,7 @@
 ``python run.py +experiment=chat chat.model=pat`` (or ``sft``, ``ppo``, ``dpo``, or a model directory).
 
 ``chat.model`` names this config's model in the lab's cache, found with the chain's own keys
-(``experiments.sft``, ``pm``, ``pat``, ``ppo``, ``dpo``: the artifact ``+experiment=pat`` would
+(``experiments.stages.sft``, ``pm``, ``pat``, ``ppo``, ``dpo``: the artifact ``+experiment=pat`` would
 reuse), or a model directory. Both are checked by ``experiments.validation.validate`` before anything
 loads; a name whose artifact is not cached fails naming the command that builds it.
 
@@ -35,11 +35,11 @@ from alignment.chat_format import (
     meta_instruction,
     quality_tag,
 )
-from experiments.cache import ArtifactCache
 from experiments.config import LabConfig
+from experiments.runtime.cache import ArtifactCache
 
 if TYPE_CHECKING:  # the drivers' modules import torch and Ray: they load when a chat needs them
-    from experiments.context import RunContext
+    from experiments.runtime.context import RunContext
 
 NAMED = {  # chat.model's names: what the artifact is, and the experiment whose chain builds it
     "sft": ("SFT checkpoint", "sft"),
@@ -94,13 +94,13 @@ class _ReadOnlyCache(ArtifactCache):
 def cached_model(lab: LabConfig, name: str) -> Path:
     """The directory of this config's ``name`` model (sft, pat, ppo, dpo) in the cache, found with
     the chain's own keys; raises ``NotCached`` at the first stage of its chain that is missing."""
-    from experiments.cache import Artifact, cache_root
-    from experiments.context import RunContext
-    from experiments.dpo import dpo_key
-    from experiments.pat import pat_key
-    from experiments.pm import pm_payload
-    from experiments.ppo import ppo_key
-    from experiments.sft import sft_payload, tokenizer_stage
+    from experiments.runtime.cache import Artifact, cache_root
+    from experiments.runtime.context import RunContext
+    from experiments.stages.dpo import dpo_key
+    from experiments.stages.pat import pat_key
+    from experiments.stages.pm import pm_payload
+    from experiments.stages.ppo import ppo_key
+    from experiments.stages.sft import sft_payload, tokenizer_stage
 
     root = cache_root(lab.cache_dir)
     ctx = RunContext(lab, root, _ReadOnlyCache(root), tracker=None, run_tag="chat")  # type: ignore[arg-type]
@@ -234,7 +234,7 @@ def chat(cfg: LabConfig, chosen: ChatModel, stdin: TextIO, stdout: TextIO) -> in
     from alignment.models.tokenizer import load_tokenizer
     from alignment.tool_use import generate_with_tools
     from alignment.tools import DISPLAY_NAMES
-    from experiments.specs import sampling_spec
+    from experiments.runtime.specs import sampling_spec
 
     c = cfg.chat
     tokenizer = load_tokenizer(str(chosen.path))

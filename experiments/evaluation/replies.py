@@ -19,9 +19,9 @@ from alignment.data.formats import FilePrompt
 from alignment.tools import enabled_tools
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
-from experiments.context import RunContext
-from experiments.engines import rollout_key, sample_on_engines, score_samples
-from experiments.specs import sampling_spec
+from experiments.runtime.context import RunContext
+from experiments.runtime.engines import rollout_key, sample_on_engines, score_samples
+from experiments.runtime.specs import sampling_spec
 
 STAGE = "replies"
 FILE = "replies.json"
@@ -80,7 +80,7 @@ def rollouts(group: RoleGroup, ids: list[list[int]], tools: list[frozenset[str] 
     """Each rank's ``PolicyActor.rollout`` of its share of ``ids``; with ``tools`` (``tool_rows``) a
     rank gets its rows' tools too, and ``quality`` is the tag the program writes after a tool row's
     ``<|MOSS|>:``. With ``engines`` (vLLM) the engines sample and the policy ranks pack and score
-    (``experiments.engines.sample_on_engines``, ``score_samples``)."""
+    (``experiments.runtime.engines.sample_on_engines``, ``score_samples``)."""
     if engines is not None:
         return score_samples(group, ids, sample_on_engines(engines, ids, tools, spec, seed, max_calls, quality),
                              spec.temperature)[0]

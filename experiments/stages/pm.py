@@ -17,15 +17,15 @@ from alignment.data.preference import ComparisonGroup, multi_response_groups, pa
 from alignment.models.tokenizer import load_tokenizer
 from alignment.sequences import scored_sequences
 from alignment.world import AIFeedbackLabeller
-from experiments.cache import Artifact, commit
 from experiments.config import as_key
-from experiments.context import RunContext
-from experiments.evaluate import generate_with
-from experiments.feedback import feedback_contexts, feedback_payload, judge_feedback
-from experiments.loop import Checkpoints, total_steps, train_loop
-from experiments.replies import Job, sampler_key
-from experiments.sft import sft_stage
-from experiments.specs import optim_config, strategy_spec
+from experiments.evaluation.head_to_head import generate_with
+from experiments.evaluation.replies import Job, sampler_key
+from experiments.runtime.cache import Artifact, commit
+from experiments.runtime.context import RunContext
+from experiments.runtime.loop import Checkpoints, total_steps, train_loop
+from experiments.runtime.specs import optim_config, strategy_spec
+from experiments.stages.feedback import feedback_contexts, feedback_payload, judge_feedback
+from experiments.stages.sft import sft_stage
 from experiments.validation import pm_feedback
 
 

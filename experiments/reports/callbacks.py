@@ -11,13 +11,13 @@ from omegaconf import DictConfig, OmegaConf
 
 class SweepReport(Callback):
     """After ``python run.py -m ...``: build the report of the sweep dir from its finished jobs
-    (``experiments/sweep_report.py``) and log it to W&B in the sweep's group."""
+    (``experiments/reports/sweep_report.py``) and log it to W&B in the sweep's group."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from experiments.config import LoggerConfig
-        from experiments.sweep import load_runs
-        from experiments.sweep_report import build, log_to_wandb, print_summary
-        from experiments.tracking import Tracker
+        from experiments.reports.sweep import load_runs
+        from experiments.reports.sweep_report import build, log_to_wandb, print_summary
+        from experiments.runtime.tracking import Tracker
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if not any(r.scores for r in load_runs(sweep_dir)):

@@ -13,9 +13,9 @@ from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.losses.gae import needs_values
-from experiments.context import RunContext
-from experiments.engines import start_engines, uses_vllm
-from experiments.specs import model_spec, optim_config, strategy_spec
+from experiments.runtime.context import RunContext
+from experiments.runtime.engines import start_engines, uses_vllm
+from experiments.runtime.specs import model_spec, optim_config, strategy_spec
 
 
 def method_name(cfg: Any) -> str:

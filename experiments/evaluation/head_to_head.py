@@ -33,11 +33,11 @@ from alignment.tool_use import tool_prompt
 from alignment.winrate import length_controlled, outcomes, win_rate
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called, is_tool_task
-from experiments.context import RunContext
-from experiments.engines import shares_gpu, start_engines, uses_vllm
-from experiments.judging import llm_outcomes, rm_scores
-from experiments.replies import Job, generate, load_replies, replies_key, rollouts, save_replies, tool_rows
-from experiments.specs import model_spec, strategy_spec
+from experiments.evaluation.judging import llm_outcomes, rm_scores
+from experiments.evaluation.replies import Job, generate, load_replies, replies_key, rollouts, save_replies, tool_rows
+from experiments.runtime.context import RunContext
+from experiments.runtime.engines import shares_gpu, start_engines, uses_vllm
+from experiments.runtime.specs import model_spec, strategy_spec
 from experiments.validation import eval_judges
 
 SCORES_FILE = "scores.json"

@@ -18,11 +18,9 @@ from alignment.pat import bucket_tags, tag_conversation, tag_scores
 from alignment.sequences import scored_sequences
 from alignment.winrate import spearman
 from alignment.world import WorldPrompt
-from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_key
-from experiments.context import RunContext
-from experiments.equal_kl import final_kls, job_at_kl, print_at_kl, sft_point
-from experiments.evaluate import (
+from experiments.evaluation.equal_kl import final_kls, job_at_kl, print_at_kl, sft_point
+from experiments.evaluation.head_to_head import (
     Job,
     Judged,
     frontier_points,
@@ -32,11 +30,13 @@ from experiments.evaluate import (
     method_results,
     samples,
 )
-from experiments.loop import Checkpoints, total_steps, train_loop
-from experiments.pm import pm_stage
-from experiments.report import JUDGE_NAMES, print_win_rates, write_pat_report
-from experiments.sft import sft_stage
-from experiments.specs import model_spec, optim_config, strategy_spec
+from experiments.reports.report import JUDGE_NAMES, print_win_rates, write_pat_report
+from experiments.runtime.cache import Artifact, commit
+from experiments.runtime.context import RunContext
+from experiments.runtime.loop import Checkpoints, total_steps, train_loop
+from experiments.runtime.specs import model_spec, optim_config, strategy_spec
+from experiments.stages.pm import pm_stage
+from experiments.stages.sft import sft_stage
 
 
 def pat_conversations(ctx: RunContext) -> list[Conversation]:

@@ -20,7 +20,7 @@ The call path, top down:
           └ launch               one iteration:
               prompt_batch       the prompts (world, the SFT file's, or algo.prompts_path)
               rollout            the policy ranks sample      (actors/policy.py: PolicyActor.rollout), or the
-                                 vLLM engines sample and the policy ranks score (experiments/engines.py)
+                                 vLLM engines sample and the policy ranks score (experiments/runtime/engines.py)
               score              reference log-probs, PM scores, critic values, side by side
               kl_estimate, normalise_scores, token_rewards      (alignment/losses/kl.py, reward.py)
               ADVANTAGE_ESTIMATORS[algo.advantage]              (alignment/losses/gae.py, group_advantages.py)
@@ -63,20 +63,28 @@ from alignment.sequences import prompt_ids, scored_sequences
 from alignment.tool_use import tool_prompt
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called
-from experiments.cache import INFO_FILE, Artifact
 from experiments.config import PPOConfig, RayConfig, as_key
-from experiments.context import RunContext
-from experiments.engines import EngineSync, rollout_key, sample_on_engines, score_samples, sleeps
-from experiments.equal_kl import control_prompts, final_kls, job_at_kl, print_at_kl, sft_point, training_path
-from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
-from experiments.loop import check_finite, rank_mean
-from experiments.pat import pat_key
-from experiments.pm import pm_stage
-from experiments.replies import rollouts, tool_rows
-from experiments.report import print_win_rates
-from experiments.roles import METHODS, Roles, method_name, start_roles  # noqa: F401 (the loop's roles)
-from experiments.sft import sft_examples, sft_stage
-from experiments.tracking import RayMetrics
+from experiments.evaluation.equal_kl import control_prompts, final_kls, job_at_kl, print_at_kl, sft_point, training_path
+from experiments.evaluation.head_to_head import (
+    Job,
+    frontier_points,
+    head_to_head,
+    judge_jobs,
+    method_metrics,
+    method_results,
+    samples,
+)
+from experiments.evaluation.replies import rollouts, tool_rows
+from experiments.reports.report import print_win_rates
+from experiments.runtime.cache import INFO_FILE, Artifact
+from experiments.runtime.context import RunContext
+from experiments.runtime.engines import EngineSync, rollout_key, sample_on_engines, score_samples, sleeps
+from experiments.runtime.loop import check_finite, rank_mean
+from experiments.runtime.roles import METHODS, Roles, method_name, start_roles  # noqa: F401 (the loop's roles)
+from experiments.runtime.tracking import RayMetrics
+from experiments.stages.pat import pat_key
+from experiments.stages.pm import pm_stage
+from experiments.stages.sft import sft_examples, sft_stage
 from experiments.validation import validate_rl
 
 STATE_FILE = "trainer_state.json"
@@ -176,7 +184,8 @@ class PPOTrainer:
 
     def rollout(self, batch: PromptBatch) -> tuple[Rollout, list[str], dict[str, float]]:
         """The batch's responses: sampled by the policy ranks, or by the vLLM engines and scored by
-        the policy ranks (``experiments.engines.sample_on_engines``, ``score_samples``); and the engines' statistics."""
+        the policy ranks (``experiments.runtime.engines.sample_on_engines``, ``score_samples``); and the
+        engines' statistics."""
         policy, engines = self.roles.policy, self.roles.engines
         ranks = max(policy.size, engines.size if engines is not None else 0)  # rank r samples with seed + r
         seed = self.ctx.cfg.seed * 1_000_003 + self.iteration * ranks

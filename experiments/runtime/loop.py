@@ -19,7 +19,7 @@ from actors.group import RoleGroup
 from alignment.atomic import atomic_dir, write_json
 from alignment.data.batching import shard
 from experiments.config import TrainerConfig
-from experiments.tracking import Tracker
+from experiments.runtime.tracking import Tracker
 
 
 def total_steps(n_items: int, t: TrainerConfig) -> int:

@@ -18,19 +18,26 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from alignment.pat import bucket_tags
-from experiments import bon
-from experiments.cache import Artifact
-from experiments.context import RunContext
-from experiments.dpo import dpo_stage
-from experiments.engines import shares_gpu
-from experiments.equal_kl import bon_path, final_kls, job_at_kl, sft_point, training_path
-from experiments.evaluate import Job, frontier_points, generate_many, head_to_head, judge_replies, method_results
-from experiments.pat import controllability, pat_stage, tag_jobs
-from experiments.pm import pm_stage
-from experiments.ppo import ppo_stage, snapshots
-from experiments.sft import sft_stage
-from experiments.sweep import METHODS, Run, aggregate, pairs_of
-from experiments.sweep_report import print_summary, timeline_plot, write_report
+from experiments.evaluation.equal_kl import bon_path, final_kls, job_at_kl, sft_point, training_path
+from experiments.evaluation.head_to_head import (
+    Job,
+    frontier_points,
+    generate_many,
+    head_to_head,
+    judge_replies,
+    method_results,
+)
+from experiments.reports.sweep import METHODS, Run, aggregate, pairs_of
+from experiments.reports.sweep_report import print_summary, timeline_plot, write_report
+from experiments.runtime.cache import Artifact
+from experiments.runtime.context import RunContext
+from experiments.runtime.engines import shares_gpu
+from experiments.stages import bon
+from experiments.stages.dpo import dpo_stage
+from experiments.stages.pat import controllability, pat_stage, tag_jobs
+from experiments.stages.pm import pm_stage
+from experiments.stages.ppo import ppo_stage, snapshots
+from experiments.stages.sft import sft_stage
 
 # what each method trains, from the shared SFT model and preference model
 STAGES: dict[str, Callable[[RunContext, Artifact, Artifact], Any]] = {

@@ -24,16 +24,24 @@ from alignment.losses.dpo import sequence_logps
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import pack
 from alignment.sequences import reply_sequences
-from experiments.cache import Artifact, commit
 from experiments.config import as_key
-from experiments.context import RunContext
-from experiments.equal_kl import control_prompts, final_kls, sft_point
-from experiments.evaluate import Job, frontier_points, head_to_head, judge_jobs, method_metrics, method_results, samples
-from experiments.loop import Checkpoints, total_steps, train_loop
-from experiments.pm import comparison_groups, pm_payload, pm_stage
-from experiments.report import print_win_rates
-from experiments.sft import sft_stage
-from experiments.specs import model_spec, optim_config, strategy_spec
+from experiments.evaluation.equal_kl import control_prompts, final_kls, sft_point
+from experiments.evaluation.head_to_head import (
+    Job,
+    frontier_points,
+    head_to_head,
+    judge_jobs,
+    method_metrics,
+    method_results,
+    samples,
+)
+from experiments.reports.report import print_win_rates
+from experiments.runtime.cache import Artifact, commit
+from experiments.runtime.context import RunContext
+from experiments.runtime.loop import Checkpoints, total_steps, train_loop
+from experiments.runtime.specs import model_spec, optim_config, strategy_spec
+from experiments.stages.pm import comparison_groups, pm_payload, pm_stage
+from experiments.stages.sft import sft_stage
 
 Rows = list[tuple[list[int], list[int], list[int]]]  # prompt ids, reply ids, the reply's mask
 PM_TRAINING_ONLY = ("trainer", "drop_last_layer", "max_length", "context_turns")  # change the PM, not its pairs

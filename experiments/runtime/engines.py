@@ -30,7 +30,7 @@ from alignment.data.batching import shard
 from alignment.rollout import Rollout
 from alignment.vllm_generation import EngineSpec, adapted_layers_suffice
 from experiments.config import LabConfig, as_key
-from experiments.context import RunContext
+from experiments.runtime.context import RunContext
 
 
 def uses_vllm(cfg: LabConfig) -> bool:

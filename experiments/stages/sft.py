@@ -18,14 +18,14 @@ from alignment.evaluation import gold_report, source_reference
 from alignment.loss_mask import Encoded, LossPolicy, encode_many, truncate
 from alignment.models.tokenizer import load_tokenizer, train_bpe
 from alignment.world import WorldPrompt
-from experiments.cache import Artifact, commit
 from experiments.config import LabConfig, as_key
-from experiments.context import RunContext
-from experiments.engines import uses_vllm
-from experiments.evaluate import generate_with
-from experiments.loop import Checkpoints, total_steps, train_loop
-from experiments.replies import Job, generate, replies_key, save_replies
-from experiments.specs import model_spec, optim_config, strategy_spec
+from experiments.evaluation.head_to_head import generate_with
+from experiments.evaluation.replies import Job, generate, replies_key, save_replies
+from experiments.runtime.cache import Artifact, commit
+from experiments.runtime.context import RunContext
+from experiments.runtime.engines import uses_vllm
+from experiments.runtime.loop import Checkpoints, total_steps, train_loop
+from experiments.runtime.specs import model_spec, optim_config, strategy_spec
 
 
 def tokenizer_stage(ctx: RunContext) -> Path:

@@ -22,10 +22,8 @@ from tqdm.auto import tqdm
 from alignment.atomic import write_text
 from alignment.best_of_n import analytic_kl, pick_groups
 from alignment.winrate import outcomes, win_rate
-from experiments.cache import Artifact
-from experiments.context import RunContext
-from experiments.equal_kl import bon_path, final_kls, job_at_kl, print_at_kl, sft_point
-from experiments.evaluate import (
+from experiments.evaluation.equal_kl import bon_path, final_kls, job_at_kl, print_at_kl, sft_point
+from experiments.evaluation.head_to_head import (
     Job,
     Judged,
     generate_with,
@@ -36,9 +34,11 @@ from experiments.evaluate import (
     pm_scores,
     samples,
 )
-from experiments.pm import pm_stage
-from experiments.report import JUDGE_NAMES, plt, print_win_rates, save_png, win_table
-from experiments.sft import sft_stage
+from experiments.reports.report import JUDGE_NAMES, plt, print_win_rates, save_png, win_table
+from experiments.runtime.cache import Artifact
+from experiments.runtime.context import RunContext
+from experiments.stages.pm import pm_stage
+from experiments.stages.sft import sft_stage
 
 SAMPLES_JOB = "bon-samples"
 

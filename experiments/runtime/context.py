@@ -19,10 +19,10 @@ from alignment.chat_format import Conversation
 from alignment.data.formats import FilePrompt, load_prompts
 from alignment.data.loaders import load_moss_sft
 from alignment.world import World, WorldPrompt, WorldSpec
-from experiments.cache import Artifact, ArtifactCache, config_key, reuse
 from experiments.config import ActorResources, LabConfig, WorldConfig
-from experiments.costs import Ledger
-from experiments.tracking import Tracker
+from experiments.runtime.cache import Artifact, ArtifactCache, config_key, reuse
+from experiments.runtime.costs import Ledger
+from experiments.runtime.tracking import Tracker
 
 
 def make_world(cfg: WorldConfig) -> World:

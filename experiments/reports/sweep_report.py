@@ -1,7 +1,7 @@
 """The sweep report: "which method, at what cost". ``report.md``, PNGs and ``results.json`` in
-the sweep dir, built from its jobs (``experiments/sweep.py``) and logged to W&B.
+the sweep dir, built from its jobs (``experiments/reports/sweep.py``) and logged to W&B.
 
-It is written when a multirun ends (``experiments/callbacks.py``), by ``+experiment=report
+It is written when a multirun ends (``experiments/reports/callbacks.py``), by ``+experiment=report
 sweep_dir=...``, and by ``+experiment=compare`` for its own run dir. The first figure,
 ``summary.png``, carries the answer: gold-judge win rates with intervals, and what each
 method cost.
@@ -21,8 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from alignment.atomic import write_json, write_text  # noqa: E402
-from experiments.report import JUDGE_NAMES, METHOD_NAMES, draw_win_tie_lose, save_png  # noqa: E402
-from experiments.sweep import (  # noqa: E402
+from experiments.reports.report import JUDGE_NAMES, METHOD_NAMES, draw_win_tie_lose, save_png  # noqa: E402
+from experiments.reports.sweep import (  # noqa: E402
     COST_KEYS,
     FINAL_POINT,
     JUDGE_ORDER,

@@ -18,7 +18,7 @@ from alignment.chat_format import Conversation
 from alignment.judges.llm import LLMJudge, LLMJudgeSpec, PairItem
 from alignment.judges.reward_model import check_reward_model
 from experiments.config import LabConfig
-from experiments.context import RunContext
+from experiments.runtime.context import RunContext
 
 LLM_CACHE = "llm-judge/verdicts.sqlite"
 

@@ -359,7 +359,7 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
 
 
 def tool_use(runs: list[Run]) -> dict[str, Any] | None:
-    """The runs' ``tool_use`` blocks (``experiments.evaluate.tool_use_results``) over seeds: each
+    """The runs' ``tool_use`` blocks (``experiments.evaluation.head_to_head.tool_use_results``) over seeds: each
     policy's share of tool requests answered with a call and its gold there and elsewhere, and each
     pair's gold win rate on tool requests and on the others, as seed means with intervals over seeds
     (with one seed, a win rate keeps its interval over prompts; a policy judged in several jobs of
