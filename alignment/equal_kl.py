@@ -17,7 +17,7 @@ from scipy import stats
 
 from alignment.winrate import outcomes
 
-BUDGETS = (0.5, 1.0, 2.0)  # nats of KL(policy || SFT), per reply
+BUDGETS = (0.5, 1.0, 2.0, 4.0)  # nats of KL(policy || SFT), per reply
 
 
 def at_budget(kls: Sequence[float], values: Sequence[float], budget: float) -> float | None:

@@ -45,7 +45,7 @@ def test_one_jobs_table_reads_the_path_from_the_sft_point_through_the_snapshots(
     assert table["0.5"]["ppo"]["gold"] == pytest.approx((0.5 + 0.5) / 2)
     # win rates against the SFT samples: 0.5 (all ties) at KL 0, 0.5 at 1 (one win, one loss), 0.625 at 2
     assert table["1.5"]["ppo"]["win_rate"] == pytest.approx((0.5 + 0.625) / 2)
-    assert table["4"]["ppo"] == {"gold": None, "win_rate": None, "reached": False, "kl_bound": False}
+    assert table["4"]["ppo"] == {"gold": None, "win_rate": None, "kl_range": [0.0, 2.0], "kl_bound": False}
     assert final_kls(frontier, 100) == {"ppo": 2.0}
 
 
@@ -96,9 +96,10 @@ def test_report_sentences_claim_a_lead_only_when_the_intervals_separate():
                            "seeds": 3, "reached": 3, "kl_bound": False},
                    "bon": {"win_rate": 0.65, "win_rate_ci": [0.62, 0.68], "gold": 0.5, "gold_ci": [0.4, 0.6],
                            "seeds": 3, "reached": 3, "kl_bound": True},
-                   "ppo": {"win_rate": None, "gold": None, "seeds": 3, "reached": 1, "kl_bound": False}}}
+                   "ppo": {"win_rate": None, "gold": None, "seeds": 3, "reached": 1, "kl_range": [0.0, 2.1],
+                           "kl_bound": False}}}
     first, second = at_kl_sentences(table, names)
     assert "PAT" in first and "lies above every other" in first
     assert "overlaps best-of-n's" in second and "no lead" in second
     md = "\n".join(at_kl_markdown(table, names))
-    assert "best-of-n (analytic KL bound)" in md and "not reached (1/3 seeds)" in md
+    assert "best-of-n (analytic KL bound)" in md and "off the path (1/3 seeds reach it; the path spans 0.00–2.10" in md

@@ -93,7 +93,7 @@ def job_at_kl(frontier: dict[str, Any], budgets: tuple[float, ...] = BUDGETS) ->
         for b in budgets:
             row = {"gold": at_budget(kls, golds, b) if None not in golds else None,
                    "win_rate": at_budget(kls, wins, b) if wins else None,
-                   "reached": max(kls) >= b, "kl_bound": bool(path[-1].get("kl_bound"))}
+                   "kl_range": [min(kls), max(kls)], "kl_bound": bool(path[-1].get("kl_bound"))}
             table.setdefault(budget_key(b), {})[m] = row
     return table
 
@@ -121,7 +121,8 @@ def sweep_at_kl(per_job: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str,
                 values.setdefault((b, m), []).append(row)
     out: dict[str, dict[str, Any]] = {}
     for (b, m), rows in sorted(values.items()):
-        cell: dict[str, Any] = {"seeds": len(rows), "reached": sum(r["reached"] for r in rows),
+        cell: dict[str, Any] = {"seeds": len(rows), "reached": sum(r["gold"] is not None for r in rows),
+                                "kl_range": [min(r["kl_range"][0] for r in rows), max(r["kl_range"][1] for r in rows)],
                                 "kl_bound": any(r["kl_bound"] for r in rows)}
         for key in ("gold", "win_rate"):
             xs = [r[key] for r in rows if r[key] is not None]
@@ -147,7 +148,10 @@ def _num(v: float | None) -> str:
 
 def _cell(row: dict[str, Any], key: str) -> str:
     if row.get(key) is None:
-        return f"not reached ({row['reached']}/{row['seeds']} seeds)" if "seeds" in row else "not reached"
+        lo, hi = row["kl_range"]
+        where = f"the path spans {lo:.2f}–{hi:.2f} nats"
+        return f"off the path ({row['reached']}/{row['seeds']} seeds reach it; {where})" if "seeds" in row else \
+            f"off the path ({where})"
     ci = row.get(f"{key}_ci")
     return f"{row[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
