@@ -75,9 +75,8 @@ def test_the_sweep_table_averages_seeds_with_a_t_interval_and_needs_every_seed_t
 
 
 def test_ppo_saves_its_path_at_evenly_spaced_iterations_before_the_last():
-    from experiments.stages.ppo import snapshot_steps
-
     from experiments.config import PPOConfig
+    from experiments.stages.ppo import snapshot_steps
 
     assert snapshot_steps(PPOConfig(iterations=40, path_points=3)) == {10, 20, 30}
     assert snapshot_steps(PPOConfig(iterations=40, path_points=0)) == set()
