@@ -120,11 +120,15 @@ def half_width(parts: dict[str, np.ndarray], level: float = LEVEL) -> np.ndarray
     scaled by its own t quantile (exact when one part dominates; conservative in between, where
     a single Satterthwaite quantile covers too little with three seeds)."""
     q = 0.5 + level / 2
-    return np.sqrt(stats.t.ppf(q, parts["df_seed"]) ** 2 * parts["seed"]
-                   + stats.t.ppf(q, parts["df_prompt"]) ** 2 * parts["prompt"])
+
+    def term(var: np.ndarray, df: np.ndarray) -> np.ndarray:
+        var = np.asarray(var, dtype=float)
+        return np.where(var > 0, stats.t.ppf(q, df) ** 2 * np.where(var > 0, var, 0.0), 0.0)
+
+    return np.sqrt(term(parts["seed"], parts["df_seed"]) + term(parts["prompt"], parts["df_prompt"]))
 
 
-def _parts_interval(value: float, parts: dict[str, np.ndarray], level: float, null: float | None,
+def parts_interval(value: float, parts: dict[str, np.ndarray], level: float, null: float | None,
                     bounds: tuple[float, float] | None) -> Interval:
     """The interval of ``half_width`` around ``value``; the p-value against ``null`` is the largest
     ``1 - level`` whose interval still holds ``null`` (so a claim at 5% is exactly the 95% interval
@@ -144,7 +148,7 @@ def _parts_interval(value: float, parts: dict[str, np.ndarray], level: float, nu
             def excess(alpha: float) -> float:
                 return float(half_width(parts, 1 - alpha)) - gap
             p = 1.0 if excess(1.0 - 1e-12) >= 0 else (
-                0.0 if excess(1e-300) < 0 else float(optimize.brentq(excess, 1e-300, 1.0 - 1e-12, xtol=1e-14)))
+                0.0 if excess(1e-15) < 0 else float(optimize.brentq(excess, 1e-15, 1.0 - 1e-12, xtol=1e-15)))
         df = float(parts["seed"] + parts["prompt"]) ** 2 / (
             parts["seed"] ** 2 / parts["df_seed"] + parts["prompt"] ** 2 / parts["df_prompt"])
     if bounds is not None:
@@ -161,7 +165,7 @@ def crossed_interval(y: Sequence[Sequence[float]] | np.ndarray, level: float = L
     if not np.all(np.isfinite(arr)):
         raise ValueError("y holds a value that is not a finite number")
     parts = crossed_parts(arr, shared_prompts)
-    return _parts_interval(float(parts["mean"]), parts, level, null, bounds)
+    return parts_interval(float(parts["mean"]), parts, level, null, bounds)
 
 
 def t_interval(values: Sequence[float], level: float = LEVEL, null: float | None = None,
@@ -218,7 +222,7 @@ def decided_interval(per_seed: Sequence[Sequence[int]], level: float = LEVEL,
     if lin is None:
         return None
     r, z = lin
-    return _parts_interval(r, crossed_parts(z, shared_prompts), level, 0.5, (0.0, 1.0))
+    return parts_interval(r, crossed_parts(z, shared_prompts), level, 0.5, (0.0, 1.0))
 
 
 def gap_interval(first: Sequence[Sequence[int]], second: Sequence[Sequence[int]], decided: bool = False,
@@ -234,7 +238,7 @@ def gap_interval(first: Sequence[Sequence[int]], second: Sequence[Sequence[int]]
     la, lb = _decided_linear(first), _decided_linear(second)
     if la is None or lb is None:
         return None
-    return _parts_interval(la[0] - lb[0], crossed_parts(la[1] - lb[1], shared_prompts), level, 0.0, (-1.0, 1.0))
+    return parts_interval(la[0] - lb[0], crossed_parts(la[1] - lb[1], shared_prompts), level, 0.0, (-1.0, 1.0))
 
 
 def holm(pvalues: Sequence[float], alpha: float = 1 - LEVEL) -> list[float]:
@@ -298,4 +302,34 @@ def resampled_interval(per_seed: Sequence[np.ndarray], statistic: Callable[[np.n
     k = len(values)
     parts = {"seed": values.var(ddof=1) / k if k > 1 else 0.0, "df_seed": max(k - 1.0, 1.0),
              "prompt": float(np.var(boots, ddof=1)), "df_prompt": max(n - 1.0, 1.0)}
-    return _parts_interval(float(values.mean()), parts, level, None, bounds)
+    return parts_interval(float(values.mean()), parts, level, None, bounds)
+
+
+def controllability(tags: Sequence[float], per_seed: Sequence[np.ndarray], level: float = LEVEL,
+                    shared_prompts: bool = True, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """How well a tag steers the score (PAT's controllability, MOSS Fig. 8), from per-seed tables
+    ``scores[tag, prompt]`` (every tag judged on the same prompts):
+
+    - ``spearman``: the Spearman correlation of the tags with the mean score per tag (the paper's
+      figure), mean over seeds, with an interval from ONE set of prompt resamples shared by every
+      tag and seed plus the seed spread (``resampled_interval``);
+    - ``trend``: the paired per-prompt trend, the mean over prompts and seeds of each prompt's
+      Spearman correlation of score with tag (Page's trend statistic, rescaled), with its interval
+      over seeds and prompts and the p-value against no trend (0)."""
+    tables = [np.asarray(t, dtype=float) for t in per_seed]
+    if not tables or any(t.ndim != 2 or t.shape[0] != len(tags) for t in tables):
+        raise ValueError(f"every seed needs a table [tag][prompt] with {len(tags)} tags")
+    n = {t.shape[1] for t in tables}
+    if len(n) != 1 or n == {0}:
+        raise ValueError(f"every seed needs the same, non-zero number of prompts per tag, got {sorted(n)}")
+    def of_means(a: np.ndarray) -> np.ndarray:
+        return spearman_rows(tags, a.mean(axis=-1))
+
+    rho = resampled_interval(tables, of_means, level, n_boot, seed, (-1.0, 1.0))
+    per_prompt = [spearman_rows(tags, t.T) for t in tables]  # [seed][prompt]
+    if len(tables) == 1 and len(per_prompt[0]) == 1:
+        trend = t_interval([float(per_prompt[0][0])], null=0.0)
+    else:
+        trend = crossed_interval(per_prompt, level, 0.0, (-1.0, 1.0), shared_prompts)
+    return {"spearman": rho.as_dict() | {"per_seed": [float(of_means(t)) for t in tables]},
+            "trend": trend.as_dict()}
