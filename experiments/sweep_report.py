@@ -283,13 +283,14 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
                     label="best-of-n, one point per n")
             for p in bon:
                 ax.annotate(f"n={p['n']}", (p["kl"], p[key]), textcoords="offset points", xytext=(4, -10), fontsize=8)
-        for path, f in ((p, by[key]) for p, by in f_fits.items() if by.get(key, {}).get("fitted")):
-            m = "bon" if path == "bon" else path.removesuffix("_training")
-            xs, ys = fitted_points(f)
-            ax.plot(xs, ys, ls="--", lw=1.2, color=COLORS[m],
-                    label=f"{NAMES[m]} Gao fit (R^2 {f['r2']:.2f})" if f["r2"] is not None else f"{NAMES[m]} Gao fit")
-            if f["peak_kl"] is not None and f["kl_range"][0] <= f["peak_kl"] <= f["kl_range"][1]:
-                ax.axvline(f["peak_kl"], color=COLORS[m], ls=":", lw=0.8)
+        for name, fitted in ((p, by[key]) for p, by in f_fits.items() if by.get(key, {}).get("fitted")):
+            m = "bon" if name == "bon" else name.removesuffix("_training")
+            xs, ys = fitted_points(fitted)
+            r2 = f" (R^2 {fitted['r2']:.2f})" if fitted["r2"] is not None else ""
+            ax.plot(xs, ys, ls="--", lw=1.2, color=COLORS[m], label=f"{NAMES[m]} Gao et al. fit{r2}")
+            peak = fitted["peak_kl"]
+            if peak is not None and fitted["kl_range"][0] <= peak <= fitted["kl_range"][1]:
+                ax.axvline(peak, color=COLORS[m], ls=":", lw=0.8)
         ax.set_xlabel("KL to the SFT model (nats per response)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
