@@ -15,10 +15,10 @@ is the t-interval over the seed means (2 degrees of freedom); with prompts that 
 usual interval over prompts. Jobs judged on different prompts (nested, not crossed) get the
 t-interval over their seed means, which then carries the prompt noise too.
 
-Statistics that are not means (the Spearman correlation of a curve) are resampled over prompts
-with ONE vector of prompt indices for every seed and every policy (``prompt_indices``), and the
-seed spread is added as a t-term over the seed values. A bootstrap over three seeds is never used:
-it returns [min, max] and covers about 74%.
+Where prompts are resampled (the length-controlled win rate, a regression refitted per resample),
+ONE vector of prompt indices serves every seed and every policy (``prompt_indices``): a prompt drawn
+twice counts twice for all of them. A bootstrap over three seeds is never used: it returns
+[min, max] and covers about 74%.
 
 Claims about many pairs are corrected with Holm's step-down method (``holm``), and a ranking gets
 simultaneous rank intervals from the corrected pairwise differences (``rank_intervals``).
@@ -26,7 +26,7 @@ simultaneous rank intervals from the corrected pairwise differences (``rank_inte
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,39 +281,15 @@ def spearman_rows(x: Sequence[float], y: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (ry * rx).sum(axis=-1) / np.where(den > 0, den, 1.0), 0.0)
 
 
-def resampled_interval(per_seed: Sequence[np.ndarray], statistic: Callable[[np.ndarray], np.ndarray],
-                       level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0,
-                       bounds: tuple[float, float] | None = None) -> Interval:
-    """A statistic that is not a mean, over seeds whose data share their prompts along the last
-    axis: the value is the mean of the per-seed values; the prompt part of its variance is the
-    variance over ONE set of prompt resamples applied to every seed, the seed part the variance of
-    the seed values over ``k`` (t-term, ``k - 1`` degrees of freedom), combined by Satterthwaite.
-    ``statistic`` maps an array ``[..., prompt]`` (leading resample axes) to ``[...]``."""
-    if not per_seed:
-        raise ValueError("no seeds")
-    n = per_seed[0].shape[-1]
-    if any(a.shape[-1] != n for a in per_seed):
-        raise ValueError("every seed must hold the same prompts")
-    idx = prompt_indices(n, n_boot, seed)
-    values = np.array([float(statistic(np.asarray(a, dtype=float))) for a in per_seed])
-    boots = np.mean([statistic(np.asarray(a, dtype=float)[..., idx]
-                               if a.ndim == 1 else np.moveaxis(np.asarray(a, dtype=float)[..., idx], -2, 0))
-                     for a in per_seed], axis=0)
-    k = len(values)
-    parts = {"seed": values.var(ddof=1) / k if k > 1 else 0.0, "df_seed": max(k - 1.0, 1.0),
-             "prompt": float(np.var(boots, ddof=1)), "df_prompt": max(n - 1.0, 1.0)}
-    return parts_interval(float(values.mean()), parts, level, None, bounds)
-
-
 def controllability(tags: Sequence[float], per_seed: Sequence[np.ndarray], level: float = LEVEL,
-                    shared_prompts: bool = True, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+                    shared_prompts: bool = True) -> dict[str, Any]:
     """How well a tag steers the score (PAT's controllability, MOSS Fig. 8), from per-seed tables
     ``scores[tag, prompt]`` (every tag judged on the same prompts):
 
     - ``spearman``: the Spearman correlation of the tags with the mean score per tag (the paper's
-      figure), mean over seeds, with an interval from ONE set of prompt resamples shared by every
-      tag and seed plus the seed spread (``resampled_interval``);
-    - ``trend``: the paired per-prompt trend, the mean over prompts and seeds of each prompt's
+      figure), mean over seeds, without an interval: the correlation of noisy means is biased
+      towards 0 where the curve is flat, and no resampling interval of it covers reliably;
+    - ``trend``: the paired per-prompt trend test, the mean over prompts and seeds of each prompt's
       Spearman correlation of score with tag (Page's trend statistic, rescaled), with its interval
       over seeds and prompts and the p-value against no trend (0)."""
     tables = [np.asarray(t, dtype=float) for t in per_seed]
@@ -322,14 +298,10 @@ def controllability(tags: Sequence[float], per_seed: Sequence[np.ndarray], level
     n = {t.shape[1] for t in tables}
     if len(n) != 1 or n == {0}:
         raise ValueError(f"every seed needs the same, non-zero number of prompts per tag, got {sorted(n)}")
-    def of_means(a: np.ndarray) -> np.ndarray:
-        return spearman_rows(tags, a.mean(axis=-1))
-
-    rho = resampled_interval(tables, of_means, level, n_boot, seed, (-1.0, 1.0))
+    rho = [float(spearman_rows(tags, t.mean(axis=-1))) for t in tables]
     per_prompt = [spearman_rows(tags, t.T) for t in tables]  # [seed][prompt]
     if len(tables) == 1 and len(per_prompt[0]) == 1:
         trend = t_interval([float(per_prompt[0][0])], null=0.0)
     else:
         trend = crossed_interval(per_prompt, level, 0.0, (-1.0, 1.0), shared_prompts)
-    return {"spearman": rho.as_dict() | {"per_seed": [float(of_means(t)) for t in tables]},
-            "trend": trend.as_dict()}
+    return {"spearman": {"value": sum(rho) / len(rho), "ci": None, "per_seed": rho}, "trend": trend.as_dict()}

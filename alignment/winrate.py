@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from alignment.intervals import prompt_indices
+
 
 @dataclass(frozen=True)
 class WinRate:
@@ -165,8 +167,7 @@ def length_controlled(results: Sequence[int], len_a: Sequence[float], len_b: Seq
             raise ValueError(f"{n} outcomes but {len(clusters)} cluster ids")
         ids, inverse = np.unique(np.asarray(clusters), return_inverse=True)
         members = [np.flatnonzero(inverse == c) for c in range(len(ids))]
-        draws = [np.concatenate([members[c] for c in picked])
-                 for picked in rng.integers(0, len(ids), size=(n_boot, len(ids)))]
+        draws = [np.concatenate([members[c] for c in picked]) for picked in prompt_indices(len(ids), n_boot, seed)]
     boots = sorted(1.0 / (1.0 + math.exp(-_fit_logistic(x[idx], y[idx])[0])) for idx in draws)
     lo = boots[int((1 - level) / 2 * n_boot)]
     hi = boots[min(n_boot - 1, int((1 + level) / 2 * n_boot))]

@@ -504,7 +504,7 @@ def frontier_fits(f: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
 def controllability_over_seeds(runs: list[Run], shared: bool) -> dict[str, Any] | None:
     """PAT's controllability over seeds (``alignment.intervals.controllability``): from the per-prompt
     scores per tag that each PAT job keeps (``results.controllability.per_prompt``), else (older
-    jobs) the per-seed Spearman values with a t-interval over seeds. None without a PAT job."""
+    jobs) the per-seed Spearman values alone. None without a PAT job."""
     blocks: dict[int, dict[str, Any]] = {}
     for r in runs:
         if "controllability" in r.results:
@@ -520,7 +520,8 @@ def controllability_over_seeds(runs: list[Run], shared: bool) -> dict[str, Any] 
                     **controllability(tags, tables, shared_prompts=shared)}
     rho = [blocks[s]["spearman"] for s in sorted(blocks)]
     rho = [x["value"] if isinstance(x, dict) else x for x in rho]
-    return {"judge": judge, "tags": tags, "seeds": sorted(blocks), "spearman": _seed_level(rho, (-1.0, 1.0))}
+    return {"judge": judge, "tags": tags, "seeds": sorted(blocks),
+            "spearman": {"value": sum(rho) / len(rho), "ci": None, "per_seed": rho}}
 
 
 def aggregate(runs: list[Run]) -> dict[str, Any]:

@@ -413,8 +413,11 @@ def markdown(r: dict[str, Any]) -> str:
     c = r.get("controllability")
     if c:
         by = JUDGE_NAMES[c.get("judge", "gold")]
-        lines.append(f"- PAT controllability (by the {by}): Spearman of tag and mean score {fmt(c['spearman'])}"
-                     + (f"; paired per-prompt trend {fmt(c['trend'])}, p = {c['trend']['p']:.3g} against no trend"
+        lines.append(f"- PAT controllability (by the {by}): Spearman of tag and mean score "
+                     f"{c['spearman']['value']:.3f} (mean over seeds; no interval: the correlation of noisy means "
+                     "is biased where the curve is flat)"
+                     + (f"; paired per-prompt trend (mean per-prompt Spearman) {fmt(c['trend'])}, "
+                        f"p = {c['trend']['p']:.3g} against no trend"
                         if c.get("trend") and c["trend"].get("p") is not None else ""))
     for m, v in r.get("kl", {}).get("final", {}).items():
         lines.append(f"- {NAMES[m]} KL to the reference at the last iteration (its own estimator, training "

@@ -16,6 +16,7 @@ from alignment.intervals import (
     decided_linear,
     gap_interval,
     half_width,
+    spearman_rows,
     t_interval,
     win_rate_interval,
 )
@@ -113,3 +114,24 @@ def test_the_scalar_functions_match_the_batched_ones():
     assert (w.p < 0.05) == (w.low > 0.5 or w.high < 0.5)
     g = gap_interval(o.tolist(), o.tolist())
     assert g.value == 0 and g.low == g.high == 0 and g.p == 1.0
+
+
+@pytest.mark.parametrize(("curve", "sa"), [([0.3, 0.32, 0.34, 0.36, 0.38, 0.40], 0.03),
+                                           ([0.3, 0.4, 0.5, 0.5, 0.5, 0.5], 0.1)])
+def test_controllability_trend_interval_covers(curve, sa):
+    """PAT's paired per-prompt trend (mean per-prompt Spearman of score with tag) over 3 seeds and 48
+    shared control prompts, the seeds' curves shifted per tag; truth from 100,000 simulated prompts."""
+    tags, k, n = [0, 20, 40, 60, 80, 100], 3, 48
+    rng = np.random.default_rng(11)
+
+    def scores(shape: tuple[int, ...], seed_shift: np.ndarray) -> np.ndarray:
+        prompt = rng.normal(0, 0.2, (*shape[:-3], 1, 1, shape[-1]))
+        return np.asarray(curve)[:, None] + seed_shift + prompt + rng.normal(0, 0.3, shape)
+
+    # the truth averages over seeds too: a fresh seed shift of each tag for each simulated prompt
+    big = scores((1, len(tags), 100_000), rng.normal(0, sa, (1, len(tags), 100_000)))[0]
+    truth = float(spearman_rows(tags, big.T).mean())
+    y = scores((R, k, len(tags), n), rng.normal(0, sa, (R, k, len(tags), 1)))
+    per_prompt = spearman_rows(tags, np.swapaxes(y, -1, -2))  # [R, seed, prompt]
+    parts = crossed_parts(per_prompt)
+    assert _coverage(parts["mean"], parts, truth) >= FLOOR
