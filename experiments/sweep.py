@@ -304,6 +304,8 @@ def ranking(outs: dict[str, dict[str, dict[int, list[int]]]], methods: Sequence[
     out = {}
     for judge, by_pair in outs.items():
         vs = {m: by_pair[f"{m}_vs_sft"] for m in methods if f"{m}_vs_sft" in by_pair}
+        if not vs:
+            continue
         names = [m for m in vs if all(len(vs[m].get(s, [])) == len(o) for s, o in vs[next(iter(vs))].items())]
         tests = []
         for i, a in enumerate(names):
