@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from omegaconf import OmegaConf
+from scipy import stats
 
 from alignment.intervals import (
     LEVEL,
@@ -284,8 +285,7 @@ def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]],
                 n = len(per_seed[0])
                 clusters = [i for _ in per_seed for i in range(n)] if shared and all(
                     len(o) == n for o in per_seed) else None
-                w["lc"] = length_controlled([r for o in per_seed for r in o], [x for ln in lens for x in ln[a]],
-                                            [x for ln in lens for x in ln[b]], clusters=clusters)
+                w["lc"] = _length_controlled(per_seed, [ln[a] for ln in lens], [ln[b] for ln in lens], clusters)
             out.setdefault(judge, {})[key] = w
         family = [w for w in out.get(judge, {}).values() if w.get("p") is not None]
         for w, p in zip(family, holm([w["p"] for w in family])):
@@ -294,6 +294,25 @@ def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]],
             w.setdefault("p_holm", None)
             w["claim"] = _claim(w)
     return out
+
+
+def _length_controlled(per_seed: list[list[int]], len_a: list[list[float]], len_b: list[list[float]],
+                       clusters: list[int] | None) -> dict[str, Any]:
+    """The length-controlled win rate with the seeds pooled. Its prompt part is the percentile
+    bootstrap's (each prompt resampled with all its seeds, ``clusters``), read as a standard error;
+    with several seeds the spread of the seeds' own length-controlled win rates is added as a t-term
+    (``alignment.intervals.parts_interval``), as for every other figure over seeds."""
+    lc = length_controlled([r for o in per_seed for r in o], [x for ln in len_a for x in ln],
+                           [x for ln in len_b for x in ln], clusters=clusters)
+    k = len(per_seed)
+    if k == 1:
+        return lc
+    own = [length_controlled(o, la, lb, n_boot=1)["value"] for o, la, lb in zip(per_seed, len_a, len_b)]
+    z = float(stats.norm.ppf(0.5 + LEVEL / 2))
+    parts = {"seed": float(np.var(own, ddof=1)) / k, "df_seed": k - 1.0,
+             "prompt": ((lc["ci"][1] - lc["ci"][0]) / (2 * z)) ** 2, "df_prompt": float(lc["n"] - 1)}
+    w = parts_interval(lc["value"], parts, LEVEL, None, (0.0, 1.0))
+    return lc | {"ci": [w.low, w.high], "per_seed": own}
 
 
 def ranking(outs: dict[str, dict[str, dict[int, list[int]]]], methods: Sequence[str],

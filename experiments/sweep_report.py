@@ -357,7 +357,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", "## Length", "", "Judges tend to prefer longer replies. Mean reply length in tokens: "
                   + ", ".join(f"{NAMES[p]} {v['value']:.1f}" for p, v in r.get("length", {}).items())
                   + ". The length-controlled win rate is what a logistic regression of the outcome on the length "
-                  "difference predicts at equal length (AlpacaEval's correction; prompts of all seeds pooled).", "",
+                  "difference predicts at equal length (AlpacaEval's correction; the seeds pooled, its "
+                  "interval resampling each prompt with all its seeds, plus the spread of the seeds' own).", "",
                   "| pair | judge | win rate | length-controlled | 95% interval |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {pair_label(key)} | {JUDGE_NAMES[judge]} | {w['value']:.3f} | **{w['lc']['value']:.3f}** | "
                   f"[{w['lc']['ci'][0]:.3f}, {w['lc']['ci'][1]:.3f}] |" for judge, key, w in lc]
