@@ -557,8 +557,12 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     seeds = sorted({r.seed for r in runs})
 
     def per_policy(kind: str) -> dict[str, Any]:
-        return {p: _table([scores[s][kind][p] for s in sorted(scores) if p in scores[s].get(kind, {})], shared)
-                for p in ("sft", *methods) if any(p in d.get(kind, {}) for d in scores.values())}
+        out = {}
+        for p in ("sft", *methods):
+            rows = [scores[s][kind][p] for s in sorted(scores) if p in scores[s].get(kind, {})]
+            if rows:
+                out[p] = _table(rows, shared) | {"per_seed": [sum(v) / len(v) for v in rows]}
+        return out
 
     out: dict[str, Any] = {
         "seeds": seeds,
