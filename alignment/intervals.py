@@ -8,12 +8,13 @@ the two-way analysis of variance without replication (a crossed random-effects d
     y[s, i] = mu + a[s] + b[i] + e[s, i]
     Var(mean) = var_a / k + var_b / n + var_e / (k n)
 
-The seed part comes from the spread of the seed means, the prompt part from the spread of the
-prompt means, which does not shrink with more seeds when the prompts are shared. The interval is
-a t-interval with Satterthwaite's degrees of freedom: with three seeds whose spread dominates, it
-is the t-interval over the seed means (2 degrees of freedom); with prompts that dominate, the
-usual interval over prompts. Jobs judged on different prompts (nested, not crossed) get the
-t-interval over their seed means, which then carries the prompt noise too.
+The seed part is the variance of the seed means over ``k`` (seed effects and seed-by-prompt
+noise); the prompt part comes from the spread of the prompt means, and does not shrink with more
+seeds when the prompts are shared. Each part is scaled by its own t quantile (``half_width``): with
+three seeds whose spread dominates, the interval is the t-interval over the seed means (2 degrees
+of freedom); with prompts that dominate, the usual interval over prompts; in between it is
+conservative. Jobs judged on different prompts (nested, not crossed) get the t-interval over their
+seed means, which then carries the prompt noise too.
 
 Where prompts are resampled (the length-controlled win rate, a regression refitted per resample),
 ONE vector of prompt indices serves every seed and every policy (``prompt_indices``): a prompt drawn
