@@ -169,5 +169,6 @@ def print_summary(results: dict[str, Any]) -> None:
               f"{results['gold']['pat']:.3f}")
     print(f"  controllability (tag -> {JUDGE_NAMES[c['judge']]}): "
           + ", ".join(f"{t}:{v:.2f}" for t, v in zip(c["tags"], c.get("gold", c.get("score"))))
-          + f"  (Spearman {c['spearman']:.2f})")
+          + f"  (Spearman {c['spearman']:.2f}; per-prompt trend {c['trend']['value']:.2f}"
+          + (f" [{c['trend']['ci'][0]:.2f}, {c['trend']['ci'][1]:.2f}])" if c["trend"]["ci"] else ")"))
     print(f"  preference model val accuracy {results['pm']['val_accuracy']:.3f}")
