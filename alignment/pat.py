@@ -9,6 +9,8 @@ thresholds, and the buckets are relabelled in ascending order as evenly spaced t
 from __future__ import annotations
 
 import bisect
+import math
+import warnings
 from collections.abc import Sequence
 
 from alignment.chat_format import Conversation
@@ -41,13 +43,19 @@ def _quantile_starts(scores: Sequence[float], n_buckets: int) -> tuple[list[floa
 
 
 def quantile_edges(scores: Sequence[float], n_buckets: int) -> list[float]:
-    """``n_buckets - 1`` inner edges that split ``scores`` into equal-frequency buckets.
-
-    Edge ``k`` is the score at rank ``len * k // n_buckets`` in sorted order: the smallest of
-    bucket ``k + 1`` when the scores are distinct (``quantile_buckets`` places tied scores).
-    """
-    ordered, starts = _quantile_starts(scores, n_buckets)
-    return [ordered[i] for i in starts]
+    """``n_buckets - 1`` inner edges that reproduce ``quantile_buckets`` through ``assign_buckets``,
+    ties included: edge ``k`` is the smallest score placed in bucket ``k + 1`` or above (the score
+    at rank ``len * (k + 1) // n_buckets`` in sorted order when the scores are distinct). A bucket
+    left empty by a tie repeats the next edge; when no score lies at or above bucket ``k + 1`` the
+    edge is the next float above the largest score, so every score stays below it."""
+    buckets = quantile_buckets(scores, n_buckets)
+    top = math.nextafter(max(scores), math.inf)
+    lowest = [top] * n_buckets  # lowest[b]: the smallest score in bucket b or above
+    for s, b in zip(scores, buckets):
+        lowest[b] = min(lowest[b], s)
+    for b in range(n_buckets - 2, -1, -1):
+        lowest[b] = min(lowest[b], lowest[b + 1])
+    return lowest[1:]
 
 
 def quantile_buckets(scores: Sequence[float], n_buckets: int) -> list[int]:
@@ -68,12 +76,22 @@ def assign_buckets(scores: Sequence[float], edges: Sequence[float]) -> list[int]
 
 def tag_scores(scores: Sequence[float], n_buckets: int = 6, rule: str = "quantile",
                thresholds: Sequence[float] | None = None) -> tuple[list[int], list[float]]:
-    """The quality tag of each score, and the edges used (``rule``: quantile or fixed)."""
+    """The quality tag of each score, and the edges used (``rule``: quantile or fixed).
+    ``assign_buckets(scores, edges)`` gives the same buckets, ties at an edge included. A tag that
+    no score receives (a tie spanning a bucket, or a threshold outside the scores) is warned about."""
     check_bucketing(n_buckets, rule, thresholds)
     tags = bucket_tags(n_buckets)
     if rule == "quantile":
-        return [tags[b] for b in quantile_buckets(scores, n_buckets)], quantile_edges(scores, n_buckets)
-    return [tags[b] for b in assign_buckets(scores, thresholds)], list(thresholds)
+        buckets, edges = quantile_buckets(scores, n_buckets), quantile_edges(scores, n_buckets)
+    else:
+        edges = list(thresholds)
+        buckets = assign_buckets(scores, edges)
+    empty = [tags[b] for b in range(n_buckets) if b not in set(buckets)]
+    if empty:
+        warnings.warn(f"PAT tags {empty} have no training example ({len(scores)} scores, rule {rule!r}, "
+                      f"edges {edges}): tied scores or thresholds outside the scores left them empty",
+                      stacklevel=2)
+    return [tags[b] for b in buckets], edges
 
 
 def tag_conversation(conv: Conversation, tag: int) -> Conversation:

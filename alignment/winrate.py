@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from alignment.intervals import prompt_indices
+
 
 @dataclass(frozen=True)
 class WinRate:
@@ -77,47 +79,6 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
     return 0.0 if vx == 0 or vy == 0 else cov / (vx * vy)
 
 
-def seeds_win_rate(per_seed: Sequence[Sequence[int]], n_boot: int = 2000, seed: int = 0,
-                   level: float = 0.95) -> WinRate:
-    """Win rate over several training seeds (the mean of the seeds' win rates, each seed judged on
-    its own prompts) with a two-level bootstrap interval: resample the seeds, then the prompts
-    within each resampled seed. With one seed it is ``win_rate`` of that seed."""
-    if not per_seed or any(not s for s in per_seed):
-        raise ValueError("every seed needs at least one outcome")
-    if len(per_seed) == 1:
-        return win_rate(per_seed[0], n_boot, seed, level)
-    rng = random.Random(seed)
-    k = len(per_seed)
-    boots = []
-    for _ in range(n_boot):
-        total = 0.0
-        for _ in range(k):
-            res = per_seed[rng.randrange(k)]
-            total += _rate([res[rng.randrange(len(res))] for _ in range(len(res))])
-        boots.append(total / k)
-    boots.sort()
-    lo = boots[int((1 - level) / 2 * n_boot)]
-    hi = boots[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
-
-    def share(v: int) -> float:
-        return sum(sum(r == v for r in s) / len(s) for s in per_seed) / k
-
-    return WinRate(win=share(1), tie=share(0), lose=share(-1), win_rate=sum(_rate(s) for s in per_seed) / k,
-                   ci_low=lo, ci_high=hi, n=sum(len(s) for s in per_seed))
-
-
-def mean_interval(values: Sequence[float], n_boot: int = 2000, seed: int = 0,
-                  level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of per-seed ``values`` and a percentile bootstrap interval over the seeds."""
-    if not values:
-        raise ValueError("no values")
-    rng = random.Random(seed)
-    n = len(values)
-    boots = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    return (sum(values) / n, boots[int((1 - level) / 2 * n_boot)],
-            boots[min(n_boot - 1, int((1 + level) / 2 * n_boot))])
-
-
 LC_RIDGE = 1e-4
 """L2 penalty of ``length_controlled`` per outcome: the fit minimises the summed cross-entropy plus
 ``LC_RIDGE * n / 2 * (b0**2 + b1**2)``. Scaled by ``n`` so the estimate does not drift with the
@@ -162,7 +123,7 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = LC_RIDGE, max_ite
 
 
 def length_controlled(results: Sequence[int], len_a: Sequence[float], len_b: Sequence[float], n_boot: int = 1000,
-                      seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+                      seed: int = 0, level: float = 0.95, clusters: Sequence[int] | None = None) -> dict[str, Any]:
     """Win rate of A over B with the reply lengths' effect removed (AlpacaEval's length-controlled
     win rate, without its per-instruction terms).
 
@@ -173,7 +134,10 @@ def length_controlled(results: Sequence[int], len_a: Sequence[float], len_b: Seq
     reply tends to win). The fit carries a small ridge penalty, ``LC_RIDGE``.
 
     The interval is a percentile bootstrap over prompts (``x`` kept from the full sample, the
-    regression refitted on each resample), seeded and deterministic.
+    regression refitted on each resample), seeded and deterministic. ``clusters`` (one id per
+    outcome) resamples whole clusters instead: with the outcomes of several seeds on the same
+    prompts pooled, the prompt's id, so that a prompt drawn counts with all its seeds (prompts
+    shared by the seeds are not independent outcomes).
 
     When length separates the outcomes perfectly (the longer reply always wins and no two replies
     are near-equal in length) the win probability at equal length is not identified by the data;
@@ -196,8 +160,15 @@ def length_controlled(results: Sequence[int], len_a: Sequence[float], len_b: Seq
     y = (np.asarray(results, dtype=float) + 1.0) / 2.0
     b0, b1 = _fit_logistic(x, y)
     rng = np.random.default_rng(seed)
-    boots = sorted(1.0 / (1.0 + math.exp(-_fit_logistic(x[idx], y[idx])[0]))
-                   for idx in rng.integers(0, n, size=(n_boot, n)))
+    if clusters is None:
+        draws = list(rng.integers(0, n, size=(n_boot, n)))
+    else:
+        if len(clusters) != n:
+            raise ValueError(f"{n} outcomes but {len(clusters)} cluster ids")
+        ids, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+        members = [np.flatnonzero(inverse == c) for c in range(len(ids))]
+        draws = [np.concatenate([members[c] for c in picked]) for picked in prompt_indices(len(ids), n_boot, seed)]
+    boots = sorted(1.0 / (1.0 + math.exp(-_fit_logistic(x[idx], y[idx])[0])) for idx in draws)
     lo = boots[int((1 - level) / 2 * n_boot)]
     hi = boots[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
     return {"value": 1.0 / (1.0 + math.exp(-b0)), "ci": [lo, hi], "length_coef": b1, "n": n}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alignment.chat_format import Conversation, Turn, meta_instruction
 from alignment.loss_mask import encode
@@ -145,3 +147,38 @@ def test_sft_samples_join_the_candidates_without_changing_the_sources_labels(wor
         if world.judge(prompts[0], g.candidates[k]) > 0:
             assert (k, 6) in g.pairs[15:]
     assert all(6 in pair for pair in g.pairs[15:])
+
+
+@pytest.mark.parametrize("scores", [
+    [1.0, 2.0, 2.0, 2.0, 3.0, 4.0],  # a tie across an edge
+    [0.5] * 7 + [0.25, 0.75] * 3 + [1.0],  # bf16-like: few distinct values, large ties
+    [0.0] * 90 + [1.0] * 10,  # a tie spanning several buckets
+    [3.0] * 12,  # one value
+])
+def test_stored_edges_reproduce_the_training_tags(scores):
+    import warnings
+
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        tags, edges = tag_scores(scores, 6)
+    assert [bucket_tags(6)[b] for b in assign_buckets(scores, edges)] == tags
+    assert edges == sorted(edges)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.125, 0.5, 2.0]), min_size=1, max_size=60),
+       st.integers(min_value=2, max_value=8))
+def test_edges_reproduce_tags_on_any_ties(scores, n):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tags, edges = tag_scores(scores, n)
+    assert [bucket_tags(n)[b] for b in assign_buckets(scores, edges)] == tags
+
+
+def test_an_empty_tag_is_warned_about():
+    with pytest.warns(UserWarning, match=r"PAT tags \[20, 40, 60, 80\] have no training example"):
+        tag_scores([0.0] * 90 + [1.0] * 10, 6)
+    with pytest.warns(UserWarning, match=r"PAT tags \[100\]"):
+        tag_scores([-1.0, 0.0, 0.5], 3, rule="fixed", thresholds=[0.0, 1.0])

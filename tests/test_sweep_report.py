@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.winrate import mean_interval, seeds_win_rate, win_rate
+from alignment.intervals import t_interval, win_rate_interval
 from experiments.reports.sweep import aggregate, load_runs
 from experiments.reports.sweep_report import build
 from experiments.runtime.costs import Ledger, peak_concurrent
@@ -73,7 +73,7 @@ def test_aggregate_pairs_the_jobs_of_each_seed(sweep_dir):
     # costs: each stage once per seed, a cached record never replaces the one made when it ran
     assert r["cost"]["pat"]["cpu_s"] == 30.0 and r["cost"]["ppo"]["cpu_s"] == 90.0
     assert r["cost"]["ppo"]["tokens_generated"] == 5000.0 and r["cost"]["sft"]["seeds"] == 2
-    assert math.isclose(r["pm"]["val_accuracy"]["value"], 0.81) and math.isclose(r["kl"]["final"]["value"], 1.5)
+    assert math.isclose(r["pm"]["val_accuracy"]["value"], 0.81) and math.isclose(r["kl"]["final"]["ppo"]["value"], 1.5)
     assert [p["tag"] for p in r["frontier"]["pat"]] == [0, 50, 100] and len(r["frontier"]["ppo"]) == 2
     assert [p["step"] for p in r["frontier"]["ppo_training"]] == [1, 2]
     assert r["curves"]["pat"]["pat/loss"]["1"] == [[1, 1.9], [2, 1.8], [3, 1.7]]
@@ -112,7 +112,8 @@ def test_a_knob_sweep_gets_one_report_per_setting(sweep_dir):
     assert set(r["variants"]) == {"algo.beta=0.01", "algo.beta=0.05"}
     low, high = r["variants"]["algo.beta=0.01"], r["variants"]["algo.beta=0.05"]
     assert low["win_rate"]["gold"]["ppo_vs_sft"]["per_seed"] == {"0": 1.0, "1": 0.625}  # as without the knob
-    assert high["win_rate"]["gold"]["ppo_vs_sft"]["per_seed"] == {"0": 0.0} and high["kl"]["final"]["value"] == 9.0
+    assert high["win_rate"]["gold"]["ppo_vs_sft"]["per_seed"] == {"0": 0.0}
+    assert high["kl"]["final"]["ppo"]["value"] == 9.0
     assert "pat_vs_sft" not in high["win_rate"]["gold"]  # no PAT job ran with beta 0.05
     index = (sweep_dir / "report.md").read_text()
     assert "| `algo.beta=0.05` | 1 |" in index and "variants/algo.beta=0.05/report.md" in index
@@ -136,16 +137,17 @@ def test_bad_metrics_line_names_file_and_line(sweep_dir):
         load_runs(sweep_dir)
 
 
-def test_seeds_win_rate_pools_seeds():
+def test_win_rate_interval_over_seeds_and_prompts():
     one = [1, 1, 0, -1]
-    assert seeds_win_rate([one], n_boot=200) == win_rate(one, n_boot=200)
-    w = seeds_win_rate([[1] * 10, [-1] * 10], n_boot=500)
-    assert (w.win, w.lose, w.win_rate, w.n) == (0.5, 0.5, 0.5, 20)
-    assert w.ci_low < 0.3 and w.ci_high > 0.7  # seeds that disagree give a wide interval
-    same = seeds_win_rate([[1] * 10, [1] * 10], n_boot=200)
-    assert (same.ci_low, same.ci_high) == (1.0, 1.0)
-    m, lo, hi = mean_interval([0.2, 0.4, 0.6], n_boot=500)
-    assert math.isclose(m, 0.4) and 0.2 <= lo < m < hi <= 0.6
+    w = win_rate_interval([one])
+    assert math.isclose(w.value, 0.625) and w.low < 0.625 < w.high and w.df == 3  # one seed: over prompts
+    w = win_rate_interval([[1] * 10, [-1] * 10])
+    assert w.value == 0.5 and w.low == 0.0 and w.high == 1.0  # seeds that disagree: no claim
+    same = win_rate_interval([[1] * 10, [1] * 10])
+    assert (same.low, same.high, same.p) == (1.0, 1.0, 0.0)
+    m = t_interval([0.2, 0.4, 0.6])
+    assert math.isclose(m.value, 0.4) and m.low < 0.2 and m.high > 0.6  # wider than [min, max] with 3 seeds
+    assert t_interval([0.7]).low is None  # one seed: no seed-level interval
 
 
 def test_ledger_spans_overlap_and_costs_reach_the_artifact(tmp_path):
@@ -215,7 +217,7 @@ def test_every_method_is_paired_ranked_and_drawn(four_methods):
     report = (four_methods / "report.md").read_text()
     assert report.startswith("# Which method, at what cost: PAT vs PPO vs DPO vs BoN vs SFT\n")
     ranking = next(line for line in report.splitlines() if line.startswith("Ranking by win rate against SFT"))
-    assert "on the gold judge (95% intervals over seeds and prompts): DPO 1.000 [1.000, 1.000], PPO 0.812" in ranking
+    assert "DPO 1.000 [1.000, 1.000], rank 1" in ranking and ", PPO 0.812 [" in ranking
     order = [ranking.index(f" {name} ") for name in ("DPO", "PPO", "PAT", "BoN")]
     assert order == sorted(order)
     assert "**BoN does not beat SFT** on the gold judge" in report and "**DPO does not beat SFT**" not in report

@@ -260,6 +260,8 @@ def write_scores(ctx: RunContext, prompts: list[Prompt], judged: Judged, policie
     for judge, by_policy in judged.scores.items():
         body[judge] = {k: by_policy[k] for k in policies if k in by_policy}
     body["lengths"] = judged.lengths
+    if judged.tool_calls:  # per prompt: None off tool requests, else whether the reply called the tool
+        body["tool_calls"] = {k: v for k, v in judged.tool_calls.items() if k in policies}
     if judged.pairwise:
         body["pairwise"] = judged.pairwise
     write_json(path, body)

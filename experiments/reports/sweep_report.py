@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from alignment.atomic import write_json, write_text  # noqa: E402
+from alignment.scaling import fitted_points  # noqa: E402
 from experiments.reports.report import JUDGE_NAMES, METHOD_NAMES, draw_win_tie_lose, save_png  # noqa: E402
 from experiments.reports.sweep import (  # noqa: E402
     COST_KEYS,
@@ -75,13 +76,30 @@ def judges(r: dict[str, Any]) -> list[str]:
 
 
 def judged(w: dict[str, Any]) -> str:
-    """'beats', 'is level with' or 'loses to', from where the interval lies against 0.5."""
+    """'beats', 'is level with' or 'loses to': the claim the Holm-corrected p-value supports
+    (``experiments.reports.sweep.win_rates``); older results without it: where the interval lies against 0.5."""
+    if "claim" in w:
+        return w["claim"]
+    if not w.get("ci"):
+        return "is level with"
     lo, hi = w["ci"]
     return "beats" if lo > 0.5 else "loses to" if hi < 0.5 else "is level with"
 
 
+def ci(w: dict[str, Any], digits: int = 3, sign: str = "") -> str:
+    """``[lo, hi]``, or ``(no interval)`` where the data carry none (one seed of a seed-level figure)."""
+    if not w.get("ci"):
+        return "(no interval)"
+    return f"[{w['ci'][0]:{sign}.{digits}f}, {w['ci'][1]:{sign}.{digits}f}]"
+
+
 def fmt(w: dict[str, Any]) -> str:
-    return f"{w['value']:.3f} [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}]"
+    return f"{w['value']:.3f} {ci(w)}"
+
+
+def pvalue(w: dict[str, Any]) -> str:
+    p = w.get("p_holm")
+    return "" if p is None else (f"Holm-adjusted p = {p:.3f}" if p >= 0.001 else "Holm-adjusted p < 0.001")
 
 
 def verdict(r: dict[str, Any]) -> list[str]:
@@ -94,18 +112,26 @@ def verdict(r: dict[str, Any]) -> list[str]:
     out = []
     ranked = sorted(((m, gold[f"{m}_vs_sft"]) for m in methods if f"{m}_vs_sft" in gold),
                     key=lambda mw: -mw[1]["value"])  # stable: ties keep METHODS' order
+    ranks = {row["method"]: row["rank"] for row in r.get("ranking", {}).get(judge, [])}
     if ranked:
+        def rank(m: str) -> str:
+            lo, hi = ranks.get(m, (None, None))
+            return "" if lo is None else f", rank {lo}" if lo == hi else f", rank {lo}-{hi}"
+
         out.append(f"Ranking by win rate against SFT on the {JUDGE_NAMES[judge]} (95% intervals over seeds and "
-                   "prompts): " + ", ".join(f"{NAMES[m]} {fmt(w)}" for m, w in ranked) + ".")
+                   "prompts; rank intervals hold together at 95%, from Holm-corrected differences): "
+                   + ", ".join(f"{NAMES[m]} {fmt(w)}{rank(m)}" for m, w in ranked) + ".")
     for key in (f"{a}_vs_{b}" for a, b in pairs_of(methods)):
         if key in gold:
             a, b = key.split("_vs_")
             lc = f" (length-controlled {fmt(gold[key]['lc'])})" if "lc" in gold[key] and judge != "gold" else ""
+            p = pvalue(gold[key])
             out.append(f"On the {JUDGE_NAMES[judge]}, **{NAMES[a]} {judged(gold[key])} {NAMES[b]}**: win rate "
-                       f"{fmt(gold[key])}{lc} over {n} seed{'s' if n > 1 else ''}.")
+                       f"{fmt(gold[key])}{lc} over {n} seed{'s' if n > 1 else ''}{'; ' + p if p else ''}.")
     if beyond_baseline(methods):
-        out += [f"**{NAMES[m]} does not beat SFT** on the {JUDGE_NAMES[judge]}: its interval "
-                f"[{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] is not above 0.5." for m, w in ranked if w["ci"][0] <= 0.5]
+        out += [f"**{NAMES[m]} does not beat SFT** on the {JUDGE_NAMES[judge]}: win rate {fmt(w)}"
+                + (f", {pvalue(w)} over the judge's {len(gold)} pairs." if pvalue(w) else ".")
+                for m, w in ranked if judged(w) != "beats"]
     c = r["cost"]
     if "pat" in c and "ppo" in c:
         pat, ppo = c["pat"], c["ppo"]
@@ -230,6 +256,7 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
         panels.insert(0, ("gold", "gold score"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     axes = axes[0]
+    f_fits = f.get("fits", {})
     for ax, key, label in ((ax, k, lb) for ax, (k, lb) in zip(axes, panels)):
         for m in TRAINING_PATH:
             traj = [p for p in f.get(f"{m}_training", []) if p.get(key) is not None]
@@ -256,6 +283,14 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
                     label="best-of-n, one point per n")
             for p in bon:
                 ax.annotate(f"n={p['n']}", (p["kl"], p[key]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        for name, fitted in ((p, by[key]) for p, by in f_fits.items() if by.get(key, {}).get("fitted")):
+            m = "bon" if name == "bon" else name.removesuffix("_training")
+            xs, ys = fitted_points(fitted)
+            r2 = f" (R^2 {fitted['r2']:.2f})" if fitted["r2"] is not None else ""
+            ax.plot(xs, ys, ls="--", lw=1.2, color=COLORS[m], label=f"{NAMES[m]} Gao et al. fit{r2}")
+            peak = fitted["peak_kl"]
+            if peak is not None and fitted["kl_range"][0] <= peak <= fitted["kl_range"][1]:
+                ax.axvline(peak, color=COLORS[m], ls=":", lw=0.8)
         ax.set_xlabel("KL to the SFT model (nats per response)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -265,14 +300,14 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
 
 
 def curves_plot(r: dict[str, Any], path: Path) -> Path:
-    panels = [(stage, key) for stage, d in r["curves"].items() for key in d]
+    panels = [(stage, key) for stage, d in r["curves"].items() for key in d]  # stage: the method that logged it
     cols = 3
     rows = max(1, math.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3 * rows), squeeze=False)
     for ax, (stage, key) in zip(axes.flat, panels):
         for seed, pts in r["curves"][stage][key].items():
             ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, alpha=0.8, label=f"seed {seed}")
-        ax.set_title(key)
+        ax.set_title(f"{NAMES.get(stage, stage.upper())}: {key}", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
@@ -303,30 +338,43 @@ def markdown(r: dict[str, Any]) -> str:
     title = " vs ".join(NAMES[m] for m in (methods if beyond_baseline(methods) else BASELINE))
     lines = [f"# Which method, at what cost: {title} vs SFT", "", *verdict(r), "", "![summary](summary.png)", "",
              "## Win / tie / lose", "",
-             "95% intervals: bootstrap over the seeds, then over the test prompts within each seed. "
-             "A tie is an equal score; ties count half.", "",
-             "| pair | judge | win | tie | lose | win rate | 95% interval | per seed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "95% intervals over seeds and prompts: the seeds are judged on the same test prompts, so the "
+             "prompts' part of the uncertainty does not shrink with more seeds; the seeds' part is a t-term over "
+             "the seed means (see docs/statistics.md). A tie is an equal score; ties count half. *Decided* is the "
+             "win rate over the pairs that did not tie. A claim (beats / loses to) needs a Holm-adjusted p-value "
+             "below 0.05 over all pairs of the judge.", "",
+             "| pair | judge | win | tie | lose | win rate | 95% interval | decided | Holm p | claim | per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for judge in judges(r):
         for key, w in r["win_rate"][judge].items():
             per = ", ".join(f"{s}: {v:.3f}" for s, v in w["per_seed"].items())
+            dec = fmt(w["decided"]) if w.get("decided") else "n/a"
+            hp = "n/a" if w.get("p_holm") is None else f"{w['p_holm']:.3f}"
             lines.append(f"| {pair_label(key)} | {JUDGE_NAMES[judge]} | {w['win']:.2f} | {w['tie']:.2f} | "
-                         f"{w['lose']:.2f} | **{w['value']:.3f}** | [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] | {per} |")
+                         f"{w['lose']:.2f} | **{w['value']:.3f}** | {ci(w)} | {dec} | {hp} | {judged(w)} | {per} |")
     lc = [(judge, key, w) for judge in judges(r) for key, w in r["win_rate"][judge].items() if "lc" in w]
     if lc:
         lines += ["", "## Length", "", "Judges tend to prefer longer replies. Mean reply length in tokens: "
                   + ", ".join(f"{NAMES[p]} {v['value']:.1f}" for p, v in r.get("length", {}).items())
                   + ". The length-controlled win rate is what a logistic regression of the outcome on the length "
-                  "difference predicts at equal length (AlpacaEval's correction; prompts of all seeds pooled).", "",
+                  "difference predicts at equal length (AlpacaEval's correction; the seeds pooled, its "
+                  "interval resampling each prompt with all its seeds, plus the spread of the seeds' own).", "",
                   "| pair | judge | win rate | length-controlled | 95% interval |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {pair_label(key)} | {JUDGE_NAMES[judge]} | {w['value']:.3f} | **{w['lc']['value']:.3f}** | "
                   f"[{w['lc']['ci'][0]:.3f}, {w['lc']['ci'][1]:.3f}] |" for judge, key, w in lc]
     lines += ["", "![win matrix](win_matrix.png)", "", *tool_use_markdown(r), "## Reward over-optimisation", "",
-              "Preference-model win rate against SFT minus the gold judge's (mean over seeds). A positive gap means "
-              "the method pleases the reward model more than it improves true quality.", "",
-              "| method | gap | 95% interval |", "| --- | --- | --- |"]
+              "Preference-model win rate against SFT minus the gold judge's, paired per seed and prompt. A positive "
+              "gap means the method pleases the reward model more than it improves true quality. The gold judge "
+              "ties far more often than the preference model, and a tie counts half, which pulls its win rate "
+              "towards 0.5: the gap over decided pairs only (ties left out of each judge's rate) separates gaming "
+              "from the judges' resolution.", "",
+              "| method | gap, ties half | 95% interval | gap, decided pairs | 95% interval | gold ties | PM ties |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for m, g in r["overoptimisation"].items():
-        lines.append(f"| {NAMES[m]} | {g['value']:+.3f} | [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}] |")
+        d = g.get("decided")
+        dec = f"{d['value']:+.3f} | {ci(d, sign='+')}" if d else "n/a | n/a"
+        ties = f"{g['tie_gold']:.2f} | {g['tie_pm']:.2f}" if "tie_gold" in g else "- | -"
+        lines.append(f"| {NAMES[m]} | {g['value']:+.3f} | {ci(g, sign='+')} | {dec} | {ties} |")
     lines += ["", "![over-optimisation](overoptimisation.png)", "", "## Reward-KL frontier", "",
               "KL to the SFT model against the score of samples drawn at temperature 1 (as PPO trains). PAT: "
               "one point per inference tag on held-out prompts; PPO: its training path (training prompts) and "
@@ -347,6 +395,7 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {NAMES[m]} final, seed {p['seed']} | {p['kl']:.2f} | {num(p['gold'])} | {num(p['pm'])} |")
     for p in r["frontier"].get("bon", []):
         lines.append(f"| best-of-{p['n']} | {p['kl']:.2f} | {num(p['gold'])} | {num(p['pm'])} |")
+    lines += fits_markdown(r)
     lines += ["", "![frontier](frontier.png)", "", "## Learning curves", "", "![learning curves](learning_curves.png)",
               "", "## Cost", "", "Mean over seeds of what each stage cost when it was made (a reused artifact "
               "counts at the cost recorded when it was built). CPU time sums the actors' processes and the "
@@ -357,19 +406,51 @@ def markdown(r: dict[str, Any]) -> str:
     for stage, c in r["cost"].items():
         lines.append(f"| {stage} | " + " | ".join(f"{c[k]:,.1f}" if k.endswith("_s") else f"{c[k]:,.0f}"
                                                   for k in COST_KEYS) + " |")
-    lines += ["", "![cost](cost.png)", "", "## Other figures", ""]
-    for key, name in (("pm", "preference-model validation accuracy"), ("controllability", "PAT controllability "
-                                                                                          "Spearman"),
-                      ("kl", "PPO KL to the reference at the last iteration")):
-        if key in r:
-            v = next(iter(r[key].values()))
-            by = f" (by the {JUDGE_NAMES[r[key]['judge']]})" if key == "controllability" else ""
-            lines.append(f"- {name}{by}: {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]")
+    lines += ["", "![cost](cost.png)", "", "## Other figures", "",
+              "Intervals of figures measured once per seed (the preference model's accuracy, the final KL) are "
+              "t-intervals over the seeds; with one seed there is none.", ""]
+    if "pm" in r:
+        lines.append(f"- preference-model validation accuracy: {fmt(r['pm']['val_accuracy'])}")
+    c = r.get("controllability")
+    if c:
+        by = JUDGE_NAMES[c.get("judge", "gold")]
+        lines.append(f"- PAT controllability (by the {by}): Spearman of tag and mean score "
+                     f"{c['spearman']['value']:.3f} (mean over seeds; no interval: the correlation of noisy means "
+                     "is biased where the curve is flat)"
+                     + (f"; paired per-prompt trend (mean per-prompt Spearman) {fmt(c['trend'])}, "
+                        f"p = {c['trend']['p']:.3g} against no trend"
+                        if c.get("trend") and c["trend"].get("p") is not None else ""))
+    for m, v in r.get("kl", {}).get("final", {}).items():
+        lines.append(f"- {NAMES[m]} KL to the reference at the last iteration (its own estimator, training "
+                     f"prompts): {fmt(v)}")
     for p, v in r.get("gold", {}).items():
-        lines.append(f"- mean gold score of {NAMES[p]}: {v['value']:.3f}")
+        lines.append(f"- mean gold score of {NAMES[p]}: {fmt(v)}")
     lines += [f"- sum of the jobs' wall times: {r['wall_seconds']:.0f} s", "", "## Runs", ""]
     lines += [f"- `{x['path']}`: {x['stage']}, seed {x['seed']}" for x in r["runs"]]
     return "\n".join(lines) + "\n"
+
+
+def fits_markdown(r: dict[str, Any]) -> list[str]:
+    """The Gao et al. (2022) over-optimisation fits of the frontier's paths (``frontier.fits``)."""
+    fits = r["frontier"].get("fits", {})
+    if not fits:
+        return []
+    names = {f"{m}_training": f"{NAMES[m]} training path" for m in TRAINING_PATH} | {"bon": "best-of-n"}
+    lines = ["", "Over-optimisation fits (Gao et al. 2022), with d = sqrt(KL): R(d) = R0 + d (alpha - beta log d) "
+             "for the RL training paths, R0 + d (alpha - beta d) for best-of-n; the peak is the KL where the fitted "
+             "score is highest (none when beta <= 0). Drawn dashed on the frontier.", "",
+             "| path | score | alpha | beta | R^2 | KL at the peak | points |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for path, by_score in fits.items():
+        for score, f in by_score.items():
+            label = f"| {names.get(path, path)} | {'gold' if score == 'gold' else 'preference model'} |"
+            if not f.get("fitted"):
+                lines.append(f"{label} not fitted: {f['reason']} | | | | {f['n']} |")
+                continue
+            peak = "none" if f["peak_kl"] is None else f"{f['peak_kl']:.2f}"
+            r2 = "n/a" if f["r2"] is None else f"{f['r2']:.2f}"
+            lines.append(f"{label} {f['alpha']:.3f} | {f['beta']:.3f} | {r2} | {peak} | {f['n']} |")
+    return lines
 
 
 def tool_use_markdown(r: dict[str, Any]) -> list[str]:
@@ -380,13 +461,12 @@ def tool_use_markdown(r: dict[str, Any]) -> list[str]:
         return []
 
     def cell(v: dict[str, Any] | None) -> str:
-        if not v:
-            return "-"
-        return fmt(v) if len(v["per_seed"]) > 1 or v["ci"][0] < v["ci"][1] else f"{v['value']:.3f}"
+        return fmt(v) if v else "-"
 
+    how = ("95% interval over seeds and prompts" if t.get("per_prompt") else
+           "95% interval over seeds; the win rates add each seed's interval over prompts")
     lines = ["## Tool use", "", f"{t['n']} held-out requests per seed ask for a tool (calculator, equation "
-             "solver, search); seed means [95% interval over seeds; with one seed, over prompts for the win "
-             "rates].", "",
+             f"solver, search); means [{how}].", "",
              "| policy | calls the tool | gold on tool requests | gold on the others |", "| --- | --- | --- | --- |"]
     lines += [f"| {NAMES.get(p, p)} | {cell(t['share'][p])} | {cell(t['gold'][p])} | {cell(t['gold_other'][p])} |"
               for p in t["share"]]
@@ -422,13 +502,14 @@ def variants_markdown(variants: dict[str, dict[str, Any]]) -> str:
              "paired and seeds averaged within it). Win rates of the headline judge (the gold judge on the "
              "world's prompts), mean over seeds [95% interval].", "",
              "| setting | seeds | " + " | ".join(pair_label(f"{a}_vs_{b}") for a, b in pairs)
-             + " | PPO final KL | PAT Spearman | PM val accuracy | report |",
+             + " | final KL (own estimator) | PAT Spearman | PM val accuracy | report |",
              "| --- | --- |" + " --- |" * (len(pairs) + 4)]
     for label, r in variants.items():
         gold = r["win_rate"].get(headline(r), {})
         cells = [fmt(gold[f"{a}_vs_{b}"]) if f"{a}_vs_{b}" in gold else "" for a, b in pairs]
-        extra = [f"{r[k][sub]['value']:.3f}" if k in r else "" for k, sub in
-                 (("kl", "final"), ("controllability", "spearman"), ("pm", "val_accuracy"))]
+        kl = ", ".join(f"{NAMES[m]} {v['value']:.3f}" for m, v in r.get("kl", {}).get("final", {}).items())
+        extra = [kl] + [f"{r[k][sub]['value']:.3f}" if k in r else "" for k, sub in
+                        (("controllability", "spearman"), ("pm", "val_accuracy"))]
         link = f"variants/{variant_dir(label)}/report.md"
         lines.append(f"| `{label}` | {len(r['seeds'])} | " + " | ".join(cells + extra) + f" | [report]({link}) |")
     return "\n".join(lines) + "\n"

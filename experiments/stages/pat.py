@@ -7,8 +7,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
+from alignment import intervals
 from alignment.chat_format import Conversation
 from alignment.data.batching import bucketed_batches
 from alignment.data.formats import FilePrompt
@@ -105,13 +108,18 @@ def tag_jobs(cfg: LabConfig, prompts: list[WorldPrompt] | list[FilePrompt]) -> d
 
 def controllability(cfg: LabConfig, judged: Judged) -> dict[str, Any]:
     """Mean score per inference tag, and its Spearman correlation with the tag: by the gold judge on
-    the world's prompts, else by the reward model or the preference model."""
+    the world's prompts, else by the reward model or the preference model; the paired per-prompt
+    trend test (``trend``: mean per-prompt Spearman of score with tag, its 95% interval over prompts
+    and p-value against no trend), and the per-prompt scores per tag (``per_prompt``) that a sweep
+    pairs across seeds."""
     tags = bucket_tags(cfg.pat.n_buckets)
     judge = next(j for j in ("gold", "rm", "pm") if j in judged.scores)
     scores = judged.scores[judge]
     curve = [sum(scores[f"tag_{t}"]) / len(scores[f"tag_{t}"]) for t in tags]
+    stats = intervals.controllability(tags, [np.array([scores[f"tag_{t}"] for t in tags])])
     return {"tags": tags, "judge": judge, "gold" if judge == "gold" else "score": curve,
-            "spearman": spearman(tags, curve)}
+            "spearman": spearman(tags, curve), "trend": stats["trend"],
+            "per_prompt": {str(t): list(scores[f"tag_{t}"]) for t in tags}}
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -165,7 +173,8 @@ def print_summary(results: dict[str, Any]) -> None:
               f"{results['gold']['pat']:.3f}")
     print(f"  controllability (tag -> {JUDGE_NAMES[c['judge']]}): "
           + ", ".join(f"{t}:{v:.2f}" for t, v in zip(c["tags"], c.get("gold", c.get("score"))))
-          + f"  (Spearman {c['spearman']:.2f})")
+          + f"  (Spearman {c['spearman']:.2f}; per-prompt trend {c['trend']['value']:.2f}"
+          + (f" [{c['trend']['ci'][0]:.2f}, {c['trend']['ci'][1]:.2f}])" if c["trend"]["ci"] else ")"))
     print(f"  preference model val accuracy {results['pm']['val_accuracy']:.3f}")
     if "pat" in results["kl"]["final"]:
         print(f"  KL to the SFT model at <quality: {results['pat']['inference_tag']}>: "
