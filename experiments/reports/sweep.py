@@ -36,6 +36,7 @@ from alignment.intervals import (
 from alignment.scaling import fit
 from alignment.winrate import length_controlled, outcomes
 from experiments.config import JUDGES, METHODS
+from experiments.evaluation.equal_kl import final_kls, job_at_kl, sweep_at_kl
 
 FINAL_POINT = ("ppo", "dpo", "grpo", "rloo")  # methods whose job puts its final policy in results["frontier"][m]
 
@@ -428,20 +429,28 @@ def _trained_by(r: Run, method: str) -> bool:
 
 
 def final_kl(runs: list[Run]) -> dict[str, dict[int, float]]:
-    """``{method: {seed: KL}}``: each PPO-loop method's KL to the reference at its last iteration,
-    from the job that trained it (``results.kl.final`` of a ppo, grpo or rloo job; a compare job's
-    ``results.<method>.final["ppo/kl"]``), never mixing methods."""
+    """``{method: {seed: KL}}``: every method's final KL to the SFT model measured alike (the same
+    control prompts, temperature-1 samples and k1 estimator; ``experiments.evaluation.equal_kl``),
+    from its own job (a compare job's for all its methods), never mixing methods. Best-of-n's is its
+    analytic bound (``kl.bound``)."""
     out: dict[str, dict[int, float]] = defaultdict(dict)
     for r in runs:
-        if r.stage in TRAINING_PATH and "kl" in r.results:
-            out[r.stage][r.seed] = r.results["kl"]["final"]
-        elif r.stage == "compare":
-            for m in TRAINING_PATH:
-                final = r.results.get(m, {}).get("final", {})
-                if "ppo/kl" in final:
-                    out[m][r.seed] = final["ppo/kl"]
-            if "ppo" not in r.results and "kl" in r.results:  # older compare jobs: PPO's
-                out["ppo"][r.seed] = r.results["kl"]["final"]
+        f = r.results.get("frontier", {})
+        for m, v in final_kls(f, r.results.get("pat", {}).get("inference_tag", 100)).items():
+            if r.stage in (m, "compare"):
+                out[m][r.seed] = v
+    return {m: dict(sorted(v.items())) for m, v in sorted(out.items())}
+
+
+def training_kl(runs: list[Run]) -> dict[str, dict[int, float]]:
+    """``{method: {seed: KL}}``: each PPO-loop method's own estimate at its last iteration (on its
+    training rollouts), from the job that trained it."""
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in runs:
+        for m in TRAINING_PATH:
+            final = r.results.get(m, {}).get("final", {})
+            if r.stage in (m, "compare") and "ppo/kl" in final:
+                out[m][r.seed] = final["ppo/kl"]
     return {m: dict(sorted(out[m].items())) for m in TRAINING_PATH if out.get(m)}
 
 
@@ -480,6 +489,7 @@ def frontier(runs: list[Run]) -> dict[str, Any]:
     pat: dict[Any, list[dict[str, float]]] = defaultdict(list)
     final: dict[str, list[dict[str, Any]]] = {m: [] for m in FINAL_POINT}
     bon: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    measured: dict[str, dict[int, list[dict[str, Any]]]] = {m: defaultdict(list) for m in TRAINING_PATH}
     for r in runs:
         f = r.results.get("frontier", {})
         if "pat" in f and r.stage in ("pat", "compare"):
@@ -488,9 +498,15 @@ def frontier(runs: list[Run]) -> dict[str, Any]:
         for m in FINAL_POINT:
             if m in f and r.stage in (m, "compare"):
                 final[m] += [p | {"seed": r.seed} for p in f[m]]
-        if r.stage in ("bon", "compare"):
-            for p in r.results.get("bon", {}).get("curve", []):
+        if r.stage in ("bon", "compare"):  # measured like the rest where the job has it; else the evaluation's curve
+            for p in f.get("bon_path") or r.results.get("bon", {}).get("curve", []):
                 bon[p["n"]].append(p)
+        for m in TRAINING_PATH:
+            if r.stage in (m, "compare") and f.get(m) and f.get("sft") and f"{m}_path" in f:
+                ends = [f["sft"], *f[f"{m}_path"], *(p | {"step": r.results.get(m, {}).get("iterations", -1)}
+                                                      for p in f[m])]
+                for p in ends:
+                    measured[m][p["step"]].append(p)
     pat_mean = [{"tag": t, **{k: _mean_known([p[k] for p in ps]) for k in ("kl", "gold", "pm")}, "seeds": len(ps)}
                 for t, ps in sorted(pat.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
     out: dict[str, Any] = {"pat": pat_mean, "ppo": final.pop("ppo")}
@@ -499,9 +515,14 @@ def frontier(runs: list[Run]) -> dict[str, Any]:
         path = training_path(runs, m)
         if path or m == "ppo":
             out[f"{m}_training"] = path
+    for m, by_step in measured.items():
+        if by_step:  # the policies saved along training, measured like every final point (mean over seeds)
+            out[f"{m}_path"] = [{"step": s, **{k: _mean_known([p.get(k) for p in ps]) for k in ("kl", "gold", "pm")},
+                                 "seeds": len(ps)} for s, ps in sorted(by_step.items())]
     if bon:
         out["bon"] = [{"n": n, **{k: _mean_known([p.get(k) for p in ps]) for k in ("kl", "gold", "pm")},
-                       "seeds": len(ps)} for n, ps in sorted(bon.items())]
+                       "seeds": len(ps), "measured": all(p.get("kl_bound") for p in ps)}
+                      for n, ps in sorted(bon.items())]
     out["fits"] = frontier_fits(out)
     return out
 
@@ -513,10 +534,11 @@ def frontier_fits(f: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     to fit says so (``fitted: False`` and a ``reason``)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for m in TRAINING_PATH:
-        path = f.get(f"{m}_training") or []
-        if path:
-            out[f"{m}_training"] = {k: fit([p["kl"] for p in path], [p.get(k) for p in path], "rl")
-                                    for k in ("gold", "pm")}
+        for name in (f"{m}_path", f"{m}_training"):
+            path = f.get(name) or []
+            if path:
+                out[name] = {k: fit([max(p["kl"], 0.0) for p in path], [p.get(k) for p in path], "rl")
+                             for k in ("gold", "pm")}
     if f.get("bon"):
         out["bon"] = {k: fit([p["kl"] for p in f["bon"]], [p.get(k) for p in f["bon"]], "bon") for k in ("gold", "pm")}
     return out
@@ -585,13 +607,18 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     control = controllability_over_seeds(runs, shared)
     if control:
         out["controllability"] = control
-    kl = final_kl(runs)
-    if kl:  # per method, each from its own jobs
-        out["kl"] = {"final": {m: _seed_level(list(v.values())) | {"seeds": list(v)} for m, v in kl.items()}}
+    kl, trained = final_kl(runs), training_kl(runs)
+    if kl or trained:  # per method, each from its own jobs
+        out["kl"] = {"final": {m: _seed_level(list(v.values())) | {"seeds": list(v)} for m, v in kl.items()},
+                     "bound": sorted({m for r in runs for m in r.results.get("kl", {}).get("bound", [])}),
+                     "training_final": {m: _seed_level(list(v.values())) | {"seeds": list(v)}
+                                        for m, v in trained.items()}}
     tools = tool_use(runs, scores, shared)
     if tools:
         out["tool_use"] = tools
-    # the figures at equal KL (``at_kl``) are added here, from ``out["frontier"]``
+    at_kl = sweep_at_kl([job_at_kl(r.results["frontier"]) for r in runs if r.results.get("frontier")])
+    if at_kl:
+        out["at_kl"] = at_kl
     return out
 
 

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from alignment.atomic import write_json, write_text  # noqa: E402
 from alignment.scaling import fitted_points  # noqa: E402
+from experiments.evaluation.equal_kl import at_kl_markdown, at_kl_sentences  # noqa: E402
 from experiments.reports.report import JUDGE_NAMES, METHOD_NAMES, draw_win_tie_lose, save_png  # noqa: E402
 from experiments.reports.sweep import (  # noqa: E402
     COST_KEYS,
@@ -263,7 +264,12 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
             if traj:
                 k = max(1, len(traj) // 10)  # moving average over ~10% of the iterations
                 ax.plot(trailing_mean([p["kl"] for p in traj], k), trailing_mean([p[key] for p in traj], k),
-                        color=COLORS[m], alpha=0.5, lw=1.2, label=f"{NAMES[m]} training (train prompts)")
+                        color=COLORS[m], alpha=0.3, lw=1.0,
+                        label=f"{NAMES[m]} training rollouts (its own estimate, train prompts)")
+            measured = [p for p in f.get(f"{m}_path", []) if p.get(key) is not None]
+            if measured:
+                ax.plot([p["kl"] for p in measured], [p[key] for p in measured], marker=".", color=COLORS[m],
+                        lw=1.6, label=f"{NAMES[m]} saved policies by iteration (measured)")
         if f["ppo"]:
             ax.scatter([p["kl"] for p in f["ppo"]], [p[key] for p in f["ppo"]], marker="*", s=140,
                        color=COLORS["ppo"], edgecolor="black", zorder=3, label="PPO final policy (per seed)")
@@ -280,11 +286,12 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
         bon = [p for p in f.get("bon", []) if p.get(key) is not None]
         if bon:
             ax.plot([p["kl"] for p in bon], [p[key] for p in bon], marker="s", color=COLORS["bon"],
-                    label="best-of-n, one point per n")
+                    label="best-of-n, one point per n (analytic KL bound)")
             for p in bon:
                 ax.annotate(f"n={p['n']}", (p["kl"], p[key]), textcoords="offset points", xytext=(4, -10), fontsize=8)
-        for name, fitted in ((p, by[key]) for p, by in f_fits.items() if by.get(key, {}).get("fitted")):
-            m = "bon" if name == "bon" else name.removesuffix("_training")
+        drawn = [p for p in f_fits if not (p.endswith("_training") and p.removesuffix("_training") + "_path" in f_fits)]
+        for name, fitted in ((p, f_fits[p][key]) for p in drawn if f_fits[p].get(key, {}).get("fitted")):
+            m = "bon" if name == "bon" else name.removesuffix("_training").removesuffix("_path")
             xs, ys = fitted_points(fitted)
             r2 = f" (R^2 {fitted['r2']:.2f})" if fitted["r2"] is not None else ""
             ax.plot(xs, ys, ls="--", lw=1.2, color=COLORS[m], label=f"{NAMES[m]} Gao et al. fit{r2}")
@@ -295,7 +302,9 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle("Reward-KL frontier (samples at temperature 1, as PPO trains)")
+    fig.suptitle("Reward-KL frontier: points measured alike (control prompts, temperature-1 samples, k1 KL);\n"
+                 "best-of-n's KL is its analytic bound; faint lines: training rollouts, each method's own estimate",
+                 fontsize=9)
     return save_png(fig, path)
 
 
@@ -376,13 +385,14 @@ def markdown(r: dict[str, Any]) -> str:
         ties = f"{g['tie_gold']:.2f} | {g['tie_pm']:.2f}" if "tie_gold" in g else "- | -"
         lines.append(f"| {NAMES[m]} | {g['value']:+.3f} | {ci(g, sign='+')} | {dec} | {ties} |")
     lines += ["", "![over-optimisation](overoptimisation.png)", "", "## Reward-KL frontier", "",
-              "KL to the SFT model against the score of samples drawn at temperature 1 (as PPO trains). PAT: "
-              "one point per inference tag on held-out prompts; PPO: its training path (training prompts) and "
-              "its final policy on held-out prompts."
-              + (" DPO, GRPO, RLOO: their final policy on held-out prompts (GRPO and RLOO: their training paths too); "
-                 "best-of-n: one point per n (analytic KL)."
-                 if beyond_baseline(methods) else ""), "", "| policy | KL | gold | preference model |",
-              "| --- | --- | --- | --- |"]
+              "Every point is measured alike: the first `pat.control_prompts` held-out prompts, replies sampled "
+              "at temperature 1 with no top-p (as PPO trains), the KL to the SFT model the mean over replies of "
+              "the summed log-ratio of the sampled tokens (k1). PAT: one point per inference tag; PPO, GRPO, "
+              "RLOO: the policies saved along training and the final one; DPO: its final policy; best-of-n: one "
+              "point per n on the same prompts and sampler, whose KL is the analytic bound log n - (n-1)/n, not "
+              "an estimate. The faint lines of the figure are the training rollouts' own KL estimates (training "
+              "prompts; GRPO's a k3 term), not comparable with the points.",
+              "", "| policy | KL | gold | preference model |", "| --- | --- | --- | --- |"]
     def num(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
@@ -393,9 +403,21 @@ def markdown(r: dict[str, Any]) -> str:
     for m in FINAL_POINT[1:]:
         for p in r["frontier"].get(m, []):
             lines.append(f"| {NAMES[m]} final, seed {p['seed']} | {p['kl']:.2f} | {num(p['gold'])} | {num(p['pm'])} |")
+    for m in TRAINING_PATH:
+        for p in r["frontier"].get(f"{m}_path", [])[1:-1]:
+            lines.append(f"| {NAMES[m]} after {p['step']} iterations (mean of {p['seeds']} seeds) | {p['kl']:.2f} | "
+                         f"{num(p['gold'])} | {num(p['pm'])} |")
     for p in r["frontier"].get("bon", []):
-        lines.append(f"| best-of-{p['n']} | {p['kl']:.2f} | {num(p['gold'])} | {num(p['pm'])} |")
+        lines.append(f"| best-of-{p['n']} | {p['kl']:.2f} (bound) | {num(p['gold'])} | {num(p['pm'])} |")
     lines += fits_markdown(r)
+    if r.get("at_kl"):
+        lines += ["", "## At equal KL", "",
+                  "Each method's path (PPO, GRPO, RLOO by iteration from the SFT model; PAT by tag; best-of-n by "
+                  "n) read at fixed KL budgets: linear interpolation on the first segment that reaches the "
+                  "budget, never extrapolated. The win rate is against the SFT model's own samples of the same "
+                  "prompts (gold judge, ties half); intervals are t-intervals over seeds. A method whose path "
+                  "does not reach a budget in every seed has no value there.", "",
+                  *at_kl_sentences(r["at_kl"], NAMES), "", *at_kl_markdown(r["at_kl"], NAMES)]
     lines += ["", "![frontier](frontier.png)", "", "## Learning curves", "", "![learning curves](learning_curves.png)",
               "", "## Cost", "", "Mean over seeds of what each stage cost when it was made (a reused artifact "
               "counts at the cost recorded when it was built). CPU time sums the actors' processes and the "
@@ -435,7 +457,8 @@ def fits_markdown(r: dict[str, Any]) -> list[str]:
     fits = r["frontier"].get("fits", {})
     if not fits:
         return []
-    names = {f"{m}_training": f"{NAMES[m]} training path" for m in TRAINING_PATH} | {"bon": "best-of-n"}
+    names = {f"{m}_training": f"{NAMES[m]} training rollouts" for m in TRAINING_PATH} | {
+        f"{m}_path": f"{NAMES[m]} saved policies (measured)" for m in TRAINING_PATH} | {"bon": "best-of-n"}
     lines = ["", "Over-optimisation fits (Gao et al. 2022), with d = sqrt(KL): R(d) = R0 + d (alpha - beta log d) "
              "for the RL training paths, R0 + d (alpha - beta d) for best-of-n; the peak is the KL where the fitted "
              "score is highest (none when beta <= 0). Drawn dashed on the frontier.", "",
