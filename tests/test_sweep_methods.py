@@ -119,9 +119,9 @@ def test_tool_use_intervals_carry_prompt_noise(ppo_grpo):
 def test_the_report_names_each_method_and_draws_the_fits(ppo_grpo):
     r, images = build(ppo_grpo)
     report = (ppo_grpo / "report.md").read_text()
-    assert "- PPO KL to the reference at the last iteration" in report
-    assert "- GRPO KL to the reference at the last iteration" in report
-    assert "| PPO training path | gold |" in report and "| GRPO training path | preference model |" in report
+    assert "- PPO final KL to the SFT model (measured like every method" in report
+    assert "- GRPO KL at the last iteration by its own estimator" in report
+    assert "| PPO training rollouts | gold |" in report and "| GRPO training rollouts | preference model |" in report
     fits = r["frontier"]["fits"]
     assert fits["ppo_training"]["pm"]["fitted"] and fits["ppo_training"]["pm"]["r2"] > 0.9
     assert images["frontier"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

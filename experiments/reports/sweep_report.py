@@ -442,9 +442,14 @@ def markdown(r: dict[str, Any]) -> str:
                      + (f"; paired per-prompt trend (mean per-prompt Spearman) {fmt(c['trend'])}, "
                         f"p = {c['trend']['p']:.3g} against no trend"
                         if c.get("trend") and c["trend"].get("p") is not None else ""))
-    for m, v in r.get("kl", {}).get("final", {}).items():
-        lines.append(f"- {NAMES[m]} KL to the reference at the last iteration (its own estimator, training "
-                     f"prompts): {fmt(v)}")
+    kl = r.get("kl", {})
+    for m, v in kl.get("final", {}).items():
+        how = ("the analytic bound at the largest n" if m in kl.get("bound", [])
+               else "measured like every method: control prompts, temperature-1 samples, k1")
+        lines.append(f"- {NAMES[m]} final KL to the SFT model ({how}): {fmt(v)}")
+    for m, v in kl.get("training_final", {}).items():
+        lines.append(f"- {NAMES[m]} KL at the last iteration by its own estimator on its training rollouts "
+                     f"(not comparable across methods): {fmt(v)}")
     for p, v in r.get("gold", {}).items():
         lines.append(f"- mean gold score of {NAMES[p]}: {fmt(v)}")
     lines += [f"- sum of the jobs' wall times: {r['wall_seconds']:.0f} s", "", "## Runs", ""]
