@@ -103,7 +103,9 @@ def test_a_knob_sweep_gets_one_report_per_setting(sweep_dir):
     # beta 0.05: PPO of seed 0 now loses every prompt to SFT (its SFT replies are the same)
     sft0 = [0.2, 0.2, 0.2, 0.5]
     write_run(sweep_dir / "4-ppo-seed0", "ppo", 0, {"sft": sft0, "ppo": [0.0] * 4}, {"sft": sft0, "ppo": [0.0] * 4},
-              {"wall_seconds": 50.0, "kl": {"final": 9.0}, "cost": {"ppo": COST | {"cached": False}}}, [])
+              {"wall_seconds": 50.0, "kl": {"final": 9.0},
+               "frontier": {"ppo": [{"tag": None, "kl": 9.0, "gold": 0.4, "pm": 0.3, "n": 4}]},
+               "cost": {"ppo": COST | {"cached": False}}}, [])
     (sweep_dir / "4-ppo-seed0" / ".hydra").mkdir()
     (sweep_dir / "4-ppo-seed0" / ".hydra" / "overrides.yaml").write_text(
         "- +experiment=ppo\n- algo.beta=0.05\n- cache_dir=/c\n- seed=0\n")
