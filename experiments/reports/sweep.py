@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from alignment.winrate import length_controlled, mean_interval, outcomes, seeds_win_rate
 from experiments.config import JUDGES, METHODS
+from experiments.evaluation.win_layout import win_entry
 
 FINAL_POINT = ("ppo", "dpo", "grpo", "rloo")  # methods whose job puts its final policy in results["frontier"][m]
 
@@ -160,9 +161,7 @@ def seed_pairwise(runs: list[Run]) -> dict[int, dict[str, dict[str, list[int]]]]
 
 
 def _win(per_seed: list[list[int]]) -> dict[str, Any]:
-    w = seeds_win_rate(per_seed).as_dict()
-    return {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]], "win": w["win"], "tie": w["tie"],
-            "lose": w["lose"], "n": w["n"], "seeds": len(per_seed)}
+    return win_entry(seeds_win_rate(per_seed), seeds=len(per_seed))
 
 
 def _mean(values: list[float]) -> dict[str, Any]:
