@@ -75,7 +75,8 @@ def run_lab(policy_dir: Path, value_dir: Path, iters: int, local: bool, ranks: i
     from experiments.config import ActorResources, LabConfig, cluster_args
     from experiments.runtime.cache import ArtifactCache
     from experiments.runtime.context import RunContext
-    from experiments.stages.ppo import PPOTrainer, PromptBatch, start_roles
+    from experiments.runtime.roles import start_roles
+    from experiments.stages.ppo import PPOTrainer, PromptBatch
 
     torch.set_num_threads(threads)
     cfg = LabConfig(stage="ppo")

@@ -131,7 +131,7 @@ class PMConfig:
     # the first N world training prompts also get a reply sampled from the SFT model (eval sampling
     # settings) as a seventh candidate, as MOSS §7.1 mixes the SFT model's own samples into the
     # candidates: the PM then sees the SFT model's own mistakes, the replies PPO starts from
-    sft_samples: int = 0
+    sft_samples: int = if_set(0)
     # trainer.batch_size counts comparison groups: a prompt with its candidates and all their
     # labelled pairs (a pair from a preference file is a group of two)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -190,7 +190,7 @@ class PPOConfig:
     # rollout prompts from a file (default: the world's train prompts, or the SFT file's last human turns)
     prompts_path: Optional[str] = if_set(None)
     prompts_format: str = if_set("auto")  # auto, prompt, messages, moss
-    ptx_coef: float = 0.0  # PPO-ptx: weight of the SFT loss mixed into each policy step (0: off)
+    ptx_coef: float = if_set(0.0)  # PPO-ptx: weight of the SFT loss mixed into each policy step (0: off)
     ptx_batch_size: int = 16  # SFT examples per iteration for that loss, over all policy ranks
     # policies saved along training (evenly spaced iterations, the final one apart) for the equal-KL table:
     # each is measured like every method's final point (experiments/equal_kl.py); 0: none
@@ -386,8 +386,8 @@ class ChatConfig:
     # sft, pat, ppo or dpo: this config's model in the cache, as the chain (+experiment=pat, ppo, dpo)
     # keys it; anything else: a model directory (config.json, weights and tokenizer)
     model: Optional[str] = None
-    # the directory that loads: filled in from chat.model by validation (the chat check of preflight
-    # reads it); set by hand it is the older spelling of chat.model=<dir>
+    # the directory that loads: filled in from chat.model by preflight (chat.resolve_model); set by
+    # hand it is the older spelling of chat.model=<dir>
     model_path: Optional[str] = None
     tag: Optional[int] = None  # PAT's quality tag (0..100); null: none, or pat.inference_tag with chat.model=pat
     tools: List[str] = field(default_factory=list)  # call names switched on: Calculate, Solve, Search

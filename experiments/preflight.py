@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from experiments.choices import judges_used, pm_feedback
 from experiments.config import LabConfig
-from experiments.validation import judges_used, pm_feedback
 
 # stages whose SFT stage answers the held-out prompts
 EVALUATING = ("sft", "pm", "pat", "ppo", "grpo", "rloo", "compare", "bon")
@@ -44,11 +44,10 @@ def preflight(lab: LabConfig, cache_root: Path) -> None:
     """Validate the run's inputs; raises ValueError naming the key and the problem."""
     if lab.stage == "report":
         return
-    if lab.stage == "chat":
-        if not lab.chat.model_path:
-            raise ValueError("chat.model_path: required, a trained policy's directory (e.g. results.json's "
-                             "artifacts.pat)")
-        check_model_dir("chat.model_path", lab.chat.model_path)
+    if lab.stage == "chat":  # the model chat.model names: in the cache, or a directory with a model
+        from experiments.commands.chat import resolve_model
+
+        lab.chat.model_path = str(resolve_model(lab).path)  # what the chat loads
         return
     if lab.rollout.engine == "vllm":
         from alignment.vllm_generation import vllm_available

@@ -1,7 +1,7 @@
-"""What the config means and whether a run can go: the closed sets of the settings, the derived
-choices (the judges a run calls, where the preference model's pairs come from), and ``validate``,
-the one place every setting and every cross-field rule is checked before Ray starts (the input
-files and the judges' servers are ``experiments.preflight``'s)."""
+"""Whether a run can go: the closed sets of the settings and ``validate``, the one place every
+setting and every cross-field rule is checked before Ray starts. It reads the config and changes
+nothing; the derived choices it checks are ``experiments.choices``', and the input files, the
+judges' servers and the model a chat loads are ``experiments.preflight``'s."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from alignment.data.formats import PREFERENCE_FORMATS, PROMPT_FORMATS
 from alignment.pat import check_bucketing
+from experiments.choices import RL_STAGES, eval_judges, pm_feedback
 from experiments.config import JUDGES, METHODS, DPOConfig, LabConfig, PPOConfig, RayConfig
 
 FEEDBACK = ("auto", "world", "data", "judge")
@@ -19,34 +20,10 @@ DATA_SOURCES = ("world", "moss_sft")
 STRATEGIES = ("torch", "deepspeed")
 PRECISIONS = ("auto", "fp32", "bf16")
 CRITIC_INITS = ("pm", "sft")
-RL_STAGES = ("ppo", "grpo", "rloo")  # the stages that run the PPO loop
 ENGINES = ("hf", "vllm")  # rollout.engine
 SYNC_MODES = ("auto", "object_store", "nccl")  # rollout.sync
 ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # rollout.dtype
 TOOL_CALLS = ("Calculate", "Solve", "Search")  # MOSS's tools the lab runs (alignment/tools); no Text2Image
-
-
-def eval_judges(lab: LabConfig) -> list[str]:
-    """The head-to-head's judges: ``eval.judges``, or gold and pm on the world's prompts, pm on a file's."""
-    if lab.eval.judges is not None:
-        return list(lab.eval.judges)
-    return ["gold", "pm"] if lab.eval.prompts_path is None else ["pm"]
-
-
-def pm_feedback(lab: LabConfig) -> str:
-    """Where the preference model's labelled pairs come from: world, data or judge."""
-    if lab.pm.feedback != "auto":
-        return lab.pm.feedback
-    return "data" if (lab.pm.data_path or lab.pm.multi_response_path) else "world"
-
-
-def judges_used(lab: LabConfig) -> list[str]:
-    """The judges the run will call: the evaluation's (for the stages that evaluate methods) and
-    the preference model's AI feedback (``pm.feedback=judge``)."""
-    used = eval_judges(lab) if lab.stage in ("pat", "ppo", "grpo", "rloo", "compare", "bon", "dpo") else []
-    if pm_feedback(lab) == "judge" and lab.stage != "sft" and lab.pm.judge not in used:
-        used.append(lab.pm.judge)
-    return used
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -222,10 +199,6 @@ def validate(lab: LabConfig) -> None:
         _choice("chat.tools", name, TOOL_CALLS)
     if lab.chat.tag is not None and not 0 <= lab.chat.tag <= 100:
         raise ValueError(f"chat.tag: {lab.chat.tag}; a quality tag from 0 to 100, or null")
-    if lab.stage == "chat":  # the model chat.model names: in the cache, or a directory with a model
-        from experiments.commands.chat import resolve_model
-
-        lab.chat.model_path = str(resolve_model(lab).path)  # what loads, and what preflight's check reads
     for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer),
                    ("dpo.trainer", lab.dpo.trainer)):
         for name in ("epochs", "batch_size", "log_every", "num_threads"):

@@ -156,19 +156,14 @@ def _stage_keys(tmp_path, overrides: list[str]) -> dict[str, str]:
     (the same upstream artifacts for all: what differs is the stage's own settings)."""
     from experiments.runtime.cache import Artifact, ArtifactCache
     from experiments.runtime.context import RunContext
-    from experiments.stages.dpo import dpo_key
-    from experiments.stages.pat import pat_key
-    from experiments.stages.pm import pm_payload
-    from experiments.stages.ppo import ppo_key
-    from experiments.stages.sft import sft_payload
+    from experiments.stages.chain import ROOT, STAGES
 
     lab = OmegaConf.to_object(_compose(["+experiment=compare", "ray.reuse_actors=false", *overrides]))
     ctx = RunContext(lab, tmp_path, ArtifactCache(tmp_path / "cache"), tracker=None, run_tag="keys")
-    sft, pm = Artifact(tmp_path / "sft", False, {}), Artifact(tmp_path / "pm", False, {})
-    return {"sft": ctx.cache_key("sft", sft_payload(lab, tmp_path / "tokenizer")),
-            "pm": ctx.cache_key("pm", pm_payload(ctx, sft)), "pat": pat_key(ctx, sft, pm)[0],
-            "ppo": ppo_key(ctx, sft, pm)[0], "grpo": ppo_key(ctx.for_method("grpo"), sft, pm)[0],
-            "dpo": dpo_key(ctx, sft)[0]}
+    made = {ROOT: tmp_path / "tokenizer", "sft": Artifact(tmp_path / "sft", False, {}),
+            "pm": Artifact(tmp_path / "pm", False, {})}
+    return {s: STAGES[s].key(ctx.for_method(s), *STAGES[s].upstream(made))
+            for s in ("sft", "pm", "pat", "ppo", "grpo", "dpo")}
 
 
 @pytest.mark.parametrize("override", [

@@ -39,7 +39,8 @@ def make_ctx(tmp_path: Path, n_ranks: int = 1, iterations: int = 3, run_tag: str
 
 
 def test_two_data_parallel_ranks_per_trainable_role_stay_identical(ray_address, tmp_path, checkpoints):
-    from experiments.stages.ppo import PPOTrainer, start_roles
+    from experiments.runtime.roles import start_roles
+    from experiments.stages.ppo import PPOTrainer
 
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path, n_ranks=2)
@@ -68,7 +69,8 @@ def test_two_data_parallel_ranks_per_trainable_role_stay_identical(ray_address, 
 
 
 def test_resume_continues_from_saved_iteration_and_optimizer_state(ray_address, tmp_path, checkpoints):
-    from experiments.stages.ppo import PPOTrainer, start_roles
+    from experiments.runtime.roles import start_roles
+    from experiments.stages.ppo import PPOTrainer
     from experiments.stages.ppo import checkpoints as list_checkpoints
 
     sft, pm = checkpoints
@@ -120,7 +122,8 @@ def test_colocated_roles_train_with_deepspeed_zero2(ray_address, tmp_path, check
     """All four roles in one placement-group bundle, the trainable ones on DeepSpeed ZeRO-2."""
     from actors.reference import ReferenceActor
     from experiments.config import ActorResources
-    from experiments.stages.ppo import PPOTrainer, start_roles
+    from experiments.runtime.roles import start_roles
+    from experiments.stages.ppo import PPOTrainer
 
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path)
@@ -173,7 +176,8 @@ def test_widen_gives_a_stages_live_and_later_actors_more_threads(ray_address, tm
 def test_pipelined_loop_equals_the_plain_loop(ray_address, tmp_path, checkpoints):
     """``iterate`` overlaps each rollout with the previous critic update; the weights it reaches
     and the metrics it reports are those of whole iterations run one after the other."""
-    from experiments.stages.ppo import PPOTrainer, start_roles
+    from experiments.runtime.roles import start_roles
+    from experiments.stages.ppo import PPOTrainer
 
     sft, pm = checkpoints
     ctx = make_ctx(tmp_path)
@@ -237,7 +241,8 @@ def test_grpo_runs_two_policy_ranks_without_a_critic(ray_address, tmp_path, chec
 
     import ray
 
-    from experiments.stages.ppo import PPOTrainer, start_roles
+    from experiments.runtime.roles import start_roles
+    from experiments.stages.ppo import PPOTrainer
     from experiments.stages.ppo import checkpoints as list_checkpoints
 
     sft, pm = checkpoints

@@ -127,7 +127,7 @@ def test_new_algo_keys_leave_the_default_cache_key_unchanged():
 
 @pytest.mark.parametrize("preset, advantage, kl_in", [("grpo", "grpo", "loss"), ("rloo", "rloo", "reward")])
 def test_grpo_and_rloo_presets_compose_and_validate(preset, advantage, kl_in):
-    from experiments.stages.ppo import method_name
+    from experiments.runtime.roles import method_name
     from experiments.validation import validate
 
     lab = _lab([f"+experiment={preset}"])

@@ -49,7 +49,8 @@ def vllm_ctx(tmp_path, lora: bool):
 def test_after_a_policy_update_vllm_greedy_equals_hf_greedy(ray_address, tmp_path, checkpoints, lora):
     from alignment.generation import RolloutSpec, SamplingSpec
     from alignment.models.tokenizer import load_tokenizer
-    from experiments.stages.ppo import PPOTrainer, start_roles
+    from experiments.runtime.roles import start_roles
+    from experiments.stages.ppo import PPOTrainer
 
     sft, pm = checkpoints
     ctx = vllm_ctx(tmp_path, lora)

@@ -96,34 +96,25 @@ def cached_model(lab: LabConfig, name: str) -> Path:
     the chain's own keys; raises ``NotCached`` at the first stage of its chain that is missing."""
     from experiments.runtime.cache import Artifact, cache_root
     from experiments.runtime.context import RunContext
-    from experiments.stages.dpo import dpo_key
-    from experiments.stages.pat import pat_key
-    from experiments.stages.pm import pm_payload
-    from experiments.stages.ppo import ppo_key
-    from experiments.stages.sft import sft_payload, tokenizer_stage
+    from experiments.stages.chain import ROOT, STAGES, chain_of
+    from experiments.stages.sft import tokenizer_stage
 
     root = cache_root(lab.cache_dir)
     ctx = RunContext(lab, root, _ReadOnlyCache(root), tracker=None, run_tag="chat")  # type: ignore[arg-type]
 
-    def found(stage: str, key: str) -> Artifact:
-        path = ctx.cache.get(stage, key)
-        if path is None:
-            raise NotCached(name, stage, key, root)
-        return Artifact(path, True, {})
-
     try:
-        tokenizer = tokenizer_stage(ctx)
+        made: dict[str, Any] = {ROOT: tokenizer_stage(ctx)}
     except _Missing as missing:
         raise NotCached(name, missing.stage, missing.key, root) from None
     except FileNotFoundError as err:  # model.name=pretrained without its directory: "model.path: ..."
         raise ValueError(str(err)) from None
-    sft = found("sft", ctx.cache_key("sft", sft_payload(lab, tokenizer)))
-    if name == "sft":
-        return sft.path
-    if name == "dpo":
-        return found("dpo", dpo_key(ctx, sft)[0]).path
-    pm = found("pm", ctx.cache_key("pm", pm_payload(ctx, sft)))
-    return found(name, (pat_key if name == "pat" else ppo_key)(ctx, sft, pm)[0]).path
+    for stage in chain_of(name):  # each stage's key from the artifacts found upstream of it
+        key = STAGES[stage].key(ctx, *STAGES[stage].upstream(made))
+        path = ctx.cache.get(stage, key)
+        if path is None:
+            raise NotCached(name, stage, key, root)
+        made[stage] = Artifact(path, True, {})
+    return made[name].path
 
 
 def check_model_dir(key: str, value: str) -> Path:

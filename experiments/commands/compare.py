@@ -13,35 +13,25 @@ go to ``timing.jsonl``; the report is the sweep report of this one run.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from alignment.pat import bucket_tags
 from experiments.evaluation.equal_kl import bon_path, final_kls, job_at_kl, sft_point, training_path
-from experiments.evaluation.head_to_head import (
-    Job,
-    frontier_points,
-    generate_many,
-    head_to_head,
-    judge_replies,
-    method_results,
-)
+from experiments.evaluation.head_to_head import frontier_points, head_to_head, judge_replies, method_results
+from experiments.evaluation.replies import Job, generate_many
 from experiments.reports.sweep import METHODS, Run, aggregate, pairs_of
 from experiments.reports.sweep_report import print_summary, timeline_plot, write_report
 from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
 from experiments.runtime.engines import shares_gpu
 from experiments.stages import bon
-from experiments.stages.dpo import dpo_stage
-from experiments.stages.pat import controllability, pat_stage, tag_jobs
+from experiments.stages.chain import STAGES
+from experiments.stages.pat import controllability, tag_jobs
 from experiments.stages.pm import pm_stage
-from experiments.stages.ppo import ppo_stage, snapshots
+from experiments.stages.ppo import snapshots
 from experiments.stages.sft import sft_stage
 
-# what each method trains, from the shared SFT model and preference model
-STAGES: dict[str, Callable[[RunContext, Artifact, Artifact], Any]] = {
-    "pat": pat_stage, "ppo": ppo_stage, "grpo": ppo_stage, "rloo": ppo_stage, "dpo": dpo_stage, "bon": bon.draw}
 POLICIES = ("ppo", "grpo", "rloo", "dpo")  # the methods whose product is one policy answering every prompt
 
 
@@ -63,7 +53,9 @@ def train_all(ctx: RunContext, sft: Artifact, pm: Artifact, methods: list[str]) 
         ctx.nice["pat"] = c.pat_nice
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        futures: dict[str, Future] = {m: pool.submit(STAGES[m], ctx.for_method(m), sft, pm) for m in methods}
+        made = {"sft": sft, "pm": pm}  # what each method trains from (the table of stages: stages/chain.py)
+        futures: dict[str, Future] = {m: pool.submit(STAGES[m].build, ctx.for_method(m), *STAGES[m].upstream(made))
+                                      for m in methods}
         if workers > 1 and set(methods) == {"pat", "ppo"} and c.pat_threads_after_ppo > 0:
             futures["ppo"].add_done_callback(lambda _: ctx.widen("pat", c.pat_threads_after_ppo))
         return {m: f.result() for m, f in futures.items()}

@@ -10,13 +10,11 @@ writes the per-prompt scores to ``scores.json``: the sweep report pairs methods 
 from __future__ import annotations
 
 import statistics
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 import torch
-from tqdm.auto import tqdm
 
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
@@ -33,64 +31,16 @@ from alignment.tool_use import tool_prompt
 from alignment.winrate import length_controlled, outcomes, win_rate
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called, is_tool_task
+from experiments.choices import eval_judges
 from experiments.evaluation.judging import llm_outcomes, rm_scores
-from experiments.evaluation.replies import Job, generate, load_replies, replies_key, rollouts, save_replies, tool_rows
+from experiments.evaluation.replies import Job, generate_many, rollouts, tool_rows
+from experiments.evaluation.win_layout import win_entry
 from experiments.runtime.context import RunContext
-from experiments.runtime.engines import shares_gpu, start_engines, uses_vllm
+from experiments.runtime.engines import start_engines, uses_vllm
 from experiments.runtime.specs import model_spec, strategy_spec
-from experiments.validation import eval_judges
 
 SCORES_FILE = "scores.json"
 Prompt = Union[WorldPrompt, FilePrompt]  # a held-out prompt: the world's, or a file's
-
-
-def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role: str,
-                  progress: tqdm | None = None, stage: str = "eval") -> dict[str, list[str]]:
-    """Every job's replies from the policy at ``model_path``: cached ones are read back, the rest
-    are generated on one policy group and cached (``progress`` counts the prompts answered; the
-    group's cost joins ``stage``)."""
-    cfg = ctx.cfg
-    keys = {name: replies_key(ctx, model_path, job) for name, job in jobs.items()}
-    out: dict[str, list[str]] = {}
-    for name, key in keys.items():
-        cached = load_replies(ctx, key)
-        if cached is not None:
-            out[name] = cached
-            if progress is not None:
-                progress.update(len(jobs[name].prompts))
-    todo = [name for name in jobs if name not in out]
-    if not todo:
-        print(f"EVAL: reusing cached replies of {model_path.name} ({', '.join(jobs)})", flush=True)
-        return out
-    if uses_vllm(cfg):  # the engines sample with the policy's calls (actors/sampling.py)
-        group = start_engines(ctx, model_path, f"{role}-rollout", stage)
-    else:
-        group = ctx.group(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, stage)
-    try:
-        if not uses_vllm(cfg):
-            group.call("init_model", model_spec(cfg, model_path, str(model_path)),
-                       strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), None)
-        for name in todo:
-            out[name] = generate(ctx, group, jobs[name].prompts, jobs[name].quality)
-            save_replies(ctx, keys[name], name, model_path, out[name])
-            if progress is not None:
-                progress.update(len(jobs[name].prompts))
-    finally:
-        group.shutdown()
-    return {name: out[name] for name in jobs}
-
-
-def generate_many(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]]) -> dict[str, list[str]]:
-    """``generate_with`` for several models at once (``{role: (model, jobs)}``), one policy group
-    each, side by side when the cluster has room."""
-    total = sum(len(job.prompts) for _, jobs in work.values() for job in jobs.values())
-    workers = 1 if shares_gpu(ctx.cfg) else len(work)  # engines on a shared GPU start one at a time
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=total, desc="eval replies") as bar:
-        futures = [pool.submit(generate_with, ctx, path, jobs, role, bar) for role, (path, jobs) in work.items()]
-        out: dict[str, list[str]] = {}
-        for f in futures:
-            out |= f.result()
-    return out
 
 
 @dataclass
@@ -173,9 +123,7 @@ def pm_scores(ctx: RunContext, pm_path: Path, tokenizer_dir: Path,
 
 
 def _win(results: list[int], len_a: list[int] | None, len_b: list[int] | None, seed: int) -> dict[str, Any]:
-    w = win_rate(results, seed=seed).as_dict()
-    out = {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]], "win": w["win"], "tie": w["tie"],
-           "lose": w["lose"], "n": w["n"]}
+    out = win_entry(win_rate(results, seed=seed))
     if len_a is not None and len_b is not None:
         out["lc"] = length_controlled(results, len_a, len_b, seed=seed)
     return out

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from actors.group import RoleGroup
+from actors.policy import PolicyActor
 from alignment.atomic import write_json
 from alignment.chat_format import Conversation, generation_prompt
 from alignment.data.batching import shard
@@ -20,8 +24,15 @@ from alignment.tools import enabled_tools
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
 from experiments.runtime.context import RunContext
-from experiments.runtime.engines import rollout_key, sample_on_engines, score_samples
-from experiments.runtime.specs import sampling_spec
+from experiments.runtime.engines import (
+    rollout_key,
+    sample_on_engines,
+    score_samples,
+    shares_gpu,
+    start_engines,
+    uses_vllm,
+)
+from experiments.runtime.specs import model_spec, sampling_spec, strategy_spec
 
 STAGE = "replies"
 FILE = "replies.json"
@@ -111,4 +122,53 @@ def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | lis
         for i, reply in zip(plain, group.map_sharded("generate", texts, sampling=sampling_spec(cfg),
                                                      batch_size=cfg.eval.batch_size, seed=cfg.seed)):
             out[i] = reply
+    return out
+
+
+def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role: str,
+                  progress: tqdm | None = None, stage: str = "eval") -> dict[str, list[str]]:
+    """Every job's replies from the policy at ``model_path``: cached ones are read back, the rest
+    are generated on one policy group and cached (``progress`` counts the prompts answered; the
+    group's cost joins ``stage``)."""
+    cfg = ctx.cfg
+    keys = {name: replies_key(ctx, model_path, job) for name, job in jobs.items()}
+    out: dict[str, list[str]] = {}
+    for name, key in keys.items():
+        cached = load_replies(ctx, key)
+        if cached is not None:
+            out[name] = cached
+            if progress is not None:
+                progress.update(len(jobs[name].prompts))
+    todo = [name for name in jobs if name not in out]
+    if not todo:
+        print(f"EVAL: reusing cached replies of {model_path.name} ({', '.join(jobs)})", flush=True)
+        return out
+    if uses_vllm(cfg):  # the engines sample with the policy's calls (actors/sampling.py)
+        group = start_engines(ctx, model_path, f"{role}-rollout", stage)
+    else:
+        group = ctx.group(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, stage)
+    try:
+        if not uses_vllm(cfg):
+            group.call("init_model", model_spec(cfg, model_path, str(model_path)),
+                       strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), None)
+        for name in todo:
+            out[name] = generate(ctx, group, jobs[name].prompts, jobs[name].quality)
+            save_replies(ctx, keys[name], name, model_path, out[name])
+            if progress is not None:
+                progress.update(len(jobs[name].prompts))
+    finally:
+        group.shutdown()
+    return {name: out[name] for name in jobs}
+
+
+def generate_many(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]]) -> dict[str, list[str]]:
+    """``generate_with`` for several models at once (``{role: (model, jobs)}``), one policy group
+    each, side by side when the cluster has room."""
+    total = sum(len(job.prompts) for _, jobs in work.values() for job in jobs.values())
+    workers = 1 if shares_gpu(ctx.cfg) else len(work)  # engines on a shared GPU start one at a time
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=total, desc="eval replies") as bar:
+        futures = [pool.submit(generate_with, ctx, path, jobs, role, bar) for role, (path, jobs) in work.items()]
+        out: dict[str, list[str]] = {}
+        for f in futures:
+            out |= f.result()
     return out

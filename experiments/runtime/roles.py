@@ -13,6 +13,7 @@ from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
 from alignment.losses.gae import needs_values
+from experiments.choices import RL_STAGES
 from experiments.runtime.context import RunContext
 from experiments.runtime.engines import start_engines, uses_vllm
 from experiments.runtime.specs import model_spec, optim_config, strategy_spec
@@ -21,10 +22,7 @@ from experiments.runtime.specs import model_spec, optim_config, strategy_spec
 def method_name(cfg: Any) -> str:
     """What the run's policy, cache stage and results are named after: the stage (ppo, grpo, rloo),
     or ppo when another driver (compare) runs the loop."""
-    return cfg.stage if cfg.stage in METHODS else "ppo"
-
-
-METHODS = ("ppo", "grpo", "rloo")  # the stages the RL driver runs; their presets set algo.advantage and the rest
+    return cfg.stage if cfg.stage in RL_STAGES else "ppo"
 
 
 @dataclass

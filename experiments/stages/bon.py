@@ -24,9 +24,7 @@ from alignment.best_of_n import analytic_kl, pick_groups
 from alignment.winrate import outcomes, win_rate
 from experiments.evaluation.equal_kl import bon_path, final_kls, job_at_kl, print_at_kl, sft_point
 from experiments.evaluation.head_to_head import (
-    Job,
     Judged,
-    generate_with,
     head_to_head,
     judge_replies,
     method_metrics,
@@ -34,6 +32,8 @@ from experiments.evaluation.head_to_head import (
     pm_scores,
     samples,
 )
+from experiments.evaluation.replies import Job, generate_with
+from experiments.evaluation.win_layout import win_entry
 from experiments.reports.report import JUDGE_NAMES, plt, print_win_rates, save_png, win_table
 from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
@@ -49,9 +49,7 @@ def _mean(xs: Sequence[float]) -> float:
 
 def _win(a: Sequence[float], b: Sequence[float], seed: int) -> dict[str, Any]:
     """A's win rate over B prompt by prompt, in the layout of ``results.json``'s win rates (no ``lc``)."""
-    w = win_rate(outcomes(a, b), seed=seed).as_dict()
-    return {"value": w["win_rate"], "ci": [w["ci_low"], w["ci_high"]], "win": w["win"], "tie": w["tie"],
-            "lose": w["lose"], "n": w["n"]}
+    return win_entry(win_rate(outcomes(a, b), seed=seed))
 
 
 def curve(ns: Sequence[int], n_max: int, texts: list[str], pm: list[float], gold: list[float] | None,

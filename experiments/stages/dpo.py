@@ -25,16 +25,9 @@ from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import pack
 from alignment.sequences import reply_sequences
 from experiments.config import as_key
-from experiments.evaluation.equal_kl import control_prompts, final_kls, sft_point
-from experiments.evaluation.head_to_head import (
-    Job,
-    frontier_points,
-    head_to_head,
-    judge_jobs,
-    method_metrics,
-    method_results,
-    samples,
-)
+from experiments.evaluation.head_to_head import method_metrics
+from experiments.evaluation.replies import Job
+from experiments.evaluation.versus_sft import method_run_results, publish, versus_sft
 from experiments.reports.report import print_win_rates
 from experiments.runtime.cache import Artifact, commit
 from experiments.runtime.context import RunContext
@@ -111,7 +104,7 @@ def group_batches(sizes: list[int]):
     return batches
 
 
-def dpo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
+def dpo_stage(ctx: RunContext, sft: Artifact) -> Artifact:
     """The DPO policy for this config: from the cache, or trained now on the PM's labelled pairs."""
     cfg, d = ctx.cfg, ctx.cfg.dpo
     key, payload = dpo_key(ctx, sft)
@@ -162,35 +155,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     sft = sft_stage(ctx)
     pm = pm_stage(ctx, sft)
-    dpo = dpo_stage(ctx, sft, pm)
+    dpo = dpo_stage(ctx, sft)
 
-    prompts = ctx.test_prompts
-    work = {"dpo-eval": (dpo.path, {"dpo": Job(prompts)}), "sft-eval": (sft.path, {"sft": Job(prompts)})}
-    pairs = [("dpo", "sft")]
-    with ctx.costs.span("eval"):
-        policies = tuple(name for _, jobs in work.values() for name in jobs)
-        judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, policies, pairs)
-        frontier = {"dpo": frontier_points(ctx, "dpo", dpo.path, sft.path, pm.path, control_prompts(ctx), [None]),
-                    "sft": sft_point(ctx, sft.path, pm.path)}
-    wins = head_to_head(ctx, judged, pairs)
-    train = dpo.info["train"]
-    results = {
-        "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"]},
-        **method_results(ctx, judged, wins, policies),
-        "dpo": {"loss": cfg.dpo.loss, "beta": cfg.dpo.beta, "groups": dpo.info["groups"], "pairs": dpo.info["pairs"],
-                "final": train, "train_seconds": dpo.info.get("train_seconds")},
-        "frontier": frontier,
-        "kl": {"final": final_kls(frontier, cfg.pat.inference_tag)},
-        "cost": ctx.costs.summary(),
-        "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "dpo": str(dpo.path)},
-        "cached": {"sft": sft.cached, "pm": pm.cached, "dpo": dpo.cached},
-        "samples": samples(prompts, judged.replies, ("sft", "dpo")),
-    }
-    flat = method_metrics(results)
-    ctx.tracker.log(flat)
-    ctx.tracker.summary(flat)
-    print_summary(results)
-    return results
+    v = versus_sft(ctx, "dpo", dpo, sft, pm, {"dpo": Job(ctx.test_prompts)})
+    results = method_run_results(
+        ctx, v, "dpo", dpo, sft, pm, {"val_accuracy": pm.info["eval"]["val_accuracy"]},
+        {"dpo": {"loss": cfg.dpo.loss, "beta": cfg.dpo.beta, "groups": dpo.info["groups"], "pairs": dpo.info["pairs"],
+                 "final": dpo.info["train"], "train_seconds": dpo.info.get("train_seconds")}})
+    return publish(ctx, results, method_metrics(results), print_summary)
 
 
 def print_summary(results: dict[str, Any]) -> None:

@@ -24,9 +24,8 @@ from alignment.chat_format import Conversation, Turn, generation_prompt
 from alignment.data.formats import FilePrompt, load_prompts
 from alignment.data.preference import ComparisonGroup, ranked_pairs
 from alignment.judges.llm import QUESTION, SYSTEM_PROMPT, PairItem
-from experiments.evaluation.head_to_head import generate_with
 from experiments.evaluation.judging import llm_judge, rm_scores
-from experiments.evaluation.replies import Job, sampling_key
+from experiments.evaluation.replies import Job, generate_with, sampling_key
 from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
 

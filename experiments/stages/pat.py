@@ -22,17 +22,10 @@ from alignment.sequences import scored_sequences
 from alignment.winrate import spearman
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
-from experiments.evaluation.equal_kl import final_kls, job_at_kl, print_at_kl, sft_point
-from experiments.evaluation.head_to_head import (
-    Job,
-    Judged,
-    frontier_points,
-    head_to_head,
-    judge_jobs,
-    method_metrics,
-    method_results,
-    samples,
-)
+from experiments.evaluation.equal_kl import print_at_kl
+from experiments.evaluation.head_to_head import Judged, method_metrics
+from experiments.evaluation.replies import Job
+from experiments.evaluation.versus_sft import method_run_results, publish, versus_sft
 from experiments.reports.report import JUDGE_NAMES, print_win_rates, write_pat_report
 from experiments.runtime.cache import Artifact, commit
 from experiments.runtime.context import RunContext
@@ -129,39 +122,17 @@ def run(ctx: RunContext) -> dict[str, Any]:
     pm = pm_stage(ctx, sft)
     pat = pat_stage(ctx, sft, pm)
 
-    prompts = ctx.test_prompts
-    control = prompts[: cfg.pat.control_prompts]
-    with ctx.costs.span("eval"):
-        work = {"pat-eval": (pat.path, tag_jobs(cfg, prompts)), "sft-eval": (sft.path, {"sft": Job(prompts)})}
-        judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, ("pat", "sft"), [("pat", "sft")])
-        frontier = {"pat": frontier_points(ctx, "pat", pat.path, sft.path, pm.path, control,
-                                           list(bucket_tags(cfg.pat.n_buckets))),
-                    "sft": sft_point(ctx, sft.path, pm.path)}
-    wins = head_to_head(ctx, judged, [("pat", "sft")])
-    results = {
-        "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"],
-               "gold_agreement": pm.info["eval"].get("gold_agreement")},
-        **method_results(ctx, judged, wins, ("pat", "sft")),
-        "controllability": controllability(cfg, judged),
-        "pat": {"tag_counts": pat.info["tag_counts"], "edges": pat.info["edges"],
-                "inference_tag": cfg.pat.inference_tag},
-        "frontier": frontier,
-        "kl": {"final": final_kls(frontier, cfg.pat.inference_tag)},
-        "at_kl": job_at_kl(frontier),
-        "cost": ctx.costs.summary(),
-        "artifacts": {"sft": str(sft.path), "pm": str(pm.path), "pat": str(pat.path)},
-        "cached": {"sft": sft.cached, "pm": pm.cached, "pat": pat.cached},
-        "samples": samples(prompts, judged.replies, ("sft", "pat")),
-    }
+    v = versus_sft(ctx, "pat", pat, sft, pm, tag_jobs(cfg, ctx.test_prompts), tags=list(bucket_tags(cfg.pat.n_buckets)))
+    results = method_run_results(
+        ctx, v, "pat", pat, sft, pm,
+        {"val_accuracy": pm.info["eval"]["val_accuracy"], "gold_agreement": pm.info["eval"].get("gold_agreement")},
+        {"controllability": controllability(cfg, v.judged),
+         "pat": {"tag_counts": pat.info["tag_counts"], "edges": pat.info["edges"],
+                 "inference_tag": cfg.pat.inference_tag}})
     images = write_pat_report(ctx.run_dir, results)
     flat = {"pm/val_accuracy": results["pm"]["val_accuracy"],
             "controllability/spearman": results["controllability"]["spearman"]}
-    flat |= method_metrics(results)
-    ctx.tracker.log(flat)
-    ctx.tracker.summary(flat)
-    ctx.tracker.log_images(images)
-    print_summary(results)
-    return results
+    return publish(ctx, results, flat | method_metrics(results), print_summary, images)
 
 
 def print_summary(results: dict[str, Any]) -> None:

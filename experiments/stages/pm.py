@@ -17,16 +17,15 @@ from alignment.data.preference import ComparisonGroup, multi_response_groups, pa
 from alignment.models.tokenizer import load_tokenizer
 from alignment.sequences import scored_sequences
 from alignment.world import AIFeedbackLabeller
+from experiments.choices import pm_feedback
 from experiments.config import as_key
-from experiments.evaluation.head_to_head import generate_with
-from experiments.evaluation.replies import Job, sampler_key
+from experiments.evaluation.replies import Job, generate_with, sampler_key
 from experiments.runtime.cache import Artifact, commit
 from experiments.runtime.context import RunContext
 from experiments.runtime.loop import Checkpoints, total_steps, train_loop
 from experiments.runtime.specs import optim_config, strategy_spec
 from experiments.stages.feedback import feedback_contexts, feedback_payload, judge_feedback
 from experiments.stages.sft import sft_stage
-from experiments.validation import pm_feedback
 
 
 def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:
@@ -35,8 +34,6 @@ def pm_payload(ctx: RunContext, sft: Artifact) -> dict[str, Any]:
     if pm_feedback(cfg) != "judge":  # the settings of judge feedback change nothing else
         for name in ("feedback", "judge", "candidates", "prompts_path", "prompts_format"):
             pm.pop(name, None)
-    if not cfg.pm.sft_samples:
-        del pm["sft_samples"]  # keeps the keys of preference models trained before the option existed
     payload = {"pm": pm, "world": as_key(cfg.data.world), "strategy": as_key(cfg.strategy),
                "seed": cfg.seed, "sft": str(sft.path)}
     if cfg.pm.sft_samples:
@@ -92,7 +89,7 @@ def comparison_groups(ctx: RunContext, sft: Artifact,
     return train, val, gold
 
 
-def validate(group: RoleGroup, val: list[tuple[list[list[int]], list[tuple[int, int]]]],
+def held_out_accuracy(group: RoleGroup, val: list[tuple[list[list[int]], list[tuple[int, int]]]],
              gold: list[list[float]] | None, batch_size: int) -> dict[str, float]:
     """Pairwise accuracy against the labels, and agreement with the gold judge on every candidate
     pair the gold judge does not tie."""
@@ -142,7 +139,7 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
             ckpts = Checkpoints.of(ctx, "pm", key, cfg.pm.trainer)
             info["train"] = train_loop(group, "pm_step", train_seqs, cfg.pm.trainer, ctx.tracker, "pm", "n", cfg.seed,
                                        checkpoints=ckpts)
-            info["eval"] = validate(group, val_seqs, gold, cfg.eval.batch_size)
+            info["eval"] = held_out_accuracy(group, val_seqs, gold, cfg.eval.batch_size)
             art = commit(ctx.cache, "pm", key, payload, group, info, "preference model")
             ckpts.clear()
             return art

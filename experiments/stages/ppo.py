@@ -64,23 +64,16 @@ from alignment.tool_use import tool_prompt
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called
 from experiments.config import PPOConfig, RayConfig, as_key
-from experiments.evaluation.equal_kl import control_prompts, final_kls, job_at_kl, print_at_kl, sft_point, training_path
-from experiments.evaluation.head_to_head import (
-    Job,
-    frontier_points,
-    head_to_head,
-    judge_jobs,
-    method_metrics,
-    method_results,
-    samples,
-)
-from experiments.evaluation.replies import rollouts, tool_rows
+from experiments.evaluation.equal_kl import print_at_kl, training_path
+from experiments.evaluation.head_to_head import method_metrics
+from experiments.evaluation.replies import Job, rollouts, tool_rows
+from experiments.evaluation.versus_sft import method_run_results, publish, versus_sft
 from experiments.reports.report import print_win_rates
 from experiments.runtime.cache import INFO_FILE, Artifact
 from experiments.runtime.context import RunContext
 from experiments.runtime.engines import EngineSync, rollout_key, sample_on_engines, score_samples, sleeps
 from experiments.runtime.loop import check_finite, rank_mean
-from experiments.runtime.roles import METHODS, Roles, method_name, start_roles  # noqa: F401 (the loop's roles)
+from experiments.runtime.roles import Roles, method_name, start_roles
 from experiments.runtime.tracking import RayMetrics
 from experiments.stages.pat import pat_key
 from experiments.stages.pm import pm_stage
@@ -422,8 +415,8 @@ def checkpoints(root: Path | None) -> list[Path]:
 def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str, Any]]:
     cfg = ctx.cfg
     algo = as_key(cfg.algo)
-    if not cfg.algo.ptx_coef:
-        del algo["ptx_coef"], algo["ptx_batch_size"]  # keeps the keys of PPO models trained before the option existed
+    if not cfg.algo.ptx_coef:  # (ptx_coef itself is if_set) the SFT batch of PPO-ptx means nothing without it
+        del algo["ptx_batch_size"]
     payload = {"algo": algo, "data": as_key(cfg.data), "strategy": as_key(cfg.strategy),
                "pm_max_length": cfg.pm.max_length, "drop_last_layer": cfg.pm.drop_last_layer, "seed": cfg.seed,
                "sft": str(sft.path), "pm": str(pm.path)}
@@ -505,45 +498,27 @@ def run(ctx: RunContext) -> dict[str, Any]:
     trained = ppo_stage(ctx, sft, pm)
 
     prompts = ctx.test_prompts
-    work = {f"{m}-eval": (trained.path, {m: Job(prompts)}), "sft-eval": (sft.path, {"sft": Job(prompts)})}
-    pairs = [(m, "sft")]
+    others = {}
     pat_path = ctx.cache.get("pat", pat_key(ctx, sft, pm)[0])
     if pat_path is not None:
         print(f"{m.upper()}: a PAT model of the same SFT and preference model is cached ({pat_path}); "
               f"adding {m.upper()} vs PAT")
-        work["pat-eval"] = (pat_path, {"pat": Job(prompts, cfg.pat.inference_tag)})
-        pairs.append((m, "pat"))
+        others["pat"] = (pat_path, Job(prompts, cfg.pat.inference_tag))
+    v = versus_sft(ctx, m, trained, sft, pm, {m: Job(prompts)}, others=others)
     with ctx.costs.span("eval"):
-        policies = tuple(name for _, jobs in work.values() for name in jobs)
-        judged = judge_jobs(ctx, work, pm.path, sft.path, prompts, policies, pairs)
-        frontier = {m: frontier_points(ctx, m, trained.path, sft.path, pm.path, control_prompts(ctx), [None]),
-                    "sft": sft_point(ctx, sft.path, pm.path),
-                    f"{m}_path": training_path(ctx, m, snapshots(trained.path), sft.path, pm.path),
-                    f"{m}_training": trained.info.get("path", [])}
-    wins = head_to_head(ctx, judged, pairs)
+        path = training_path(ctx, m, snapshots(trained.path), sft.path, pm.path)
     final = trained.info["final"]
-    results = {
-        "pm": {"val_accuracy": pm.info["eval"]["val_accuracy"]},
-        **method_results(ctx, judged, wins, policies),
-        # measured like every method's final point (experiments/equal_kl.py); the training loop's own estimate apart
-        "kl": {"final": final_kls(frontier, cfg.pat.inference_tag), "training_final": {m: final["ppo/kl"]},
-               "training_final_per_token": {m: final["ppo/kl_per_token"]}},
-        "at_kl": job_at_kl(frontier),
-        m: {"iterations": cfg.algo.iterations, "final": final, "train_seconds": trained.info.get("train_seconds")},
-        "restarts": len(trained.info.get("restarts", [])),
-        **({"restart_causes": trained.info["restarts"]} if trained.info.get("restarts") else {}),
-        "frontier": frontier,
-        "cost": ctx.costs.summary(),
-        "artifacts": {"sft": str(sft.path), "pm": str(pm.path), m: str(trained.path),
-                      **({"pat": str(pat_path)} if pat_path else {})},
-        "cached": {"sft": sft.cached, "pm": pm.cached, m: trained.cached},
-        "samples": samples(prompts, judged.replies, ("sft", m)),
-    }
-    flat = method_metrics(results) | {f"kl/final_{m}": results["kl"]["final"][m]}
-    ctx.tracker.log(flat)
-    ctx.tracker.summary(flat)
-    print_summary(results, m)
-    return results
+    restarts = trained.info.get("restarts", [])
+    results = method_run_results(
+        ctx, v, m, trained, sft, pm, {"val_accuracy": pm.info["eval"]["val_accuracy"]},
+        # the final KL measured alike joins it (versus_sft); the training loop's own estimate apart
+        {"kl": {"training_final": {m: final["ppo/kl"]}, "training_final_per_token": {m: final["ppo/kl_per_token"]}},
+         m: {"iterations": cfg.algo.iterations, "final": final, "train_seconds": trained.info.get("train_seconds")},
+         "restarts": len(restarts), **({"restart_causes": restarts} if restarts else {})},
+        frontier={f"{m}_path": path, f"{m}_training": trained.info.get("path", [])},
+        artifacts={"pat": str(pat_path)} if pat_path else None)
+    return publish(ctx, results, method_metrics(results) | {f"kl/final_{m}": results["kl"]["final"][m]},
+                   lambda r: print_summary(r, m))
 
 
 def print_summary(results: dict[str, Any], method: str = "ppo") -> None:

@@ -19,8 +19,7 @@ from alignment.loss_mask import Encoded, LossPolicy, encode_many, truncate
 from alignment.models.tokenizer import load_tokenizer, train_bpe
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
-from experiments.evaluation.head_to_head import generate_with
-from experiments.evaluation.replies import Job, generate, replies_key, save_replies
+from experiments.evaluation.replies import Job, generate, generate_with, replies_key, save_replies
 from experiments.runtime.cache import Artifact, commit
 from experiments.runtime.context import RunContext
 from experiments.runtime.engines import uses_vllm

@@ -1,0 +1,92 @@
+"""The table of stages: each stage's name, the upstream artifacts it needs, its cache key and its
+build. The chat finds a model's chain in the cache with these keys, ``compare`` trains its methods
+with these builds, and the key tests read the same table; a new method is a file of its own and a
+row here.
+
+The chain's root is the tokenizer (``tokenizer_stage``); every other stage needs some of
+``tokenizer``, ``sft`` and ``pm``. A key and a build take the run's context as the method sees it
+(``RunContext.for_method``) and the upstream artifacts in the order of ``needs``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.runtime.cache import Artifact
+from experiments.runtime.context import RunContext
+from experiments.stages import bon
+from experiments.stages.dpo import dpo_key, dpo_stage
+from experiments.stages.pat import pat_key, pat_stage
+from experiments.stages.pm import pm_payload, pm_stage
+from experiments.stages.ppo import ppo_key, ppo_stage
+from experiments.stages.sft import sft_payload, sft_stage
+
+ROOT = "tokenizer"  # the chain's first artifact (``experiments.stages.sft.tokenizer_stage``)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the chain. ``key`` is ``None`` where the product is not one cache entry
+    (best-of-n's draw is an evaluation job of the SFT model)."""
+
+    name: str
+    needs: tuple[str, ...]
+    key: Callable[..., str] | None
+    build: Callable[..., Any]
+
+    def upstream(self, made: dict[str, Any]) -> list[Any]:
+        """The artifacts this stage needs, from ``made`` (``{stage: artifact}``), in ``needs``' order."""
+        return [made[name] for name in self.needs]
+
+
+def _sft_key(ctx: RunContext, tokenizer: Path) -> str:
+    return ctx.cache_key("sft", sft_payload(ctx.cfg, tokenizer))
+
+
+def _sft_build(ctx: RunContext, tokenizer: Path) -> Artifact:
+    return sft_stage(ctx)  # the SFT stage finds its tokenizer by itself (cached)
+
+
+def _pm_key(ctx: RunContext, sft: Artifact) -> str:
+    return ctx.cache_key("pm", pm_payload(ctx, sft))
+
+
+def _pat_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> str:
+    return pat_key(ctx, sft, pm)[0]
+
+
+def _rl_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> str:
+    return ppo_key(ctx, sft, pm)[0]
+
+
+def _dpo_key(ctx: RunContext, sft: Artifact) -> str:
+    return dpo_key(ctx, sft)[0]
+
+
+STAGES: dict[str, Stage] = {
+    "sft": Stage("sft", (ROOT,), _sft_key, _sft_build),
+    "pm": Stage("pm", ("sft",), _pm_key, pm_stage),
+    "pat": Stage("pat", ("sft", "pm"), _pat_key, pat_stage),
+    "ppo": Stage("ppo", ("sft", "pm"), _rl_key, ppo_stage),
+    "grpo": Stage("grpo", ("sft", "pm"), _rl_key, ppo_stage),  # the PPO loop, compare.grpo as algo
+    "rloo": Stage("rloo", ("sft", "pm"), _rl_key, ppo_stage),
+    "dpo": Stage("dpo", ("sft",), _dpo_key, dpo_stage),  # learns from the PM's labelled pairs, not the PM
+    "bon": Stage("bon", ("sft", "pm"), None, bon.draw),
+}
+
+
+def chain_of(name: str) -> list[str]:
+    """The stages ``name`` is built from, upstream first, ending with ``name`` (the root not included)."""
+    order: list[str] = []
+
+    def visit(stage: str) -> None:
+        if stage == ROOT or stage in order:
+            return
+        for need in STAGES[stage].needs:
+            visit(need)
+        order.append(stage)
+
+    visit(name)
+    return order
