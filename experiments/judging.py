@@ -27,7 +27,7 @@ def llm_spec(cfg: LabConfig) -> LLMJudgeSpec:
     j = cfg.judges.llm
     return LLMJudgeSpec(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env, concurrency=j.concurrency,
                         timeout=j.timeout, max_retries=j.max_retries, max_tokens=j.max_tokens,
-                        temperature=j.temperature)
+                        temperature=j.temperature, max_error_share=j.max_error_share)
 
 
 def llm_judge(cfg: LabConfig, cache_root: Path) -> LLMJudge:
@@ -37,7 +37,8 @@ def llm_judge(cfg: LabConfig, cache_root: Path) -> LLMJudge:
 
 def check_judges(cfg: LabConfig, names: Sequence[str], cache_root: Path) -> None:
     """Reach every judge in ``names`` before anything trains: the reward model's directory is read
-    (no weights), the LLM judge's server is asked for its models. Raises ValueError naming the key."""
+    (no weights), the LLM judge's server is asked for its models and one judging request. Raises
+    ValueError naming the key."""
     if "rm" in names:
         try:
             check_reward_model(cfg.judges.rm.path)
@@ -45,7 +46,7 @@ def check_judges(cfg: LabConfig, names: Sequence[str], cache_root: Path) -> None
             raise ValueError(f"judges.rm.path: {err}") from None
     if "llm" in names:
         try:
-            with LLMJudge(llm_spec(cfg)) as judge:  # no verdict cache: this only asks for the models
+            with LLMJudge(llm_spec(cfg)) as judge:  # no verdict cache: the test answer is not kept
                 judge.check()
         except RuntimeError as err:
             raise ValueError(f"judges.llm: {err}") from None
