@@ -188,3 +188,21 @@ def test_preference_and_prompt_readers_accept_or_name_the_record(tmp_path_factor
             assert str(path) in str(err) and re.search(r": line \d+", str(err)), str(err)
         else:
             assert 0 < len(out) <= len(records)
+
+
+RECORD_CAP = 200_000  # characters of one field: longer than any conversation within the lab's token limits
+
+
+@FUZZ
+@given(st.integers(1, RECORD_CAP), st.sampled_from([" ", "\n", "\t"]))
+def test_implicit_prompt_of_long_blank_replies(tmp_path_factory, n: int, ws: str):
+    path = Path(tmp_path_factory.mktemp("fuzz")) / "blank.jsonl"
+    rows = [{"chosen": "Q " + ws * n + "a", "rejected": "Q " + ws * n + "b"},
+            {"chosen": "x" + ws * n, "rejected": "x" + ws * n}]  # no word boundary leaves both replies non-blank
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    try:
+        load_preferences(path)
+    except DataError as err:
+        assert ": line 2: the implicit prompt" in str(err)
+    else:
+        raise AssertionError("a pair without an implicit prompt was read")
