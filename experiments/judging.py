@@ -67,13 +67,14 @@ def rm_scores(ctx: RunContext, items: dict[str, tuple[Sequence[Conversation], Se
 
 
 def llm_outcomes(ctx: RunContext, contexts: Sequence[Conversation], replies: dict[str, list[str]],
-                 pairs: Sequence[tuple[str, str]]) -> dict[str, list[int]]:
+                 pairs: Sequence[tuple[str, str]]) -> tuple[dict[str, list[int]], dict[str, float]]:
     """``{"a_vs_b": outcomes}`` for every pair: +1 where the LLM judge prefers a's reply in both
-    orders, -1 where it prefers b's in both, 0 otherwise (one batch of requests for all pairs)."""
+    orders, -1 where it prefers b's in both, 0 otherwise (one batch of requests for all pairs); and the
+    judge's tie, unparsed and error shares over them (``LLMJudge.shares``)."""
     items = [PairItem(c, ra, rb) for a, b in pairs for c, ra, rb in zip(contexts, replies[a], replies[b])]
     with llm_judge(ctx.cfg, ctx.cache.root) as judge:
         verdicts = judge.compare(items, desc="llm judge")
     n = len(contexts)
     out = {f"{a}_vs_{b}": verdicts[i * n:(i + 1) * n] for i, (a, b) in enumerate(pairs)}
-    ctx.tracker.summary({f"llm_judge/{k}": v for k, v in judge.stats.items()})
-    return out
+    ctx.tracker.summary({f"llm_judge/{k}": v for k, v in (judge.stats | judge.shares()).items()})
+    return out, judge.shares()

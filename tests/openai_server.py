@@ -27,10 +27,11 @@ class RawReply:
     content_type: str = "application/json"
 
 
-def completion(content: Any, model: str = "local-judge") -> RawReply:
+def completion(content: Any, model: str = "local-judge", finish_reason: str = "stop") -> RawReply:
     """A 200 chat completion whose message content is ``content`` (any JSON value, ``None`` included)."""
     body = {"id": "chatcmpl-raw", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish_reason}]}
     return RawReply(json.dumps(body).encode("utf-8"))
 
 

@@ -304,7 +304,7 @@ GARBAGE = {
     "no choices": RawReply(json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "local-judge",
                                        "choices": []}).encode()),
     "null content": completion(None),
-    "empty content": completion(""),
+    "empty content cut at max_tokens": completion("", finish_reason="length"),
     "non-string content": completion([{"type": "text", "text": "A"}]),
     "error body with 200": RawReply(json.dumps({"error": {"message": "overloaded", "type": "server_error"}}).encode()),
     "html page": RawReply(b"<html><body>Bad gateway</body></html>", content_type="text/html"),
@@ -406,3 +406,23 @@ def test_a_key_in_place_of_the_variable_name_is_not_echoed():
         LLMJudge(LLMJudgeSpec(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=key_like))
     assert key_like not in str(info.value) and "api_key_env" in str(info.value)
     assert key_like not in repr(LLMJudgeSpec(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=key_like))
+
+
+def test_results_and_report_give_each_judges_tie_unparsed_and_error_shares():
+    from experiments.evaluate import Judged, method_results
+    from experiments.report import win_table
+
+    def win(tie: float, n: int) -> dict:
+        return {"value": 0.5, "ci": [0.4, 0.6], "win": (1 - tie) / 2, "tie": tie, "lose": (1 - tie) / 2, "n": n}
+
+    wins = {"pm": {"ppo_vs_sft": win(0.1, 10), "pat_vs_sft": win(0.3, 30)},
+            "llm": {"ppo_vs_sft": win(0.5, 10)}}
+    judged = Judged(replies={}, scores={}, lengths={"ppo": [3], "sft": [4], "pat": [5]},
+                    judge_shares={"llm": {"tie_share": 0.2, "unparsed_share": 0.2, "error_share": 0.1}})
+    results = method_results(None, judged, wins, ("ppo", "sft", "pat"))
+    assert results["judge_shares"] == {
+        "pm": {"tie_share": pytest.approx(0.25), "unparsed_share": 0.0, "error_share": 0.0},
+        "llm": {"tie_share": 0.2, "unparsed_share": 0.2, "error_share": 0.1},
+    }
+    table = "\n".join(win_table(results))
+    assert "| LLM judge | 0.200 | 0.200 | 0.100 |" in table and "| preference model | 0.250 | 0.000 | 0.000 |" in table

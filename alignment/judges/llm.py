@@ -7,11 +7,12 @@ Requests go through the official ``openai`` client, whose own retry does exponen
 errors, 408/409/429 and 5xx. Answers are cached on disk (sqlite) by the request's content, so a rerun asks
 nothing twice and a crash keeps what was already paid for.
 
-Only real answers are cached: a reply with no choices, a ``null``, empty or non-string content, an error
-body sent with status 200 or a body that is not a chat completion at all (an HTML page) is garbage. It is
-asked again (``max_retries`` times), then counted as an error, like a request the server refused (a 400,
-say, for a context that is too long). An item whose request errs gets a tie and is counted under
-``errors``; the comparison fails only when the errors exceed ``max_error_share`` of its items, naming the
+Only real answers are cached: a reply with no choices, a ``null`` or non-string content, an empty content
+cut at ``max_tokens``, an error body sent with status 200 or a body that is not a chat completion at all
+(an HTML page) is garbage. It is asked again (``max_retries`` times), then counted as an error, like a
+request the server refused (a 400, say, for a context that is too long). An item whose request errs
+gets a tie and is counted under ``errors``; the comparison fails only when the errors exceed
+``max_error_share`` of its items, naming the
 count. A refused key or an unknown model (401, 403, 404) fails at once: every request would fail alike.
 
 The API key is read from the environment variable named in :class:`LLMJudgeSpec`; it never appears in a
@@ -118,9 +119,10 @@ def answer_content(resp: object) -> str:
         raise _Garbage("a null message content (a reasoning model may have spent its tokens thinking)")
     if not isinstance(content, str):
         raise _Garbage(f"a message content that is not text ({type(content).__name__})")
-    if not content.strip():
-        raise _Garbage("an empty message content")
-    return content
+    if not content.strip() and getattr(choices[0], "finish_reason", None) == "length":
+        raise _Garbage("an empty message content cut at max_tokens (a reasoning model may have spent its tokens "
+                       "thinking)")
+    return content  # empty after a proper stop: the model's own (unparsed) answer
 
 
 def looks_like_a_key(name: str) -> bool:
