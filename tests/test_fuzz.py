@@ -4,7 +4,8 @@ the MOSS chat format (model output), the data-format readers (user files) and th
 Each parser works in one forward pass, so its work is linear by construction; these tests feed it
 arbitrary and adversarial inputs up to its length cap (the shapes that made the old regexes backtrack:
 repeated calls whose last one is cut off, runs of whitespace, unclosed fields) and check what it returns.
-Hypothesis's ``deadline`` is the guard against a parser that is not linear: such inputs took seconds to
+Hypothesis's ``deadline`` (10 s, generous for a busy machine: linear parsing of the longest input takes
+well under a second) is the guard against a parser that is not linear: such inputs took from 10 s to
 minutes each before. Where an old regex is still the specification, short inputs are compared with it.
 """
 
@@ -24,7 +25,7 @@ from alignment.data.loaders import DataError
 from alignment.judges.llm import MAX_ANSWER_CHARS, parse_answer
 from alignment.tools import MAX_LINE_LENGTH, TOOLS, enabled_tools, parse_calls, scan_line, scan_switch
 
-FUZZ = settings(max_examples=40, deadline=timedelta(seconds=2),
+FUZZ = settings(max_examples=40, deadline=timedelta(seconds=10),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 
@@ -103,7 +104,7 @@ def test_enabled_tools_on_any_text(text: str):
 
 TOKENS = list(cf.ROLE_TOKENS.values()) + list(cf.CLOSE_TOKENS.values())
 CHAT_ALPHABET = st.sampled_from(TOKENS + [": ", ":", "\n", " ", "x", "<", "<quality: 50>", "<|Human|>: hi<eoh>\n"])
-CHAT_CAP = 100_000  # characters: far longer than any conversation within the lab's token limits
+CHAT_CAP = 200_000  # characters: far longer than any conversation within the lab's token limits
 
 
 @FUZZ
@@ -190,7 +191,7 @@ def test_preference_and_prompt_readers_accept_or_name_the_record(tmp_path_factor
             assert 0 < len(out) <= len(records)
 
 
-RECORD_CAP = 200_000  # characters of one field: longer than any conversation within the lab's token limits
+RECORD_CAP = 400_000  # characters of one field: longer than any conversation within the lab's token limits
 
 
 @FUZZ
@@ -206,3 +207,32 @@ def test_implicit_prompt_of_long_blank_replies(tmp_path_factory, n: int, ws: str
         assert ": line 2: the implicit prompt" in str(err)
     else:
         raise AssertionError("a pair without an implicit prompt was read")
+
+
+# --- the gold judge's readers (model output) ---------------------------------------------------------
+
+OLD_SENTENCE = re.compile(r"[^.!?。！？\n]+[.!?。！？]")
+OLD_FENCE = re.compile(r"```(?:python)?\n(.*?)```", re.DOTALL)
+REPLY_ALPHABET = st.sampled_from(list("a .!?。\n`") + ["```", "```python\n", "python", "```\n"])
+
+
+@FUZZ
+@given(st.lists(REPLY_ALPHABET, max_size=30).map("".join))
+def test_gold_judge_readers_agree_with_the_old_regexes(text: str):
+    from alignment.world.categories.code import fenced_code
+    from alignment.world.judge import sentences_of
+
+    assert sentences_of(text) == OLD_SENTENCE.findall(text)
+    m = OLD_FENCE.search(text)
+    assert fenced_code(text) == (m.group(1) if m else None)
+
+
+@FUZZ
+@given(st.integers(1, RECORD_CAP), st.sampled_from(["a", "```\n", "```python"]))
+def test_gold_judge_readers_on_long_replies(n: int, unit: str):
+    from alignment.world.categories.code import fenced_code
+    from alignment.world.judge import sentences_of
+
+    text = (unit * n)[:RECORD_CAP]
+    assert sentences_of(text) == []
+    assert fenced_code(text) in (None, "") or "```" not in fenced_code(text)
