@@ -251,14 +251,74 @@ class FormatError(ValueError):
     """Text that is not a well-formed MOSS conversation."""
 
 
-_FIELD_RE = re.compile(
-    "("
-    + "|".join(re.escape(t) for t in ROLE_TOKENS.values())
-    + r"): ?(.*?)("
-    + "|".join(re.escape(t) for t in CLOSE_TOKENS.values())
-    + r")\n?",
-    re.DOTALL,
-)
+_ROLE_BY_TOKEN_TEXT = {v: k for k, v in ROLE_TOKENS.items()}
+_CLOSE_SET = frozenset(CLOSE_TOKENS.values())
+_TOKEN_OPEN = "<"  # every role and close token starts with it
+
+
+def _token_at(text: str, i: int, tokens: dict[str, Section] | frozenset[str]) -> str | None:
+    """The token of ``tokens`` that ``text`` holds at ``i``, if any."""
+    for token in tokens:
+        if text.startswith(token, i):
+            return token
+    return None
+
+
+def _next_close(text: str, start: int) -> tuple[int, str] | None:
+    """The first close token at or after ``start``: ``(index, token)``; one forward pass."""
+    i = text.find(_TOKEN_OPEN, start)
+    while i >= 0:
+        token = _token_at(text, i, _CLOSE_SET)
+        if token is not None:
+            return i, token
+        i = text.find(_TOKEN_OPEN, i + 1)
+    return None
+
+
+def _field_at(text: str, pos: int, close: tuple[int, str] | None = None) -> tuple[str, str, str, int] | None:
+    """The field opening at ``pos``: ``(role token, body, close token, end)``, where the body runs to the
+    first close token of any kind and ``end`` is past the close token and one optional newline.
+    ``None`` when no role token opens at ``pos`` or no close token follows. ``close``, when given, is
+    the first close token at or after the body's start (from an earlier search)."""
+    role = _token_at(text, pos, _ROLE_BY_TOKEN_TEXT)
+    if role is None or not text.startswith(":", pos + len(role)):
+        return None
+    start = pos + len(role) + 1
+    if text.startswith(" ", start):
+        start += 1
+    if close is None or close[0] < start:
+        close = _next_close(text, start)
+    if close is None:
+        return None
+    at, token = close
+    end = at + len(token)
+    if text.startswith("\n", end):
+        end += 1
+    return role, text[start:at], token, end
+
+
+def _fields(text: str) -> list[tuple[str, str, str, int, int]]:
+    """Every field of ``text`` as ``(role, body, close, start, end)``, scanning left to right for role
+    tokens and taking non-overlapping fields (as ``re.finditer`` would). The next close token is
+    searched for again only once the scan has passed it, so the work is linear in ``len(text)``."""
+    out = []
+    close = _next_close(text, 0)
+    i = text.find(_TOKEN_OPEN)
+    while i >= 0 and close is not None:
+        if close[0] < i:
+            close = _next_close(text, i)
+            if close is None:
+                break  # no close token after here: no later field can close either
+        found = _field_at(text, i, close)
+        if found is None:
+            i = text.find(_TOKEN_OPEN, i + 1)
+            continue
+        role, body, token, end = found
+        out.append((role, body, token, i, end))
+        i = text.find(_TOKEN_OPEN, end)
+    return out
+
+
 _ROLE_BY_TOKEN = {v: k for k, v in ROLE_TOKENS.items()}
 
 
@@ -272,20 +332,20 @@ def parse(text: str) -> Conversation:
     fields: dict[Section, str] = {}
     quality: int | None = None
     while pos < len(text):
-        m = _FIELD_RE.match(text, pos)
+        m = _field_at(text, pos)
         if m is None:
             raise FormatError(f"malformed field at character {pos}: {text[pos:pos + 40]!r}")
-        section = _ROLE_BY_TOKEN[m.group(1)]
-        if CLOSE_TOKENS[section] != m.group(3):
-            raise FormatError(f"{m.group(1)} closed by {m.group(3)} at character {pos}")
-        body = m.group(2)
+        role, body, close, end = m
+        section = _ROLE_BY_TOKEN[role]
+        if CLOSE_TOKENS[section] != close:
+            raise FormatError(f"{role} closed by {close} at character {pos}")
         if section is Section.HUMAN:
             if fields:
                 raise FormatError(f"turn without a MOSS reply before character {pos}")
         elif Section.HUMAN not in fields:
-            raise FormatError(f"{m.group(1)} before any <|Human|> at character {pos}")
+            raise FormatError(f"{role} before any <|Human|> at character {pos}")
         if section in fields:
-            raise FormatError(f"{m.group(1)} repeated in one turn at character {pos}")
+            raise FormatError(f"{role} repeated in one turn at character {pos}")
         if section is Section.MOSS:
             tag = QUALITY_RE.match(body)
             if tag is not None:
@@ -304,7 +364,7 @@ def parse(text: str) -> Conversation:
                 )
             )
             fields, quality = {}, None
-        pos = m.end()
+        pos = end
     if fields:
         raise FormatError("conversation ends without a MOSS reply")
     return Conversation(meta, tuple(turns))
@@ -337,10 +397,10 @@ def reply_turn(human: str, reply: str, quality: int | None = None) -> Turn:
         return Turn(human, reply, quality=quality)
     head, sep, body = reply.rpartition(ROLE_TOKENS[Section.MOSS] + ":")
     fields = {}
-    for m in _FIELD_RE.finditer(head):
-        section = _ROLE_BY_TOKEN[m.group(1)]
+    for role, field_body, _, _, _ in _fields(head):
+        section = _ROLE_BY_TOKEN[role]
         if section in PLUGIN_FIELDS:
-            fields[section] = m.group(2)
+            fields[section] = field_body
     body = body if sep else ""
     return Turn(human, reply_text(body), fields.get(Section.INNER_THOUGHTS), fields.get(Section.COMMANDS),
                 fields.get(Section.RESULTS), quality)

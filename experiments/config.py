@@ -315,6 +315,9 @@ class LLMJudgeConfig:
     max_tokens: int = 16
     temperature: float = 0.0
     cache: bool = True  # verdicts kept on disk under <cache>/llm-judge/: a rerun asks nothing twice
+    # a comparison fails when more of its items than this share end in an error (a refused request, or
+    # garbage after max_retries); fewer are ties, counted as errors in results.json
+    max_error_share: float = not_in_key(0.02)
 
 
 @dataclass

@@ -77,6 +77,8 @@ def validate_inputs(lab: LabConfig) -> None:
     if llm.concurrency < 1 or llm.timeout <= 0 or llm.max_retries < 0 or llm.max_tokens < 1:
         raise ValueError("judges.llm: concurrency and max_tokens must be at least 1, timeout > 0, max_retries >= 0 "
                          f"(got {llm.concurrency}, {llm.max_tokens}, {llm.timeout}, {llm.max_retries})")
+    if not 0.0 <= llm.max_error_share < 1.0:
+        raise ValueError(f"judges.llm.max_error_share must lie in [0, 1), got {llm.max_error_share}")
 
 
 def validate_algo(a: PPOConfig, key: str = "algo") -> None:

@@ -17,7 +17,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-Responder = Callable[[list[dict]], str]
+
+@dataclass(frozen=True)
+class RawReply:
+    """A reply a responder may return instead of text: sent as is (a broken or hostile server)."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+
+
+def completion(content: Any, model: str = "local-judge", finish_reason: str = "stop") -> RawReply:
+    """A 200 chat completion whose message content is ``content`` (any JSON value, ``None`` included)."""
+    body = {"id": "chatcmpl-raw", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish_reason}]}
+    return RawReply(json.dumps(body).encode("utf-8"))
+
+
+Responder = Callable[[list[dict]], "str | RawReply"]
 
 
 @dataclass
@@ -28,6 +46,7 @@ class ServerInfo:
     model_name: str
     requests: int = 0  # chat requests received (failed ones included)
     seen_auth: set[str] = field(default_factory=set)  # Authorization headers seen
+    bodies: list[dict] = field(default_factory=list)  # the JSON bodies of the chat requests answered with text
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -66,8 +85,8 @@ class _LocalModel:
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def _handler(info: ServerInfo, answer: Callable[[list[dict], int], str], api_key: str | None,
-             fail_first: int) -> type[BaseHTTPRequestHandler]:
+def _handler(info: ServerInfo, answer: Callable[[list[dict], int], Any], api_key: str | None,
+             fail_first: int, reject: tuple[str, ...] = ()) -> type[BaseHTTPRequestHandler]:
     state = {"failed": 0}
 
     class Handler(BaseHTTPRequestHandler):
@@ -131,6 +150,11 @@ def _handler(info: ServerInfo, answer: Callable[[list[dict], int], str], api_key
             except (ValueError, KeyError, TypeError) as err:
                 self._error(400, f"bad request: {err}", "invalid_request_error")
                 return
+            for param in reject:
+                if param in body:
+                    self._error(400, f"Unsupported parameter: {param!r}", "invalid_request_error",
+                                "unsupported_parameter")
+                    return
             if body.get("model") != info.model_name:
                 self._error(404, f"The model `{body.get('model')}` does not exist", "invalid_request_error",
                             "model_not_found")
@@ -141,6 +165,15 @@ def _handler(info: ServerInfo, answer: Callable[[list[dict], int], str], api_key
             except Exception as err:  # the test's responder failed: report it as the server's error
                 self._error(500, f"responder failed: {type(err).__name__}: {err}", "server_error")
                 return
+            if isinstance(content, RawReply):
+                self.send_response(content.status)
+                self.send_header("Content-Type", content.content_type)
+                self.send_header("Content-Length", str(len(content.body)))
+                self.end_headers()
+                self.wfile.write(content.body)
+                return
+            with info.lock:
+                info.bodies.append(body)
             prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
             completion_tokens = len(content.split())
             self._send(200, {
@@ -166,15 +199,16 @@ def _handler(info: ServerInfo, answer: Callable[[list[dict], int], str], api_key
 
 @contextmanager
 def serve(model_dir: str | Path | None = None, responder: Responder | None = None, api_key: str | None = None,
-          fail_first: int = 0, model_name: str = "local-judge") -> Iterator[ServerInfo]:
+          fail_first: int = 0, model_name: str = "local-judge", reject: tuple[str, ...] = ()) -> Iterator[ServerInfo]:
     """Run an OpenAI-compatible server on 127.0.0.1 (a free port) while the ``with`` block runs.
 
     ``responder(messages)`` gives each answer; without it, a causal LM loaded from ``model_dir`` does. With
     ``api_key`` a request without ``Authorization: Bearer <api_key>`` gets 401; the first ``fail_first`` chat
-    requests get HTTP 500.
+    requests get HTTP 500; a chat request holding a parameter named in ``reject`` (e.g. ``"temperature"``)
+    gets HTTP 400.
     """
     if responder is not None:
-        def answer(messages: list[dict], max_tokens: int) -> str:
+        def answer(messages: list[dict], max_tokens: int) -> str | RawReply:
             return responder(messages)
     elif model_dir is not None:
         answer = _LocalModel(model_dir)
@@ -183,7 +217,7 @@ def serve(model_dir: str | Path | None = None, responder: Responder | None = Non
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     httpd.daemon_threads = True
     info = ServerInfo(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1", model_name=model_name)
-    httpd.RequestHandlerClass = _handler(info, answer, api_key, fail_first)
+    httpd.RequestHandlerClass = _handler(info, answer, api_key, fail_first, reject)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

@@ -65,3 +65,46 @@ def test_atomic_text_and_json(tmp_path):
     assert (tmp_path / "d" / "x.txt").read_text() == "hello"
     assert (tmp_path / "d" / "y.json").read_text().startswith('{\n  "a": "中"')
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["x.txt", "y.json"]
+
+
+def _record_durability(monkeypatch) -> list[tuple[str, str]]:
+    """Every fsync (with the path of the synced descriptor) and every rename, in order."""
+    import os
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(dst)))
+        return real_replace(src, dst)
+
+    def rename(src, dst):
+        events.append(("rename", str(dst)))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", rename)
+    return events
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="reads /proc/self/fd (Linux)")
+def test_atomic_writes_fsync_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    events = _record_durability(monkeypatch)
+    write_text(tmp_path / "manifest.json", "{}")
+    renamed = events.index(("rename", str(tmp_path / "manifest.json")))
+    assert any(kind == "fsync" and ".manifest.json." in path for kind, path in events[:renamed])  # the temp file
+    assert ("fsync", str(tmp_path)) in events[renamed:]  # the directory holding the new name
+
+    events.clear()
+    with atomic_dir(tmp_path / "artifact") as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "weights.bin").write_bytes(b"\0" * 64)
+    renamed = events.index(("rename", str(tmp_path / "artifact")))
+    synced = [path for kind, path in events[:renamed] if kind == "fsync"]
+    assert any(p.endswith("/sub/weights.bin") for p in synced) and any(p.endswith("/sub") for p in synced)
+    assert ("fsync", str(tmp_path)) in events[renamed:]

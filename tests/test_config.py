@@ -217,6 +217,7 @@ def test_settings_that_change_results_change_exactly_their_stages(tmp_path, over
     ("ppo", "rollout.engine=vllm rollout.tensor_parallel_size=2", r"rollout\.tensor_parallel_size=2 needs that many"),
     ("ppo", "ray.rollout.num_actors=0", r"ray\.rollout: num_actors must be at least 1"),
     ("ppo", "rollout.engine=vllm ray.colocate=true ray.rollout.num_actors=2", r"ray\.colocate .* same num_actors"),
+    ("sft", "judges.llm.max_error_share=1.5", r"judges\.llm\.max_error_share must lie in \[0, 1\), got 1\.5"),
 ])
 def test_late_checked_settings_now_fail_in_validate(experiment, override, match):
     from experiments.validation import validate

@@ -278,7 +278,75 @@ def test_later_row_in_another_format(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{path}: line 2: field 'chosen' has no '\\n\\nHuman:' turn"
         " (the file is read as format 'hh', detected from line 1; pass fmt= to choose another)"
+        "; this record looks like format 'trl_text', and a file holds one"
     )
+
+
+def _crlf(text: str) -> str:
+    return text.replace("\n", "\r\n")
+
+
+MULTI_HH = {"chosen": _hh((H, "Hi"), (A, "Hello."), (H, "A joke?"), (A, "Knock knock.")),
+            "rejected": _hh((H, "Hi"), (A, "Hello."), (H, "A joke?"), (A, "No."))}
+
+
+@pytest.mark.parametrize("first", [
+    {"chosen": _crlf(HH["chosen"]), "rejected": _crlf(HH["rejected"])},  # CRLF line ends
+    {"chosen": HH["chosen"].lstrip("\n"), "rejected": HH["rejected"].lstrip("\n")},  # no leading blank line
+])
+def test_misleading_first_hh_record_reads_the_file_as_hh(tmp_path: Path, first: dict) -> None:
+    path = _write(tmp_path / "hh.jsonl", [first, MULTI_HH, MULTI_HH])
+    pairs = load_preferences(path)
+    assert pairs[0] == load_preferences(_write(tmp_path / "clean.jsonl", [HH]), "hh")[0]
+    for pair in pairs[1:]:  # the multi-turn records keep their history, no markers inside a human turn
+        assert [t.human for t in pair.context.turns] == ["Hi", "A joke?"]
+        assert pair.context.turns[0].moss == "Hello." and pair.chosen == "Knock knock."
+        assert "Human:" not in pair.context.turns[-1].human
+
+
+def test_mixed_records_are_refused_naming_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path / "mixed.jsonl", [TRL_TEXT_IMPLICIT, TRL_TEXT_IMPLICIT, MULTI_HH])
+    with pytest.raises(DataError, match=r"mixed\.jsonl: line 3: field 'chosen' is an HH-RLHF transcript.*"
+                                        r"looks like format 'hh'"):
+        load_preferences(path)
+    with pytest.raises(DataError, match=r"mixed\.jsonl: line 3: field 'chosen' is an HH-RLHF transcript"):
+        load_preferences(path, "trl_text")  # an explicit format does not read a transcript as plain text
+    path = _write(tmp_path / "mixed2.jsonl", [LAB, TRL_CONV])
+    with pytest.raises(DataError, match=r"mixed2\.jsonl: line 2: .*looks like format 'trl_conversational'"):
+        load_preferences(path)
+    prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": "Hi?"}, {"messages": [{"role": "user", "content": "x"}]}])
+    with pytest.raises(DataError, match=r"prompts\.jsonl: line 2: .*looks like format 'messages'"):
+        load_prompts(prompts)
+
+
+def test_explicit_prompt_trl_rows_read_alike_with_auto_and_trl_text(tmp_path: Path) -> None:
+    path = _write(tmp_path / "trl.jsonl", [TRL_TEXT])
+    [auto], [explicit] = load_preferences(path), load_preferences(path, "trl_text")
+    assert auto == explicit and auto.chosen == "blue." and auto.context.turns[-1].human == "The sky is"
+
+
+def test_duplicated_keys_are_refused_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "dup.jsonl"
+    path.write_text(json.dumps(LAB) + "\n" + '{"prompt": "p", "chosen": "good", "rejected": "bad", "chosen": "bad"}\n',
+                    "utf-8")
+    with pytest.raises(DataError, match=r"dup\.jsonl: line 2: the key 'chosen' appears twice"):
+        load_preferences(path)
+    path = tmp_path / "dup.json"
+    path.write_text('[\n {"prompt": "p", "chosen": "c", "rejected": "r"},\n {"prompt": "p",\n  "history": [{"human": '
+                    '"h", "moss": "m", "human": "x"}], "chosen": "c", "rejected": "r"}\n]', "utf-8")
+    with pytest.raises(DataError, match=r"dup\.json: item 2 \(line 3\): the key 'human' appears twice"):
+        load_preferences(path)
+
+
+def test_pairs_whose_chosen_equals_rejected_are_dropped_with_a_count(tmp_path: Path, caplog) -> None:
+    same = {"prompt": "p", "chosen": "Same.", "rejected": " Same. "}
+    path = _write(tmp_path / "same.jsonl", [LAB, same, LAB, same])
+    with caplog.at_level("WARNING"):
+        pairs = load_preferences(path)
+    assert pairs == load_preferences(_write(tmp_path / "lab.jsonl", [LAB, LAB]))
+    assert "dropped 2 of 4 pairs whose chosen reply equals the rejected one (line 2, line 4)" in caplog.text
+    with pytest.raises(DataError, match=r"only\.jsonl: every pair's chosen reply equals its rejected one \(line 1\)"):
+        load_preferences(_write(tmp_path / "only.jsonl", [same]))
 
 
 def test_first_row_fits_no_format(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import sqlite3
@@ -14,7 +15,7 @@ import pytest
 
 from alignment.chat_format import PLAIN_META, Conversation, Turn
 from alignment.judges.llm import JudgeError, LLMJudge, LLMJudgeSpec, PairItem, parse_answer
-from tests.openai_server import serve
+from tests.openai_server import RawReply, completion, serve
 
 RESPONSES_RE = re.compile(r"Response A:\n(.*)\n\nResponse B:\n(.*)\n\nWhich response", re.DOTALL)
 SECRET = "sk-test-9f8e7d6c5b4a-SECRET"
@@ -83,10 +84,14 @@ def test_both_orders_and_transcript():
     pairs = items(4)
     with serve(responder=record) as server, LLMJudge(spec(server)) as judge:
         judge.check()
+        assert server.requests == 1  # the preflight's one judging request
+        seen.clear()
         verdicts = judge.compare(pairs)
-        assert server.requests == 8
+        assert server.requests == 1 + 8
     assert verdicts == [1, -1, 1, -1]
-    assert judge.stats == {"requests": 8, "cache_hits": 0, "invalid": 0, "disagreements": 0}
+    assert judge.stats == {"requests": 8, "cache_hits": 0, "invalid": 0, "disagreements": 0, "items": 4,
+                           "unparsed": 0, "errors": 0, "garbage": 0}
+    assert judge.shares() == {"tie_share": 0.0, "unparsed_share": 0.0, "error_share": 0.0}
     shown = {responses(m) for m in seen}
     for p in pairs:  # each pair was shown in both orders
         assert (p.a, p.b) in shown and (p.b, p.a) in shown
@@ -284,10 +289,140 @@ def test_tiny_local_model_end_to_end(tmp_path: Path, tokenizer):
     with serve(model_dir=model_dir) as server, LLMJudge(spec(server, max_tokens=4), cache_path=cache) as judge:
         judge.check()
         verdicts = judge.compare(pairs)
-        assert server.requests == 6
+        assert server.requests == 1 + 6  # the preflight's judging request, then both orders of 3 pairs
     assert len(verdicts) == 3 and set(verdicts) <= {-1, 0, 1}
     answers = [a for (a,) in sqlite3.connect(cache).execute("SELECT answer FROM answers")]
     assert len(answers) == 6
     decided = sum(parse_answer(a) is not None for a in answers)
     assert judge.stats["invalid"] + decided == 6
     assert judge.stats["requests"] == 6
+
+
+# --- garbage, the error budget, the preflight's judging request -----------------------------------------
+
+GARBAGE = {
+    "no choices": RawReply(json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "local-judge",
+                                       "choices": []}).encode()),
+    "null content": completion(None),
+    "empty content cut at max_tokens": completion("", finish_reason="length"),
+    "non-string content": completion([{"type": "text", "text": "A"}]),
+    "error body with 200": RawReply(json.dumps({"error": {"message": "overloaded", "type": "server_error"}}).encode()),
+    "html page": RawReply(b"<html><body>Bad gateway</body></html>", content_type="text/html"),
+    "html labelled json": RawReply(b"<html><body>Bad gateway</body></html>"),
+}
+
+
+@pytest.mark.parametrize("kind", list(GARBAGE))
+def test_garbage_is_retried_counted_and_never_cached(tmp_path: Path, kind: str):
+    cache = tmp_path / "judge.sqlite"
+    pairs = items(60)
+    bad = {"question 7?"}  # one item of 60 (1.7%, within the default 2% budget) gets garbage in both orders
+
+    def sometimes_garbage(messages):
+        if any(q in messages[-1]["content"] for q in bad):
+            return GARBAGE[kind]
+        return prefer_longer(messages)
+
+    with serve(responder=sometimes_garbage) as server, LLMJudge(spec(server, max_retries=2),
+                                                                cache_path=cache) as judge:
+        verdicts = judge.compare(pairs)
+        assert server.requests == 2 * 59 + 2 * 3  # the bad item's two requests: 3 attempts each
+    assert verdicts[7] == 0 and verdicts[:7] == [1, -1] * 3 + [1]
+    assert judge.stats["errors"] == 1 and judge.stats["garbage"] == 6 and judge.stats["invalid"] == 0
+    assert judge.shares()["error_share"] == pytest.approx(1 / 60)
+    answers = [a for (a,) in sqlite3.connect(cache).execute("SELECT answer FROM answers")]
+    assert len(answers) == 2 * 59 and all(a in ("A", "B") for a in answers)
+
+    # A rerun asks the garbage item again (nothing of it was cached) and now gets a real verdict.
+    bad.clear()
+    with serve(responder=sometimes_garbage) as server, LLMJudge(spec(server), cache_path=cache) as judge:
+        assert judge.compare(pairs) == [1, -1] * 30
+        assert server.requests == 2
+        assert judge.stats["cache_hits"] == 2 * 59 and judge.stats["errors"] == 0
+
+
+def test_errors_beyond_the_budget_fail_naming_the_count():
+    pairs = items(20)
+
+    def too_long(messages):  # a 400 for 2 items of 20 (10% > 2%): a context too long, say
+        if "question 3?" in messages[-1]["content"] or "question 11?" in messages[-1]["content"]:
+            return RawReply(json.dumps({"error": {"message": "context too long", "type": "invalid_request_error"}})
+                            .encode(), status=400)
+        return prefer_longer(messages)
+
+    with serve(responder=too_long) as server, LLMJudge(spec(server, max_retries=0)) as judge:
+        with pytest.raises(JudgeError, match=r"2 of 20 items \(10\.0%\) failed.*item 3.*HTTP 400.*"
+                                             r"max_error_share=0\.02"):
+            judge.compare(pairs)
+    # A larger budget lets the same comparison finish: the failed items are ties, counted as errors.
+    with serve(responder=too_long) as server, LLMJudge(spec(server, max_retries=0, max_error_share=0.2)) as judge:
+        verdicts = judge.compare(pairs)
+    assert verdicts[3] == verdicts[11] == 0 and verdicts[4] == 1
+    assert judge.stats["errors"] == 2 and judge.shares()["error_share"] == pytest.approx(0.1)
+
+
+def test_shares_split_ties_unparsed_and_errors():
+    def mixed(messages):
+        q = question(messages)
+        if q == 0:
+            return "Both are fine."  # unparsed
+        if q == 1:
+            return "A"  # always A: the two orders disagree, a tie
+        return prefer_longer(messages)
+
+    with serve(responder=mixed) as server, LLMJudge(spec(server)) as judge:
+        assert judge.compare(items(4)) == [0, 0, 1, -1]
+    assert judge.shares() == {"tie_share": 0.25, "unparsed_share": 0.25, "error_share": 0.0}
+
+
+@pytest.mark.parametrize("param", ["temperature", "max_tokens"])
+def test_check_sends_one_real_judging_request(param: str):
+    with serve(responder=prefer_longer, reject=(param,)) as server, LLMJudge(spec(server)) as judge:
+        with pytest.raises(JudgeError, match=rf"refused a judging request.*HTTP 400.*{param}"):
+            judge.check()
+        assert server.requests == 1
+    with serve(responder=lambda m: completion(None)) as server, LLMJudge(spec(server)) as judge:
+        with pytest.raises(JudgeError, match="null message content"):
+            judge.check()
+    with serve(responder=prefer_longer) as server, LLMJudge(spec(server)) as judge:
+        judge.check()
+        [body] = server.bodies
+        assert body["max_tokens"] == 16 and body["temperature"] == 0.0
+        assert "Response A:" in body["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize(("answer", "verdict"), [
+    ("A", "A"), ("B", "B"), ("**B**", "B"), ("Response B.", "B"), ("A is better.", "A"),
+    ("A better response is B.", "B"), ("A tie: neither.", None), ("B is better than A", "B"),
+    ("The answer: A", "A"), ("ABBA", None), ("", None), (None, None), ("A" + " " * 5000, None),
+])
+def test_parse_answer_reads_the_named_letter(answer, verdict):
+    assert parse_answer(answer) == verdict
+
+
+def test_a_key_in_place_of_the_variable_name_is_not_echoed():
+    key_like = "sk_live_4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c"  # a valid variable name, but a key
+    with pytest.raises(JudgeError) as info:
+        LLMJudge(LLMJudgeSpec(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=key_like))
+    assert key_like not in str(info.value) and "api_key_env" in str(info.value)
+    assert key_like not in repr(LLMJudgeSpec(base_url="http://127.0.0.1:9/v1", model="m", api_key_env=key_like))
+
+
+def test_results_and_report_give_each_judges_tie_unparsed_and_error_shares():
+    from experiments.evaluate import Judged, method_results
+    from experiments.report import win_table
+
+    def win(tie: float, n: int) -> dict:
+        return {"value": 0.5, "ci": [0.4, 0.6], "win": (1 - tie) / 2, "tie": tie, "lose": (1 - tie) / 2, "n": n}
+
+    wins = {"pm": {"ppo_vs_sft": win(0.1, 10), "pat_vs_sft": win(0.3, 30)},
+            "llm": {"ppo_vs_sft": win(0.5, 10)}}
+    judged = Judged(replies={}, scores={}, lengths={"ppo": [3], "sft": [4], "pat": [5]},
+                    judge_shares={"llm": {"tie_share": 0.2, "unparsed_share": 0.2, "error_share": 0.1}})
+    results = method_results(None, judged, wins, ("ppo", "sft", "pat"))
+    assert results["judge_shares"] == {
+        "pm": {"tie_share": pytest.approx(0.25), "unparsed_share": 0.0, "error_share": 0.0},
+        "llm": {"tie_share": 0.2, "unparsed_share": 0.2, "error_share": 0.1},
+    }
+    table = "\n".join(win_table(results))
+    assert "| LLM judge | 0.200 | 0.200 | 0.100 |" in table and "| preference model | 0.250 | 0.000 | 0.000 |" in table

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
+import math
 import os
+import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -247,6 +252,52 @@ def test_solver_worker_crash_mid_solve_is_survived() -> None:
         assert tool.worker_pid not in (None, pid)
     finally:
         tool.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads the worker's limits from /proc")
+def test_solver_worker_has_a_cpu_limit_per_request(solver: Solver) -> None:
+    assert solver("x=5") == "x = 5"
+    pid = solver.worker_pid
+    assert pid is not None
+    [line] = [ln for ln in Path(f"/proc/{pid}/limits").read_text().splitlines() if ln.startswith("Max cpu time")]
+    soft = line.split()[3]
+    assert soft != "unlimited"
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    assert used < int(soft) <= int(used) + math.ceil(solver.timeout_s) + 1 + 1  # (+1: a second's rounding)
+
+
+ORPHAN = """
+import os, subprocess, sys
+code = ("import os, sys, threading; from alignment.tools.solver import die_with_parent; "
+        "assert die_with_parent(int(sys.argv[1])); print(os.getpid(), flush=True); threading.Event().wait()")
+subprocess.Popen([sys.executable, "-c", code, str(os.getpid())]).wait()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open") or not sys.platform.startswith("linux"),
+                    reason="PR_SET_PDEATHSIG and pidfd are Linux's")
+def test_solver_worker_dies_with_its_parent(solver: Solver) -> None:
+    assert solver("x=3") == "x = 3"
+    cmdline = Path(f"/proc/{solver.worker_pid}/cmdline").read_text()
+    assert f", {os.getpid()})" in cmdline  # the worker is told its parent, to die with it
+
+    # A process that calls die_with_parent as the worker does, under a parent that is then killed.
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE, env=env, text=True)
+    line = parent.stdout.readline()
+    pid = int(line)
+    try:
+        child = os.pidfd_open(pid)
+        parent.kill()
+        parent.wait()
+        assert select.select([child], [], [], 30.0)[0], "the orphan kept running"
+        os.close(child)
+    finally:
+        parent.stdout.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_solver_worker_killed_between_calls(solver: Solver) -> None:

@@ -61,7 +61,8 @@ def test_your_model_your_data_your_judges(ray_address, inputs, monkeypatch):
         asked = server.requests
         assert asked > 0 and all(a == f"Bearer {SECRET}" for a in server.seen_auth)
         again = run_lab(ray_address, root / "run2", root / "cache", *args)
-        assert server.requests == asked, "a rerun must take every verdict from the cache"
+        # only the preflight's one judging request (never cached): every verdict comes from the cache
+        assert server.requests == asked + 1, "a rerun must take every verdict from the cache"
     assert "PM: rm judge labelled" in out.stdout
     for stage in ("SFT: reusing cached checkpoint", "PM: reusing cached preference model", "PAT: reusing cached",
                   "PPO: reusing cached"):
@@ -69,6 +70,8 @@ def test_your_model_your_data_your_judges(ray_address, inputs, monkeypatch):
 
     results = json.loads((root / "run1" / "results.json").read_text())
     assert set(results["win_rate"]) == {"pm", "rm", "llm"}  # no gold judge on the user's prompts
+    assert set(results["judge_shares"]) == {"pm", "rm", "llm"}
+    assert all(0 <= v <= 1 for shares in results["judge_shares"].values() for v in shares.values())
     for judge in ("pm", "rm", "llm"):
         for pair in PAIRS:
             w = results["win_rate"][judge][pair]
@@ -113,7 +116,7 @@ def test_llm_feedback_labels_the_sft_models_samples(ray_address, inputs, monkeyp
         assert server.requests > 0 and "PM: llm judge labelled" in out.stdout
         asked = server.requests
         again = run_lab(ray_address, root / "pm2", root / "cache", *args, "pm.trainer.lr=2e-3")
-        assert server.requests == asked  # another preference model, the same labelled pairs
+        assert server.requests == asked + 1  # the preflight's request; another preference model, the same pairs
         assert "PM: reusing cached judge feedback" in again.stdout
     results = json.loads((root / "pm1" / "results.json").read_text())
     assert results["pm"]["train_pairs"] > 0 and 0 <= results["pm"]["val_accuracy"] <= 1

@@ -30,11 +30,16 @@ Preference formats (:func:`load_preferences`), one record each:
     the prompt (TRL's ``extract_prompt`` only moves a trailing space, so it may split a word). The prompt
     (stripped) is one human message; the rest of each string (stripped) is the reply.
 
-Detection (``fmt="auto"``) looks at the FIRST record only: a list ``prompt`` or ``chosen`` means
+Detection (``fmt="auto"``) looks at EVERY record: a list ``prompt`` or ``chosen`` means
 ``trl_conversational``; else a string ``prompt`` means ``lab`` (the explicit-prompt ``trl_text`` records
-are lab records); else a string ``chosen`` holding both ``"\\n\\nHuman:"`` and ``"\\n\\nAssistant:"`` means
-``hh``, any other string ``chosen`` ``trl_text``. Later records are parsed in that format; one that does
-not fit gets the ordinary error for its place, which names the detected format.
+are lab records, read the same way: prompt and replies stripped); else a string ``chosen`` that is an
+HH-RLHF transcript (after CRLF line ends become LF: it holds ``"\n\nAssistant:"`` and opens with
+``Human:`` or holds ``"\n\nHuman:"``) means ``hh``, any other string ``chosen`` ``trl_text``. A file holds
+one format: a record of another format than the first is refused, naming its line and both formats.
+With an explicit ``fmt=trl_text`` a record that is an HH-RLHF transcript is refused too.
+
+A pair whose chosen reply equals its rejected one (after stripping) carries no preference: it is dropped,
+and the count and the first places are logged; a file of only such pairs is refused.
 
 Prompt formats (:func:`load_prompts`), giving :class:`FilePrompt` contexts that end with the prompt:
 
@@ -50,8 +55,8 @@ Prompt formats (:func:`load_prompts`), giving :class:`FilePrompt` contexts that 
     "chat": {"turn_1": {...}, "turn_2": {...}}}``: the last Human message is the prompt (its reply dropped),
     earlier turns are history with all their fields; the record's meta instruction is kept.
 
-Prompt detection from the first record: ``chat`` → ``moss``; ``messages`` or a list ``prompt`` →
-``messages``; a string ``prompt`` → ``prompt``.
+Prompt detection, record by record (a file holds one format): ``chat`` → ``moss``; ``messages`` or a list
+``prompt`` → ``messages``; a string ``prompt`` → ``prompt``.
 
 Pure Python (no torch): loading runs before any compute starts, to validate a run's inputs.
 """
@@ -59,6 +64,7 @@ Pure Python (no torch): loading runs before any compute starts, to validate a ru
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +89,8 @@ from alignment.data.loaders import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 PREFERENCE_FORMATS = ("auto", "lab", "hh", "trl_conversational", "trl_text")
 PROMPT_FORMATS = ("auto", "prompt", "messages", "moss")
@@ -144,14 +152,24 @@ def detect_prompt_format(record: Any) -> str:
 
 def load_preferences(path: str | Path, fmt: str = "auto") -> list[PreferencePair]:
     """Every record of ``path`` as a :class:`PreferencePair`, in file order; ``fmt`` is one of
-    :data:`PREFERENCE_FORMATS` (``auto``: detected from the first record)."""
-    return _load_as(path, fmt, _PREFERENCE_PARSERS, _detect_preference)
+    :data:`PREFERENCE_FORMATS` (``auto``: detected record by record, one format a file). Pairs whose
+    chosen equals their rejected reply are dropped (logged with their count)."""
+    path = Path(path)
+    placed = _load_as(path, fmt, _PREFERENCE_PARSERS, _detect_preference)
+    same = [where for where, pair in placed if pair.chosen.strip() == pair.rejected.strip()]
+    if same:
+        if len(same) == len(placed):
+            raise DataError(f"{path}: every pair's chosen reply equals its rejected one ({', '.join(same[:3])}"
+                            f"{', ...' if len(same) > 3 else ''}): no preference to learn")
+        log.warning("%s: dropped %d of %d pairs whose chosen reply equals the rejected one (%s%s)", path, len(same),
+                    len(placed), ", ".join(same[:5]), ", ..." if len(same) > 5 else "")
+    return [pair for _, pair in placed if pair.chosen.strip() != pair.rejected.strip()]
 
 
 def load_prompts(path: str | Path, fmt: str = "auto") -> list[FilePrompt]:
     """Every record of ``path`` as a :class:`FilePrompt`, in file order; ``fmt`` is one of
-    :data:`PROMPT_FORMATS` (``auto``: detected from the first record)."""
-    return _load_as(path, fmt, _PROMPT_PARSERS, _detect_prompt)
+    :data:`PROMPT_FORMATS` (``auto``: detected record by record, one format a file)."""
+    return [item for _, item in _load_as(path, fmt, _PROMPT_PARSERS, _detect_prompt)]
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -169,24 +187,36 @@ def _load_as(
     fmt: str,
     parsers: dict[str, Callable[[dict[str, Any]], T]],
     detect: Callable[[Any], str],
-) -> list[T]:
+) -> list[tuple[str, T]]:
+    """Each record parsed, with its place; ``auto`` detects every record's format and refuses a file
+    that mixes formats, naming the first record that differs."""
     if fmt != "auto" and fmt not in parsers:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(['auto', *parsers])}")
     path = Path(path)
     records = _records(path)
+    places = [where for where, _ in records]
     if fmt != "auto":
-        return _parse_records(path, records, parsers[fmt])
-    [detected] = _parse_records(path, records[:1], detect)
-    parse = parsers[detected]
-    hint = f" (the file is read as format {detected!r}, detected from {records[0][0]}; pass fmt= to choose another)"
+        return list(zip(places, _parse_records(path, records, parsers[fmt])))
+    [first] = _parse_records(path, records[:1], detect)
+    parse = parsers[first]
+    hint = f" (the file is read as format {first!r}, detected from {records[0][0]}; pass fmt= to choose another)"
 
     def parse_detected(record: dict[str, Any]) -> T:
         try:
-            return parse(record)
+            found: str | None = detect(record)
+        except _Bad:
+            found = None
+        try:
+            out = parse(record)
         except _Bad as e:
-            raise _Bad(f"{e}{hint}") from None
+            looks = "" if found in (None, first) else f"; this record looks like format {found!r}, and a file holds one"
+            raise _Bad(f"{e}{hint}{looks}") from None
+        if found is not None and found != first:
+            raise _Bad(f"a {found!r} record, but {records[0][0]} is a {first!r} record; a file holds one format "
+                       "(fix the record, or pass fmt= to read every record as one format)")
+        return out
 
-    return _parse_records(path, records, parse_detected)
+    return list(zip(places, _parse_records(path, records, parse_detected)))
 
 
 def _unknown(record: dict[str, Any], what: str, shapes: dict[str, str]) -> _Bad:
@@ -204,7 +234,7 @@ def _detect_preference(record: Any) -> str:
     if isinstance(prompt, str):
         return "lab"
     if isinstance(chosen, str):
-        return "hh" if all(marker in chosen for marker in _HH_MARKERS) else "trl_text"
+        return "hh" if _is_hh(chosen) else "trl_text"
     raise _unknown(record, "preference", _PREFERENCE_SHAPES)
 
 
@@ -294,14 +324,28 @@ def _trl_conversational(record: dict[str, Any]) -> PreferencePair:
 
 # --- Anthropic HH-RLHF transcripts -----------------------------------------------------------------
 
-_HH_MARKERS = ("\n\nHuman:", "\n\nAssistant:")
-_HH_SPLIT = re.compile(r"\n\n(Human|Assistant):")
+_HH_SPLIT = re.compile(r"\n\n(Human|Assistant):")  # fixed text, no repetition: it cannot backtrack
+
+
+def _hh_text(text: str) -> str:
+    """An HH-RLHF transcript as the parser reads it: CRLF (and lone CR) line ends as LF, and a first
+    ``Human:`` that lacks its leading blank line given one."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.lstrip().startswith("Human:"):
+        text = "\n\n" + text.lstrip()
+    return text
+
+
+def _is_hh(text: str) -> bool:
+    """Whether ``text`` is an HH-RLHF transcript: a Human turn and an Assistant turn (see :func:`_hh_text`)."""
+    text = _hh_text(text)
+    return "\n\nHuman:" in text and "\n\nAssistant:" in text
 
 
 def _hh_messages(record: dict[str, Any], key: str) -> list[_Message]:
     """The transcript in ``record[key]`` as (role, body) pairs: alternating, from Human to Assistant."""
     name = f"field {key!r}"
-    parts = _HH_SPLIT.split(_text(record, key))
+    parts = _HH_SPLIT.split(_hh_text(_text(record, key)))
     if "Human" not in parts[1::2]:
         raise _Bad(f"{name} has no '\\n\\nHuman:' turn")
     if parts[0].strip():
@@ -343,10 +387,13 @@ def _word_prefix(a: str, b: str) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
+    # a[k:] is non-blank iff k <= the index of a's last non-space character: no rescans, linear work
+    last_a = len(a.rstrip()) - 1
+    last_b = len(b.rstrip()) - 1
 
     def fits(k: int) -> bool:
         whole = a[k - 1].isspace() or all(k == len(s) or s[k].isspace() for s in (a, b))
-        return whole and bool(a[k:].strip()) and bool(b[k:].strip())
+        return whole and k <= last_a and k <= last_b
 
     while n > 0 and not fits(n):
         n -= 1
@@ -355,6 +402,10 @@ def _word_prefix(a: str, b: str) -> int:
 
 def _trl_text(record: dict[str, Any]) -> PreferencePair:
     chosen, rejected = _text(record, "chosen"), _text(record, "rejected")
+    for key, text in (("chosen", chosen), ("rejected", rejected)):
+        if "prompt" not in record and _is_hh(text):
+            raise _Bad(f"field {key!r} is an HH-RLHF transcript (Human: / Assistant: turns), not plain text; "
+                       "read the file as format 'hh'")
     if "prompt" in record:
         prompt, cut = _text(record, "prompt").strip(), 0
     else:

@@ -152,12 +152,53 @@ def _records(path: Path) -> list[tuple[str, Any]]:
     return [(f"item {i}", item) for i, item in enumerate(items, 1)]
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's dict, refusing a key that appears twice (``json`` would keep the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _decode(text: str, path: Path, where: str | None) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         where = where or f"line {e.lineno}"
         raise DataError(f"{path}: {where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except _DuplicateKey as e:
+        where = where or _line_of_duplicate(text, e.key)
+        raise DataError(f"{path}: {where}: the key {e.key!r} appears twice in one JSON object") from None
+
+
+def _line_of_duplicate(text: str, key: str) -> str:
+    """Where a ``.json`` file repeats ``key`` in one object: ``item N (line L)`` of a top-level list, or
+    ``line L`` where the one top-level object starts. The list's items are decoded again one by one."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
+    i = len(text) - len(text.lstrip())
+    if not text.startswith("[", i):
+        return f"line {text.count(chr(10), 0, i) + 1}"
+    i += 1
+    n = 0
+    while True:
+        i += len(text[i:]) - len(text[i:].lstrip())
+        n += 1
+        try:
+            _, i = decoder.raw_decode(text, i)
+        except _DuplicateKey:
+            return f"item {n} (line {text.count(chr(10), 0, i) + 1})"
+        i += len(text[i:]) - len(text[i:].lstrip())
+        if not text.startswith(",", i):
+            return f"a JSON object (key {key!r})"
+        i += 1
 
 
 # --- fields ----------------------------------------------------------------------------------------
@@ -196,6 +237,7 @@ def _text(record: dict[str, Any], key: str) -> str:
 
 
 def _context(record: dict[str, Any]) -> Conversation:
+    """The context schema's conversation; the prompt is stripped (a human message is written ``" body<eoh>"``)."""
     meta = cf.meta_instruction()
     if "meta_instruction" in record:
         meta = _check_body(record["meta_instruction"], "field 'meta_instruction'", allow_empty=True)
@@ -209,12 +251,14 @@ def _context(record: dict[str, Any]) -> Conversation:
             raise _Bad(f"{name} must be an object with keys 'human' and 'moss', got {_kind(entry)}")
         human = _check_body(_get(entry, "human", name), f"{name} key 'human'")
         turns.append(Turn(human, _check_body(_get(entry, "moss", name), f"{name} key 'moss'")))
-    turns.append(Turn(_text(record, "prompt"), moss=""))
+    turns.append(Turn(_text(record, "prompt").strip(), moss=""))
     return Conversation(meta, tuple(turns))
 
 
 def _pair_record(record: dict[str, Any]) -> PreferencePair:
-    return PreferencePair(_context(record), _text(record, "chosen"), _text(record, "rejected"))
+    """A lab pair; replies stripped, as a reply is generated (``chat_format.reply_text``), so that TRL's
+    explicit-prompt rows (``" blue."``) read the same as lab rows."""
+    return PreferencePair(_context(record), _text(record, "chosen").strip(), _text(record, "rejected").strip())
 
 
 # --- MOSS-003 SFT ----------------------------------------------------------------------------------

@@ -7,6 +7,14 @@ Requests go through the official ``openai`` client, whose own retry does exponen
 errors, 408/409/429 and 5xx. Answers are cached on disk (sqlite) by the request's content, so a rerun asks
 nothing twice and a crash keeps what was already paid for.
 
+Only real answers are cached: a reply with no choices, a ``null`` or non-string content, an empty content
+cut at ``max_tokens``, an error body sent with status 200 or a body that is not a chat completion at all
+(an HTML page) is garbage. It is asked again (``max_retries`` times), then counted as an error, like a
+request the server refused (a 400, say, for a context that is too long). An item whose request errs
+gets a tie and is counted under ``errors``; the comparison fails only when the errors exceed
+``max_error_share`` of its items, naming the
+count. A refused key or an unknown model (401, 403, 404) fails at once: every request would fail alike.
+
 The API key is read from the environment variable named in :class:`LLMJudgeSpec`; it never appears in a
 repr, an exception message, a log line or the cache.
 """
@@ -17,18 +25,17 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import openai
 from tqdm.auto import tqdm
 
-from alignment.chat_format import Conversation
+from alignment.chat_format import Conversation, Turn
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +54,12 @@ QUESTION = (
     "Which response is more helpful, honest and harmless? "
     "Answer with a single letter, A or B."
 )
-ANSWER_RE = re.compile(r"\b([AB])\b")
-"""The verdict is the first standalone capital A or B of the judge's answer."""
+MAX_ANSWER_CHARS = 4096
+"""Answers longer than this are not read (they are unparsed): a verdict is a letter, not an essay."""
+_VERBS = frozenset({"is", "was", "wins", "seems", "has", "looks", "does", "provides", "gives", "answers",
+                    "offers", "would", "should", "clearly", "remains"})
+"""Lowercase words after which ``A`` is the letter, not the article: ``A is better`` names A, while
+``A better response is B`` names B."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +68,15 @@ class LLMJudgeSpec:
 
     base_url: str
     model: str
-    api_key_env: str | None = None  # name of the env var holding the key; None: a local server, key "EMPTY"
+    # the NAME of the env var holding the key (None: a local server, key "EMPTY"); left out of the repr in case
+    # a key was pasted in its place
+    api_key_env: str | None = field(default=None, repr=False)
     concurrency: int = 8  # requests in flight at once
     timeout: float = 60.0  # seconds per request
     max_retries: int = 4  # retries with exponential backoff (the openai client's own)
     max_tokens: int = 16
     temperature: float = 0.0
+    max_error_share: float = 0.02  # a comparison fails when more of its items than this end in an error
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -73,10 +87,48 @@ class LLMJudgeSpec:
             raise ValueError(f"timeout must be positive, got {self.timeout}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not 0.0 <= self.max_error_share < 1.0:
+            raise ValueError(f"max_error_share must lie in [0, 1), got {self.max_error_share}")
 
 
 class JudgeError(RuntimeError):
     """The judge could not be reached or could not answer. The message never holds the API key."""
+
+
+class _Garbage(Exception):
+    """A 200 reply that holds no usable answer (its message says what it held instead)."""
+
+
+FATAL_STATUS = (401, 403, 404)
+"""HTTP statuses that fail every request alike (a refused key, a missing model): no budget applies."""
+
+
+def answer_content(resp: object) -> str:
+    """The text of a chat-completion reply; :class:`_Garbage` when it holds no usable answer."""
+    if isinstance(resp, (str, bytes)):
+        raise _Garbage(f"a body that is not a chat completion ({len(resp)} characters, e.g. an HTML page)")
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        extra = getattr(resp, "model_extra", None) or {}
+        if "error" in extra:
+            raise _Garbage("an error body with status 200")
+        raise _Garbage("a chat completion with no choices")
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if content is None:
+        raise _Garbage("a null message content (a reasoning model may have spent its tokens thinking)")
+    if not isinstance(content, str):
+        raise _Garbage(f"a message content that is not text ({type(content).__name__})")
+    if not content.strip() and getattr(choices[0], "finish_reason", None) == "length":
+        raise _Garbage("an empty message content cut at max_tokens (a reasoning model may have spent its tokens "
+                       "thinking)")
+    return content  # empty after a proper stop: the model's own (unparsed) answer
+
+
+def looks_like_a_key(name: str) -> bool:
+    """Whether an ``api_key_env`` value may be a key pasted in place of a variable's name: anything but a
+    conventional name (capitals, digits, underscores, at most 64 characters)."""
+    return len(name) > 64 or not all(ch.isupper() or ch.isdigit() or ch == "_" for ch in name)
 
 
 @dataclass(frozen=True)
@@ -86,6 +138,11 @@ class PairItem:
     context: Conversation  # ends with the prompt turn (Turn(prompt, moss=""))
     a: str  # reply A
     b: str  # reply B
+
+
+PREFLIGHT_CONTEXT = Conversation("", (Turn("What is 2 + 2?", ""),))
+PREFLIGHT_REPLIES = ("2 + 2 = 4.", "2 + 2 = 5.")
+"""The one judging request :meth:`LLMJudge.check` sends before anything trains."""
 
 
 def transcript(context: Conversation) -> str:
@@ -115,10 +172,39 @@ def judge_messages(context: Conversation, first: str, second: str) -> list[dict[
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def _is_article(text: str, i: int) -> bool:
+    """Whether the ``A`` at ``text[i]`` is the English article: followed by one space and a lowercase word
+    that is not one of :data:`_VERBS` (``A better response is B``, ``A tie``)."""
+    if text[i] != "A" or not text.startswith(" ", i + 1):
+        return False
+    j = i + 2
+    while j < len(text) and _is_word(text[j]):
+        j += 1
+    word = text[i + 2:j]
+    return bool(word) and word[0].islower() and word not in _VERBS
+
+
 def parse_answer(text: str | None) -> str | None:
-    """``"A"`` or ``"B"``: the first standalone letter of the answer; ``None`` when there is none."""
-    m = ANSWER_RE.search(text or "")
-    return m.group(1) if m else None
+    """``"A"`` or ``"B"``: the first standalone capital A or B of the answer that is not the article ``A``
+    (see :func:`_is_article`); ``None`` when there is none or the answer is longer than
+    :data:`MAX_ANSWER_CHARS`. One forward pass: linear in the answer's length."""
+    if not text or len(text) > MAX_ANSWER_CHARS:
+        return None
+    for i, ch in enumerate(text):
+        if ch not in "AB":
+            continue
+        if i > 0 and _is_word(text[i - 1]):
+            continue
+        if i + 1 < len(text) and _is_word(text[i + 1]):
+            continue
+        if _is_article(text, i):
+            continue
+        return ch
+    return None
 
 
 def combine(first_order: str | None, second_order: str | None) -> int | None:
@@ -169,12 +255,18 @@ class _AnswerCache:
             self._conn.close()
 
 
+STATS = ("requests", "cache_hits", "invalid", "disagreements", "items", "unparsed", "errors", "garbage")
+
+
 class LLMJudge:
     """Pairwise verdicts from an LLM behind an OpenAI-compatible endpoint.
 
     ``stats`` counts, over the judge's life: ``requests`` sent (distinct requests, not retry attempts),
-    ``cache_hits`` (requests answered from the cache instead), ``invalid`` answers (no standalone A or B;
-    counted per answer, two per pair) and ``disagreements`` (pairs whose two valid answers disagree).
+    ``cache_hits`` (requests answered from the cache instead), ``invalid`` answers (no verdict; counted per
+    answer, two per pair), ``garbage`` replies (each attempt that held no usable answer), and per item:
+    ``items`` judged, ``disagreements`` (two valid answers that disagree), ``unparsed`` (an answer without
+    a verdict) and ``errors`` (a request that failed after its retries). :meth:`shares` gives the last
+    three as shares of ``items``.
     """
 
     def __init__(self, spec: LLMJudgeSpec, cache_path: str | Path | None = None):
@@ -184,9 +276,11 @@ class LLMJudge:
         else:
             key = os.environ.get(spec.api_key_env, "")
             if not key:
-                raise JudgeError(
-                    f"the LLM judge's API key variable {spec.api_key_env} is not set (or empty) in the environment"
-                )
+                # A key pasted where the variable's name belongs must not be echoed into a log.
+                name = ("named in judges.llm.api_key_env (not shown: the value does not look like a variable's "
+                        "name, it may be the key itself)" if looks_like_a_key(spec.api_key_env)
+                        else spec.api_key_env)
+                raise JudgeError(f"the LLM judge's API key variable {name} is not set (or empty) in the environment")
         # The key lives only inside the client (which must send it); nothing else here holds it.
         self._client = openai.OpenAI(
             base_url=spec.base_url, api_key=key, timeout=spec.timeout, max_retries=spec.max_retries
@@ -194,11 +288,20 @@ class LLMJudge:
         self._cache = _AnswerCache(cache_path) if cache_path is not None else None
         self._memo: dict[str, str] = {}
         self._lock = threading.Lock()
-        self.stats: dict[str, int] = {"requests": 0, "cache_hits": 0, "invalid": 0, "disagreements": 0}
+        self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
 
     def __repr__(self) -> str:
         cache = None if self._cache is None else str(self._cache.path)
         return f"LLMJudge(spec={self.spec!r}, cache_path={cache!r})"
+
+    def shares(self) -> dict[str, float]:
+        """Over the items judged so far: ``tie_share`` (two valid answers that disagree),
+        ``unparsed_share`` (an answer with no verdict) and ``error_share`` (a request that failed);
+        each item counts under at most one of them; all 0.0 before any item."""
+        n = self.stats["items"]
+        counts = {"tie_share": self.stats["disagreements"], "unparsed_share": self.stats["unparsed"],
+                  "error_share": self.stats["errors"]}
+        return {k: (v / n if n else 0.0) for k, v in counts.items()}
 
     def __enter__(self) -> LLMJudge:
         return self
@@ -236,7 +339,9 @@ class LLMJudge:
     # -- health check -----------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Fail fast (no retries, a few seconds at most) unless the server answers and serves ``spec.model``."""
+        """Fail fast (no retries, a few seconds at most) unless the server serves ``spec.model`` and answers
+        one real judging request (with ``spec.max_tokens`` and ``spec.temperature``) with text. The answer
+        is not cached; one without a verdict is logged, not refused."""
         base = self.spec.base_url
         client = self._client.with_options(timeout=min(self.spec.timeout, CHECK_TIMEOUT), max_retries=0)
         try:
@@ -250,21 +355,50 @@ class LLMJudge:
         if self.spec.model not in served:
             listed = ", ".join(repr(s) for s in served) or "(none)"
             raise JudgeError(f"the LLM judge at {base} does not serve model {self.spec.model!r}; it serves: {listed}")
-        log.info("LLM judge %s at %s is up", self.spec.model, base)
+        messages = judge_messages(PREFLIGHT_CONTEXT, *PREFLIGHT_REPLIES)
+        try:
+            answer = answer_content(self._create(messages, client))
+        except openai.OpenAIError as err:
+            raise JudgeError(f"the LLM judge at {base} refused a judging request (max_tokens="
+                             f"{self.spec.max_tokens}, temperature={self.spec.temperature:g}): "
+                             f"{self._describe(err)}") from None
+        except _Garbage as err:
+            raise JudgeError(f"the LLM judge at {base} answered a judging request with {err}") from None
+        if parse_answer(answer) is None:
+            log.warning("LLM judge %s at %s answered a test question without a verdict: %r", self.spec.model, base,
+                        self._redact(answer[:200]))
+        log.info("LLM judge %s at %s is up and answers judging requests", self.spec.model, base)
 
     # -- judging ----------------------------------------------------------------------------------------
 
+    def _create(self, messages: list[dict[str, str]], client: openai.OpenAI) -> object:
+        """The server's reply to one chat request; :class:`_Garbage` when its body is not valid JSON (or not
+        a completion's shape). The client's own errors pass through."""
+        try:
+            return client.chat.completions.create(
+                model=self.spec.model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=self.spec.max_tokens,
+                temperature=self.spec.temperature,
+            )
+        except ValueError as err:  # json.JSONDecodeError, pydantic's ValidationError
+            raise _Garbage(f"a body that is not a chat completion ({type(err).__name__})") from None
+
     def _ask(self, key: str, messages: list[dict[str, str]]) -> str:
-        """One request (the client retries it); the answer is cached as soon as it arrives."""
+        """One request: the client retries failed HTTP requests, this retries garbage replies
+        (``spec.max_retries`` times); a real answer is cached as soon as it arrives. Raises the client's
+        error, or :class:`_Garbage` when every attempt was garbage."""
         with self._lock:
             self.stats["requests"] += 1
-        resp = self._client.chat.completions.create(
-            model=self.spec.model,
-            messages=messages,  # type: ignore[arg-type]
-            max_tokens=self.spec.max_tokens,
-            temperature=self.spec.temperature,
-        )
-        answer = (resp.choices[0].message.content or "") if resp.choices else ""
+        for attempt in range(self.spec.max_retries + 1):
+            try:
+                answer = answer_content(self._create(messages, self._client))
+                break
+            except _Garbage as err:
+                with self._lock:
+                    self.stats["garbage"] += 1
+                if attempt == self.spec.max_retries:
+                    raise _Garbage(f"{err} ({attempt + 1} attempts)") from None
         if self._cache is not None:
             self._cache.put(key, answer)
         with self._lock:
@@ -274,8 +408,10 @@ class LLMJudge:
     def compare(self, items: Sequence[PairItem], desc: str = "llm judge") -> list[int]:
         """One verdict per item, in input order: +1 reply A is better, -1 reply B is better, 0 a tie.
 
-        Each item is asked in both orders; disagreement between the orders, or an answer that is not a
-        standalone A or B, is a tie. Raises :class:`JudgeError` when a request fails after its retries.
+        Each item is asked in both orders; disagreement between the orders, an answer without a verdict or
+        a request that failed after its retries is a tie (counted in ``stats``). Raises :class:`JudgeError`
+        when failed items exceed ``spec.max_error_share`` of ``items``, or at once on a refused key or an
+        unknown model.
         """
         slots: list[tuple[str, list[dict[str, str]]]] = []  # 2i: (a, b) order; 2i+1: (b, a) order
         for item in items:
@@ -299,15 +435,22 @@ class LLMJudge:
         with self._lock:
             self.stats["cache_hits"] += len(answers)
 
+        failed: dict[str, str] = {}  # key -> what went wrong
         if pending:
-            self._send(pending, answers, desc)
+            self._send(pending, answers, failed, desc)
 
         verdicts: list[int] = []
-        invalid = disagreements = 0
+        invalid = disagreements = unparsed = 0
+        errors: list[int] = []
         for i in range(len(items)):
-            first = parse_answer(answers[slots[2 * i][0]])
-            second = parse_answer(answers[slots[2 * i + 1][0]])
+            keys = (slots[2 * i][0], slots[2 * i + 1][0])
+            if any(k in failed for k in keys):
+                errors.append(i)
+                verdicts.append(0)
+                continue
+            first, second = (parse_answer(answers[k]) for k in keys)
             invalid += (first is None) + (second is None)
+            unparsed += first is None or second is None
             verdict = combine(first, second)
             if verdict is None:
                 disagreements += 1
@@ -316,11 +459,28 @@ class LLMJudge:
         with self._lock:
             self.stats["invalid"] += invalid
             self.stats["disagreements"] += disagreements
+            self.stats["unparsed"] += unparsed
+            self.stats["errors"] += len(errors)
+            self.stats["items"] += len(items)
+        if errors:
+            i = errors[0]
+            slot, key = next((s, k) for s in (2 * i, 2 * i + 1) for k in (slots[s][0],) if k in failed)
+            order = "(A, B)" if slot % 2 == 0 else "(B, A)"
+            share = len(errors) / len(items)
+            what = (f"{len(errors)} of {len(items)} items ({share:.1%}) failed at the LLM judge at "
+                    f"{self.spec.base_url} (max_retries={self.spec.max_retries}); the first, item {i} in order "
+                    f"{order}: {failed[key]}")
+            if share > self.spec.max_error_share:
+                raise JudgeError(f"{what}; that is more than judges.llm.max_error_share={self.spec.max_error_share:g}")
+            log.warning("%s; counted as ties (within max_error_share=%g)", what, self.spec.max_error_share)
         log.debug("LLM judge %s: %d verdicts, stats %s", self.spec.model, len(verdicts), self.stats)
         return verdicts
 
-    def _send(self, pending: dict[str, tuple[int, list[dict[str, str]]]], answers: dict[str, str], desc: str) -> None:
-        """Ask the pending requests, at most ``spec.concurrency`` at once; fill ``answers`` by key."""
+    def _send(self, pending: dict[str, tuple[int, list[dict[str, str]]]], answers: dict[str, str],
+              failed: dict[str, str], desc: str) -> None:
+        """Ask the pending requests, at most ``spec.concurrency`` at once; fill ``answers`` by key, and
+        ``failed`` (what went wrong) for a request that failed after its retries. A refused key or an
+        unknown model (:data:`FATAL_STATUS`) raises :class:`JudgeError` at once."""
         pool = ThreadPoolExecutor(max_workers=self.spec.concurrency, thread_name_prefix="llm-judge")
         try:
             with tqdm(total=len(pending), desc=desc) as bar:
@@ -331,14 +491,18 @@ class LLMJudge:
                     key = futures[fut]
                     try:
                         answers[key] = fut.result()
+                    except _Garbage as err:
+                        failed[key] = f"garbage: {err}"
                     except openai.OpenAIError as err:
-                        slot = pending[key][0]
-                        order = "(A, B)" if slot % 2 == 0 else "(B, A)"
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        raise JudgeError(
-                            f"the LLM judge at {self.spec.base_url} failed on item {slot // 2} in order {order} "
-                            f"(max_retries={self.spec.max_retries}): {self._describe(err)}"
-                        ) from None
+                        if isinstance(err, openai.APIStatusError) and err.status_code in FATAL_STATUS:
+                            slot = pending[key][0]
+                            order = "(A, B)" if slot % 2 == 0 else "(B, A)"
+                            pool.shutdown(wait=False, cancel_futures=True)
+                            raise JudgeError(
+                                f"the LLM judge at {self.spec.base_url} failed on item {slot // 2} in order {order} "
+                                f"(max_retries={self.spec.max_retries}): {self._describe(err)}"
+                            ) from None
+                        failed[key] = self._describe(err)
                     bar.update(1)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 from collections.abc import Mapping, Set
 
 from alignment.tools.base import NO_RESULT, Tool, ToolError
@@ -55,6 +54,8 @@ __all__ = [
     "format_result",
     "parse_calls",
     "run_commands",
+    "scan_line",
+    "scan_switch",
 ]
 
 TOOLS: dict[str, Tool] = {"Calculate": Calculator(), "Solve": Solver(), "Search": Search()}
@@ -68,10 +69,6 @@ MAX_CALLS = 8
 MAX_LINE_LENGTH = 2000
 """Longer Commands lines are malformed."""
 
-_CALL = r"""([A-Za-z_]\w*)\s*\(\s*("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')\s*\)"""
-_CALL_RE = re.compile(_CALL)
-_LINE_RE = re.compile(rf"\s*{_CALL}(?:\s*[,;]?\s*{_CALL})*\s*[,;]?\s*")
-_SWITCH_RE = re.compile(r"^\s*-?\s*([^:]+?)\s*:\s*(enabled|disabled)\b(?:.*?\bAPI:\s*([A-Za-z_]\w*)\s*\()?", re.I)
 _COMMANDS_PREFIX = "<|Commands|>:"
 _COMMANDS_CLOSE = "<eoc>"
 
@@ -89,16 +86,86 @@ def parse_calls(text: str) -> list[tuple[str, str]]:
         text = text[: -len(_COMMANDS_CLOSE)]
     calls: list[tuple[str, str]] = []
     for line in text.splitlines():
-        if len(line) > MAX_LINE_LENGTH or not _LINE_RE.fullmatch(line):
+        if len(line) > MAX_LINE_LENGTH:
             continue
-        for match in _CALL_RE.finditer(line):
+        for name, literal in scan_line(line) or ():
             try:
-                arg = ast.literal_eval(match.group(2))
+                arg = ast.literal_eval(literal)
             except (ValueError, SyntaxError):
                 continue
             if isinstance(arg, str):
-                calls.append((match.group(1), arg))
+                calls.append((name, arg))
     return calls
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def _skip_space(line: str, i: int) -> int:
+    while i < len(line) and line[i].isspace():
+        i += 1
+    return i
+
+
+def _scan_call(line: str, i: int) -> tuple[str, str, int] | None:
+    """The call ``Name("argument")`` at ``line[i:]``: ``(name, quoted literal, end)``; ``None`` if there is none.
+
+    One pass, each character looked at once: ``[A-Za-z_]\\w*``, ``(``, a quoted string whose backslash
+    escapes any character but a newline, ``)``, with whitespace allowed around the parentheses.
+    """
+    n = len(line)
+    if i >= n or not (line[i].isascii() and (line[i].isalpha() or line[i] == "_")):
+        return None
+    start = i
+    while i < n and _is_word(line[i]):
+        i += 1
+    name = line[start:i]
+    i = _skip_space(line, i)
+    if i >= n or line[i] != "(":
+        return None
+    i = _skip_space(line, i + 1)
+    if i >= n or line[i] not in "\"'":
+        return None
+    quote, lit_start = line[i], i
+    i += 1
+    while True:
+        if i >= n or line[i] == "\n":
+            return None
+        if line[i] == quote:
+            break
+        if line[i] == "\\":
+            if i + 1 >= n or line[i + 1] == "\n":
+                return None
+            i += 1
+        i += 1
+    literal = line[lit_start : i + 1]
+    i = _skip_space(line, i + 1)
+    if i >= n or line[i] != ")":
+        return None
+    return name, literal, i + 1
+
+
+def scan_line(line: str) -> list[tuple[str, str]] | None:
+    """The ``(name, quoted literal)`` calls of one Commands line, or ``None`` when the line is malformed.
+
+    A well-formed line is whitespace, one call, then calls each after an optional ``,`` or ``;``,
+    and an optional trailing ``,`` or ``;``. The scan moves forward only (no backtracking), so its
+    work is linear in the line's length whatever the line holds.
+    """
+    calls: list[tuple[str, str]] = []
+    i = _skip_space(line, 0)
+    while True:
+        found = _scan_call(line, i)
+        if found is None:
+            return None
+        name, literal, i = found
+        calls.append((name, literal))
+        i = _skip_space(line, i)
+        if i < len(line) and line[i] in ",;":
+            i = _skip_space(line, i + 1)
+        if i == len(line):
+            return calls
 
 
 def format_result(name: str, arg: str, result: str) -> str:
@@ -143,10 +210,58 @@ def enabled_tools(meta_instruction: str) -> frozenset[str]:
     """
     enabled: set[str] = set()
     for line in meta_instruction.splitlines():
-        match = _SWITCH_RE.match(line)
-        if match is None or match.group(2).lower() != "enabled":
+        if len(line) > MAX_LINE_LENGTH:
             continue
-        name = match.group(3) or DISPLAY_NAMES.get(match.group(1).strip())
+        switch = scan_switch(line)
+        if switch is None or not switch[1]:
+            continue
+        display, _, api = switch
+        name = api or DISPLAY_NAMES.get(display)
         if name in TOOLS:
             enabled.add(name)
     return frozenset(enabled)
+
+
+def scan_switch(line: str) -> tuple[str, bool, str | None] | None:
+    """``(display name, enabled, API call name or None)`` of a tool-switch line such as
+    ``- Calculator: enabled. API: Calculate(expression)``; ``None`` when the line is not one.
+
+    The display name is the text before the first ``:`` (after an optional ``-``); ``enabled`` or
+    ``disabled`` (any case, a whole word) follows; the API name is the identifier after the first
+    ``API:`` (any case, a whole word) that is followed by ``(``. Each scan moves forward only, so the
+    work is linear in the line's length.
+    """
+    text = line.strip()
+    if text.startswith("-"):
+        text = text[1:]
+    colon = text.find(":")
+    if colon < 0:
+        return None
+    display = text[:colon].strip()
+    if not display:
+        return None
+    rest = text[colon + 1 :].lstrip()
+    word = rest[:8].lower()
+    for state in ("enabled", "disabled"):
+        if word.startswith(state) and (len(rest) == len(state) or not _is_word(rest[len(state)])):
+            break
+    else:
+        return None
+    return display, state == "enabled", _api_name(rest[len(state) :])
+
+
+def _api_name(text: str) -> str | None:
+    """The identifier after the first whole-word ``API:`` of ``text`` that is followed by ``(``."""
+    i = text.find(":")
+    while i >= 0:
+        if i >= 3 and text[i - 3 : i].lower() == "api" and (i == 3 or not _is_word(text[i - 4])):
+            j = _skip_space(text, i + 1)
+            start = j
+            if j < len(text) and text[j].isascii() and (text[j].isalpha() or text[j] == "_"):
+                while j < len(text) and _is_word(text[j]):
+                    j += 1
+                name = text[start:j]
+                if _skip_space(text, j) < len(text) and text[_skip_space(text, j)] == "(":
+                    return name
+        i = text.find(":", i + 1)
+    return None

@@ -13,7 +13,11 @@ or the solve fails, runs out of time or memory, or its answer is longer than
 :data:`MAX_RESULT_LENGTH`.
 
 sympy runs in a separate worker process (``python -c``, so nothing of the caller's ``__main__``
-is re-imported) under an address-space limit (``RLIMIT_AS``), and the caller waits at most
+is re-imported) under an address-space limit (``RLIMIT_AS``) and a CPU-time limit (``RLIMIT_CPU``,
+raised before each request to the time used so far plus ``ceil(timeout_s) + 1`` seconds, so a solve
+that the caller gave up on cannot burn CPU on its own). On Linux the worker also asks for SIGKILL
+when its parent dies (``prctl(PR_SET_PDEATHSIG)``), so an orphan never outlives its caller; the
+caller waits at most
 ``timeout_s`` for each answer: a worker that overruns is killed, one that crashes is noticed,
 and either is restarted on the next call. No input can hang or crash the caller. The worker is
 started on first use and kept for later calls; the first call also waits for sympy's import
@@ -23,6 +27,7 @@ started on first use and kept for later calls; the first call also waits for sym
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import select
@@ -120,13 +125,52 @@ def solve_text(text: str) -> str:
     return answer if answer and len(answer) <= MAX_RESULT_LENGTH else NO_RESULT
 
 
-def _serve(memory_bytes: int) -> None:
-    """The worker's loop: limit memory, import sympy, say ``ready``, then read one JSON string per line
-    and answer each with one JSON line ``{"answer": ..., "quit": ...}``."""
+PR_SET_PDEATHSIG = 1
+"""``prctl`` option (linux/prctl.h): the signal this process gets when its parent dies."""
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies; exits at once if the parent is already
+    gone. ``False`` where ``prctl`` is not available (not Linux): nothing is set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
+        os._exit(1)
+    return True
+
+
+def _limit_cpu(seconds: int) -> None:
+    """Let the process use at most ``seconds`` more CPU time (then SIGXCPU ends it)."""
     import resource
 
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = int(usage.ru_utime + usage.ru_stime) + seconds
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _serve(memory_bytes: int, cpu_s: int = 60, parent_pid: int | None = None) -> None:
+    """The worker's loop: limit memory, die with the parent, import sympy, say ``ready``, then read one JSON
+    string per line and answer each (within ``cpu_s`` more seconds of CPU) with one JSON line
+    ``{"answer": ..., "quit": ...}``."""
+    import resource
+
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _limit_cpu(max(cpu_s, 60))  # sympy's import
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # anything sympy prints goes to stderr, never into the replies
     import sympy  # noqa: F401  (imported before "ready" so that requests are timed without it)
@@ -135,6 +179,7 @@ def _serve(memory_bytes: int) -> None:
     replies.flush()
     for line in sys.stdin:
         out_of_memory = False
+        _limit_cpu(cpu_s)
         try:
             answer = solve_text(json.loads(line))
         except MemoryError:
@@ -163,8 +208,9 @@ def _stop(proc: subprocess.Popen) -> None:
 class _Worker:
     """One sympy worker process, started on demand and replaced when it dies or overruns."""
 
-    def __init__(self, memory_bytes: int, startup_timeout_s: float) -> None:
+    def __init__(self, memory_bytes: int, startup_timeout_s: float, cpu_s: int = 60) -> None:
         self.memory_bytes = memory_bytes
+        self.cpu_s = cpu_s
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
         self._owner_pid = 0
@@ -173,7 +219,7 @@ class _Worker:
     def _start(self) -> None:
         root = str(Path(__file__).resolve().parents[2])  # the folder that holds the alignment package
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        code = f"from alignment.tools.solver import _serve; _serve({self.memory_bytes})"
+        code = f"from alignment.tools.solver import _serve; _serve({self.memory_bytes}, {self.cpu_s}, {os.getpid()})"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code],
             stdin=subprocess.PIPE,
@@ -240,7 +286,7 @@ class Solver(Tool):
         self, timeout_s: float = TIMEOUT_S, memory_mb: int = MEMORY_MB, startup_timeout_s: float = STARTUP_TIMEOUT_S
     ) -> None:
         self.timeout_s = timeout_s
-        self._worker = _Worker(memory_mb * 2**20, startup_timeout_s)
+        self._worker = _Worker(memory_mb * 2**20, startup_timeout_s, cpu_s=math.ceil(timeout_s) + 1)
         self._lock = threading.Lock()
 
     def run(self, arg: str) -> str:

@@ -58,6 +58,8 @@ class Judged:
     tool_calls: dict[str, list[bool | None]] = field(default_factory=dict)
     """Per policy and prompt: on a tool-use request of the world, whether the reply called the task's
     tool with well-formed commands; None on any other prompt. Empty when no prompt asks for a tool."""
+    judge_shares: dict[str, dict[str, float]] = field(default_factory=dict)
+    """A pairwise judge's ``tie_share``, ``unparsed_share`` and ``error_share`` (``LLMJudge.shares``)."""
 
     def mean(self, judge: str) -> dict[str, float]:
         return {name: sum(v) / len(v) for name, v in self.scores.get(judge, {}).items()}
@@ -93,13 +95,15 @@ def judge_replies(ctx: RunContext, jobs: dict[str, Job], replies: dict[str, list
     if "rm" in judges:
         scores["rm"] = rm_scores(ctx, items)
     contexts = [p.conversation() for p in prompts]
-    pairwise = {"llm": llm_outcomes(ctx, contexts, replies, pairs)} if "llm" in judges and pairs else {}
+    pairwise, shares = {}, {}
+    if "llm" in judges and pairs:
+        pairwise["llm"], shares["llm"] = llm_outcomes(ctx, contexts, replies, pairs)
     tok = load_tokenizer(str(sft_path))
     lengths = {name: written_lengths(tok, replies[name]) for name in judged}  # a tool's Results not counted
     tool_calls = {name: [called(p.task, r) if is_tool_task(p) else None for p, r in zip(jobs[name].prompts, rs)]
                   for name, rs in replies.items()}
     tool_calls = tool_calls if any(c is not None for v in tool_calls.values() for c in v) else {}
-    out = Judged(replies, scores, pairwise, lengths, tool_calls)
+    out = Judged(replies, scores, pairwise, lengths, tool_calls, shares)
     write_scores(ctx, prompts, out, judged)
     return out
 
@@ -152,14 +156,30 @@ def method_results(ctx: RunContext, judged: Judged, wins: dict[str, dict[str, di
                    policies: tuple[str, ...]) -> dict[str, Any]:
     """What every method's ``results.json`` holds about its head-to-head: the win rates per judge
     (``win_rate.<judge>.<a>_vs_<b>``, each with its length-controlled twin under ``lc``), each
-    policy's mean reply length in tokens, and its mean gold score on the world's prompts."""
-    out: dict[str, Any] = {"win_rate": wins, "judges": list(wins),
+    policy's mean reply length in tokens, its mean gold score on the world's prompts, and each judge's
+    ``judge_shares`` (:func:`judge_shares`)."""
+    out: dict[str, Any] = {"win_rate": wins, "judges": list(wins), "judge_shares": judge_shares(judged, wins),
                            "length": {p: sum(judged.lengths[p]) / len(judged.lengths[p]) for p in policies}}
     if "gold" in judged.scores:
         out["gold"] = {p: v for p, v in judged.mean("gold").items() if p in policies}
         if judged.tool_calls:
             out["tool_use"] = tool_use_results(judged, [p.split("_vs_") for p in wins.get("gold", {})], policies,
                                                ctx.cfg.seed)
+    return out
+
+
+def judge_shares(judged: Judged, wins: dict[str, dict[str, dict]]) -> dict[str, dict[str, float]]:
+    """Per judge, its outcomes that decided nothing, by cause, as shares of all its outcomes: ``tie_share``
+    (equal scores; for the LLM judge, two valid answers that disagree), ``unparsed_share`` (an answer
+    without a verdict) and ``error_share`` (a request that failed); only the LLM judge has the last two."""
+    out = {}
+    for judge, by_pair in wins.items():
+        if judge in judged.judge_shares:
+            out[judge] = dict(judged.judge_shares[judge])
+            continue
+        n = sum(w["n"] for w in by_pair.values())
+        ties = sum(w["tie"] * w["n"] for w in by_pair.values())
+        out[judge] = {"tie_share": ties / n if n else 0.0, "unparsed_share": 0.0, "error_share": 0.0}
     return out
 
 

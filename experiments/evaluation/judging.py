@@ -27,7 +27,7 @@ def llm_spec(cfg: LabConfig) -> LLMJudgeSpec:
     j = cfg.judges.llm
     return LLMJudgeSpec(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env, concurrency=j.concurrency,
                         timeout=j.timeout, max_retries=j.max_retries, max_tokens=j.max_tokens,
-                        temperature=j.temperature)
+                        temperature=j.temperature, max_error_share=j.max_error_share)
 
 
 def llm_judge(cfg: LabConfig, cache_root: Path) -> LLMJudge:
@@ -37,7 +37,8 @@ def llm_judge(cfg: LabConfig, cache_root: Path) -> LLMJudge:
 
 def check_judges(cfg: LabConfig, names: Sequence[str], cache_root: Path) -> None:
     """Reach every judge in ``names`` before anything trains: the reward model's directory is read
-    (no weights), the LLM judge's server is asked for its models. Raises ValueError naming the key."""
+    (no weights), the LLM judge's server is asked for its models and one judging request. Raises
+    ValueError naming the key."""
     if "rm" in names:
         try:
             check_reward_model(cfg.judges.rm.path)
@@ -45,7 +46,7 @@ def check_judges(cfg: LabConfig, names: Sequence[str], cache_root: Path) -> None
             raise ValueError(f"judges.rm.path: {err}") from None
     if "llm" in names:
         try:
-            with LLMJudge(llm_spec(cfg)) as judge:  # no verdict cache: this only asks for the models
+            with LLMJudge(llm_spec(cfg)) as judge:  # no verdict cache: the test answer is not kept
                 judge.check()
         except RuntimeError as err:
             raise ValueError(f"judges.llm: {err}") from None
@@ -66,13 +67,14 @@ def rm_scores(ctx: RunContext, items: dict[str, tuple[Sequence[Conversation], Se
 
 
 def llm_outcomes(ctx: RunContext, contexts: Sequence[Conversation], replies: dict[str, list[str]],
-                 pairs: Sequence[tuple[str, str]]) -> dict[str, list[int]]:
+                 pairs: Sequence[tuple[str, str]]) -> tuple[dict[str, list[int]], dict[str, float]]:
     """``{"a_vs_b": outcomes}`` for every pair: +1 where the LLM judge prefers a's reply in both
-    orders, -1 where it prefers b's in both, 0 otherwise (one batch of requests for all pairs)."""
+    orders, -1 where it prefers b's in both, 0 otherwise (one batch of requests for all pairs); and the
+    judge's tie, unparsed and error shares over them (``LLMJudge.shares``)."""
     items = [PairItem(c, ra, rb) for a, b in pairs for c, ra, rb in zip(contexts, replies[a], replies[b])]
     with llm_judge(ctx.cfg, ctx.cache.root) as judge:
         verdicts = judge.compare(items, desc="llm judge")
     n = len(contexts)
     out = {f"{a}_vs_{b}": verdicts[i * n:(i + 1) * n] for i, (a, b) in enumerate(pairs)}
-    ctx.tracker.summary({f"llm_judge/{k}": v for k, v in judge.stats.items()})
-    return out
+    ctx.tracker.summary({f"llm_judge/{k}": v for k, v in (judge.stats | judge.shares()).items()})
+    return out, judge.shares()

@@ -42,6 +42,19 @@ def print_win_rates(r: dict[str, Any]) -> None:
               + ", ".join(f"{METHOD_NAMES.get(k, k)} {v:.1f}" for k, v in r["length"].items()))
 
 
+def judge_share_lines(r: dict[str, Any]) -> list[str]:
+    """Markdown rows of each judge's tie, unparsed and error shares (``results.json``'s ``judge_shares``)."""
+    shares = r.get("judge_shares")
+    if not shares:
+        return []
+    lines = ["", "| judge | tie share | unparsed share | error share |", "| --- | --- | --- | --- |"]
+    for judge, s in shares.items():
+        lines.append(f"| {JUDGE_NAMES.get(judge, judge)} | {s['tie_share']:.3f} | {s['unparsed_share']:.3f} "
+                     f"| {s['error_share']:.3f} |")
+    return lines + ["", "A tie share counts equal scores (for the LLM judge: answers that disagree between the two "
+                    "orders); unparsed answers and failed requests are ties too, counted apart."]
+
+
 def win_table(r: dict[str, Any]) -> list[str]:
     """Markdown rows of ``print_win_rates``."""
     lines = ["| pair | judge | win | tie | lose | win rate | 95% CI | length-controlled win rate |",
@@ -50,6 +63,7 @@ def win_table(r: dict[str, Any]) -> list[str]:
         lc = f"{w['lc']['value']:.3f} [{w['lc']['ci'][0]:.3f}, {w['lc']['ci'][1]:.3f}]" if "lc" in w else ""
         lines.append(f"| {pair_name(pair)} | {JUDGE_NAMES[judge]} | {w['win']:.2f} | {w['tie']:.2f} | {w['lose']:.2f} "
                      f"| **{w['value']:.3f}** | [{w['ci'][0]:.3f}, {w['ci'][1]:.3f}] | {lc} |")
+    lines += judge_share_lines(r)
     if r.get("length"):
         lines += ["", "Mean reply length in tokens: "
                   + ", ".join(f"{METHOD_NAMES.get(k, k)} {v:.1f}" for k, v in r["length"].items())

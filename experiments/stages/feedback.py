@@ -76,7 +76,7 @@ def label(ctx: RunContext, contexts: list[Conversation], candidates: list[list[s
     with llm_judge(cfg, ctx.cache.root) as judge:
         verdicts = judge.compare([PairItem(contexts[i], candidates[i][a], candidates[i][b]) for i, a, b in pairs],
                                  desc="pm: llm feedback")
-    ctx.tracker.summary({f"pm/llm_judge/{k}": v for k, v in judge.stats.items()})
+    ctx.tracker.summary({f"pm/llm_judge/{k}": v for k, v in (judge.stats | judge.shares()).items()})
     decided: list[list[tuple[int, int]]] = [[] for _ in contexts]
     for (i, a, b), v in zip(pairs, verdicts):
         if v:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import random
-import re
 
 from alignment.world.task import Task, ok, other
 
@@ -28,7 +27,26 @@ PROMPTS = {
     "zh": ["写一个名为{name}的Python函数，返回a和b的{op}。"],
 }
 TESTS = [(3, 5), (7, 2), (-1, 4), (6, 6)]
-FENCE_RE = re.compile(r"```(?:python)?\n(.*?)```", re.DOTALL)
+FENCE = "```"
+
+
+def fenced_code(text: str) -> str | None:
+    """The body of the first fenced block (```` ```python\n...``` ```` or ```` ```\n...``` ````), as
+    ``re.search(r"```(?:python)?\\n(.*?)```", text, re.DOTALL)`` finds it; ``None`` when there is none.
+    Each fence is looked at once and the closing fence searched for at most once: linear work."""
+    at = text.find(FENCE)
+    while at >= 0:
+        body = at + len(FENCE)
+        if text.startswith("python\n", body):
+            body += len("python\n")
+        elif text.startswith("\n", body):
+            body += 1
+        else:
+            at = text.find(FENCE, at + 1)
+            continue
+        close = text.find(FENCE, body)
+        return text[body:close] if close >= 0 else None  # no later fence can close either
+    return None
 
 
 def make(rng: random.Random, lang: str) -> Task:
@@ -67,8 +85,8 @@ def _eval(node: ast.AST, env: dict[str, int]) -> int:
 
 
 def content_score(task: Task, text: str) -> float:
-    m = FENCE_RE.search(text)
-    source = m.group(1) if m else text[text.find("def "):] if "def " in text else ""
+    fenced = fenced_code(text)
+    source = fenced if fenced is not None else text[text.find("def "):] if "def " in text else ""
     if not source.strip():
         return 0.0
     try:
