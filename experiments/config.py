@@ -186,6 +186,9 @@ class PPOConfig:
     policy_loss: str = if_set("ppo_clip")
     normalize_reward: bool = True  # running mean/std of the preference-model score
     reward_clip: Optional[float] = 5.0  # clip of the (normalised) score
+    # subtracted from the score of a reply that never ended (<eom>) before normalising, as TRL's
+    # missing_eos_penalty; null: off
+    missing_eos_penalty: Optional[float] = if_set(None)
     critic_init: str = "pm"  # "pm" (the preference model) or "sft" (new head on the SFT model)
     # rollout prompts from a file (default: the world's train prompts, or the SFT file's last human turns)
     prompts_path: Optional[str] = if_set(None)

@@ -56,9 +56,9 @@ from alignment.losses.gae import AdvantageInputs
 from alignment.losses.kl import kl_estimate
 from alignment.losses.masked import masked_mean, masked_whiten
 from alignment.losses.registry import ADVANTAGE_ESTIMATORS
-from alignment.losses.reward import RunningMoments, normalise_scores, token_rewards
+from alignment.losses.reward import RunningMoments, normalise_scores, penalise_missing_eos, token_rewards
 from alignment.models.tokenizer import load_tokenizer
-from alignment.rollout import Rollout
+from alignment.rollout import Rollout, ended
 from alignment.sequences import prompt_ids, scored_sequences
 from alignment.tool_use import tool_prompt
 from alignment.world import WorldPrompt
@@ -246,7 +246,8 @@ class PPOTrainer:
         t2 = time.perf_counter()
         mask = rollout.response_mask
         kl = kl_estimate(rollout.logprobs, ref_logprobs, algo.kl_estimator) * mask
-        normed = normalise_scores(scores, self.moments if algo.normalize_reward else None, algo.reward_clip)
+        penalised = penalise_missing_eos(scores, ended(rollout, self.tokenizer.eos_token_id), algo.missing_eos_penalty)
+        normed = normalise_scores(penalised, self.moments if algo.normalize_reward else None, algo.reward_clip)
         kl_in_loss = algo.kl_in == "loss"  # then the rewards carry no KL; the policy's loss does
         rewards = token_rewards(normed, kl, mask, 0.0 if kl_in_loss else algo.beta)
         estimator = ADVANTAGE_ESTIMATORS.get(algo.advantage)
