@@ -315,6 +315,9 @@ class LLMJudgeConfig:
     max_tokens: int = 16
     temperature: float = 0.0
     cache: bool = True  # verdicts kept on disk under <cache>/llm-judge/: a rerun asks nothing twice
+    # who answers, for the verdict cache and the judge-labelled pairs' key; null: a digest of the
+    # server's own listing of the model (set it when a server describes different weights alike)
+    fingerprint: Optional[str] = None
 
 
 @dataclass

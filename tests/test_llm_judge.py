@@ -291,3 +291,26 @@ def test_tiny_local_model_end_to_end(tmp_path: Path, tokenizer):
     decided = sum(parse_answer(a) is not None for a in answers)
     assert judge.stats["invalid"] + decided == 6
     assert judge.stats["requests"] == 6
+
+
+def test_verdicts_are_keyed_by_the_servers_fingerprint(tmp_path: Path):
+    """Two servers serving different weights under one model name share no verdicts; the same weights
+    elsewhere do; ``fingerprint`` overrides what the server says."""
+    cache = tmp_path / "judge.sqlite"
+    pairs = items(2)
+    with serve(responder=prefer_longer, model_extra={"root": "/weights/a"}) as a, \
+            LLMJudge(spec(a), cache_path=cache) as judge:
+        first = judge.compare(pairs)
+    with serve(responder=prefer_longer, model_extra={"root": "/weights/a"}) as same, \
+            LLMJudge(spec(same), cache_path=cache) as judge:
+        assert judge.compare(pairs) == first and same.requests == 0  # a listing's time-stamp is not who answers
+    with serve(responder=always_first, model_extra={"root": "/weights/b"}) as b, \
+            LLMJudge(spec(b), cache_path=cache) as judge:
+        judge.compare(pairs)
+        assert b.requests == 4 and judge.stats["cache_hits"] == 0
+    with serve(responder=always_first, model_extra={"root": "/weights/c"}) as c:
+        with LLMJudge(spec(c, fingerprint="judge-v1"), cache_path=cache) as judge:
+            judge.compare(pairs)
+        with LLMJudge(spec(c, fingerprint="judge-v1"), cache_path=cache) as judge:
+            judge.compare(pairs)
+        assert c.requests == 4  # the explicit fingerprint keyed the second run's hits
