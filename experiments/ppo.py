@@ -407,7 +407,7 @@ def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str
 
 def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
     """The RL policy for this config (PPO, or GRPO / RLOO, named by ``method_name``): from the cache,
-    or trained now (resuming when asked)."""
+    or trained now, continuing an interrupted run of the same config unless ``resume=false``."""
     cfg = ctx.cfg
     check(cfg.algo, cfg.ray)
     key, payload = ppo_key(ctx, sft, pm)
@@ -416,8 +416,8 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
 
     def build() -> Artifact:
         ckpt_root = ctx.cache.root / f"{method}-checkpoints" / key
-        if not cfg.resume and ckpt_root.exists():
-            shutil.rmtree(ckpt_root)  # a fresh run does not inherit an interrupted one's checkpoints
+        if (not cfg.resume or not cfg.use_cache) and ckpt_root.exists():
+            shutil.rmtree(ckpt_root)  # a run asked to start afresh inherits no interrupted one's checkpoints
         tokenizer = load_tokenizer(str(sft.path))
         info: dict[str, Any] = {"restarts": [], "train_seconds": 0.0}
         while True:  # once, or again after an actor's death (at most ray.max_restarts times)

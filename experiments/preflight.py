@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from experiments.config import LabConfig
+from experiments.cache import cache_root as default_cache_root
+from experiments.config import LabConfig, expand_user_paths
 from experiments.validation import judges_used, pm_feedback
 
 # stages whose SFT stage answers the held-out prompts
@@ -33,15 +34,18 @@ def _read(key: str, load: Callable[[], list[Any]]) -> list[Any]:
 def check_model_dir(key: str, path: str | None) -> None:
     if not path:
         raise ValueError(f"{key} is required: a local Hugging Face checkpoint directory")
-    p = Path(path).expanduser()
+    p = Path(path)
     if not p.is_dir():
         raise ValueError(f"{key}: {path} is not a directory (checkpoints load from local directories only)")
     if not (p / "config.json").is_file():
         raise ValueError(f"{key}: {path} has no config.json; is it a Hugging Face checkpoint directory?")
 
 
-def preflight(lab: LabConfig, cache_root: Path) -> None:
-    """Validate the run's inputs; raises ValueError naming the key and the problem."""
+def preflight(lab: LabConfig, cache_root: Path | None = None) -> None:
+    """Expand every user path of ``lab`` in place (``~``, ``$VARS``: the stages read them as they are
+    left here), then validate the run's inputs; raises ValueError naming the key and the problem."""
+    expand_user_paths(lab)
+    cache_root = default_cache_root(lab.cache_dir) if cache_root is None else cache_root
     if lab.stage == "report":
         return
     if lab.stage == "chat":
