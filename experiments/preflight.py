@@ -89,7 +89,10 @@ def preflight(lab: LabConfig, cache_root: Path | None = None) -> None:
         if pm.val_path and feedback != "world":
             _read("pm.val_path", lambda: load_preferences(pm.val_path, pm.data_format))
         if feedback == "judge" and pm.prompts_path:
-            _read("pm.prompts_path", lambda: load_prompts(pm.prompts_path, pm.prompts_format))
+            from alignment.data.holdout import split_prompts
+
+            rows = _read("pm.prompts_path", lambda: load_prompts(pm.prompts_path, pm.prompts_format))
+            split_prompts(len(rows), pm.n_prompts, pm.n_val_prompts, "pm.prompts_path", val_elsewhere=bool(pm.val_path))
     if lab.stage in EVALUATING and lab.eval.prompts_path:
         _read("eval.prompts_path", lambda: load_prompts(lab.eval.prompts_path, lab.eval.prompts_format))
     if lab.stage in ("ppo", "grpo", "rloo", "compare") and lab.algo.prompts_path:
