@@ -440,7 +440,9 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                     raise RuntimeError(f"{label}: no metrics for the last iteration: {trainer.ckpt_root} holds a "
                                        "checkpoint of a finished run written before last_metrics were kept; "
                                        "delete it and rerun")
-                return commit(ctx.cache, method, key, payload, roles.policy, info, "policy")
+                art = commit(ctx.cache, method, key, payload, roles.policy, info, "policy")
+                shutil.rmtree(ckpt_root, ignore_errors=True)  # committed: a later run of it starts afresh
+                return art
             except ACTOR_LOST as err:
                 if len(info["restarts"]) >= cfg.ray.max_restarts:
                     raise
