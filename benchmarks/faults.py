@@ -138,9 +138,21 @@ def lose_node(args: argparse.Namespace) -> dict[str, Any]:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": HEAD_CPUS, "include_dashboard": False})
+    for attempt in range(3):  # a raylet gives up after 30 s when the machine is too busy to start it
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": HEAD_CPUS, "include_dashboard": False})
+        except Exception as err:  # noqa: BLE001  (Ray raises a bare Exception for a node that did not start)
+            print(f"the head node did not start ({err}); attempt {attempt + 1} of 3", flush=True)
+            continue
+        try:
+            side = cluster.add_node(num_cpus=SIDE_CPUS)
+            break
+        except Exception as err:  # noqa: BLE001
+            print(f"the second node did not start ({err}); attempt {attempt + 1} of 3", flush=True)
+            cluster.shutdown()
+    else:
+        sys.exit("could not start a two-node Ray cluster")
     try:
-        side = cluster.add_node(num_cpus=SIDE_CPUS)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, namespace="alignment-lab")
         work = Path(tempfile.mkdtemp(prefix="faults-node-"))
