@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         validate(lab)
-        preflight(lab, cache_root(lab.cache_dir))  # every input file read, every judge reached
+        preflight(lab)  # every user path expanded, every input file read, every judge reached
     except ValueError as err:
         sys.exit(f"config error: {err}")
     # the drivers (torch, transformers) import on a thread while Ray starts on this one: Linux

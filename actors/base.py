@@ -40,6 +40,12 @@ class RoleActor:
         """This rank's process id (fault injection kills it: ``benchmarks/faults.py``)."""
         return os.getpid()
 
+    def node_id(self) -> str:
+        """The id of the Ray node this rank runs on (fault injection removes it: ``faults.py --lose-node``)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def usage(self) -> dict[str, float]:
         """What this process has cost since it started or since ``reset_usage``: CPU seconds, peak
         resident memory, peak GPU memory, tokens sampled, and the parameter updates of its current

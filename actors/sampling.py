@@ -8,6 +8,8 @@ from typing import Any
 
 from alignment.chat_format import Conversation, reply_text
 from alignment.generation import Generator, RolloutSpec, SamplingSpec, generate_replies
+from alignment.models.tokenizer import special_ids
+from alignment.rollout import end_at_first_stop
 from alignment.tool_use import generate_with_tools, sample_with_tools
 
 
@@ -64,7 +66,12 @@ class SamplingRole:
                 responses, logprobs, masks, texts = sample_with_tools(gen, tok, prompts, tools, spec, max_calls,
                                                                       seed + self.rank, quality=quality)
             else:
-                responses, logprobs = gen.sample(prompts, spec, tok.eos_token_id, seed + self.rank)
+                # a reply ends at its first special token (<eom>, or a stray <eoh>, role prefix...):
+                # the tokens after it are not the reply the preference model scores
+                stops = [tok.eos_token_id] if spec.ignore_eos else special_ids(tok)
+                responses, logprobs = gen.sample(prompts, spec, stops, seed + self.rank)
+                if not spec.ignore_eos:
+                    responses, logprobs = end_at_first_stop(responses, logprobs, stops)
                 texts = [reply_text(t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
         self.tokens_generated += sum(len(r) for r in responses)
         return responses, logprobs, masks, texts

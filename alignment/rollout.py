@@ -102,6 +102,28 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
     return Rollout(seqs, attn, torch.tensor([len(p) for p in prompts]), mask, lp)
 
 
+def end_at_first_stop(responses: Sequence[Sequence[int]], logprobs: Sequence[Sequence[float]],
+                      stop_ids: Sequence[int]) -> tuple[list[list[int]], list[list[float]]]:
+    """Each response up to and including its first id in ``stop_ids`` (the end-of-turn token or any
+    other special token), with its log-probs: what comes after was never part of the reply that is
+    scored, so it gets no token of the rollout and no advantage."""
+    stops = set(stop_ids)
+    out_ids, out_lps = [], []
+    for ids, lps in zip(responses, logprobs):
+        n = next((j + 1 for j, t in enumerate(ids) if t in stops), len(ids))
+        out_ids.append(list(ids[:n]))
+        out_lps.append(list(lps[:n]))
+    return out_ids, out_lps
+
+
+def ended(rollout: Rollout, eos_id: int) -> torch.Tensor:
+    """``[B]`` bool: whether each row's response ends with ``eos_id`` (False for a reply cut at the
+    token limit or at another special token, and for an empty one)."""
+    lengths = rollout.attention_mask.sum(1)
+    last = rollout.sequences.gather(1, (lengths - 1).clamp(min=0)[:, None])[:, 0]
+    return (last == eos_id) & (lengths > rollout.prompt_lens)
+
+
 def at_responses(outputs: torch.Tensor, rollout: Rollout) -> torch.Tensor:
     """Per-position model outputs ``[B, T]`` or ``[B, T, D]`` (values, hidden states, logits) ->
     ``[B, R]`` or ``[B, R, D]``: the outputs at the position that predicts each response token

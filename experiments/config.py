@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -186,6 +187,9 @@ class PPOConfig:
     policy_loss: str = if_set("ppo_clip")
     normalize_reward: bool = True  # running mean/std of the preference-model score
     reward_clip: Optional[float] = 5.0  # clip of the (normalised) score
+    # subtracted from the score of a reply that never ended (<eom>) before normalising, as TRL's
+    # missing_eos_penalty; null: off
+    missing_eos_penalty: Optional[float] = if_set(None)
     critic_init: str = "pm"  # "pm" (the preference model) or "sft" (new head on the SFT model)
     # rollout prompts from a file (default: the world's train prompts, or the SFT file's last human turns)
     prompts_path: Optional[str] = if_set(None)
@@ -318,6 +322,9 @@ class LLMJudgeConfig:
     # a comparison fails when more of its items than this share end in an error (a refused request, or
     # garbage after max_retries); fewer are ties, counted as errors in results.json
     max_error_share: float = not_in_key(0.02)
+    # who answers, for the verdict cache and the judge-labelled pairs' key; null: a digest of the
+    # server's own listing of the model (set it when a server describes different weights alike)
+    fingerprint: Optional[str] = None
 
 
 @dataclass
@@ -403,7 +410,9 @@ class LabConfig:
     seed: int = 0
     cache_dir: Optional[str] = None  # default: $ALIGNMENT_LAB_CACHE or ~/.cache/alignment-lab
     use_cache: bool = True
-    resume: bool = False  # PPO: continue from the last checkpoint of the same config
+    # every stage continues an interrupted run of the same config from its newest checkpoint;
+    # false: start afresh (that config's checkpoints are dropped)
+    resume: bool = True
     sweep_dir: Optional[str] = None  # +experiment=report: the multirun dir to report on
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -448,6 +457,28 @@ def as_key(node: Any) -> Any:
             continue
         out[f.name] = as_key(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
     return out
+
+
+PATH_SUFFIXES = ("path", "_dir")
+"""A config field whose name ends so holds a user path (``model.path``, ``pm.val_path``, ``cache_dir``...)."""
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def expand_user_paths(node: Any, prefix: str = "") -> None:
+    """Expand ``~`` and ``$VARS`` in every path field of the config tree ``node``, in place: the one place
+    where user paths are expanded, before anything reads them. A variable that is not set fails, naming
+    the key and the variable."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            expand_user_paths(value, f"{key}.")
+        elif isinstance(value, str) and f.name.endswith(PATH_SUFFIXES):
+            expanded = os.path.expanduser(os.path.expandvars(value))
+            unset = _VAR.search(expanded)
+            if unset is not None:
+                raise ValueError(f"{key}: {value!r} names the environment variable {unset.group(1).strip('{}')}, "
+                                 "which is not set")
+            setattr(node, f.name, expanded)
 
 
 def register() -> None:

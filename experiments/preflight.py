@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments.choices import judges_used, pm_feedback
-from experiments.config import LabConfig
+from experiments.config import LabConfig, expand_user_paths
+from experiments.runtime.cache import cache_root as default_cache_root
 
 # stages whose SFT stage answers the held-out prompts
 EVALUATING = ("sft", "pm", "pat", "ppo", "grpo", "rloo", "compare", "bon")
@@ -33,15 +34,18 @@ def _read(key: str, load: Callable[[], list[Any]]) -> list[Any]:
 def check_model_dir(key: str, path: str | None) -> None:
     if not path:
         raise ValueError(f"{key} is required: a local Hugging Face checkpoint directory")
-    p = Path(path).expanduser()
+    p = Path(path)
     if not p.is_dir():
         raise ValueError(f"{key}: {path} is not a directory (checkpoints load from local directories only)")
     if not (p / "config.json").is_file():
         raise ValueError(f"{key}: {path} has no config.json; is it a Hugging Face checkpoint directory?")
 
 
-def preflight(lab: LabConfig, cache_root: Path) -> None:
-    """Validate the run's inputs; raises ValueError naming the key and the problem."""
+def preflight(lab: LabConfig, cache_root: Path | None = None) -> None:
+    """Expand every user path of ``lab`` in place (``~``, ``$VARS``: the stages read them as they are
+    left here), then validate the run's inputs; raises ValueError naming the key and the problem."""
+    expand_user_paths(lab)
+    cache_root = default_cache_root(lab.cache_dir) if cache_root is None else cache_root
     if lab.stage == "report":
         return
     if lab.stage == "chat":  # the model chat.model names: in the cache, or a directory with a model
@@ -84,7 +88,10 @@ def preflight(lab: LabConfig, cache_root: Path) -> None:
         if pm.val_path and feedback != "world":
             _read("pm.val_path", lambda: load_preferences(pm.val_path, pm.data_format))
         if feedback == "judge" and pm.prompts_path:
-            _read("pm.prompts_path", lambda: load_prompts(pm.prompts_path, pm.prompts_format))
+            from alignment.data.holdout import split_prompts
+
+            rows = _read("pm.prompts_path", lambda: load_prompts(pm.prompts_path, pm.prompts_format))
+            split_prompts(len(rows), pm.n_prompts, pm.n_val_prompts, "pm.prompts_path", val_elsewhere=bool(pm.val_path))
     if lab.stage in EVALUATING and lab.eval.prompts_path:
         _read("eval.prompts_path", lambda: load_prompts(lab.eval.prompts_path, lab.eval.prompts_format))
     if lab.stage in ("ppo", "grpo", "rloo", "compare") and lab.algo.prompts_path:

@@ -122,6 +122,8 @@ def validate_rl(a: PPOConfig, r: RayConfig, key: str = "algo") -> None:
     for name in ("reward_clip", "value_clip"):
         if getattr(a, name) is not None and getattr(a, name) <= 0:
             raise ValueError(f"{key}.{name} must be > 0 or null (no clipping), got {getattr(a, name)}")
+    if a.missing_eos_penalty is not None and a.missing_eos_penalty < 0:
+        raise ValueError(f"{key}.missing_eos_penalty must be >= 0 or null (off), got {a.missing_eos_penalty}")
     for role in ("policy", "critic", "reference", "preference") if needs_values(a.advantage) else \
             ("policy", "reference", "preference"):
         n, need = getattr(r, role).num_actors, a.mini_batches if role in ("policy", "critic") else 1

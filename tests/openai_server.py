@@ -44,6 +44,7 @@ class ServerInfo:
 
     base_url: str
     model_name: str
+    model_extra: dict = field(default_factory=dict)  # more fields of the model's listing (vLLM's root, ...)
     requests: int = 0  # chat requests received (failed ones included)
     seen_auth: set[str] = field(default_factory=set)  # Authorization headers seen
     bodies: list[dict] = field(default_factory=list)  # the JSON bodies of the chat requests answered with text
@@ -125,7 +126,8 @@ def _handler(info: ServerInfo, answer: Callable[[list[dict], int], Any], api_key
             if self.path.rstrip("/") != "/v1/models":
                 self._error(404, f"no route {self.path}", "invalid_request_error")
                 return
-            model = {"id": info.model_name, "object": "model", "created": 0, "owned_by": "tests"}
+            model = {"id": info.model_name, "object": "model", "created": int(time.time()), "owned_by": "tests",
+                     **info.model_extra}
             self._send(200, {"object": "list", "data": [model]})
 
         def do_POST(self) -> None:
@@ -199,7 +201,8 @@ def _handler(info: ServerInfo, answer: Callable[[list[dict], int], Any], api_key
 
 @contextmanager
 def serve(model_dir: str | Path | None = None, responder: Responder | None = None, api_key: str | None = None,
-          fail_first: int = 0, model_name: str = "local-judge", reject: tuple[str, ...] = ()) -> Iterator[ServerInfo]:
+          fail_first: int = 0, model_name: str = "local-judge", reject: tuple[str, ...] = (),
+          model_extra: dict | None = None) -> Iterator[ServerInfo]:
     """Run an OpenAI-compatible server on 127.0.0.1 (a free port) while the ``with`` block runs.
 
     ``responder(messages)`` gives each answer; without it, a causal LM loaded from ``model_dir`` does. With
@@ -216,7 +219,8 @@ def serve(model_dir: str | Path | None = None, responder: Responder | None = Non
         raise ValueError("serve() needs a responder or a model_dir")
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     httpd.daemon_threads = True
-    info = ServerInfo(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1", model_name=model_name)
+    info = ServerInfo(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1", model_name=model_name,
+                      model_extra=dict(model_extra or {}))
     httpd.RequestHandlerClass = _handler(info, answer, api_key, fail_first, reject)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -409,8 +409,8 @@ def test_a_key_in_place_of_the_variable_name_is_not_echoed():
 
 
 def test_results_and_report_give_each_judges_tie_unparsed_and_error_shares():
-    from experiments.evaluate import Judged, method_results
-    from experiments.report import win_table
+    from experiments.evaluation.head_to_head import Judged, method_results
+    from experiments.reports.report import win_table
 
     def win(tie: float, n: int) -> dict:
         return {"value": 0.5, "ci": [0.4, 0.6], "win": (1 - tie) / 2, "tie": tie, "lose": (1 - tie) / 2, "n": n}
@@ -426,3 +426,26 @@ def test_results_and_report_give_each_judges_tie_unparsed_and_error_shares():
     }
     table = "\n".join(win_table(results))
     assert "| LLM judge | 0.200 | 0.200 | 0.100 |" in table and "| preference model | 0.250 | 0.000 | 0.000 |" in table
+
+
+def test_verdicts_are_keyed_by_the_servers_fingerprint(tmp_path: Path):
+    """Two servers serving different weights under one model name share no verdicts; the same weights
+    elsewhere do; ``fingerprint`` overrides what the server says."""
+    cache = tmp_path / "judge.sqlite"
+    pairs = items(2)
+    with serve(responder=prefer_longer, model_extra={"root": "/weights/a"}) as a, \
+            LLMJudge(spec(a), cache_path=cache) as judge:
+        first = judge.compare(pairs)
+    with serve(responder=prefer_longer, model_extra={"root": "/weights/a"}) as same, \
+            LLMJudge(spec(same), cache_path=cache) as judge:
+        assert judge.compare(pairs) == first and same.requests == 0  # a listing's time-stamp is not who answers
+    with serve(responder=always_first, model_extra={"root": "/weights/b"}) as b, \
+            LLMJudge(spec(b), cache_path=cache) as judge:
+        judge.compare(pairs)
+        assert b.requests == 4 and judge.stats["cache_hits"] == 0
+    with serve(responder=always_first, model_extra={"root": "/weights/c"}) as c:
+        with LLMJudge(spec(c, fingerprint="judge-v1"), cache_path=cache) as judge:
+            judge.compare(pairs)
+        with LLMJudge(spec(c, fingerprint="judge-v1"), cache_path=cache) as judge:
+            judge.compare(pairs)
+        assert c.requests == 4  # the explicit fingerprint keyed the second run's hits

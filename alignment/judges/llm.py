@@ -77,6 +77,8 @@ class LLMJudgeSpec:
     max_tokens: int = 16
     temperature: float = 0.0
     max_error_share: float = 0.02  # a comparison fails when more of its items than this end in an error
+    # who answers, for the verdict cache: None reads it from the server's listing of ``model``
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -89,6 +91,10 @@ class LLMJudgeSpec:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if not 0.0 <= self.max_error_share < 1.0:
             raise ValueError(f"max_error_share must lie in [0, 1), got {self.max_error_share}")
+
+
+VOLATILE_MODEL_FIELDS = frozenset({"created", "permission"})
+"""Fields of a model listing that change from one request to the next (vLLM stamps the time)."""
 
 
 class JudgeError(RuntimeError):
@@ -289,6 +295,7 @@ class LLMJudge:
         self._memo: dict[str, str] = {}
         self._lock = threading.Lock()
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
+        self._fingerprint: str | None = spec.fingerprint
 
     def __repr__(self) -> str:
         cache = None if self._cache is None else str(self._cache.path)
@@ -369,6 +376,23 @@ class LLMJudge:
                         self._redact(answer[:200]))
         log.info("LLM judge %s at %s is up and answers judging requests", self.spec.model, base)
 
+    def fingerprint(self) -> str:
+        """Who answers: ``spec.fingerprint`` when given, else a digest of the server's own description
+        of ``spec.model`` in its model list (id, owner, and what servers such as vLLM add: the weights'
+        ``root``, ``parent``, ``max_model_len``), without the listing's time-stamps. Two servers that
+        serve different weights under one name get different fingerprints, so they share no verdicts."""
+        if self._fingerprint is None:
+            client = self._client.with_options(timeout=min(self.spec.timeout, CHECK_TIMEOUT))
+            try:
+                entries = [m.model_dump() for m in client.models.list() if m.id == self.spec.model]
+            except openai.OpenAIError as err:
+                raise JudgeError(f"the LLM judge at {self.spec.base_url} did not list its models "
+                                 f"(for the verdict cache's fingerprint): {self._describe(err)}") from None
+            described = [{k: v for k, v in e.items() if k not in VOLATILE_MODEL_FIELDS} for e in entries]
+            blob = json.dumps(described, sort_keys=True, default=str, ensure_ascii=False)
+            self._fingerprint = "server:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return self._fingerprint
+
     # -- judging ----------------------------------------------------------------------------------------
 
     def _create(self, messages: list[dict[str, str]], client: openai.OpenAI) -> object:
@@ -414,10 +438,12 @@ class LLMJudge:
         unknown model.
         """
         slots: list[tuple[str, list[dict[str, str]]]] = []  # 2i: (a, b) order; 2i+1: (b, a) order
+        # the verdict cache is keyed by who answers (the model's name and the server's fingerprint)
+        who = self.spec.model if self._cache is None else f"{self.spec.model}\n{self.fingerprint()}"
         for item in items:
             for first, second in ((item.a, item.b), (item.b, item.a)):
                 messages = judge_messages(item.context, first, second)
-                key = request_key(self.spec.model, messages, self.spec.max_tokens, self.spec.temperature)
+                key = request_key(who, messages, self.spec.max_tokens, self.spec.temperature)
                 slots.append((key, messages))
 
         answers: dict[str, str] = {}

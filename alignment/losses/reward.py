@@ -55,6 +55,14 @@ def normalise_scores(scores: torch.Tensor, moments: RunningMoments | None, clip:
     return out
 
 
+def penalise_missing_eos(scores: torch.Tensor, ended: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """``scores`` less ``penalty`` on the rows whose reply never ended (TRL's ``missing_eos_penalty``:
+    a reply cut at the token limit is not scored as if it were complete); ``None`` leaves them."""
+    if penalty is None:
+        return scores
+    return scores - penalty * (~ended.to(torch.bool)).to(scores.dtype)
+
+
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-token rewards ``[B, R]``: ``-beta * kl`` on every response token, plus the sequence's
     score on its last response token. ``mask`` marks the response tokens (left-aligned; with tools,

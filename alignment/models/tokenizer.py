@@ -47,3 +47,15 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     add_moss_tokens(tokenizer)
     return tokenizer
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids of every special token of ``tokenizer`` (the MOSS role prefixes and close tokens,
+    ``<eom>``, padding and any the checkpoint brings): a sampled reply ends at the first of them."""
+    ids = {tokenizer.eos_token_id, *tokenizer.all_special_ids}
+    for token in SPECIAL_TOKENS:
+        i = tokenizer.convert_tokens_to_ids(token)
+        if i is not None and i != tokenizer.unk_token_id:
+            ids.add(i)
+    ids.discard(None)
+    return sorted(ids)

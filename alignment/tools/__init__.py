@@ -25,7 +25,8 @@ Rules of :func:`run_commands`:
   calls of unknown tools and malformed lines (anything that is not a well-formed call);
 * at most :data:`MAX_CALLS` calls run per turn; later ones are ignored;
 * each run call gives ``Name("argument") => "result"``, argument and result written as JSON
-  strings (``"`` ``\\`` and newlines escaped), so every Results line is one line;
+  strings (``"`` ``\\`` and newlines escaped, and ``<`` as ``\\u003c``), so every Results line is
+  one line and holds no special token;
 * a tool that has no answer, refuses its input, fails or runs out of time gives ``No result.``
   (never an exception); when no call runs at all, the Results text is ``No result.``.
 """
@@ -174,7 +175,9 @@ def format_result(name: str, arg: str, result: str) -> str:
 
 
 def _quote(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    """``text`` as a JSON string with ``<`` escaped (``\\u003c``): an argument or a result cannot
+    hold a special token (``<eor>``, ``<|MOSS|>:``...) that would end or re-open a field."""
+    return json.dumps(text, ensure_ascii=False).replace("<", "\\u003c")
 
 
 def run_commands(

@@ -27,7 +27,8 @@ def llm_spec(cfg: LabConfig) -> LLMJudgeSpec:
     j = cfg.judges.llm
     return LLMJudgeSpec(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env, concurrency=j.concurrency,
                         timeout=j.timeout, max_retries=j.max_retries, max_tokens=j.max_tokens,
-                        temperature=j.temperature, max_error_share=j.max_error_share)
+                        temperature=j.temperature, max_error_share=j.max_error_share,
+                        fingerprint=j.fingerprint)
 
 
 def llm_judge(cfg: LabConfig, cache_root: Path) -> LLMJudge:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.atomic import atomic_dir, write_json
+from alignment.content_hash import content_digest, expand
 
 CACHE_VERSION = 1  # bump when an artifact's meaning changes without a config change
 MANIFEST = "lab_artifact.json"
@@ -38,6 +39,46 @@ def config_key(stage: str, payload: dict[str, Any]) -> str:
     """A stable hash of ``payload`` (a plain, JSON-able config subset)."""
     blob = json.dumps({"stage": stage, "v": CACHE_VERSION, "cfg": payload}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+PATH_KEYS = frozenset({"tokenizer", "rm", "model", "sft", "pm"})
+"""Payload entries that hold a path besides those named ``*path`` (``tokenizer``, the judge's ``rm``...)."""
+HASHES = "hashes"  # the cache's memo of file digests (alignment.content_hash)
+
+
+def content_addressed(payload: Any, cache_root: str | os.PathLike) -> Any:
+    """``payload`` with every user path in it replaced by the digest of what it holds
+    (``alignment.content_hash``): a string under a key named ``*path`` or in :data:`PATH_KEYS`, or any
+    string with a ``/`` or a leading ``~``, that names an existing file or directory outside the cache.
+    An artifact of the cache is left as its path (its own key already says what made it), as is a
+    path that does not exist, so a payload without user files keeps its key."""
+    root = Path(os.path.realpath(Path(cache_root).expanduser()))
+
+    def digest(key: str | None, value: str) -> str:
+        named = key is not None and (key.endswith("path") or key in PATH_KEYS)
+        if not (named or "/" in value or value.startswith("~")) or "\n" in value or len(value) > 4096:
+            return value
+        try:
+            p = expand(value)
+            if not p.exists():
+                return value
+            real = Path(os.path.realpath(p))
+        except (OSError, ValueError):
+            return value
+        if real == root or root in real.parents:
+            return value
+        return content_digest(real, root / HASHES)
+
+    def walk(key: str | None, node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(k, v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [walk(key, v) for v in node]
+        if isinstance(node, str):
+            return digest(key, node)
+        return node
+
+    return walk(None, payload)
 
 
 class ArtifactCache:

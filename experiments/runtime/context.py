@@ -20,7 +20,7 @@ from alignment.data.formats import FilePrompt, load_prompts
 from alignment.data.loaders import load_moss_sft
 from alignment.world import World, WorldPrompt, WorldSpec
 from experiments.config import ActorResources, LabConfig, WorldConfig
-from experiments.runtime.cache import Artifact, ArtifactCache, config_key, reuse
+from experiments.runtime.cache import Artifact, ArtifactCache, config_key, content_addressed, reuse
 from experiments.runtime.costs import Ledger
 from experiments.runtime.tracking import Tracker
 
@@ -145,4 +145,6 @@ class RunContext:
         return load_prompts(e.prompts_path, e.prompts_format)[: e.n_prompts]
 
     def cache_key(self, stage: str, payload: dict) -> str:
-        return config_key(stage, payload)
+        """The key of ``payload``, with each user file or model directory in it keyed by its content
+        (``experiments.cache.content_addressed``): an in-place edit makes a new artifact."""
+        return config_key(stage, content_addressed(payload, self.cache.root))

@@ -73,9 +73,10 @@ class Checkpoints:
     @classmethod
     def of(cls, ctx: Any, stage: str, key: str, t: TrainerConfig) -> Checkpoints:
         """The checkpoints of ``stage``'s artifact ``key`` in the run's cache, every ``checkpoint_every``
-        steps of trainer ``t`` (a run that ignores the cache, ``use_cache=false``, starts afresh)."""
+        steps of trainer ``t`` (a run that ignores the cache, ``use_cache=false``, or is asked to start
+        afresh, ``resume=false``, drops them first)."""
         out = cls(ctx.cache.root / f"{stage}-checkpoints" / key, t.checkpoint_every)
-        if not ctx.cfg.use_cache:
+        if not ctx.cfg.use_cache or not ctx.cfg.resume:
             out.clear()
         return out
 

@@ -23,8 +23,8 @@ from alignment.atomic import write_json
 from alignment.chat_format import Conversation, Turn, generation_prompt
 from alignment.data.formats import FilePrompt, load_prompts
 from alignment.data.preference import ComparisonGroup, ranked_pairs
-from alignment.judges.llm import QUESTION, SYSTEM_PROMPT, PairItem
-from experiments.evaluation.judging import llm_judge, rm_scores
+from alignment.judges.llm import QUESTION, SYSTEM_PROMPT, LLMJudge, PairItem
+from experiments.evaluation.judging import llm_judge, llm_spec, rm_scores
 from experiments.evaluation.replies import Job, generate_with, sampling_key
 from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
@@ -56,6 +56,8 @@ def feedback_payload(ctx: RunContext, sft: Artifact, contexts: list[Conversation
         question = hashlib.sha256((SYSTEM_PROMPT + QUESTION).encode()).hexdigest()
         judge = {"llm": llm.model, "base_url": llm.base_url, "max_tokens": llm.max_tokens,
                  "temperature": llm.temperature, "question": question}
+        with LLMJudge(llm_spec(cfg)) as server:  # who answers: two servers of one name may serve other weights
+            judge["fingerprint"] = server.fingerprint()
     return {"sft": str(sft.path), "prompts": digest.hexdigest(), "candidates": cfg.pm.candidates,
             "sampling": sampling, "seed": cfg.seed, "judge": judge}
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from actors.group import RoleGroup
 from actors.preference import PreferenceActor
 from alignment.data.formats import load_preferences
+from alignment.data.holdout import split_prompts
 from alignment.data.loaders import load_multi_response
 from alignment.data.preference import ComparisonGroup, multi_response_groups, pair_groups, world_groups
 from alignment.models.tokenizer import load_tokenizer
@@ -62,8 +63,12 @@ def comparison_groups(ctx: RunContext, sft: Artifact,
         return train, val_file, None
     if feedback == "judge":
         groups = judge_feedback(ctx, sft)
-        train = [g for g in groups[: pm.n_prompts] if g.pairs]
-        val = val_file if val_file is not None else [g for g in groups[pm.n_prompts:] if g.pairs]
+        source = "pm.prompts_path" if pm.prompts_path else "the SFT data's prompts"
+        split = split_prompts(len(groups), pm.n_prompts, pm.n_val_prompts, source, val_elsewhere=val_file is not None)
+        if split.note:
+            print(f"PM: {split.note}", flush=True)
+        train = [g for g in groups[: split.n_train] if g.pairs]
+        val = val_file if val_file is not None else [g for g in groups[split.n_train:] if g.pairs]
         if not train or not val:
             raise ValueError(f"pm.feedback=judge: the {pm.judge} judge decided no pair among the "
                              f"{'training' if not train else 'held-out'} prompts' candidates")

@@ -56,9 +56,9 @@ from alignment.losses.gae import AdvantageInputs
 from alignment.losses.kl import kl_estimate
 from alignment.losses.masked import masked_mean, masked_whiten
 from alignment.losses.registry import ADVANTAGE_ESTIMATORS
-from alignment.losses.reward import RunningMoments, normalise_scores, token_rewards
+from alignment.losses.reward import RunningMoments, normalise_scores, penalise_missing_eos, token_rewards
 from alignment.models.tokenizer import load_tokenizer
-from alignment.rollout import Rollout
+from alignment.rollout import Rollout, ended
 from alignment.sequences import prompt_ids, scored_sequences
 from alignment.tool_use import tool_prompt
 from alignment.world import WorldPrompt
@@ -249,7 +249,8 @@ class PPOTrainer:
         t2 = time.perf_counter()
         mask = rollout.response_mask
         kl = kl_estimate(rollout.logprobs, ref_logprobs, algo.kl_estimator) * mask
-        normed = normalise_scores(scores, self.moments if algo.normalize_reward else None, algo.reward_clip)
+        penalised = penalise_missing_eos(scores, ended(rollout, self.tokenizer.eos_token_id), algo.missing_eos_penalty)
+        normed = normalise_scores(penalised, self.moments if algo.normalize_reward else None, algo.reward_clip)
         kl_in_loss = algo.kl_in == "loss"  # then the rewards carry no KL; the policy's loss does
         rewards = token_rewards(normed, kl, mask, 0.0 if kl_in_loss else algo.beta)
         estimator = ADVANTAGE_ESTIMATORS.get(algo.advantage)
@@ -429,7 +430,7 @@ def ppo_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> tuple[str, dict[str
 
 def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
     """The RL policy for this config (PPO, or GRPO / RLOO, named by ``method_name``): from the cache,
-    or trained now (resuming when asked)."""
+    or trained now, continuing an interrupted run of the same config unless ``resume=false``."""
     cfg = ctx.cfg
     check(cfg.algo, cfg.ray)
     key, payload = ppo_key(ctx, sft, pm)
@@ -438,8 +439,8 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
 
     def build() -> Artifact:
         ckpt_root = ctx.cache.root / f"{method}-checkpoints" / key
-        if not cfg.resume and ckpt_root.exists():
-            shutil.rmtree(ckpt_root)  # a fresh run does not inherit an interrupted one's checkpoints
+        if (not cfg.resume or not cfg.use_cache) and ckpt_root.exists():
+            shutil.rmtree(ckpt_root)  # a run asked to start afresh inherits no interrupted one's checkpoints
         tokenizer = load_tokenizer(str(sft.path))
         info: dict[str, Any] = {"restarts": [], "train_seconds": 0.0}
         while True:  # once, or again after an actor's death (at most ray.max_restarts times)
@@ -469,6 +470,7 @@ def ppo_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
                             shutil.copytree(snap, tmp / SNAPSHOTS / snap.name)
                     write_json(tmp / INFO_FILE, info)
                 print(f"{label}: policy written to {ctx.cache.path(method, key)}", flush=True)
+                shutil.rmtree(ckpt_root, ignore_errors=True)  # committed: a later run of it starts afresh
                 return Artifact(ctx.cache.path(method, key), False, info)
             except ACTOR_LOST as err:
                 if len(info["restarts"]) >= cfg.ray.max_restarts:

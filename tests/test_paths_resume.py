@@ -1,0 +1,47 @@
+"""User paths are expanded once, before anything reads them; RL stages resume by themselves."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.test_config import _compose
+
+
+def test_a_home_relative_model_path_that_passes_preflight_loads_in_the_stage(tmp_path, monkeypatch, tokenizer):
+    from experiments.runtime.cache import ArtifactCache
+    from experiments.runtime.context import RunContext
+    from experiments.stages.sft import tokenizer_stage
+
+    from experiments.preflight import preflight
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LAB_DATA", str(tmp_path / "data"))
+    model = tmp_path / "models" / "x"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    tokenizer.save_pretrained(model)
+    lab = OmegaConf.to_object(_compose(["+experiment=sft", "model.name=pretrained", "model.path='~/models/x'",
+                                        "pm.val_path='$LAB_DATA/val.jsonl'", "cache_dir='~/cache'"]))
+    preflight(lab)
+    assert lab.model.path == str(model) and lab.pm.val_path == str(tmp_path / "data" / "val.jsonl")
+    assert lab.cache_dir == str(tmp_path / "cache")
+    (tmp_path / "run").mkdir()
+    ctx = RunContext(lab, tmp_path / "run", ArtifactCache(lab.cache_dir), tracker=None, run_tag="paths")
+    assert tokenizer_stage(ctx) == model
+
+
+def test_an_unset_variable_in_a_path_names_the_key(monkeypatch):
+    from experiments.preflight import preflight
+
+    monkeypatch.delenv("NO_SUCH_LAB_VAR", raising=False)
+    lab = OmegaConf.to_object(_compose(["+experiment=sft", "data.source=moss_sft",
+                                        "data.path='$NO_SUCH_LAB_VAR/x.jsonl'"]))
+    with pytest.raises(ValueError, match=r"data\.path: .*NO_SUCH_LAB_VAR"):
+        preflight(lab)
+
+
+def test_rl_stages_resume_by_themselves_and_start_fresh_on_request():
+    lab = OmegaConf.to_object(_compose(["+experiment=ppo"]))
+    assert lab.resume is True
+    assert OmegaConf.to_object(_compose(["+experiment=ppo", "resume=false"])).resume is False
