@@ -28,8 +28,8 @@ from alignment.models.causal_lm import (
     apply_lora,
     build_tiny,
     load_causal_lm,
-    mergeable,
     merged_weights,
+    save_merged,
 )
 from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
@@ -268,7 +268,7 @@ class PolicyActor(TrainableActor, SamplingRole):
         """Write a plain ``save_pretrained`` directory (LoRA merged) with the tokenizer; rank 0 writes."""
 
         def save_fn(module: Any, out: str) -> None:
-            mergeable(module).save_pretrained(out)
+            save_merged(module, out)
             self.tokenizer.save_pretrained(out)
 
         self.engine.save_model(path, save_fn)

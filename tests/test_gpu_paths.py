@@ -366,3 +366,33 @@ def test_zero3_ranks_stay_in_step_with_unequal_stop_points_prefixes_and_batches(
     assert r0["lockstep"] and r1["lockstep"] and r0["frozen_lockstep"]
     assert r0["n_ids"] == [1, 1] and max(r1["n_ids"]) > 1  # they did stop at different steps
     assert (r0["replies"], r1["replies"]) == (3, 1) and (r0["scores"], r1["scores"]) == (5, 1)
+
+
+def test_saving_a_lora_policy_copies_no_model(tmp_path, tokenizer, monkeypatch):
+    """The merged checkpoint equals ``mergeable``'s, written without a deep copy of the model (under
+    ZeRO-3 the model is gathered in full for the save: a copy would double that)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from alignment.models.causal_lm import ArchSpec, LoraSpec, apply_lora, build_tiny, mergeable, save_merged
+
+    model = apply_lora(build_tiny(ArchSpec(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2),
+                                  tokenizer), LoraSpec(enabled=True, r=4, alpha=8))
+    for n, p in model.named_parameters():  # non-trivial adapters
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    expected = mergeable(model).state_dict()
+    deepcopy = copy.deepcopy
+
+    def no_module_copies(x, *a, **k):
+        assert not isinstance(x, torch.nn.Module), "the model was copied"
+        return deepcopy(x, *a, **k)
+
+    monkeypatch.setattr(copy, "deepcopy", no_module_copies)
+    save_merged(model, str(tmp_path / "m"))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", local_files_only=True).state_dict()
+    assert loaded.keys() == expected.keys()
+    for n, t in expected.items():
+        torch.testing.assert_close(loaded[n], t)
+    assert any("lora_" in n for n, _ in model.named_parameters())  # the live model keeps its adapters
