@@ -8,8 +8,8 @@
 #      b. ppo, DeepSpeed ZeRO-3, the same                                                        (SMOKE_S)
 #      c. ppo, rollout.engine=vllm colocated with every role on GPU 0: the engine sleeps while
 #         the trainers run and wakes for the sync (ray.colocate, sleep mode)                      (SMOKE_S)
-#      d. ppo, rollout.sync=nccl: policy rank 0 broadcasts to a vLLM engine on a GPU of its
-#         own (needs 2 GPUs), and two policy ranks train over NCCL (needs 2 more; else 2 in all)   (SMOKE_S)
+#      d. with 2 GPUs: ppo with two policy ranks over NCCL under ZeRO-3, and ppo with rollout.sync=nccl
+#         (policy rank 0 broadcasts to a vLLM engine on a GPU of its own); skipped on one GPU    (SMOKE_S each)
 #      e. the generation benchmark, both engines (tokens/s against the HBM roofline)             (BENCH_S)
 # A missing vLLM is a failure (its checks cannot be run), not a skip. What is skipped, and why, is said.
 # Every check runs even after one fails; the exit status is the first failure's (1 for a missing vLLM).
@@ -96,17 +96,17 @@ if [ "$VLLM" = 1 ]; then
 else
   log "ppo-vllm-colocated: not run (vLLM does not import)"
 fi
-if [ "$VLLM" = 1 ] && [ "$NGPU" -ge 4 ]; then
-  # two policy ranks (NCCL between them, ZeRO-3) on GPUs 0-1, the engine on GPU 2, the other roles on GPU 3
-  smoke ppo-nccl strategy=deepspeed_zero3 rollout.engine=vllm rollout.sync=nccl ray.policy.num_actors=2 \
-    ray.policy.num_gpus=1 ray.rollout.num_gpus=1 ray.critic.num_gpus=0.4 ray.reference.num_gpus=0.2 \
-    ray.preference.num_gpus=0.2
-elif [ "$VLLM" = 1 ] && [ "$NGPU" -ge 2 ]; then
-  # the broadcast between policy rank 0 (GPU 0) and the engine (GPU 1); the other roles on the CPU
-  smoke ppo-nccl rollout.engine=vllm rollout.sync=nccl ray.policy.num_gpus=1 ray.rollout.num_gpus=1
-  log "  (two NCCL policy ranks as well need 4 GPUs; this node has $NGPU)"
+if [ "$NGPU" -ge 2 ]; then
+  # two policy ranks over NCCL under ZeRO-3 (lockstep generation and scoring), on GPUs 0 and 1; the others on the CPU
+  smoke ppo-nccl-ranks strategy=deepspeed_zero3 rollout.engine=hf ray.policy.num_actors=2 ray.policy.num_gpus=1
 else
-  log "ppo-nccl: skipped: the NCCL broadcast needs the policy and an engine on GPUs of their own (2 GPUs; this node has $NGPU)$([ "$VLLM" = 1 ] || echo ", and vLLM")"
+  log "ppo-nccl-ranks: skipped: two NCCL ranks need a GPU each (this node has $NGPU)"
+fi
+if [ "$VLLM" = 1 ] && [ "$NGPU" -ge 2 ]; then
+  # the weight broadcast: policy rank 0 on GPU 0, the engine on GPU 1; the other roles on the CPU
+  smoke ppo-nccl-broadcast rollout.engine=vllm rollout.sync=nccl ray.policy.num_gpus=1 ray.rollout.num_gpus=1
+else
+  log "ppo-nccl-broadcast: skipped: the NCCL broadcast needs the policy and an engine on GPUs of their own (2; this node has $NGPU)$([ "$VLLM" = 1 ] || echo ", and vLLM")"
 fi
 
 # the benchmark: batch 32 and 256 for every size, one timed call each after a warm-up
