@@ -396,3 +396,34 @@ def test_saving_a_lora_policy_copies_no_model(tmp_path, tokenizer, monkeypatch):
     for n, t in expected.items():
         torch.testing.assert_close(loaded[n], t)
     assert any("lora_" in n for n, _ in model.named_parameters())  # the live model keeps its adapters
+
+
+FROZEN_DS_SCRIPT = """
+    import json, sys
+    import torch
+    from actors.engine import StrategySpec, TrainingEngine
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=64)
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name, stage in (("torch", 0), ("deepspeed", 2)):
+        torch.manual_seed(0)
+        eng = TrainingEngine(LlamaForCausalLM(cfg), None, StrategySpec(name=name, zero_stage=stage),
+                             torch.device("cpu"))
+        with torch.no_grad():
+            out[name] = eng.forward(input_ids=ids).logits.tolist()
+    ds = eng._ds
+    json.dump({"same": torch.allclose(torch.tensor(out["torch"]), torch.tensor(out["deepspeed"]), atol=1e-5),
+               "stage": ds.zero_optimization_stage(), "optimizer": ds.optimizer is not None,
+               "grads": any(p.requires_grad for p in ds.module.parameters())}, open(sys.argv[1] + "/r.json", "w"))
+"""
+
+
+def test_a_frozen_deepspeed_engine_holds_no_optimizer_and_scores_as_torch(tmp_path):
+    """A scorer under ``strategy=deepspeed_zero2``: DeepSpeed without an optimizer (no master weights,
+    no optimizer states), as stage 0, and the same outputs as the torch engine."""
+    r = _finish(_spawn(FROZEN_DS_SCRIPT, tmp_path, str(tmp_path), env={**_env(), "DS_ACCELERATOR": "cpu"}),
+                tmp_path / "r.json")
+    assert r == {"same": True, "stage": 0, "optimizer": False, "grads": False}
