@@ -11,8 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from ray.util import get_node_ip_address
 
-from actors.engine import OptimConfig, StrategySpec, TrainingEngine
+from actors.devices import actor_device
+from actors.engine import OptimConfig, StrategySpec, TrainingEngine, free_cached_memory
 from alignment.models.tokenizer import load_tokenizer
 from alignment.models.value_head import load_value_model
 
@@ -25,7 +27,7 @@ class RoleActor:
         if nice:  # added to the worker's own (Ray starts workers at 15); before torch's threads, which inherit it
             os.nice(nice)
         torch.set_num_threads(num_threads)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = actor_device()  # what Ray reserved (an indexed cuda:N), else the CPU
         self.tokens_generated = 0  # counted by the roles that sample
         self._cpu_base = 0.0  # CPU time counts from here (``reset_usage``)
 
@@ -84,8 +86,10 @@ class RoleActor:
             torch.cuda.empty_cache()
 
     def master_address(self) -> tuple[str, int]:
-        """This node's IP and a free port, for rank 0 to host the rendezvous."""
-        ip = socket.gethostbyname(socket.gethostname())
+        """This node's IP and a free port, for rank 0 to host the rendezvous. The IP is the one Ray
+        reaches the node by: ``gethostbyname(gethostname())`` is often 127.0.1.1 (Debian's /etc/hosts),
+        which no other node can reach."""
+        ip = get_node_ip_address()
         with socket.socket() as s:
             s.bind(("", 0))
             return ip, s.getsockname()[1]
@@ -129,6 +133,9 @@ class TrainableActor(RoleActor):
                 for k, v in {**{k: float(v) for k, v in stats.items()}, **self.engine.step()}.items():
                     sums[k] = sums.get(k, 0.0) + v
                     counts[k] = counts.get(k, 0) + 1
+        # the update's activations stay in torch's cache otherwise: a colocated vLLM engine that wakes
+        # its KV cache next, or another role on the GPU, could not have them
+        free_cached_memory(self.device)
         return {k: v / counts[k] for k, v in sums.items()}
 
     def weights_digest(self) -> str:
@@ -173,5 +180,6 @@ class ValueModelActor(TrainableActor):
         self.tokenizer = load_tokenizer(path)
         model = load_value_model(path, drop_last_layer=drop_last_layer)
         model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.engine = TrainingEngine(model, optim or OptimConfig(lr=0.0), strategy, self.device)
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.engine = TrainingEngine(model, optim, strategy, self.device)  # frozen without ``optim``
+        return n_params

@@ -109,6 +109,22 @@ def _import_deepspeed(device: torch.device) -> Any:
     return deepspeed
 
 
+def indexed(device: torch.device | str) -> torch.device:
+    """``device`` with an index on CUDA (``cuda`` -> ``cuda:<current>``): ``torch.cuda.set_device``,
+    DDP's ``device_ids`` and NCCL refuse a CUDA device without one."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def free_cached_memory(device: torch.device) -> None:
+    """Return the CUDA caching allocator's unused blocks to the driver (another process on the GPU,
+    e.g. a colocated vLLM engine waking its KV cache, can then have them); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _enable_checkpointing(model: torch.nn.Module) -> None:
     enable = getattr(model, "activation_checkpointing_enable", None) or getattr(
         model, "gradient_checkpointing_enable", None
@@ -120,39 +136,59 @@ def _enable_checkpointing(model: torch.nn.Module) -> None:
 
 
 class TrainingEngine:
-    """Wraps ``model`` with AdamW + warmup/cosine LambdaLR, grad clipping and the chosen strategy."""
+    """Wraps ``model`` with AdamW + warmup/cosine LambdaLR, grad clipping and the chosen strategy.
+
+    With ``optim=None`` the engine is frozen (a scorer: the reference, a preference model that only
+    scores, a policy that only generates): no optimizer, scheduler or gradients, eval mode, and under
+    DeepSpeed no master weights or optimizer states (ZeRO-3 still partitions the weights; stages
+    1-2, which only partition optimizer states, become stage 0). A trainable engine puts its model in
+    training mode: transformers 5 returns ``from_pretrained`` models in eval mode, where gradient
+    checkpointing does nothing.
+    """
 
     def __init__(
-        self, model: torch.nn.Module, optim: OptimConfig, strategy: StrategySpec, device: torch.device
+        self, model: torch.nn.Module, optim: OptimConfig | None, strategy: StrategySpec, device: torch.device
     ) -> None:
         if strategy.name not in ("torch", "deepspeed"):
             raise ValueError(f"unknown strategy {strategy.name!r}; choose 'torch' or 'deepspeed'")
-        self.optim_cfg, self.spec, self.device = optim, strategy, torch.device(device)
+        self.optim_cfg, self.spec, self.device = optim, strategy, indexed(device)
+        self.frozen = optim is None
         self.global_step = 0
+        if self.frozen:
+            model.requires_grad_(False).eval()
+        else:
+            model.train()
         self.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if strategy.gradient_checkpointing:
+        if strategy.gradient_checkpointing and not self.frozen:
             _enable_checkpointing(model)
         if strategy.name == "torch":
             if strategy.zero_stage or strategy.offload:
                 log.warning("zero_stage/offload only apply to strategy 'deepspeed'; ignored on 'torch'")
             model.to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps
-        )
-        schedule = partial(
-            lr_lambda,
-            warmup_steps=optim.warmup_steps,
-            total_steps=optim.total_steps,
-            min_lr_ratio=optim.min_lr_ratio,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        if optim is not None:
+            self.optimizer = torch.optim.AdamW(
+                param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps
+            )
+            schedule = partial(
+                lr_lambda,
+                warmup_steps=optim.warmup_steps,
+                total_steps=optim.total_steps,
+                min_lr_ratio=optim.min_lr_ratio,
+            )
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self._ds: Any = None
+        # ZeRO-3 over several ranks gathers each layer's weights from every rank in every forward
+        # pass: the ranks must run the same number of passes (``alignment.lockstep``)
+        self.lockstep = (strategy.name == "deepspeed" and strategy.zero_stage == 3 and dist.is_initialized()
+                         and dist.get_world_size() > 1)
         if strategy.name == "deepspeed":
             self._init_deepspeed(model)
         else:
             self._model = model
             self._wrapped: torch.nn.Module = model
-            if dist.is_initialized() and dist.get_world_size() > 1:
+            if not self.frozen and dist.is_initialized() and dist.get_world_size() > 1:
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 self._wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
@@ -165,13 +201,15 @@ class TrainingEngine:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # before the nccl process group is created
         deepspeed = _import_deepspeed(self.device)
-        zero: dict[str, Any] = {"stage": spec.zero_stage}
-        if spec.offload:
+        # frozen: no optimizer, so nothing for stages 1-2 to partition; ZeRO-3 still splits the weights
+        stage = spec.zero_stage if not self.frozen or spec.zero_stage == 3 else 0
+        zero: dict[str, Any] = {"stage": stage}
+        if spec.offload and not self.frozen:
             zero["offload_optimizer"] = {"device": "cpu"}
         config = {
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,
-            "gradient_clipping": self.optim_cfg.max_grad_norm,
+            "gradient_clipping": self.optim_cfg.max_grad_norm if self.optim_cfg is not None else 0.0,
             "zero_optimization": zero,
             "bf16": {"enabled": spec.bf16},
             # offload with a client torch.optim.AdamW (instead of DeepSpeedCPUAdam) is refused without this
@@ -189,7 +227,12 @@ class TrainingEngine:
 
     @property
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else 0.0
+
+    def _trainable(self, what: str) -> None:
+        if self.frozen:
+            raise RuntimeError(f"{what}: this engine is frozen (built without an optimizer config); it only "
+                               "runs forward passes")
 
     def precision(self) -> contextlib.AbstractContextManager:
         """The numerics of ``forward``, for passes that call ``module`` directly (sampling): bf16
@@ -207,6 +250,7 @@ class TrainingEngine:
     __call__ = forward
 
     def backward(self, loss: torch.Tensor) -> None:
+        self._trainable("backward")
         if self._ds is not None:
             self._ds.backward(loss)
         else:
@@ -214,6 +258,7 @@ class TrainingEngine:
 
     def step(self) -> dict[str, float]:
         """Clip, optimizer step, scheduler step, zero grads. ``grad_norm`` is the pre-clip global norm."""
+        self._trainable("step")
         lr = self.lr
         if self._ds is None:
             params = [p for p in self._model.parameters() if p.requires_grad]
@@ -235,6 +280,7 @@ class TrainingEngine:
 
     def save_checkpoint(self, ckpt_dir: str | os.PathLike[str]) -> None:
         """Model + optimizer + scheduler + step, for resuming. Collective: call on every rank."""
+        self._trainable("save_checkpoint")
         ckpt_dir = Path(ckpt_dir)
         if self._ds is not None:
             self._ds.save_checkpoint(str(ckpt_dir), client_state={"global_step": self.global_step})

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from actors.base import TrainableActor
+from actors.devices import SYNC_TIMEOUT_S, synchronize
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
 from actors.sampling import SamplingRole
 from alignment.data.batching import collate, shard
@@ -27,8 +28,8 @@ from alignment.models.causal_lm import (
     apply_lora,
     build_tiny,
     load_causal_lm,
-    mergeable,
     merged_weights,
+    save_merged,
 )
 from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
@@ -86,8 +87,9 @@ class PolicyActor(TrainableActor, SamplingRole):
             model = load_causal_lm(spec.path, self.tokenizer)
         model = apply_lora(model, spec.lora)
         torch.manual_seed(spec.seed + self.rank)
-        self.engine = TrainingEngine(model, optim or OptimConfig(lr=0.0), strategy, self.device)
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.engine = TrainingEngine(model, optim, strategy, self.device)  # frozen without ``optim``: it only samples
+        return n_params
 
     def lm_loss(self, examples: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked next-token loss of ``examples`` (mean over their labelled tokens) and the token count."""
@@ -132,7 +134,10 @@ class PolicyActor(TrainableActor, SamplingRole):
                 "pairs": float(n), "sequences": float(len(rows)), **step}
 
     def generator(self) -> Generator:
-        return HFGenerator(self.engine.module, self.tokenizer)
+        # ZeRO-3 ranks generate in step; a bf16 policy recomputes the old log-probs (``rollout``), so
+        # sampling keeps no per-step logits for them
+        return HFGenerator(self.engine.module, self.tokenizer, synced_gpus=self.engine.lockstep,
+                           logprobs=not self.engine.spec.bf16)
 
     def sampling_context(self) -> contextlib.AbstractContextManager:
         return self.engine.precision()  # the numerics the engine trains with
@@ -194,13 +199,16 @@ class PolicyActor(TrainableActor, SamplingRole):
                     for n, t in self._weights(only_lora)]
 
     @torch.no_grad()
-    def broadcast_weights(self, only_lora: bool = False, dtype: str | None = None) -> None:
-        """GPU: rank 0 broadcasts ``_weights`` in the engines' ``dtype`` (collective under ZeRO-3)."""
+    def broadcast_weights(self, only_lora: bool = False, dtype: str | None = None,
+                          timeout_s: float = SYNC_TIMEOUT_S) -> None:
+        """GPU: rank 0 broadcasts ``_weights`` in the engines' ``dtype`` (collective under ZeRO-3), and
+        raises ``TimeoutError`` when the broadcast is not done in ``timeout_s`` (an engine that failed
+        while receiving)."""
         with self.engine.gathered():
             if self.rank == 0:
                 for _, t in self._weights(only_lora):
                     self._broadcast.broadcast(_cast(t, dtype).contiguous(), src=0, stream=torch.cuda.current_stream())
-                torch.cuda.synchronize()
+                synchronize(timeout_s, "policy rank 0: the weight broadcast to the rollout engines")
 
     @torch.no_grad()
     def old_logprobs(self, rollout: Rollout, temperature: float) -> torch.Tensor:
@@ -260,7 +268,7 @@ class PolicyActor(TrainableActor, SamplingRole):
         """Write a plain ``save_pretrained`` directory (LoRA merged) with the tokenizer; rank 0 writes."""
 
         def save_fn(module: Any, out: str) -> None:
-            mergeable(module).save_pretrained(out)
+            save_merged(module, out)
             self.tokenizer.save_pretrained(out)
 
         self.engine.save_model(path, save_fn)

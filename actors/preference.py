@@ -8,6 +8,7 @@ import torch
 from actors.base import ValueModelActor
 from alignment.data.batching import pad_right
 from alignment.generation import eval_mode
+from alignment.lockstep import agreed_max
 from alignment.losses.pairwise import pairwise_loss
 from alignment.models.value_head import sequence_scores
 
@@ -39,14 +40,19 @@ class PreferenceActor(ValueModelActor):
     @torch.inference_mode()  # the scores leave as Python floats
     def score(self, seqs: list[list[int]], batch_size: int = 64) -> list[float]:
         """Scalar reward of each sequence (no gradients). Batches are cut from the sequences in
-        order of length, so that little of each is padding; the scores come back in input order."""
+        order of length, so that little of each is padding; the scores come back in input order.
+        Under ZeRO-3 over several ranks every rank runs as many batches as the rank with the most
+        (a rank with fewer scores a one-token batch and drops it): each pass gathers weights from all."""
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         out = [0.0] * len(seqs)
+        lockstep = self.engine.lockstep
+        n_batches = agreed_max(-(-len(seqs) // batch_size), lockstep)
         with eval_mode(self.engine.module) as model:  # train/eval mode restored even on an exception
-            for start in range(0, len(seqs), batch_size):
-                part = order[start:start + batch_size]
-                ids, mask = pad_right([seqs[i] for i in part], self.tokenizer.pad_token_id)
-                scores = sequence_scores(model, ids.to(self.device), mask.to(self.device)).float().tolist()
+            for b in range(n_batches):
+                part = order[b * batch_size:(b + 1) * batch_size]
+                rows = [seqs[i] for i in part] or [[self.tokenizer.pad_token_id]]  # no rows left: the filler
+                ids, mask = pad_right(rows, self.tokenizer.pad_token_id)
+                scores = sequence_scores(model, ids.to(self.device), mask.to(self.device), lockstep).float().tolist()
                 for i, s in zip(part, scores):
                     out[i] = s
         return out

@@ -15,13 +15,14 @@ randomness from torch's global generator, so a caller seeds with ``torch.manual_
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from alignment.chat_format import reply_text
+from alignment.lockstep import agreed_max
 from alignment.losses.logprobs import token_logprobs
 
 
@@ -68,19 +69,26 @@ class Generator(Protocol):
 
 class HFGenerator:
     """The transformers engine: ``generate`` with the KV cache, on ``model`` as it is (its train or
-    eval mode comes back after each call)."""
+    eval mode comes back after each call).
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any):
+    ``synced_gpus`` (ZeRO-3 over several ranks, whose every forward pass is collective): a rank whose
+    replies have all stopped goes on running forward passes until every rank's have, and every rank
+    makes as many ``generate`` calls as the rank with the most (``alignment.lockstep``). Without
+    ``logprobs`` ``sample`` returns NaN log-probs and keeps no per-step logits (a caller that
+    recomputes them, as a bf16 policy does, spares the ``[B, R, V]`` tensor)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, synced_gpus: bool = False, logprobs: bool = True):
         self.model, self.tokenizer = model, tokenizer
+        self.synced_gpus, self.logprobs = synced_gpus, logprobs
 
-    @torch.inference_mode()
     def until(self, texts: Sequence[str], spec: SamplingSpec, stop: list[int]) -> tuple[list[str], int]:
-        with eval_mode(self.model):
-            return generate_until(self.model, self.tokenizer, texts, spec, stop)
+        with no_autograd(self.synced_gpus), eval_mode(self.model):
+            return generate_until(self.model, self.tokenizer, texts, spec, stop, self.synced_gpus)
 
     def sample(self, prompts: Sequence[Sequence[int]], spec: RolloutSpec, stop: int | Sequence[int],
                seed: int | None) -> tuple[list[list[int]], list[list[float]]]:
-        return sample_responses(self.model, prompts, spec, self.tokenizer.pad_token_id, stop, seed)
+        return sample_responses(self.model, prompts, spec, self.tokenizer.pad_token_id, stop, seed,
+                                synced_gpus=self.synced_gpus, logprobs=self.logprobs)
 
 
 def as_generator(model: Any, tokenizer: Any) -> Generator:
@@ -98,15 +106,20 @@ def generate_replies(
     torch.manual_seed(seed)
     out: list[str] = []
     n_tokens = 0
-    for start in range(0, len(prompts), batch_size):
-        texts, n = gen.until(prompts[start:start + batch_size], spec, [tokenizer.eos_token_id])
-        out.extend(reply_text(t) for t in texts)
-        n_tokens += n
+    # ranks in lockstep (ZeRO-3) make as many calls as the rank with the most; a spare call generates
+    # after the end token and is dropped
+    n_calls = agreed_max(-(-len(prompts) // batch_size), getattr(gen, "synced_gpus", False))
+    for b in range(n_calls):
+        part = prompts[b * batch_size:(b + 1) * batch_size]
+        texts, n = gen.until(part or [tokenizer.eos_token], spec, [tokenizer.eos_token_id])
+        if part:
+            out.extend(reply_text(t) for t in texts)
+            n_tokens += n
     return out, n_tokens
 
 
 def generate_until(model, tokenizer, texts: Sequence[str], spec: SamplingSpec,
-                   stop: list[int]) -> tuple[list[str], int]:
+                   stop: list[int], synced_gpus: bool = False) -> tuple[list[str], int]:
     """One batched ``generate`` call (the caller seeds and sets eval mode): each text's continuation
     until one of the ``stop`` ids, decoded with special tokens and without padding, and the number of
     tokens generated (each row up to and including its first stop id)."""
@@ -115,7 +128,7 @@ def generate_until(model, tokenizer, texts: Sequence[str], spec: SamplingSpec,
     enc = {k: v.to(device) for k, v in enc.items()}
     kwargs = dict(max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
                   repetition_penalty=spec.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=stop)
+                  eos_token_id=stop, synced_gpus=synced_gpus)
     if spec.do_sample:
         kwargs.update(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k)
     new = model.generate(**enc, **kwargs)[:, enc["input_ids"].size(1):]
@@ -137,23 +150,34 @@ class RolloutSpec:
     ignore_eos: bool = False  # always ``max_new_tokens`` tokens, ``<eom>`` or not (benchmarks)
 
 
-@torch.inference_mode()  # no autograd bookkeeping; only Python lists and ints leave
+def no_autograd(partitioned: bool = False) -> AbstractContextManager:
+    """No autograd bookkeeping for a pass whose results leave as Python lists: inference mode, or,
+    for ZeRO-3 weights partitioned over ranks (``partitioned``), ``no_grad``: the weights it gathers
+    for the first time and keeps (the small, persistent ones) would otherwise be inference tensors,
+    which the next training pass cannot save for backward."""
+    return torch.no_grad() if partitioned else torch.inference_mode()
+
+
 def sample_responses(
     model, prompts: Sequence[Sequence[int]], spec: RolloutSpec, pad_id: int, eos_id: int | Sequence[int],
-    seed: int | None = 0,
+    seed: int | None = 0, synced_gpus: bool = False, logprobs: bool = True,
 ) -> tuple[list[list[int]], list[list[float]]]:
     """Sample one response per prompt (token ids) with ``generate`` and the KV cache.
 
     Returns the response ids (up to and including the first ``eos_id``; several stop ids may be
     given) and their log-probs under ``softmax(logits / temperature)``, read from the logits
-    ``generate`` already computed. ``seed=None`` goes on with the current RNG state.
+    ``generate`` already computed, one step at a time (never a ``[B, R, V]`` float32 copy of them
+    all). ``seed=None`` goes on with the current RNG state. ``synced_gpus``: ZeRO-3 over several
+    ranks (see ``HFGenerator``). Without ``logprobs`` the log-probs are NaN and ``generate`` keeps
+    no logits.
     """
-    with eval_mode(model):
-        return _sample_responses(model, prompts, spec, pad_id, eos_id, seed)
+    with no_autograd(synced_gpus), eval_mode(model):  # only Python lists and ints leave
+        return _sample_responses(model, prompts, spec, pad_id, eos_id, seed, synced_gpus, logprobs)
 
 
 def _sample_responses(model, prompts: Sequence[Sequence[int]], spec: RolloutSpec, pad_id: int,
-                      eos_id: int | Sequence[int], seed: int | None) -> tuple[list[list[int]], list[list[float]]]:
+                      eos_id: int | Sequence[int], seed: int | None, synced_gpus: bool = False,
+                      logprobs: bool = True) -> tuple[list[list[int]], list[list[float]]]:
     stops = [eos_id] if isinstance(eos_id, int) else list(eos_id)
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
@@ -167,14 +191,18 @@ def _sample_responses(model, prompts: Sequence[Sequence[int]], spec: RolloutSpec
     out = model.generate(
         input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=spec.max_new_tokens,
         min_new_tokens=spec.min_new_tokens, do_sample=True, temperature=spec.temperature, top_p=spec.top_p,
-        top_k=0, pad_token_id=pad_id, eos_token_id=None if spec.ignore_eos else eos_id, output_logits=True,
-        return_dict_in_generate=True,
+        top_k=0, pad_token_id=pad_id, eos_token_id=None if spec.ignore_eos else eos_id, output_logits=logprobs,
+        return_dict_in_generate=True, synced_gpus=synced_gpus,
     )
     new = out.sequences[:, width:]
-    logprobs = token_logprobs(torch.stack(out.logits, 1), new, spec.temperature)
+    if logprobs:  # step by step: one [B, V] float32 log-softmax at a time
+        lps = torch.stack([token_logprobs(step, new[:, j], spec.temperature) for j, step in enumerate(out.logits)],
+                          1) if out.logits else new.new_zeros(new.shape, dtype=torch.float)
+    else:
+        lps = torch.full(new.shape, float("nan"))
     ended = torch.zeros_like(new) if spec.ignore_eos else torch.isin(new, torch.tensor(stops, device=new.device)).long()
     # a token is real if no eos came strictly before it (so the eos itself is kept)
     real = (ended.cumsum(1) - ended) == 0
     lengths = real.sum(1).tolist()
     return ([row[:n] for row, n in zip(new.tolist(), lengths)],
-            [row[:n] for row, n in zip(logprobs.tolist(), lengths)])
+            [row[:n] for row, n in zip(lps.tolist(), lengths)])

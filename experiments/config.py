@@ -386,6 +386,7 @@ class RolloutConfig:
     sync: str = not_in_key("auto")  # auto (nccl between own GPUs, else object_store) | object_store | nccl
     gpu_memory_utilization: float = not_in_key(0.5)  # share of each GPU for an engine's weights and KV cache
     kv_cache_gib: float = not_in_key(1.0)  # the CPU backend's KV-cache space per engine
+    max_model_len: Optional[int] = not_in_key(None)  # an engine's longest sequence (null: the model's own)
     enforce_eager: bool = not_in_key(True)  # no CUDA graphs: starts in seconds (False: faster decoding on GPUs)
 
 

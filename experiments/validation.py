@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from actors.resources import shared_gpu_error
 from alignment.data.formats import PREFERENCE_FORMATS, PROMPT_FORMATS
 from alignment.pat import check_bucketing
 from experiments.choices import RL_STAGES, eval_judges, pm_feedback
@@ -142,7 +143,13 @@ def validate_resources(lab: LabConfig) -> None:
         if res.num_actors < 1 or res.num_cpus < 0 or res.num_gpus < 0:
             raise ValueError(f"ray.{role}: num_actors must be at least 1 and num_cpus, num_gpus >= 0, got "
                              f"{res.num_actors}, {res.num_cpus}, {res.num_gpus}")
-    if r.colocate and lab.stage in (*RL_STAGES, "compare"):
+    colocated = r.colocate and lab.stage in (*RL_STAGES, "compare")  # then a bundle's sum counts, below
+    for role in ("judge",) if colocated else ("policy", "critic", "reference", "preference", "judge"):
+        res = getattr(r, role)  # the roles' ranks form NCCL groups (the engines' do not)
+        why = shared_gpu_error(f"ray.{role}", res.num_actors, res.num_gpus)
+        if why is not None:
+            raise ValueError(why)
+    if colocated:
         from alignment.losses.gae import needs_values
 
         roles = ("policy", "critic", "reference", "preference") if needs_values(lab.algo.advantage) else \
@@ -152,6 +159,10 @@ def validate_resources(lab: LabConfig) -> None:
         if len(set(sizes.values())) != 1:
             raise ValueError(f"ray.colocate puts rank i of every role on one bundle: the roles need the same "
                              f"num_actors, got {sizes}")
+        bundle_gpus = sum(getattr(r, role).num_gpus for role in roles)
+        why = shared_gpu_error("ray.colocate", r.policy.num_actors, bundle_gpus)
+        if why is not None:
+            raise ValueError(f"{why} (a colocated bundle holds {' + '.join(roles)})")
 
 
 def validate_rollout(lab: LabConfig) -> None:
@@ -178,6 +189,8 @@ def validate_rollout(lab: LabConfig) -> None:
         raise ValueError(f"rollout.gpu_memory_utilization must be in (0, 1], got {r.gpu_memory_utilization}")
     if r.kv_cache_gib <= 0:
         raise ValueError(f"rollout.kv_cache_gib must be > 0, got {r.kv_cache_gib}")
+    if r.max_model_len is not None and r.max_model_len < 1:
+        raise ValueError(f"rollout.max_model_len must be >= 1 or null (the model's own), got {r.max_model_len}")
     if lab.stage == "chat":
         raise ValueError("rollout.engine=vllm: the chat command generates in its own process with transformers; "
                          "leave rollout.engine=hf")

@@ -123,3 +123,14 @@ def mergeable(model: torch.nn.Module) -> torch.nn.Module:
 
         return copy.deepcopy(model).merge_and_unload()
     return model
+
+
+def save_merged(model: torch.nn.Module, out: str) -> None:
+    """``save_pretrained`` of the plain transformers model (LoRA adapters merged) without copying the
+    model: the adapted layers' merged weights are new tensors (``merged_weights``), every other
+    weight is saved from where it lives. (``mergeable`` deep-copies the whole model first, which
+    doubles the memory of a save, a ZeRO-3 one gathered in full included.)"""
+    if not hasattr(model, "peft_config"):
+        model.save_pretrained(out)
+        return
+    model.get_base_model().save_pretrained(out, state_dict=dict(merged_weights(model)))

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from alignment.lockstep import agreed_all
+
 
 def common_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
     """Number of leading columns in which every row holds the same real (unpadded) token, kept
@@ -29,7 +31,7 @@ def common_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 
 def shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           read: Callable[[Any], torch.Tensor], min_shared: int = 16,
-                          **kwargs: Any) -> torch.Tensor:
+                          lockstep: bool | None = None, **kwargs: Any) -> torch.Tensor:
     """``read(model(...))`` over a right-padded batch, as a ``[B, T, ...]`` tensor.
 
     When the rows share a prefix of at least ``min_shared`` tokens, the prefix runs once and its
@@ -37,11 +39,14 @@ def shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch.
     returns no cache, e.g. under gradient checkpointing) this is the plain forward pass.
     ``model`` is anything called like a transformers decoder (a DeepSpeed engine, a peft model);
     ``read`` picks the per-position output (``out.logits``, ``out.hidden_states[-1]``, ...) and
-    ``kwargs`` go to every call.
+    ``kwargs`` go to every call. With ``lockstep`` (default: the ``lockstep`` attribute of ``model``,
+    a ``TrainingEngine`` under ZeRO-3 over several ranks) the ranks agree first, so that all take the
+    prefix pass or none does (``alignment.lockstep``).
     """
     batch = input_ids.size(0)
     p = common_prefix_length(input_ids, attention_mask) if batch > 1 else 0
-    if p < max(min_shared, 1):
+    lockstep = getattr(model, "lockstep", False) if lockstep is None else lockstep
+    if not agreed_all(p >= max(min_shared, 1), lockstep):
         return read(model(input_ids=input_ids, attention_mask=attention_mask, **kwargs))
     head = model(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p], use_cache=True, **kwargs)
     cache = getattr(head, "past_key_values", None)

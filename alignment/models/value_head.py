@@ -50,15 +50,18 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask).argmax(dim=1)
 
 
-def token_values(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-token values ``[B, T]`` (the critic's view)."""
+def token_values(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 lockstep: bool = False) -> torch.Tensor:
+    """Per-token values ``[B, T]`` (the critic's view); ``lockstep``: ZeRO-3 over several ranks."""
     backbone = getattr(model, model.base_model_prefix)
-    hidden = shared_prefix_forward(backbone, input_ids, attention_mask, lambda out: out.last_hidden_state)
+    hidden = shared_prefix_forward(backbone, input_ids, attention_mask, lambda out: out.last_hidden_state,
+                                   lockstep=lockstep)
     return model.score(hidden).squeeze(-1)
 
 
-def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    lockstep: bool = False) -> torch.Tensor:
     """One scalar per sequence, read at its last non-pad token (the preference model's view)."""
-    values = token_values(model, input_ids, attention_mask)
+    values = token_values(model, input_ids, attention_mask, lockstep)
     idx = last_token_index(attention_mask)
     return values.gather(1, idx[:, None]).squeeze(1)

@@ -259,7 +259,7 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
         inits = (policy.submit("init_model", None, spec=model_spec(cfg, model_path, str(model_path)),
                                strategy=strategy_spec(cfg, cfg.ray.policy.num_gpus > 0), optim=None)
                  + reference.submit("init_model", None, path=str(sft_path),
-                                    bf16=strategy_spec(cfg, cfg.ray.reference.num_gpus > 0).bf16)
+                                    strategy=strategy_spec(cfg, cfg.ray.reference.num_gpus > 0))
                  + scorer.submit("init_model", None, path=str(pm_path), drop_last_layer=False,
                                  strategy=strategy_spec(cfg, cfg.ray.preference.num_gpus > 0)))
         if uses_vllm(cfg):

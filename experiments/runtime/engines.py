@@ -71,7 +71,8 @@ def engine_spec(cfg: LabConfig, path: Path | str) -> EngineSpec:
     r = cfg.rollout
     return EngineSpec(path=str(path), tokenizer_path=str(path), tensor_parallel_size=r.tensor_parallel_size,
                       dtype=r.dtype, gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gib=r.kv_cache_gib,
-                      enforce_eager=r.enforce_eager, enable_sleep_mode=sleeps(cfg), seed=cfg.seed)
+                      enforce_eager=r.enforce_eager, enable_sleep_mode=sleeps(cfg), seed=cfg.seed,
+                      max_model_len=r.max_model_len)
 
 
 def start_engines(ctx: RunContext, path: Path | str, role: str, stage: str, pg: Any = None,

@@ -95,7 +95,7 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
             seed=cfg.seed))]
           if roles.critic is not None else []),
         (roles.reference, roles.reference.submit(
-            "init_model", None, path=str(sft), bf16=strategy_spec(cfg, r.reference.num_gpus > 0).bf16)),
+            "init_model", None, path=str(sft), strategy=strategy_spec(cfg, r.reference.num_gpus > 0))),
         (roles.preference, roles.preference.submit(
             "init_model", None, path=str(pm), drop_last_layer=False,
             strategy=strategy_spec(cfg, r.preference.num_gpus > 0))),

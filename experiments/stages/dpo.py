@@ -116,7 +116,7 @@ def dpo_stage(ctx: RunContext, sft: Artifact) -> Artifact:
         group = ctx.group(PolicyActor, "policy", cfg.ray.policy, d.trainer.num_threads, "dpo")
         try:
             ref_loading = ref.submit("init_model", path=str(sft.path),
-                                     bf16=strategy_spec(cfg, cfg.ray.reference.num_gpus > 0).bf16)
+                                     strategy=strategy_spec(cfg, cfg.ray.reference.num_gpus > 0))
             train, _, _ = comparison_groups(ctx, sft)
             groups = [g for g in (train if d.n_prompts < 0 else train[: d.n_prompts]) if g.pairs]
             if not groups:
