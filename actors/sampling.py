@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from alignment.chat_format import Conversation, reply_text
+from alignment.chat_format import Conversation
 from alignment.generation import Generator, RolloutSpec, SamplingSpec, generate_replies
+from alignment.template_format import reply_of
 from alignment.tool_use import generate_with_tools, sample_with_tools
 
 
@@ -65,6 +66,6 @@ class SamplingRole:
                                                                       seed + self.rank, quality=quality)
             else:
                 responses, logprobs = gen.sample(prompts, spec, tok.eos_token_id, seed + self.rank)
-                texts = [reply_text(t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
+                texts = [reply_of(tok, t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
         self.tokens_generated += sum(len(r) for r in responses)
         return responses, logprobs, masks, texts

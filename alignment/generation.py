@@ -21,8 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from alignment.chat_format import reply_text
 from alignment.losses.logprobs import token_logprobs
+from alignment.template_format import reply_of
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def generate_replies(
     n_tokens = 0
     for start in range(0, len(prompts), batch_size):
         texts, n = gen.until(prompts[start:start + batch_size], spec, [tokenizer.eos_token_id])
-        out.extend(reply_text(t) for t in texts)
+        out.extend(reply_of(tokenizer, t) for t in texts)
         n_tokens += n
     return out, n_tokens
 

@@ -62,6 +62,8 @@ class ModelConfig:
     vocab_size: int = 1024  # tiny tokenizer's BPE vocabulary
     arch: ArchConfig = field(default_factory=ArchConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # "moss": MOSS's format and special tokens; "template": a pretrained chat model's own chat template
+    chat_format: str = "moss"
 
 
 @dataclass

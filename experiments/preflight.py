@@ -40,6 +40,32 @@ def check_model_dir(key: str, path: str | None) -> None:
         raise ValueError(f"{key}: {path} has no config.json; is it a Hugging Face checkpoint directory?")
 
 
+def check_chat_format(lab: LabConfig) -> None:
+    """``model.chat_format``: ``template`` needs a pretrained model whose tokenizer has a usable
+    chat template, and a run without MOSS's tools (tool turns exist only in the MOSS format)."""
+    fmt = lab.model.chat_format
+    if fmt not in ("moss", "template"):
+        raise ValueError(f"model.chat_format: {fmt!r}; choose moss or template")
+    if fmt == "moss":
+        return
+    if lab.model.name != "pretrained":
+        raise ValueError("model.chat_format=template needs a pretrained chat model (model=pretrained "
+                         "model.path=... or model=smollm2); the tiny model speaks MOSS")
+    if lab.tools.enabled and lab.data.world.tool_share > 0:
+        raise ValueError("model.chat_format=template: tool turns exist only in the MOSS format; "
+                         "set tools.enabled=false "
+                         "or data.world.tool_share=0")
+    if lab.data.source != "world":
+        raise ValueError("model.chat_format=template trains on the world's conversations (data.source=world); "
+                         "MOSS-003 data holds tool turns that only the MOSS format writes")
+    from alignment.models.tokenizer import load_tokenizer
+
+    try:
+        load_tokenizer(str(Path(lab.model.path).expanduser()), "template")
+    except ValueError as err:
+        raise ValueError(f"model.path: {lab.model.path}: {err}") from None
+
+
 def preflight(lab: LabConfig, cache_root: Path) -> None:
     """Validate the run's inputs; raises ValueError naming the key and the problem."""
     if lab.stage == "report":
@@ -62,6 +88,7 @@ def preflight(lab: LabConfig, cache_root: Path) -> None:
         check_model_dir("model.path", lab.model.path)
     elif lab.model.name != "tiny":
         raise ValueError(f"model.name: {lab.model.name!r}; choose tiny or pretrained")
+    check_chat_format(lab)
     if lab.data.source == "moss_sft":
         from alignment.data.loaders import load_moss_sft
 

@@ -34,7 +34,15 @@ def tokenizer_stage(ctx: RunContext) -> Path:
     if cfg.model.name == "pretrained":
         if not cfg.model.path or not Path(cfg.model.path).is_dir():
             raise FileNotFoundError(f"model.path: {cfg.model.path!r} is not a local checkpoint directory")
-        return Path(cfg.model.path)
+        if cfg.model.chat_format != "template":
+            return Path(cfg.model.path)
+        # the checkpoint's tokenizer, marked to speak its chat template (every later stage loads it so)
+        payload = {"path": str(Path(cfg.model.path).resolve()), "chat_format": "template"}
+        key = ctx.cache_key("tokenizer", payload)
+        if ctx.cache.get("tokenizer", key) is None:
+            with ctx.cache.put("tokenizer", key, payload) as tmp:
+                load_tokenizer(cfg.model.path, "template").save_pretrained(tmp)
+        return ctx.cache.path("tokenizer", key)
     if cfg.model.name != "tiny":
         raise ValueError(f"model.name: unknown model {cfg.model.name!r}; choose 'tiny' or 'pretrained'")
     payload = {"world": as_key(cfg.data.world), "vocab_size": cfg.model.vocab_size}
