@@ -24,6 +24,7 @@ from alignment.losses.registry import POLICY_LOSSES, PREFERENCE_LOSSES
 from alignment.models.causal_lm import (
     ArchSpec,
     LoraSpec,
+    added_token_ids,
     apply_lora,
     build_tiny,
     load_causal_lm,
@@ -84,7 +85,7 @@ class PolicyActor(TrainableActor, SamplingRole):
             model = build_tiny(spec.arch, self.tokenizer, seed=spec.seed)
         else:
             model = load_causal_lm(spec.path, self.tokenizer)
-        model = apply_lora(model, spec.lora)
+        model = apply_lora(model, spec.lora, added_token_ids(self.tokenizer) if spec.path is not None else ())
         torch.manual_seed(spec.seed + self.rank)
         self.engine = TrainingEngine(model, optim or OptimConfig(lr=0.0), strategy, self.device)
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
