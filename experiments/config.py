@@ -99,6 +99,8 @@ class TrainerConfig:
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
     max_steps: int = -1  # cap on optimizer steps; -1 for none
+    # rows per forward/backward pass (gradient accumulation within a step; 0: the whole batch at once)
+    micro_batch_size: int = if_set(0)
     # how a run goes, not what it makes: never in a cache key
     log_every: int = not_in_key(10)
     num_threads: int = not_in_key(2)  # torch CPU threads per actor
@@ -159,6 +161,7 @@ class OptimizerConfig:
     warmup_ratio: float = 0.1
     min_lr_ratio: float = 1.0  # 1.0: constant after warmup; < 1 decays to lr * min_lr_ratio (cosine)
     max_grad_norm: float = 1.0
+    micro_batch_size: int = if_set(0)  # rollout rows per forward/backward pass of an update step (0: all)
 
 
 @dataclass
