@@ -59,6 +59,8 @@ class LoraConfig:
 class ModelConfig:
     name: str = "tiny"  # "tiny": random-init Llama + BPE trained on the world; "pretrained": model.path
     path: Optional[str] = None  # local Hugging Face checkpoint directory (never downloaded)
+    # "smollm2": model.path is SmolLM2-135M-Instruct, found or built in the artifact cache before Ray starts
+    build: Optional[str] = None
     vocab_size: int = 1024  # tiny tokenizer's BPE vocabulary
     arch: ArchConfig = field(default_factory=ArchConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

