@@ -170,3 +170,26 @@ def test_study_presets_pass_validation(extra):
         assert lab.ray.policy.num_gpus > 0 and lab.ray.colocate
     else:
         assert lab.compare.methods == ["pat", "ppo", "dpo"] and lab.ray.policy.num_gpus == 0
+
+
+@slow
+def test_smoke_the_study_on_smollm2(ray_address, tmp_path):
+    """A few steps of every stage of `+experiment=compare model=smollm2 'compare.methods=[pat,ppo,dpo]'`
+    (opt-in, LAB_SLOW=1; several minutes on 2 cores): the model is built into the cache once, trained in
+    its chat template, and results.json holds base, SFT, PAT, PPO and DPO on the gold judge."""
+    from tests.lab import run_lab
+
+    cache = tmp_path / "cache"
+    run_lab(ray_address, tmp_path / "run", cache, "+experiment=compare", "model=smollm2",
+            "compare.methods=[pat,ppo,dpo]", "eval.n_prompts=8", "eval.max_new_tokens=24", "data.n_train=16",
+            "trainer.max_steps=2", "pm.n_prompts=4", "pm.n_val_prompts=2", "pm.trainer.max_steps=2",
+            "pat.n_train=16", "pat.trainer.max_steps=2", "dpo.n_prompts=4", "dpo.trainer.max_steps=2",
+            "algo.iterations=1", "algo.rollout_batch_size=4", "algo.max_new_tokens=16", "algo.ptx_batch_size=4",
+            "trainer.micro_batch_size=4")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    gold = results["win_rate"]["gold"]
+    for key in ("pat_vs_sft", "ppo_vs_sft", "dpo_vs_sft", "sft_vs_base", "pat_vs_base", "ppo_vs_base",
+                "dpo_vs_base"):
+        assert 0 <= gold[key]["value"] <= 1 and len(gold[key]["ci"]) == 2, key
+    assert smollm2.is_built(cache / smollm2.CACHE_DIR)
+    shutil.rmtree(cache, ignore_errors=True)  # 540 MB
