@@ -60,12 +60,12 @@ class ModelConfig:
     name: str = "tiny"  # "tiny": random-init Llama + BPE trained on the world; "pretrained": model.path
     path: Optional[str] = None  # local Hugging Face checkpoint directory (never downloaded)
     # "smollm2": model.path is SmolLM2-135M-Instruct, found or built in the artifact cache before Ray starts
-    build: Optional[str] = None
+    build: Optional[str] = if_set(None)
     vocab_size: int = 1024  # tiny tokenizer's BPE vocabulary
     arch: ArchConfig = field(default_factory=ArchConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     # "moss": MOSS's format and special tokens; "template": a pretrained chat model's own chat template
-    chat_format: str = "moss"
+    chat_format: str = if_set("moss")
 
 
 @dataclass
