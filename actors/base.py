@@ -119,18 +119,41 @@ class TrainableActor(RoleActor):
         self.engine.load_checkpoint(ckpt_dir)
         return self.engine.global_step
 
+    def micro_batches(self, n_rows: int) -> int:
+        """How many micro-batches one step's ``n_rows`` rows are cut into: ``micro_batch_size`` rows at
+        most in each (``OptimConfig.micro_batch_size``; 0: one pass over the whole batch)."""
+        size = self.engine.optim_cfg.micro_batch_size
+        return max(1, -(-n_rows // size)) if size > 0 and n_rows > 0 else 1
+
+    def accumulate(self, micro: Sequence[tuple[Any, float]],
+                   loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, Any]]]) -> dict[str, float]:
+        """The gradient of one optimizer step's loss, one micro-batch at a time (gradient
+        accumulation): ``micro`` holds each micro-batch and its share of the step's loss (its rows'
+        or tokens' share of the batch's, so that the shares sum to 1), and ``loss_fn(m)`` is the same
+        mean over ``m`` alone. The weighted sum of their gradients is the whole batch's gradient.
+        Returns ``loss_fn``'s stats weighted by the shares. The caller steps the optimizer."""
+        stats: dict[str, float] = {}
+        for i, (m, share) in enumerate(micro):
+            loss, st = loss_fn(m)
+            self.engine.backward(loss if len(micro) == 1 else loss * share, boundary=i == len(micro) - 1)
+            for k, v in st.items():
+                stats[k] = stats.get(k, 0.0) + share * float(v)
+        return stats
+
     def minibatch_steps(self, epochs: int, parts: Sequence[tuple[Any, ...]],
-                        loss_fn: Callable[..., tuple[torch.Tensor, dict[str, Any]]]) -> dict[str, float]:
+                        loss_fn: Callable[..., tuple[torch.Tensor, dict[str, Any]]],
+                        micro: Callable[[tuple[Any, ...]], list[tuple[tuple[Any, ...], float]]] | None = None,
+                        ) -> dict[str, float]:
         """``epochs`` passes over ``parts``, one optimizer step per part of ``loss_fn(*part)`` (the loss
-        and its stats). Returns each stat's mean over the steps that reported it (the engine's step
-        stats, such as the learning rate and gradient norm, included)."""
+        and its stats); with ``micro``, a part's gradient is accumulated over ``micro(part)`` (its
+        micro-batches and their shares: ``accumulate``). Returns each stat's mean over the steps that
+        reported it (the engine's step stats, such as the learning rate and gradient norm, included)."""
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for _ in range(epochs):
             for part in parts:
-                loss, stats = loss_fn(*part)
-                self.engine.backward(loss)
-                for k, v in {**{k: float(v) for k, v in stats.items()}, **self.engine.step()}.items():
+                stats = self.accumulate(micro(part) if micro is not None else [(part, 1.0)], lambda p: loss_fn(*p))
+                for k, v in {**stats, **self.engine.step()}.items():
                     sums[k] = sums.get(k, 0.0) + v
                     counts[k] = counts.get(k, 0) + 1
         # the update's activations stay in torch's cache otherwise: a colocated vLLM engine that wakes
@@ -147,6 +170,13 @@ class TrainableActor(RoleActor):
         state = self.engine.optimizer.state_dict()["state"]
         tensors = [v for k in sorted(state) for _, v in sorted(state[k].items()) if torch.is_tensor(v)]
         return _digest(iter(tensors)) + f":{self.engine.global_step}"
+
+
+def token_shares(masks: Sequence[torch.Tensor]) -> list[float]:
+    """Each micro-batch's share of a token-mean loss: its tokens (mask sum) over all of them."""
+    counts = [float(m.sum()) for m in masks]
+    total = sum(counts)
+    return [c / total for c in counts] if total > 0 else [1.0 / len(counts)] * len(counts)
 
 
 def _peak_rss_mb(ru: resource.struct_rusage) -> float:

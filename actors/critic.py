@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.base import ValueModelActor
+from actors.base import ValueModelActor, token_shares
 from alignment.losses.masked import masked_mean
 from alignment.losses.ppo import explained_variance, value_loss
 from alignment.models.shared_prefix import last_hidden_states
@@ -48,7 +48,12 @@ class CriticActor(ValueModelActor):
 
         parts = list(zip(ro.split(spec.mini_batches), torch.tensor_split(old_values, spec.mini_batches),
                          torch.tensor_split(returns, spec.mini_batches)))
-        stats = {f"critic/{k}": v for k, v in self.minibatch_steps(spec.epochs, parts, loss_fn).items()}
+        def micro(part: tuple[Rollout, torch.Tensor, torch.Tensor]) -> list[tuple[tuple, float]]:
+            k = self.micro_batches(part[0].sequences.size(0))  # a token-mean loss: token shares
+            rows = list(zip(part[0].split(k), torch.tensor_split(part[1], k), torch.tensor_split(part[2], k)))
+            return list(zip(rows, token_shares([r[0].response_mask for r in rows])))
+
+        stats = {f"critic/{k}": v for k, v in self.minibatch_steps(spec.epochs, parts, loss_fn, micro).items()}
         mask = ro.response_mask
         stats["critic/explained_variance"] = explained_variance(old_values, returns, mask).item()
         stats["critic/value_mean"] = masked_mean(old_values, mask).item()

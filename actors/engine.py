@@ -36,6 +36,7 @@ class OptimConfig:
     total_steps: int = 1
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0
+    micro_batch_size: int = 0  # rows per forward/backward pass within one step (0: the whole batch at once)
 
 
 @dataclass
@@ -249,9 +250,12 @@ class TrainingEngine:
 
     __call__ = forward
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, boundary: bool = True) -> None:
+        """Add ``loss``'s gradient; ``boundary`` False: more micro-batches of this step follow
+        (DeepSpeed then defers its gradient reduction to the last)."""
         self._trainable("backward")
         if self._ds is not None:
+            self._ds.set_gradient_accumulation_boundary(boundary)
             self._ds.backward(loss)
         else:
             loss.backward()

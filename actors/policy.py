@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from actors.base import TrainableActor
+from actors.base import TrainableActor, token_shares
 from actors.devices import SYNC_TIMEOUT_S, synchronize
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
 from actors.sampling import SamplingRole
@@ -25,6 +25,7 @@ from alignment.losses.registry import POLICY_LOSSES, PREFERENCE_LOSSES
 from alignment.models.causal_lm import (
     ArchSpec,
     LoraSpec,
+    added_token_ids,
     apply_lora,
     build_tiny,
     load_causal_lm,
@@ -85,7 +86,7 @@ class PolicyActor(TrainableActor, SamplingRole):
             model = build_tiny(spec.arch, self.tokenizer, seed=spec.seed)
         else:
             model = load_causal_lm(spec.path, self.tokenizer)
-        model = apply_lora(model, spec.lora)
+        model = apply_lora(model, spec.lora, added_token_ids(self.tokenizer) if spec.path is not None else ())
         torch.manual_seed(spec.seed + self.rank)
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.engine = TrainingEngine(model, optim, strategy, self.device)  # frozen without ``optim``: it only samples
@@ -98,11 +99,18 @@ class PolicyActor(TrainableActor, SamplingRole):
         return masked_lm_loss(hidden, batch["labels"], output_head(self.engine))
 
     def sft_step(self, examples: list[Encoded]) -> dict[str, float]:
-        """One optimizer step of masked next-token loss on this rank's share of the batch."""
-        loss, n_tokens = self.lm_loss(examples)
-        self.engine.backward(loss)
-        stats = self.engine.step()
-        return {"loss": loss.item(), "tokens": float(n_tokens), **stats}
+        """One optimizer step of masked next-token loss on this rank's share of the batch (in
+        micro-batches of ``micro_batch_size`` examples, each weighted by its share of the labelled tokens)."""
+        parts = shard(examples, self.micro_batches(len(examples)))
+        tokens = [sum(sum(e.loss_mask[1:]) for e in part) for part in parts]  # the targets masked_lm_loss counts
+        total = sum(tokens)
+        shares = [t / total for t in tokens] if total else [1.0 / len(parts)] * len(parts)
+        def loss_fn(part: list[Encoded]) -> tuple[torch.Tensor, dict[str, Any]]:
+            loss, _ = self.lm_loss(part)
+            return loss, {"loss": loss.detach()}
+
+        stats = self.accumulate(list(zip(parts, shares)), loss_fn)
+        return {"loss": stats["loss"], "tokens": float(total), **self.engine.step()}
 
     def sequence_logprobs(self, rows: list[tuple[list[int], ...]]) -> torch.Tensor:
         """``[B]`` summed log-probs of each row's reply tokens given its prompt (with autograd); a row
@@ -115,7 +123,21 @@ class PolicyActor(TrainableActor, SamplingRole):
     def dpo_step(self, pairs: list[DPOPair], spec: DPOSpec) -> dict[str, float]:
         """One optimizer step of the preference loss ``spec.loss`` on this rank's share of the pairs:
         the replies of all its pairs in one pass (a reply in several pairs, as the candidates of one
-        comparison group are, once), their log-ratios to the reference as the loss's inputs."""
+        comparison group are, once), their log-ratios to the reference as the loss's inputs. In
+        micro-batches of ``micro_batch_size`` pairs, each weighted by its share of the pairs."""
+        parts = shard(pairs, self.micro_batches(len(pairs)))
+        sequences: list[int] = []
+
+        def loss_fn(part: list[DPOPair]) -> tuple[torch.Tensor, dict[str, Any]]:
+            loss, st, n_rows = self._dpo_loss(part, spec)
+            sequences.append(n_rows)
+            return loss, st
+
+        stats = self.accumulate([(p, len(p) / len(pairs)) for p in parts], loss_fn)
+        return {**stats, "pairs": float(len(pairs)), "sequences": float(sum(sequences)), **self.engine.step()}
+
+    def _dpo_loss(self, pairs: list[DPOPair], spec: DPOSpec) -> tuple[torch.Tensor, dict[str, Any], int]:
+        """The preference loss of ``pairs`` (a mean over them), its stats and the replies it scored."""
         n = len(pairs)
         rows, where = [], {}
         for row in [p.chosen for p in pairs] + [p.rejected for p in pairs]:
@@ -127,11 +149,8 @@ class PolicyActor(TrainableActor, SamplingRole):
         chosen, rejected = logps[:n], logps[n:]
         ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in pairs], device=self.device)
         loss, st = PREFERENCE_LOSSES.get(spec.loss)(*log_ratios(chosen, rejected, ref[:, 0], ref[:, 1]), spec.beta)
-        self.engine.backward(loss)
-        step = self.engine.step()
-        return {"loss": loss.item(), **{k: float(v) for k, v in st.items()},
-                "chosen_logps": chosen.detach().mean().item(), "rejected_logps": rejected.detach().mean().item(),
-                "pairs": float(n), "sequences": float(len(rows)), **step}
+        return loss, {"loss": loss.detach(), **st, "chosen_logps": chosen.detach().mean(),
+                      "rejected_logps": rejected.detach().mean()}, len(rows)
 
     def generator(self) -> Generator:
         # ZeRO-3 ranks generate in step; a bf16 policy recomputes the old log-probs (``rollout``), so
@@ -236,6 +255,9 @@ class PolicyActor(TrainableActor, SamplingRole):
 
         def loss_fn(mb: Rollout, adv: torch.Tensor, ref: torch.Tensor | None,
                     ptx_part: list[Encoded] | None) -> tuple[torch.Tensor, dict[str, Any]]:
+            if mb is None:  # the PPO-ptx examples of a step cut into micro-batches (``micro``)
+                ptx_loss, _ = self.lm_loss(ptx_part)
+                return spec.ptx_coef * ptx_loss, {"ptx_loss": ptx_loss.detach()}
             logits = response_logits(self.engine, mb)
             logprobs = token_logprobs(logits, response_tokens(mb), spec.temperature)
             surrogate, st = surrogate_fn(logprobs, mb.logprobs, adv, mb.response_mask, spec.clip)
@@ -259,10 +281,23 @@ class PolicyActor(TrainableActor, SamplingRole):
             torch.set_num_threads(spec.num_threads)
         try:
             # each stat is the mean over the steps that made it (a step without PTX examples has no ptx_loss)
-            stats = self.minibatch_steps(spec.epochs, parts, loss_fn)
+            stats = self.minibatch_steps(spec.epochs, parts, loss_fn, self._ppo_micro)
         finally:  # an exception leaves the actor's threads as they were
             torch.set_num_threads(threads)
         return {f"policy/{k}": v for k, v in stats.items()} | {"tokens": ro.response_mask.sum().item()}
+
+    def _ppo_micro(self, part: tuple) -> list[tuple[tuple, float]]:
+        """One PPO step's part cut into micro-batches of ``micro_batch_size`` rollout rows, each
+        weighted by its share of the response tokens (the surrogate and KL are token means); the
+        step's PTX examples, if any, follow as one more pass of their own (weight 1)."""
+        mb, adv, ref, ptx_part = part
+        k = self.micro_batches(mb.sequences.size(0))
+        if k == 1:
+            return [(part, 1.0)]
+        refs = torch.tensor_split(ref, k) if ref is not None else [None] * k
+        rows = [(m, a, r, None) for m, a, r in zip(mb.split(k), torch.tensor_split(adv, k), refs)]
+        return (list(zip(rows, token_shares([r[0].response_mask for r in rows])))
+                + ([((None, None, None, ptx_part), 1.0)] if ptx_part else []))
 
     def save(self, path: str) -> None:
         """Write a plain ``save_pretrained`` directory (LoRA merged) with the tokenizer; rank 0 writes."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from actors.base import ValueModelActor
-from alignment.data.batching import pad_right
+from alignment.data.batching import pad_right, shard
 from alignment.generation import eval_mode
 from alignment.lockstep import agreed_max
 from alignment.losses.pairwise import pairwise_loss
@@ -20,11 +20,21 @@ class PreferenceActor(ValueModelActor):
         return out.logits.squeeze(-1).float()  # read at the last non-pad token by transformers
 
     def pm_step(self, groups: list[tuple[list[list[int]], list[tuple[int, int]]]]) -> dict[str, float]:
-        """One optimizer step of the pairwise loss over this rank's comparison groups.
+        """One optimizer step of the pairwise loss over this rank's comparison groups (in micro-batches of
+        ``micro_batch_size`` groups, each weighted by its share of the labelled pairs).
 
         A group is (candidate sequences, [(chosen, rejected) indices]): each candidate is scored
         once and the loss averages over every labelled pair.
         """
+        parts = shard(groups, self.micro_batches(len(groups)))
+        n_pairs = [sum(len(pairs) for _, pairs in part) for part in parts]
+        total = sum(n_pairs)
+        shares = [n / total for n in n_pairs] if total else [1.0 / len(parts)] * len(parts)
+        stats = self.accumulate(list(zip(parts, shares)), self._pm_loss)
+        return {**stats, "n": float(total), **self.engine.step()}
+
+    def _pm_loss(self, groups: list[tuple[list[list[int]], list[tuple[int, int]]]]) -> tuple[torch.Tensor, dict]:
+        """The pairwise loss (a mean over the groups' labelled pairs) and its accuracy."""
         seqs, chosen, rejected = [], [], []
         for cands, pairs in groups:
             base = len(seqs)
@@ -33,9 +43,7 @@ class PreferenceActor(ValueModelActor):
             rejected.extend(base + r for _, r in pairs)
         scores = self._scores(seqs)
         loss, acc = pairwise_loss(scores[chosen], scores[rejected])
-        self.engine.backward(loss)
-        stats = self.engine.step()
-        return {"loss": loss.item(), "accuracy": acc.item(), "n": float(len(chosen)), **stats}
+        return loss, {"loss": loss.detach(), "accuracy": acc}
 
     @torch.inference_mode()  # the scores leave as Python floats
     def score(self, seqs: list[list[int]], batch_size: int = 64) -> list[float]:

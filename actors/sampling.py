@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from alignment.chat_format import Conversation, reply_text
+from alignment.chat_format import Conversation
 from alignment.generation import Generator, RolloutSpec, SamplingSpec, generate_replies
 from alignment.models.tokenizer import special_ids
 from alignment.rollout import end_at_first_stop
+from alignment.template_format import reply_of
 from alignment.tool_use import generate_with_tools, sample_with_tools
 
 
@@ -72,6 +73,6 @@ class SamplingRole:
                 responses, logprobs = gen.sample(prompts, spec, stops, seed + self.rank)
                 if not spec.ignore_eos:
                     responses, logprobs = end_at_first_stop(responses, logprobs, stops)
-                texts = [reply_text(t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
+                texts = [reply_of(tok, t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
         self.tokens_generated += sum(len(r) for r in responses)
         return responses, logprobs, masks, texts

@@ -21,9 +21,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from alignment.chat_format import reply_text
 from alignment.lockstep import agreed_max
 from alignment.losses.logprobs import token_logprobs
+from alignment.template_format import reply_of
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def generate_replies(
         part = prompts[b * batch_size:(b + 1) * batch_size]
         texts, n = gen.until(part or [tokenizer.eos_token], spec, [tokenizer.eos_token_id])
         if part:
-            out.extend(reply_text(t) for t in texts)
+            out.extend(reply_of(tokenizer, t) for t in texts)
             n_tokens += n
     return out, n_tokens
 

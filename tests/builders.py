@@ -108,3 +108,41 @@ def save_sft_and_pm(root: Path, tokenizer, hidden: int = 32, intermediate: int =
     value.save_pretrained(pm)
     tokenizer.save_pretrained(pm)
     return sft, pm
+
+
+# A Qwen2-style ChatML template (system, user and assistant turns; a generation prompt).
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def chatml_tokenizer(corpus, vocab_size: int = 512):
+    """A byte-level BPE with ChatML's special tokens and chat template, and none of MOSS's: what a
+    pretrained chat model's tokenizer looks like (its eos token ``<|im_end|>`` ends a turn)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  special_tokens=["<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token="<unk>", additional_special_tokens=["<|im_start|>"])
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def save_chatml_qwen2(out: Path, tokenizer, seed: int = 0) -> Path:
+    """A tiny random Qwen2 causal LM with a ChatML tokenizer (``chatml_tokenizer``)."""
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      tie_word_embeddings=True)
+    Qwen2ForCausalLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from experiments.runtime.cache import Artifact, ArtifactCache
-from experiments.runtime.context import RunContext
 from omegaconf import OmegaConf
 
 from alignment.content_hash import content_digest, file_digest
+from experiments.runtime.cache import Artifact, ArtifactCache
+from experiments.runtime.context import RunContext
 from tests.builders import write_hh, write_moss_sft
 from tests.test_config import _compose
 

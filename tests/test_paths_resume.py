@@ -9,11 +9,10 @@ from tests.test_config import _compose
 
 
 def test_a_home_relative_model_path_that_passes_preflight_loads_in_the_stage(tmp_path, monkeypatch, tokenizer):
+    from experiments.preflight import preflight
     from experiments.runtime.cache import ArtifactCache
     from experiments.runtime.context import RunContext
     from experiments.stages.sft import tokenizer_stage
-
-    from experiments.preflight import preflight
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("LAB_DATA", str(tmp_path / "data"))

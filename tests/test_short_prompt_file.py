@@ -5,13 +5,13 @@ fails, before anything trains."""
 from __future__ import annotations
 
 import pytest
-from experiments.runtime.cache import Artifact, ArtifactCache
-from experiments.runtime.context import RunContext
 from omegaconf import OmegaConf
 
 from alignment.chat_format import Conversation, Turn
 from alignment.data.holdout import split_prompts
 from alignment.data.preference import ComparisonGroup
+from experiments.runtime.cache import Artifact, ArtifactCache
+from experiments.runtime.context import RunContext
 from tests.builders import write_prompts
 from tests.test_config import _compose
 

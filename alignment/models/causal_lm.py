@@ -4,11 +4,14 @@ optionally wrapped with LoRA (peft). Saved models are plain ``save_pretrained`` 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from alignment.chat_format import SPECIAL_TOKENS
+from alignment.template_format import uses_template
 
 
 @dataclass
@@ -70,14 +73,28 @@ def load_causal_lm(path: str, tokenizer, dtype: torch.dtype = torch.float32) -> 
     return model
 
 
-def apply_lora(model: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
-    """Wrap ``model`` with LoRA adapters when enabled; otherwise return it unchanged."""
+def added_token_ids(tokenizer) -> list[int]:
+    """Ids of the tokens the lab adds to a pretrained model's tokenizer: MOSS's special tokens in the
+    MOSS format (their rows are new), none in the chat-template format."""
+    if uses_template(tokenizer):
+        return []
+    return [int(i) for i in tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))]
+
+
+def apply_lora(model: PreTrainedModel, spec: LoraSpec, new_token_ids: Sequence[int] = ()) -> PreTrainedModel:
+    """Wrap ``model`` with LoRA adapters when enabled; otherwise return it unchanged.
+
+    ``new_token_ids``: embedding rows the lab added to a pretrained model (MOSS's special tokens).
+    They start random, so they train too (peft's ``trainable_token_indices``: only those rows, in
+    the input embedding and a tied output head), and they merge into the saved weights with the
+    adapters (``mergeable``)."""
     if not spec.enabled:
         return model
     from peft import LoraConfig, get_peft_model
 
+    tokens = {"trainable_token_indices": sorted(set(new_token_ids))} if new_token_ids else {}
     cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                     target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+                     target_modules=list(spec.target_modules), task_type="CAUSAL_LM", **tokens)
     return get_peft_model(model, cfg)
 
 
@@ -91,9 +108,11 @@ def merged_weights(model: torch.nn.Module, only_adapted: bool = False) -> Iterat
         yield from model.state_dict().items()
         return
     adapted = {_plain_name(name): sub for name, sub in model.named_modules()
-               if hasattr(sub, "get_delta_weight") and hasattr(sub, "base_layer")}
+               if hasattr(sub, "base_layer") and (hasattr(sub, "get_delta_weight") or hasattr(sub, "token_indices"))}
 
     def merged(sub: torch.nn.Module) -> torch.Tensor:
+        if hasattr(sub, "token_indices"):  # trainable token rows (peft's TrainableTokensLayer)
+            return sub.get_merged_weights(sub.active_adapters)
         return sub.base_layer.weight + sum(sub.get_delta_weight(a) for a in sub.active_adapters)
 
     if only_adapted:
@@ -103,16 +122,17 @@ def merged_weights(model: torch.nn.Module, only_adapted: bool = False) -> Iterat
                 yield layer + ".bias", sub.base_layer.bias
         return
     for name, t in model.state_dict().items():
-        if "lora_" not in name:
+        if "lora_" not in name and "trainable_tokens_" not in name:
             plain = _plain_name(name)
             layer, _, kind = plain.rpartition(".")
             yield plain, merged(adapted[layer]) if kind == "weight" and layer in adapted else t
 
 
 def _plain_name(peft_name: str) -> str:
-    """A PEFT-wrapped module's or parameter's transformers name: ``base_model.model.`` and
-    ``.base_layer`` go."""
-    return peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+    """A PEFT-wrapped module's or parameter's transformers name: ``base_model.model.``,
+    ``.base_layer`` and ``.token_adapter`` go."""
+    plain = peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+    return plain.replace(".token_adapter.", ".").removesuffix(".token_adapter")  # trainable token rows
 
 
 def mergeable(model: torch.nn.Module) -> torch.nn.Module:

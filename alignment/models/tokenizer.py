@@ -1,7 +1,9 @@
 """Tokenizers: a byte-level BPE trained on the world's corpus, or a local checkpoint's own.
 
-Either way the MOSS special tokens (role prefixes and ``<eoh> <eot> <eoc> <eor> <eom>``) are
-single ids, ``<eom>`` is the end-of-sequence token and ``<pad>`` pads.
+In the MOSS format the MOSS special tokens (role prefixes and ``<eoh> <eot> <eoc> <eor> <eom>``)
+are single ids, ``<eom>`` is the end-of-sequence token and ``<pad>`` pads. A checkpoint's tokenizer
+that speaks its chat template (``alignment.template_format``) gains no MOSS token: its own
+end-of-turn token ends a reply, and only a missing pad token is added.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from alignment.chat_format import EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, UNK_TOKEN
+from alignment.template_format import mark_template, uses_template
 
 
 def train_bpe(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -42,10 +45,19 @@ def add_moss_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
     return added
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """A tokenizer from a local directory, with the MOSS special tokens in place."""
+def load_tokenizer(path: str, chat_format: str | None = None) -> PreTrainedTokenizerBase:
+    """A tokenizer from a local directory in the format it was saved with (``chat_format`` None) or
+    in ``chat_format`` (``moss``: the MOSS special tokens in place; ``template``: its chat template)."""
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    add_moss_tokens(tokenizer)
+    if chat_format not in (None, "moss", "template"):
+        raise ValueError(f"model.chat_format: {chat_format!r}; choose moss or template")
+    if chat_format == "template" or (chat_format is None and uses_template(tokenizer)):
+        mark_template(tokenizer)
+        if tokenizer.pad_token is None:
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        tokenizer.padding_side = "left"
+    else:
+        add_moss_tokens(tokenizer)
     return tokenizer
 
 

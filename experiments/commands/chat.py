@@ -31,10 +31,10 @@ from alignment.chat_format import (
     Section,
     ToolSwitch,
     Turn,
-    generation_prompt,
     meta_instruction,
     quality_tag,
 )
+from alignment.template_format import prompt_text
 from experiments.config import LabConfig
 from experiments.runtime.cache import ArtifactCache
 
@@ -267,7 +267,7 @@ def chat(cfg: LabConfig, chosen: ChatModel, stdin: TextIO, stdout: TextIO) -> in
                 turn = Turn(text, out.reply, inner_thoughts=fields[Section.INNER_THOUGHTS],
                             commands=fields[Section.COMMANDS], results=fields[Section.RESULTS], quality=chosen.tag)
             else:
-                reply = generate_replies(model, tokenizer, [generation_prompt(conv, chosen.tag)], spec,
+                reply = generate_replies(model, tokenizer, [prompt_text(tokenizer, conv, chosen.tag)], spec,
                                          seed=seed)[0][0]
                 turn = Turn(text, reply, quality=chosen.tag)
             print(f"MOSS: {turn.moss}", file=stdout, flush=True)

@@ -30,7 +30,7 @@ from experiments.stages.chain import STAGES
 from experiments.stages.pat import controllability, tag_jobs
 from experiments.stages.pm import pm_stage
 from experiments.stages.ppo import snapshots
-from experiments.stages.sft import sft_stage
+from experiments.stages.sft import base_model, sft_stage
 
 POLICIES = ("ppo", "grpo", "rloo", "dpo")  # the methods whose product is one policy answering every prompt
 
@@ -86,10 +86,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     pairs = pairs_of(methods)
     policies = ("sft", *methods)
+    base = base_model(ctx)  # a pretrained model: the untrained checkpoint answers too (``base``)
+    if base is not None:
+        pairs += [(p, "base") for p in policies]
+        policies = (*policies, "base")
     with ctx.costs.span("eval"):
         work = {f"{m}-eval": (made[m].path, tag_jobs(cfg, prompts) if m == "pat" else {m: Job(prompts)})
                 for m in methods if m != "bon"}
         work["sft-eval"] = (sft.path, {"sft": Job(prompts)})
+        if base is not None:
+            work["base-eval"] = (base, {"base": Job(prompts)})
         replies = generate_many(ctx, work)
         jobs = {name: job for _, named in work.values() for name, job in named.items()}
         if "bon" in made:

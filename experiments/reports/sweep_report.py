@@ -122,6 +122,11 @@ def verdict(r: dict[str, Any]) -> list[str]:
         out.append(f"Ranking by win rate against SFT on the {JUDGE_NAMES[judge]} (95% intervals over seeds and "
                    "prompts; rank intervals hold together at 95%, from Holm-corrected differences): "
                    + ", ".join(f"{NAMES[m]} {fmt(w)}{rank(m)}" for m, w in ranked) + ".")
+    on_base = sorted(((m, gold[f"{m}_vs_base"]) for m in ("sft", *methods) if f"{m}_vs_base" in gold),
+                     key=lambda mw: -mw[1]["value"])
+    if on_base:  # a pretrained model: did training help at all?
+        out.append(f"Ranking by win rate against the untrained pretrained model (base) on the {JUDGE_NAMES[judge]}: "
+                   + ", ".join(f"{NAMES.get(m, m.upper())} {fmt(w)}" for m, w in on_base) + ".")
     for key in (f"{a}_vs_{b}" for a, b in pairs_of(methods)):
         if key in gold:
             a, b = key.split("_vs_")

@@ -45,4 +45,5 @@ def optim_config(o: Union[TrainerConfig, OptimizerConfig], steps: int) -> OptimC
     """An optimizer and its schedule over ``steps`` from a stage's trainer (``trainer``, ``pm.trainer``,
     ...) or a PPO role's optimizer settings (``algo.policy_optim``, ``algo.critic_optim``)."""
     return OptimConfig(lr=o.lr, weight_decay=o.weight_decay, warmup_steps=int(o.warmup_ratio * steps),
-                       total_steps=steps, min_lr_ratio=o.min_lr_ratio, max_grad_norm=o.max_grad_norm)
+                       total_steps=steps, min_lr_ratio=o.min_lr_ratio, max_grad_norm=o.max_grad_norm,
+                       micro_batch_size=o.micro_batch_size)

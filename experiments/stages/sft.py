@@ -33,7 +33,21 @@ def tokenizer_stage(ctx: RunContext) -> Path:
     if cfg.model.name == "pretrained":
         if not cfg.model.path or not Path(cfg.model.path).is_dir():
             raise FileNotFoundError(f"model.path: {cfg.model.path!r} is not a local checkpoint directory")
-        return Path(cfg.model.path)
+        if cfg.model.chat_format != "template":
+            return Path(cfg.model.path)
+        # the checkpoint's tokenizer, marked to speak its chat template (every later stage loads it so)
+        payload = {"path": str(Path(cfg.model.path).resolve()), "chat_format": "template", "with_model": True}
+        key = ctx.cache_key("tokenizer", payload)
+        if ctx.cache.get("tokenizer", key) is None:
+            with ctx.cache.put("tokenizer", key, payload) as tmp:
+                load_tokenizer(cfg.model.path, "template").save_pretrained(tmp)
+                # the checkpoint's own files beside it: the directory is the untrained model in the
+                # template format too (``base_model``)
+                for f in Path(cfg.model.path).resolve().iterdir():
+                    if f.is_file() and not (tmp / f.name).exists() and not f.name.startswith("tokenizer"):
+                        (tmp / f.name).symlink_to(f)
+        return ctx.cache.path("tokenizer", key)
+
     if cfg.model.name != "tiny":
         raise ValueError(f"model.name: unknown model {cfg.model.name!r}; choose 'tiny' or 'pretrained'")
     payload = {"world": as_key(cfg.data.world), "vocab_size": cfg.model.vocab_size}
@@ -45,6 +59,14 @@ def tokenizer_stage(ctx: RunContext) -> Path:
     with ctx.cache.put("tokenizer", key, payload) as tmp:
         train_bpe(ctx.world.corpus(), cfg.model.vocab_size).save_pretrained(tmp)
     return ctx.cache.path("tokenizer", key)
+
+
+def base_model(ctx: RunContext) -> Path | None:
+    """The untrained pretrained checkpoint as a policy directory in the run's chat format (the
+    ``base`` baseline), or ``None`` for a model trained from scratch (``model=tiny``)."""
+    if ctx.cfg.model.name != "pretrained":
+        return None
+    return tokenizer_stage(ctx) if ctx.cfg.model.chat_format == "template" else Path(ctx.cfg.model.path)
 
 
 def sft_payload(cfg: LabConfig, tokenizer_dir: Path) -> dict[str, Any]:
