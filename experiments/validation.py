@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from actors.resources import shared_gpu_error
 from alignment.data.formats import PREFERENCE_FORMATS, PROMPT_FORMATS
 from alignment.pat import check_bucketing
 from experiments.choices import RL_STAGES, eval_judges, pm_feedback
@@ -26,6 +25,23 @@ SYNC_MODES = ("auto", "object_store", "nccl")  # rollout.sync
 ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # rollout.dtype
 TOOL_CALLS = ("Calculate", "Solve", "Search")  # MOSS's tools the lab runs (alignment/tools); no Text2Image
 
+
+
+def ranks_may_share_a_gpu(num_actors: int, gpus_per_rank: float) -> bool:
+    """Whether Ray may put two of ``num_actors`` data-parallel ranks, each reserving ``gpus_per_rank``
+    of a GPU (a role's ``num_gpus``, or a colocated bundle's sum), on the same GPU: it packs fractions
+    of one GPU until they add up to 1, and NCCL refuses two ranks of one group on one device
+    ("Duplicate GPU detected")."""
+    return num_actors > 1 and 0 < gpus_per_rank <= 0.5
+
+
+def shared_gpu_error(what: str, num_actors: int, gpus_per_rank: float) -> str | None:
+    """Why ``what`` (e.g. ``ray.policy``) cannot run its ranks on those GPU shares, or None."""
+    if not ranks_may_share_a_gpu(num_actors, gpus_per_rank):
+        return None
+    return (f"{what}: {num_actors} data-parallel ranks with {gpus_per_rank:g} GPU each: Ray may pack two of them "
+            "onto one GPU, and NCCL takes no two ranks of a group on one device. Give each rank more than half "
+            "a GPU (num_gpus > 0.5, or whole GPUs), or use one rank (num_actors=1)")
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:

@@ -204,7 +204,7 @@ def test_an_update_returns_the_cached_gpu_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(True))
     actor = TrainableActor.__new__(TrainableActor)
     actor.device = torch.device("cuda", 0)
-    actor.engine = types.SimpleNamespace(backward=lambda loss: None, step=lambda: {"lr": 0.1})
+    actor.engine = types.SimpleNamespace(backward=lambda loss, boundary=True: None, step=lambda: {"lr": 0.1})
     stats = actor.minibatch_steps(1, [(1.0,), (3.0,)], lambda x: (torch.tensor(x), {"x": x}))
     assert stats == {"x": 2.0, "lr": pytest.approx(0.1)} and freed == [True]
 
