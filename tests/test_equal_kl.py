@@ -99,6 +99,6 @@ def test_report_sentences_claim_a_lead_only_when_the_intervals_separate():
                            "kl_bound": False}}}
     first, second = at_kl_sentences(table, names)
     assert "PAT" in first and "lies above every other" in first
-    assert "overlaps best-of-n's" in second and "no lead" in second
+    assert "overlaps those of best-of-n" in second and "no lead" in second
     md = "\n".join(at_kl_markdown(table, names))
     assert "best-of-n (analytic KL bound)" in md and "off the path (1/3 seeds reach it; the path spans 0.00–2.10" in md

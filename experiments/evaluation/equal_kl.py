@@ -188,6 +188,19 @@ def at_kl_sentences(table: dict[str, dict[str, Any]], names: dict[str, str]) -> 
         ci = row.get("win_rate_ci")
         overlap = [names.get(m, m) for m, r in others.items()
                    if ci is None or r.get("win_rate_ci") is None or r["win_rate_ci"][1] >= ci[0]]
-        out.append(text + (f"; its interval overlaps {', '.join(overlap)}'s, so no lead is established." if overlap
-                           else "; its interval lies above every other method's."))
+        out.append(text + (f"; its interval overlaps those of {_and(overlap)}, so no lead is established."
+                           if overlap else "; its interval lies above every other method's."))
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for by_method in table.values():
+        for m, row in by_method.items():
+            cells.setdefault(m, []).append(row)
+    for m, rows in cells.items():
+        if all(r.get("win_rate") is None for r in rows):
+            lo, hi = min(r["kl_range"][0] for r in rows), max(r["kl_range"][1] for r in rows)
+            out.append(f"{names.get(m, m)}'s path spans {lo:.2f}–{hi:.2f} nats and reaches none of the budgets "
+                       f"({', '.join(table)} nats) in every seed: it has no figure at equal KL.")
     return out
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

@@ -257,10 +257,17 @@ def pair_outcomes(scores: dict[int, dict[str, dict[str, list[float]]]],
 
 
 def _claim(w: dict[str, Any]) -> str:
-    """'beats', 'loses to' or 'is level with', from the Holm-corrected p-value and the side of 0.5."""
-    if w.get("p_holm") is None or w["p_holm"] >= 1 - LEVEL:
-        return "is level with"
-    return "beats" if w["value"] > 0.5 else "loses to"
+    """'beats' or 'loses to' where the Holm-corrected p-value supports it; where only the pair's own
+    95% interval clears 0.5, 'has an edge (unconfirmed after Holm) over' or 'trails (unconfirmed
+    after Holm)'; else 'is level with'."""
+    if w.get("p_holm") is not None and w["p_holm"] < 1 - LEVEL:
+        return "beats" if w["value"] > 0.5 else "loses to"
+    ci = w.get("ci") or [None, None]
+    if ci[0] is not None and ci[0] > 0.5:
+        return "has an edge (unconfirmed after Holm) over"
+    if ci[1] is not None and ci[1] < 0.5:
+        return "trails (unconfirmed after Holm)"
+    return "is level with"
 
 
 def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]],

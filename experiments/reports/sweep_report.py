@@ -135,9 +135,11 @@ def verdict(r: dict[str, Any]) -> list[str]:
             out.append(f"On the {JUDGE_NAMES[judge]}, **{NAMES[a]} {judged(gold[key])} {NAMES[b]}**: win rate "
                        f"{fmt(gold[key])}{lc} over {n} seed{'s' if n > 1 else ''}{'; ' + p if p else ''}.")
     if beyond_baseline(methods):
-        out += [f"**{NAMES[m]} does not beat SFT** on the {JUDGE_NAMES[judge]}: win rate {fmt(w)}"
+        out += [f"**{NAMES[m]} is not shown to beat SFT** on the {JUDGE_NAMES[judge]}: win rate {fmt(w)}"
                 + (f", {pvalue(w)} over the judge's {len(gold)} pairs." if pvalue(w) else ".")
                 for m, w in ranked if judged(w) != "beats"]
+    if r.get("at_kl"):  # at equal KL, as well as at the end
+        out += at_kl_sentences(r["at_kl"], NAMES)
     c = r["cost"]
     if "pat" in c and "ppo" in c:
         pat, ppo = c["pat"], c["ppo"]
