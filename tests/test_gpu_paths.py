@@ -276,7 +276,6 @@ def test_policy_broadcast_uses_the_bounded_wait(monkeypatch):
 
 def test_max_model_len_reaches_the_engine():
     from experiments.runtime.engines import engine_spec
-
     from experiments.validation import validate
 
     lab = _lab("rollout.engine=vllm", "rollout.max_model_len=4096")
