@@ -134,12 +134,18 @@ def sweep_at_kl(per_job: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str,
 
 def print_at_kl(table: dict[str, dict[str, Any]]) -> None:
     """The equal-KL table on the console: gold score and gold win rate against SFT's samples."""
-    if not table:
-        return
-    print("  at equal KL (gold score / gold win rate vs SFT's samples; - : the path does not reach it):")
-    for b, by_method in table.items():
-        cells = [f"{m.upper()} {_num(r['gold'])} / {_num(r['win_rate'])}" for m, r in by_method.items()]
-        print(f"    {b} nats: " + ", ".join(cells))
+    reached = {b: {m: r for m, r in by_method.items() if r["gold"] is not None} for b, by_method in table.items()}
+    for m in sorted({m for by_method in table.values() for m in by_method}):
+        if all(m not in by_method for by_method in reached.values()):
+            lo, hi = next(iter(table.values()))[m]["kl_range"]
+            print(f"  at equal KL: {m.upper()}'s path spans {lo:.2f}-{hi:.2f} nats and reaches none of the budgets "
+                  f"({', '.join(table)} nats)")
+    if any(reached.values()):
+        print("  at equal KL (gold score / gold win rate vs SFT's samples):")
+    for b, by_method in reached.items():
+        if by_method:
+            print(f"    {b} nats: " + ", ".join(f"{m.upper()} {_num(r['gold'])} / {_num(r['win_rate'])}"
+                                            for m, r in by_method.items()))
 
 
 def _num(v: float | None) -> str:
