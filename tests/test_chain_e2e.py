@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +82,11 @@ def test_ppo_reuses_the_chain_and_joins_the_evaluation(ray_address, sweep):
     for judge in ("gold", "pm"):
         for pair in ("ppo_vs_sft", "ppo_vs_pat"):
             _check_win_rate(results["win_rate"][judge][pair], 24)
-    assert math.isfinite(results["kl"]["final"]) and results["wall_seconds"] > 0
+    assert math.isfinite(results["kl"]["final"]["ppo"]) and results["wall_seconds"] > 0
+    assert math.isfinite(results["kl"]["training_final"]["ppo"])
+    # the policies saved along training (algo.path_points), measured like the final one, from the SFT point
+    assert [p["step"] for p in results["frontier"]["ppo_path"]] == [1, 2] and results["frontier"]["sft"]["step"] == 0
+    assert set(results["at_kl"]) == {"0.5", "1", "2", "4"} and set(results["at_kl"]["1"]) == {"ppo"}
     assert results["cost"]["ppo"]["tokens_generated"] >= 3 * 8 and results["cost"]["sft"]["cached"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "ppo/reward" in r]
@@ -91,8 +96,10 @@ def test_ppo_reuses_the_chain_and_joins_the_evaluation(ray_address, sweep):
                 "time/train_s", "time/tokens_per_s"):
         assert all(key in r for r in steps), key
     assert "win_rate/gold/ppo_vs_sft" in rows[-1]
-    ckpts = sorted(p.name for p in (root / "cache" / "ppo-checkpoints").glob("*/iter_*"))
-    assert ckpts == ["iter_000002", "iter_000003"]
+    # committed: the checkpoints are dropped; the saved path lives in the artifact
+    assert not list((root / "cache" / "ppo-checkpoints").glob("*/iter_*"))
+    assert sorted(p.name for p in (Path(results["artifacts"]["ppo"]) / "path").iterdir()) == ["iter_000001",
+                                                                                              "iter_000002"]
     assert "PPO on held-out test prompts" in out.stdout
 
 
@@ -113,8 +120,9 @@ def test_dpo_grpo_rloo_and_bon_jobs_reuse_the_chain(sweep):
     for m, job in (("grpo", "3-grpo-seed0"), ("rloo", "4-rloo-seed0")):
         results = json.loads((d / job / "results.json").read_text())
         assert [p["step"] for p in results["frontier"][f"{m}_training"]] == [1, 2, 3]
-        ckpts = list((root / "cache" / f"{m}-checkpoints").glob("*/iter_*"))
-        assert ckpts and all((c / "policy").is_dir() and not (c / "critic").exists() for c in ckpts)  # no critic
+        assert not list((root / "cache" / f"{m}-checkpoints").glob("*/iter_*"))  # dropped once committed
+        rows = [json.loads(line) for line in (d / job / "metrics.jsonl").read_text().splitlines()]
+        assert not any(k.startswith("critic/") for r in rows for k in r)  # no critic
     assert [p["n"] for p in json.loads((d / "5-bon-seed0" / "results.json").read_text())["bon"]["curve"]] == [1, 2, 4]
 
 
