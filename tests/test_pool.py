@@ -35,7 +35,7 @@ def sft_dir(tmp_path_factory, tokenizer) -> Path:
 def _has_model(actor) -> bool:
     import ray
 
-    return ray.get(actor.__ray_call__.remote(lambda self: hasattr(self, "model")))
+    return ray.get(actor.__ray_call__.remote(lambda self: hasattr(self, "model") or hasattr(self, "engine")))
 
 
 def test_a_finished_stages_group_serves_the_next_stage(ray_address, tmp_path, sft_dir):
