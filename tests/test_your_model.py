@@ -77,7 +77,9 @@ def test_your_model_your_data_your_judges(ray_address, inputs, monkeypatch):
             w = results["win_rate"][judge][pair]
             assert w["n"] == 10 and 0 <= w["ci"][0] <= w["value"] <= w["ci"][1] <= 1
             assert 0 <= w["lc"]["value"] <= 1 and w["lc"]["ci"][0] <= w["lc"]["ci"][1]
-    assert set(results["length"]) == {"sft", "pat", "ppo"} and all(v > 0 for v in results["length"].values())
+    # a pretrained model is also judged untrained (base): did training help at all?
+    assert set(results["length"]) == {"sft", "pat", "ppo", "base"} and all(v > 0 for v in results["length"].values())
+    assert "sft_vs_base" in results["win_rate"]["pm"]
     assert "gold" not in results and results["controllability"]["judge"] == "rm"
     assert results["pm"]["val_accuracy"] is not None  # validated on the HH-RLHF file
     assert json.loads((root / "run2" / "results.json").read_text())["win_rate"] == results["win_rate"]
