@@ -84,7 +84,8 @@ def test_your_model_your_data_your_judges(ray_address, inputs, monkeypatch):
     assert results["pm"]["val_accuracy"] is not None  # validated on the HH-RLHF file
     assert json.loads((root / "run2" / "results.json").read_text())["win_rate"] == results["win_rate"]
     scores = json.loads((root / "run1" / "scores.json").read_text())
-    assert set(scores["pairwise"]["llm"]) == set(PAIRS) and len(scores["rm"]["ppo"]) == 10
+    assert set(scores["pairwise"]["llm"]) == {*PAIRS, "pat_vs_base", "ppo_vs_base", "sft_vs_base"}
+    assert len(scores["rm"]["ppo"]) == 10
 
     report = (root / "run1" / "report.md").read_text()
     assert "| PAT vs SFT | reward model |" in report and "| PAT vs PPO | LLM judge |" in report
