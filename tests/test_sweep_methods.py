@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.reports.sweep import aggregate, load_runs
+from experiments.reports.runs import load_runs
+from experiments.reports.sweep import aggregate
 from experiments.reports.sweep_report import build, verdict
 
 N = 40

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from alignment.intervals import t_interval, win_rate_interval
-from experiments.reports.sweep import aggregate, load_runs
+from experiments.reports.runs import load_runs
+from experiments.reports.sweep import aggregate
 from experiments.reports.sweep_report import build
 from experiments.runtime.costs import Ledger, peak_concurrent
 

@@ -20,7 +20,8 @@ from alignment.pat import bucket_tags
 from experiments.evaluation.equal_kl import bon_path, final_kls, job_at_kl, sft_point, training_path
 from experiments.evaluation.head_to_head import frontier_points, head_to_head, judge_replies, method_results
 from experiments.evaluation.replies import Job, generate_many
-from experiments.reports.sweep import METHODS, Run, aggregate, pairs_of
+from experiments.reports.runs import Run
+from experiments.reports.sweep import METHODS, aggregate, pairs_of
 from experiments.reports.sweep_report import print_summary, timeline_plot, write_report
 from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext

@@ -15,7 +15,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from experiments.config import LoggerConfig
-        from experiments.reports.sweep import load_runs
+        from experiments.reports.runs import load_runs
         from experiments.reports.sweep_report import build, log_to_wandb, print_summary
         from experiments.runtime.tracking import Tracker
 

@@ -10,15 +10,11 @@ seed-averaged figures under the same keys as a single run (``win_rate.gold.pat_v
 
 from __future__ import annotations
 
-import json
-import re
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from omegaconf import OmegaConf
 from scipy import stats
 
 from alignment.intervals import (
@@ -33,12 +29,11 @@ from alignment.intervals import (
     t_interval,
     win_rate_interval,
 )
-from alignment.scaling import fit
 from alignment.winrate import length_controlled, outcomes
 from experiments.config import JUDGES, METHODS
-from experiments.evaluation.equal_kl import final_kls, job_at_kl, sweep_at_kl
-
-FINAL_POINT = ("ppo", "dpo", "grpo", "rloo")  # methods whose job puts its final policy in results["frontier"][m]
+from experiments.evaluation.equal_kl import job_at_kl, sweep_at_kl
+from experiments.reports.frontier import TRAINING_PATH, final_kl, frontier, training_kl
+from experiments.reports.runs import Run
 
 
 def pairs_of(methods: Sequence[str]) -> list[tuple[str, str]]:
@@ -54,81 +49,6 @@ LOOP_CURVES = ["ppo/reward", "ppo/gold", "ppo/kl", "policy/entropy", "policy/cli
 CURVES = {"sft": ["sft/loss"], "pm": ["pm/loss", "pm/accuracy"], "pat": ["pat/loss"], "dpo": ["dpo/loss"],
           "ppo": [*LOOP_CURVES, "critic/explained_variance"], "grpo": LOOP_CURVES,
           "rloo": LOOP_CURVES}  # {method: metrics}, each read from the jobs that trained that method
-
-
-@dataclass
-class Run:
-    path: Path
-    stage: str
-    seed: int
-    results: dict[str, Any]
-    scores: dict[str, Any] | None
-    metrics: list[dict[str, Any]]
-    variant: tuple[str, ...] = ()  # the job's Hydra overrides other than its method and seed
-
-
-_METHOD_OR_SEED = re.compile(r"^[+~]{0,2}(experiment|seed)=")
-
-
-def overrides_of(job_dir: Path) -> tuple[str, ...]:
-    """The Hydra overrides a job ran with (``.hydra/overrides.yaml``), without its method
-    (``+experiment=``) and seed: what a knob sweep varies. Empty for a job without the file."""
-    path = job_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return ()
-    return tuple(sorted(str(o) for o in OmegaConf.load(path) if not _METHOD_OR_SEED.match(str(o))))
-
-
-def by_variant(runs: list[Run]) -> dict[str, list[Run]]:
-    """The runs grouped by the overrides that differ between them besides method and seed (a
-    knob sweep such as ``algo.beta=0.01,0.05``), each group labelled by those overrides; a sweep
-    over methods and seeds only is one group labelled ``""``. The report pairs methods and
-    averages seeds within a group, never across groups."""
-    common = set.intersection(*(set(r.variant) for r in runs)) if runs else set()
-    groups: dict[str, list[Run]] = defaultdict(list)
-    for r in runs:
-        groups[" ".join(o for o in r.variant if o not in common)].append(r)
-    return dict(groups)
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from err
-    return rows
-
-
-def load_runs(sweep_dir: Path) -> list[Run]:
-    """Every finished job under ``sweep_dir`` (a ``results.json`` beside a ``resolved_config.yaml``)."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"sweep_dir: {sweep_dir} is not a directory")
-    runs = []
-    for res in sorted(sweep_dir.glob("**/results.json")):
-        cfg_path = res.parent / "resolved_config.yaml"
-        if res.parent == sweep_dir or not cfg_path.is_file():
-            continue
-        cfg = OmegaConf.load(cfg_path)
-        if "stage" not in cfg or "seed" not in cfg:
-            raise ValueError(f"{cfg_path}: no 'stage' or 'seed' key; is this a lab run?")
-        scores = res.parent / "scores.json"
-        runs.append(Run(res.parent, str(cfg.stage), int(cfg.seed), _json(res),
-                        _json(scores) if scores.is_file() else None, _jsonl(res.parent / "metrics.jsonl"),
-                        overrides_of(res.parent)))
-    return runs
 
 
 JUDGE_ORDER = JUDGES  # the order judges are reported in
@@ -433,122 +353,6 @@ def _trained_by(r: Run, method: str) -> bool:
     trained = r.results.get("methods", ["pat", "ppo"])
     loop = [m for m in trained if m in TRAINING_PATH]
     return method in trained and (method not in TRAINING_PATH or loop == [method])
-
-
-def final_kl(runs: list[Run]) -> dict[str, dict[int, float]]:
-    """``{method: {seed: KL}}``: every method's final KL to the SFT model measured alike (the same
-    control prompts, temperature-1 samples and k1 estimator; ``experiments.evaluation.equal_kl``),
-    from its own job (a compare job's for all its methods), never mixing methods. Best-of-n's is its
-    analytic bound (``kl.bound``)."""
-    out: dict[str, dict[int, float]] = defaultdict(dict)
-    for r in runs:
-        f = r.results.get("frontier", {})
-        for m, v in final_kls(f, r.results.get("pat", {}).get("inference_tag", 100)).items():
-            if r.stage in (m, "compare"):
-                out[m][r.seed] = v
-    return {m: dict(sorted(v.items())) for m, v in sorted(out.items())}
-
-
-def training_kl(runs: list[Run]) -> dict[str, dict[int, float]]:
-    """``{method: {seed: KL}}``: each PPO-loop method's own estimate at its last iteration (on its
-    training rollouts), from the job that trained it."""
-    out: dict[str, dict[int, float]] = defaultdict(dict)
-    for r in runs:
-        for m in TRAINING_PATH:
-            final = r.results.get(m, {}).get("final", {})
-            if r.stage in (m, "compare") and "ppo/kl" in final:
-                out[m][r.seed] = final["ppo/kl"]
-    return {m: dict(sorted(out[m].items())) for m in TRAINING_PATH if out.get(m)}
-
-
-def _mean_known(values: list[float | None]) -> float | None:
-    """The mean of the values that are known (the gold score is unknown on a prompt file's prompts)."""
-    known = [v for v in values if v is not None]
-    return sum(known) / len(known) if known else None
-
-
-TRAINING_PATH = ("ppo", "grpo", "rloo")  # methods of the PPO loop, whose training path the frontier draws
-
-
-def training_path(runs: list[Run], method: str) -> list[dict[str, float]]:
-    """A PPO-loop method's path on the reward-KL plane: KL, reward (``pm``) and gold per iteration,
-    mean over seeds. Each run's path comes from ``results["frontier"]["<method>_training"]``, or
-    from the ``ppo/*`` rows of ``metrics.jsonl`` of the method's own job (older runs)."""
-    by_step: dict[int, list[dict[str, float]]] = defaultdict(list)
-    for r in runs:
-        path = r.results.get("frontier", {}).get(f"{method}_training")
-        if path is None and (r.stage == method or (r.stage == "compare" and method == "ppo")):  # older runs
-            path = [{"step": row["step"], "kl": row["ppo/kl"], "gold": row["ppo/gold"],
-                     "pm": row.get("ppo/reward", float("nan"))}
-                    for row in r.metrics if "ppo/kl" in row and "ppo/gold" in row and "step" in row]
-        for p in path or []:
-            by_step[p["step"]].append(p)
-    return [{"step": s, "kl": sum(p["kl"] for p in ps) / len(ps), "gold": _mean_known([p.get("gold") for p in ps]),
-             "pm": sum(p["pm"] for p in ps) / len(ps)} for s, ps in sorted(by_step.items())]
-
-
-def frontier(runs: list[Run]) -> dict[str, Any]:
-    """Reward against KL to SFT: PAT's points per tag (mean over seeds), PPO's final policy per
-    seed, and PPO's training path (``ppo_training``: KL, gold and PM per iteration, mean over seeds);
-    where the sweep ran them, DPO's, GRPO's and RLOO's final policy per seed (under their names),
-    GRPO's and RLOO's training paths, and best-of-n's curve (``bon``: KL, gold and PM per n, mean
-    over seeds)."""
-    pat: dict[Any, list[dict[str, float]]] = defaultdict(list)
-    final: dict[str, list[dict[str, Any]]] = {m: [] for m in FINAL_POINT}
-    bon: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    measured: dict[str, dict[int, list[dict[str, Any]]]] = {m: defaultdict(list) for m in TRAINING_PATH}
-    for r in runs:
-        f = r.results.get("frontier", {})
-        if "pat" in f and r.stage in ("pat", "compare"):
-            for p in f["pat"]:
-                pat[p["tag"]].append(p)
-        for m in FINAL_POINT:
-            if m in f and r.stage in (m, "compare"):
-                final[m] += [p | {"seed": r.seed} for p in f[m]]
-        if r.stage in ("bon", "compare"):  # measured like the rest where the job has it; else the evaluation's curve
-            for p in f.get("bon_path") or r.results.get("bon", {}).get("curve", []):
-                bon[p["n"]].append(p)
-        for m in TRAINING_PATH:
-            if r.stage in (m, "compare") and f.get(m) and f.get("sft") and f"{m}_path" in f:
-                ends = [f["sft"], *f[f"{m}_path"], *(p | {"step": r.results.get(m, {}).get("iterations", -1)}
-                                                      for p in f[m])]
-                for p in ends:
-                    measured[m][p["step"]].append(p)
-    pat_mean = [{"tag": t, **{k: _mean_known([p[k] for p in ps]) for k in ("kl", "gold", "pm")}, "seeds": len(ps)}
-                for t, ps in sorted(pat.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
-    out: dict[str, Any] = {"pat": pat_mean, "ppo": final.pop("ppo")}
-    out |= {m: ps for m, ps in final.items() if ps}
-    for m in TRAINING_PATH:
-        path = training_path(runs, m)
-        if path or m == "ppo":
-            out[f"{m}_training"] = path
-    for m, by_step in measured.items():
-        if by_step:  # the policies saved along training, measured like every final point (mean over seeds)
-            out[f"{m}_path"] = [{"step": s, **{k: _mean_known([p.get(k) for p in ps]) for k in ("kl", "gold", "pm")},
-                                 "seeds": len(ps)} for s, ps in sorted(by_step.items())]
-    if bon:
-        out["bon"] = [{"n": n, **{k: _mean_known([p.get(k) for p in ps]) for k in ("kl", "gold", "pm")},
-                       "seeds": len(ps), "measured": all(p.get("kl_bound") for p in ps)}
-                      for n, ps in sorted(bon.items())]
-    out["fits"] = frontier_fits(out)
-    return out
-
-
-def frontier_fits(f: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """The Gao et al. (2022) over-optimisation fits (``alignment.scaling``) of every path on the
-    frontier, for the gold score and the preference model's: the PPO loop's training paths by
-    iteration (``<method>_training``, the RL form) and best-of-n by n (``bon``); a path too short
-    to fit says so (``fitted: False`` and a ``reason``)."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for m in TRAINING_PATH:
-        for name in (f"{m}_path", f"{m}_training"):
-            path = f.get(name) or []
-            if path:
-                out[name] = {k: fit([max(p["kl"], 0.0) for p in path], [p.get(k) for p in path], "rl")
-                             for k in ("gold", "pm")}
-    if f.get("bon"):
-        out["bon"] = {k: fit([p["kl"] for p in f["bon"]], [p.get(k) for p in f["bon"]], "bon") for k in ("gold", "pm")}
-    return out
 
 
 def controllability_over_seeds(runs: list[Run], shared: bool) -> dict[str, Any] | None:

@@ -23,18 +23,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from alignment.atomic import write_json, write_text  # noqa: E402
 from alignment.scaling import fitted_points  # noqa: E402
 from experiments.evaluation.equal_kl import at_kl_markdown, at_kl_sentences  # noqa: E402
+from experiments.reports.frontier import FINAL_POINT, TRAINING_PATH  # noqa: E402
 from experiments.reports.report import JUDGE_NAMES, METHOD_NAMES, draw_win_tie_lose, save_png  # noqa: E402
-from experiments.reports.sweep import (  # noqa: E402
-    COST_KEYS,
-    FINAL_POINT,
-    JUDGE_ORDER,
-    METHODS,
-    TRAINING_PATH,
-    aggregate,
-    by_variant,
-    load_runs,
-    pairs_of,
-)
+from experiments.reports.runs import by_variant, load_runs  # noqa: E402
+from experiments.reports.sweep import COST_KEYS, JUDGE_ORDER, METHODS, aggregate, pairs_of  # noqa: E402
 
 NAMES = METHOD_NAMES
 COLORS = {"pat": "#2a9d8f", "ppo": "#e76f51", "sft": "#8d99ae", "dpo": "#6a4c93", "grpo": "#f4a261",
