@@ -234,7 +234,7 @@ def test_every_method_is_paired_ranked_and_drawn(four_methods):
 
 
 def test_win_matrix_reads_each_pair_both_ways(four_methods):
-    from experiments.reports.sweep_report import win_matrix
+    from experiments.reports.sweep_plots import win_matrix
 
     r = aggregate(load_runs(four_methods))
     policies = ["pat", "ppo", "dpo", "bon", "sft"]

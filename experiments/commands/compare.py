@@ -22,7 +22,8 @@ from experiments.evaluation.head_to_head import frontier_points, head_to_head, j
 from experiments.evaluation.replies import Job, generate_many
 from experiments.reports.runs import Run
 from experiments.reports.sweep import METHODS, aggregate, pairs_of
-from experiments.reports.sweep_report import print_summary, timeline_plot, write_report
+from experiments.reports.sweep_plots import timeline_plot
+from experiments.reports.sweep_report import print_summary, write_report
 from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
 from experiments.runtime.engines import shares_gpu
