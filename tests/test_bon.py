@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from alignment.best_of_n import analytic_kl, best_index, best_of_n, pick_groups
+from alignment.statistics.best_of_n import analytic_kl, best_index, best_of_n, pick_groups
 from experiments.config import register
 from experiments.validation import validate
 from tests.lab import run_lab

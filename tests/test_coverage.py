@@ -3,7 +3,7 @@ prompts (shared per-prompt effects), seeds that differ (seed-to-seed spread), an
 wins, ties and losses. Every interval the sweep reports must cover the truth at least 93% of the time.
 
 The simulation is vectorised: each scenario draws ``R`` whole sweeps at once and runs the batched
-estimators of ``alignment.intervals`` on all of them."""
+estimators of ``alignment.statistics.intervals`` on all of them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from alignment.intervals import (
+from alignment.statistics.intervals import (
     crossed_parts,
     decided_linear,
     gap_interval,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignment.equal_kl import at_budget, t_interval, win_share
+from alignment.statistics.equal_kl import at_budget, t_interval, win_share
 
 
 def test_value_at_a_budget_is_interpolated_on_the_first_segment_that_reaches_it():

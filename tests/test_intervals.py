@@ -1,4 +1,4 @@
-"""alignment.intervals on hand-made tables: the crossed and nested designs, decided pairs, Holm,
+"""alignment.statistics.intervals on hand-made tables: the crossed and nested designs, decided pairs, Holm,
 rank intervals, and PAT's controllability trend."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from alignment.intervals import (
+from alignment.statistics.intervals import (
     controllability,
     crossed_interval,
     decided_interval,

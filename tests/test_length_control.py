@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignment.winrate import _rate, length_controlled
+from alignment.statistics.winrate import _rate, length_controlled
 
 
 def design(n_long_a: int, n_long_b: int, n_near: int, base: float = 200.0):

@@ -11,7 +11,7 @@ from alignment.chat_format import Conversation, Turn, meta_instruction
 from alignment.loss_mask import encode
 from alignment.losses.pairwise import pairwise_loss
 from alignment.pat import assign_buckets, bucket_tags, quantile_edges, tag_conversation, tag_scores
-from alignment.winrate import outcomes, spearman, win_rate
+from alignment.statistics.winrate import outcomes, spearman, win_rate
 
 
 def test_bucket_tags_are_evenly_spaced():

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from alignment.scaling import fit, fitted_points, peak_kl, rl_curve
+from alignment.statistics.scaling import fit, fitted_points, peak_kl, rl_curve
 
 
 def test_rl_fit_recovers_alpha_beta_and_the_peak():

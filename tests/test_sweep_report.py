@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.intervals import t_interval, win_rate_interval
+from alignment.statistics.intervals import t_interval, win_rate_interval
 from experiments.reports.runs import load_runs
 from experiments.reports.sweep import aggregate
 from experiments.reports.sweep_report import build

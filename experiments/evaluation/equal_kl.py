@@ -13,7 +13,7 @@ are the reference of the win rates. Paths:
   same prompts and sampler); its KL is the analytic ``log n - (n-1)/n``, an upper bound, not an
   estimate (``"kl_bound": true``).
 
-``at_kl`` reads each path at ``alignment.equal_kl.BUDGETS`` (interpolated, never extrapolated):
+``at_kl`` reads each path at ``alignment.statistics.equal_kl.BUDGETS`` (interpolated, never extrapolated):
 ``at_kl.<budget>.<method>`` holds the gold score and the gold win rate against SFT's samples.
 """
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alignment.best_of_n import analytic_kl, pick_groups
-from alignment.equal_kl import BUDGETS, at_budget, t_interval, win_share
+from alignment.statistics.best_of_n import analytic_kl, pick_groups
+from alignment.statistics.equal_kl import BUDGETS, at_budget, t_interval, win_share
 from experiments.evaluation.head_to_head import frontier_points
 from experiments.runtime.context import RunContext
 

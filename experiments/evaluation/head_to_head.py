@@ -1,6 +1,6 @@
 """Head-to-head evaluation driver: policies generate on held-out test prompts with fixed
 sampling; the gold judge and the preference model score every reply; pairs of policies get
-win / tie / lose shares and win rates with bootstrap intervals (``alignment/winrate.py``).
+win / tie / lose shares and win rates with bootstrap intervals (``alignment/statistics/winrate.py``).
 
 Replies are cached by (model, prompts, quality tag, sampling, seed), so the jobs of a sweep
 judge the same SFT replies and a later job reuses what an earlier one generated. Every run
@@ -27,8 +27,8 @@ from alignment.losses.kl import kl_estimate
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, pack
 from alignment.sequences import prompt_ids, scored_sequences, written_lengths
+from alignment.statistics.winrate import length_controlled, outcomes, win_rate
 from alignment.tool_use import tool_prompt
-from alignment.winrate import length_controlled, outcomes, win_rate
 from alignment.world import WorldPrompt
 from alignment.world.categories.tool_use import called, is_tool_task
 from experiments.choices import eval_judges
@@ -135,7 +135,8 @@ def _win(results: list[int], len_a: list[int] | None, len_b: list[int] | None, s
 
 def head_to_head(ctx: RunContext, judged: Judged, pairs: list[tuple[str, str]]) -> dict[str, dict[str, dict]]:
     """``{judge: {"a_vs_b": {value, ci, win, tie, lose, n, lc}}}`` for every pair and judge (the layout
-    of ``results.json``); ``lc`` is the length-controlled win rate (``alignment.winrate.length_controlled``)."""
+    of ``results.json``); ``lc`` is the length-controlled win rate
+    (``alignment.statistics.winrate.length_controlled``)."""
     seed = ctx.cfg.seed
     out: dict[str, dict[str, dict]] = {}
     for judge in eval_judges(ctx.cfg):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignment.winrate import WinRate
+from alignment.statistics.winrate import WinRate
 
 
 def win_entry(w: WinRate, **extra: Any) -> dict[str, Any]:

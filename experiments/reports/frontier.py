@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from alignment.scaling import fit
+from alignment.statistics.scaling import fit
 from experiments.evaluation.equal_kl import final_kls
 from experiments.reports.runs import Run
 
@@ -111,7 +111,7 @@ def frontier(runs: list[Run]) -> dict[str, Any]:
 
 
 def frontier_fits(f: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """The Gao et al. (2022) over-optimisation fits (``alignment.scaling``) of every path on the
+    """The Gao et al. (2022) over-optimisation fits (``alignment.statistics.scaling``) of every path on the
     frontier, for the gold score and the preference model's: the PPO loop's training paths by
     iteration (``<method>_training``, the RL form) and best-of-n by n (``bon``); a path too short
     to fit says so (``fitted: False`` and a ``reason``)."""

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-from alignment.intervals import (
+from alignment.statistics.intervals import (
     LEVEL,
     controllability,
     crossed_interval,
@@ -29,7 +29,7 @@ from alignment.intervals import (
     t_interval,
     win_rate_interval,
 )
-from alignment.winrate import length_controlled, outcomes
+from alignment.statistics.winrate import length_controlled, outcomes
 from experiments.config import JUDGES, METHODS
 from experiments.evaluation.equal_kl import job_at_kl, sweep_at_kl
 from experiments.reports.frontier import TRAINING_PATH, final_kl, frontier, training_kl
@@ -100,7 +100,7 @@ def seed_pairwise(runs: list[Run]) -> dict[int, dict[str, dict[str, list[int]]]]
 
 def prompts_shared(runs: list[Run]) -> bool:
     """Whether every seed was judged on the same test prompts (the world's prompts do not depend on
-    the run's seed): the seed-by-prompt tables are then crossed, not nested (``alignment.intervals``)."""
+    the run's seed): the seed-by-prompt tables are then crossed, not nested (``alignment.statistics.intervals``)."""
     return len({tuple(r.scores["prompts"]) for r in runs if r.scores}) <= 1
 
 
@@ -195,7 +195,7 @@ def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]],
               pairs: Sequence[tuple[str, str]] | None = None, shared: bool = True,
               outs: dict[str, dict[str, dict[int, list[int]]]] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """Win / tie / lose shares and win rates of every pair (``pair_outcomes``) by each judge, over
-    seeds and prompts, with 95% intervals (``alignment.intervals``: crossed seeds and prompts when
+    seeds and prompts, with 95% intervals (``alignment.statistics.intervals``: crossed seeds and prompts when
     the seeds share their prompts), the win rate over decided pairs (``decided``), the p-value
     against 0.5 and its Holm correction over the judge's pairs (``p_holm``), the claim it supports
     (``claim``: beats / is level with / loses to), and the length-controlled win rate (``lc``,
@@ -229,7 +229,7 @@ def _length_controlled(per_seed: list[list[int]], len_a: list[list[float]], len_
     """The length-controlled win rate with the seeds pooled. Its prompt part is the percentile
     bootstrap's (each prompt resampled with all its seeds, ``clusters``), read as a standard error;
     with several seeds the spread of the seeds' own length-controlled win rates is added as a t-term
-    (``alignment.intervals.parts_interval``), as for every other figure over seeds."""
+    (``alignment.statistics.intervals.parts_interval``), as for every other figure over seeds."""
     lc = length_controlled([r for o in per_seed for r in o], [x for ln in len_a for x in ln],
                            [x for ln in len_b for x in ln], clusters=clusters)
     k = len(per_seed)
@@ -356,7 +356,7 @@ def _trained_by(r: Run, method: str) -> bool:
 
 
 def controllability_over_seeds(runs: list[Run], shared: bool) -> dict[str, Any] | None:
-    """PAT's controllability over seeds (``alignment.intervals.controllability``): from the per-prompt
+    """PAT's controllability over seeds (``alignment.statistics.intervals.controllability``): from the per-prompt
     scores per tag that each PAT job keeps (``results.controllability.per_prompt``), else (older
     jobs) the per-seed Spearman values alone. None without a PAT job."""
     blocks: dict[int, dict[str, Any]] = {}

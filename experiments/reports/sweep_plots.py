@@ -13,7 +13,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from alignment.scaling import fitted_points  # noqa: E402
+from alignment.statistics.scaling import fitted_points  # noqa: E402
 from experiments.reports.frontier import FINAL_POINT, TRAINING_PATH  # noqa: E402
 from experiments.reports.report import JUDGE_NAMES, METHOD_NAMES, draw_win_tie_lose, save_png  # noqa: E402
 from experiments.reports.sweep import COST_KEYS, METHODS  # noqa: E402

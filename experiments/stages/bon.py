@@ -7,7 +7,7 @@ row, with the evaluation's sampling settings), so a rerun samples nothing. Best-
 method ``bon``, judged against the SFT model's own evaluation replies (the ones every method is
 judged against) under the usual keys (``win_rate.<judge>.bon_vs_sft``). The curve
 (``results["bon"]["curve"]``) puts each n's mean gold and preference-model score, and its win rates
-against SFT, beside the analytic KL of best-of-n to the SFT model (``alignment.best_of_n``).
+against SFT, beside the analytic KL of best-of-n to the SFT model (``alignment.statistics.best_of_n``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from alignment.atomic import write_text
-from alignment.best_of_n import analytic_kl, pick_groups
-from alignment.winrate import outcomes, win_rate
+from alignment.statistics.best_of_n import analytic_kl, pick_groups
+from alignment.statistics.winrate import outcomes, win_rate
 from experiments.evaluation.equal_kl import bon_path, final_kls, job_at_kl, print_at_kl, sft_point
 from experiments.evaluation.head_to_head import (
     Judged,

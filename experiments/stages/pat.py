@@ -11,7 +11,6 @@ import numpy as np
 
 from actors.policy import PolicyActor
 from actors.preference import PreferenceActor
-from alignment import intervals
 from alignment.chat_format import Conversation
 from alignment.data.batching import bucketed_batches
 from alignment.data.formats import FilePrompt
@@ -19,7 +18,8 @@ from alignment.loss_mask import LossPolicy, encode_many, truncate
 from alignment.models.tokenizer import load_tokenizer
 from alignment.pat import bucket_tags, tag_conversation, tag_scores
 from alignment.sequences import scored_sequences
-from alignment.winrate import spearman
+from alignment.statistics import intervals
+from alignment.statistics.winrate import spearman
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
 from experiments.evaluation.equal_kl import print_at_kl

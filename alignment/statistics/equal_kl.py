@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from alignment.winrate import outcomes
+from alignment.statistics.winrate import outcomes
 
 BUDGETS = (0.5, 1.0, 2.0, 4.0)  # nats of KL(policy || SFT), per reply
 

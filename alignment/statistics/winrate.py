@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from alignment.intervals import prompt_indices
+from alignment.statistics.intervals import prompt_indices
 
 
 @dataclass(frozen=True)
