@@ -86,7 +86,8 @@ class PolicyActor(TrainableActor, SamplingRole):
             model = build_tiny(spec.arch, self.tokenizer, seed=spec.seed)
         else:
             model = load_causal_lm(spec.path, self.tokenizer)
-        model = apply_lora(model, spec.lora, added_token_ids(self.tokenizer) if spec.path is not None else ())
+        new_rows = added_token_ids(self.tokenizer, spec.path) if spec.path is not None else ()
+        model = apply_lora(model, spec.lora, new_rows)
         torch.manual_seed(spec.seed + self.rank)
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.engine = TrainingEngine(model, optim, strategy, self.device)  # frozen without ``optim``: it only samples

@@ -21,7 +21,7 @@ def test_new_token_rows_train_with_lora_and_are_saved(world, tmp_path):
     ckpt = save_chatml_qwen2(tmp_path / "qwen2", chatml_tokenizer(world.corpus(200)))
     tok = load_tokenizer(str(ckpt))  # the MOSS format: its special tokens are added
     model = load_causal_lm(str(ckpt), tok)
-    new = added_token_ids(tok)
+    new = added_token_ids(tok, str(ckpt))  # the base checkpoint's tokenizer lacks them: their rows are new
     assert sorted(new) == sorted(tok.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
     assert min(new) >= len(AutoTokenizer.from_pretrained(ckpt)) and tok.convert_tokens_to_ids(EOS_TOKEN) in new
     before = model.get_input_embeddings().weight.detach().clone()
@@ -50,5 +50,7 @@ def test_new_token_rows_train_with_lora_and_are_saved(world, tmp_path):
     assert torch.equal(sent["model.embed_tokens.weight"], after)
 
     merged.save_pretrained(tmp_path / "saved")
+    tok.save_pretrained(tmp_path / "saved")
+    assert added_token_ids(tok, str(tmp_path / "saved")) == []  # saved after training: no row is new
     reloaded = load_causal_lm(str(tmp_path / "saved"), tok)
     assert torch.equal(reloaded.get_input_embeddings().weight, after)

@@ -73,12 +73,25 @@ def load_causal_lm(path: str, tokenizer, dtype: torch.dtype = torch.float32) -> 
     return model
 
 
-def added_token_ids(tokenizer) -> list[int]:
-    """Ids of the tokens the lab adds to a pretrained model's tokenizer: MOSS's special tokens in the
-    MOSS format (their rows are new), none in the chat-template format."""
+def added_token_ids(tokenizer, checkpoint: str | None = None) -> list[int]:
+    """Ids of the tokens the lab adds to a pretrained model's tokenizer whose embedding rows the
+    checkpoint at ``checkpoint`` has not learned: MOSS's special tokens in the MOSS format that its
+    own tokenizer lacks (a base model's rows are new; a checkpoint the lab saved after SFT carries
+    the tokens, and their rows are trained), none in the chat-template format."""
     if uses_template(tokenizer):
         return []
-    return [int(i) for i in tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))]
+    known = _saved_vocabulary(checkpoint) if checkpoint is not None else {}
+    return [int(tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS if t not in known]
+
+
+def _saved_vocabulary(checkpoint: str) -> dict[str, int]:
+    """The vocabulary of the tokenizer saved in ``checkpoint``; empty where it holds none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(checkpoint, local_files_only=True).get_vocab()
+    except (OSError, ValueError):  # no tokenizer files: every added token is new to this checkpoint
+        return {}
 
 
 def apply_lora(model: PreTrainedModel, spec: LoraSpec, new_token_ids: Sequence[int] = ()) -> PreTrainedModel:
