@@ -1,18 +1,23 @@
 """Fuzzing the parsers that read hostile text: tool commands and switches (model output, meta-instructions),
-the MOSS chat format (model output), the data-format readers (user files) and the LLM judge's answers.
+the MOSS chat format (model output), the data-format readers (user files), the LLM judge's answers, and
+the gold judge's readers and the calculator's trailing ``=?`` (model output).
 
 Each parser works in one forward pass, so its work is linear by construction; these tests feed it
 arbitrary and adversarial inputs up to its length cap (the shapes that made the old regexes backtrack:
 repeated calls whose last one is cut off, runs of whitespace, unclosed fields) and check what it returns.
 Hypothesis's ``deadline`` (10 s, generous for a busy machine: linear parsing of the longest input takes
 well under a second) is the guard against a parser that is not linear: such inputs took from 10 s to
-minutes each before. Where an old regex is still the specification, short inputs are compared with it.
+minutes each before. The test at the end runs the shapes that took hours in a subprocess, whose generous
+timeout stops a hang (no time is asserted). Where an old regex is still the specification, short inputs
+are compared with it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -236,3 +241,71 @@ def test_gold_judge_readers_on_long_replies(n: int, unit: str):
     text = (unit * n)[:RECORD_CAP]
     assert sentences_of(text) == []
     assert fenced_code(text) in (None, "") or "```" not in fenced_code(text)
+
+
+OLD_ITEM = re.compile(r"^\s*(\d+)\.\s*(.+?)\s*$", re.MULTILINE)  # brainstorming's old item regex
+OLD_ASK = re.compile(r"\s*=\s*\??\s*$")  # the calculator's old "=?" regex
+ITEM_ALPHABET = st.sampled_from(list(" \n\t\r12.a\u3000\u0663\x85\u2028") + ["1. ", "\n2.", "  \n", "1.\n\n"])
+
+
+@FUZZ
+@given(st.lists(ITEM_ALPHABET, max_size=30).map("".join))
+def test_numbered_items_agree_with_the_old_regex(text: str):
+    from alignment.world.categories.brainstorming import numbered_items
+
+    assert numbered_items(text) == [m.group(2) for m in OLD_ITEM.finditer(text)]
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(list(" \n\t=?a1\u3000")), max_size=14).map("".join))
+def test_drop_ask_agrees_with_the_old_regex(text: str):
+    from alignment.tools.calculator import drop_ask
+
+    assert drop_ask(text) == OLD_ASK.sub("", text)
+
+
+@FUZZ
+@given(st.integers(1, RECORD_CAP), st.sampled_from(["\n", " \n", "1.\n", "1. a ", "\n1. a"]))
+def test_numbered_items_on_long_replies(n: int, unit: str):
+    from alignment.world.categories.brainstorming import numbered_items
+
+    text = (unit * n)[:RECORD_CAP]
+    items = numbered_items(text)
+    assert all(item == item.strip() and "\n" not in item for item in items)
+    assert len(items) <= text.count(".")
+
+
+# The shapes that made the old regexes backtrack, at the length cap. The old ones took hours on these;
+# a hang, not a slow run, is what the subprocess's generous timeout guards against (no time is asserted).
+HANG_GUARD_S = 300
+_LONG_READERS = """
+import json, sys
+from alignment.tools.calculator import drop_ask
+from alignment.world.categories.brainstorming import numbered_items
+n = int(sys.argv[1])
+out = {
+    "blank_lines": numbered_items("\\n" * n),
+    "blank_runs": numbered_items(" \\n" * n + "1. x"),
+    "long_item": numbered_items("1. a" + " " * n + "b"),
+    "dot_then_blank": numbered_items("1." + "\\n" * n),
+    "many_items": len(numbered_items("1.\\n" * n)),
+    "ask": drop_ask(" " * n + "x" + "=" + " " * n + "?" + "\\t" * n),
+}
+print(json.dumps(out))
+"""
+
+
+def test_readers_of_model_output_finish_on_adversarial_whitespace_at_the_cap():
+    n = RECORD_CAP // 2
+    try:
+        done = subprocess.run([sys.executable, "-c", _LONG_READERS, str(n)], capture_output=True, text=True,
+                              timeout=HANG_GUARD_S, cwd=Path(__file__).resolve().parents[1], check=True)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"a reader of model output did not finish in {HANG_GUARD_S} s: it backtracks") from err
+    out = json.loads(done.stdout)
+    assert out["blank_lines"] == []
+    assert out["blank_runs"] == ["x"]
+    assert out["long_item"] == ["a" + " " * n + "b"]
+    assert out["dot_then_blank"] == []
+    assert out["many_items"] == n // 2  # a "1." reads the next line's "1." as its item, and that line is used up
+    assert out["ask"] == " " * n + "x"

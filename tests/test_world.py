@@ -58,6 +58,13 @@ def test_judge_scores_free_form_code():
     assert gold_score(task, "import os; os.system('rm -rf /')") == 0.0  # never executed
 
 
+@pytest.mark.parametrize("body", ["+".join(["a"] * 50_000), "-" * 200_000 + "a"])
+def test_judge_scores_code_too_deep_to_parse_as_no_content(body: str):
+    # ast.parse raises RecursionError or MemoryError on such nesting, not SyntaxError: a reply is never a crash
+    task = Task("code", "en", "", {"name": "get_values", "op": "maximum"})
+    assert gold_score(task, "def get_values(a, b):\n    return " + body) == 0.0
+
+
 def test_judge_scores_free_form_brainstorming_and_reversal():
     task = Task("brainstorming", "en", "", {"topic": "a rainy day", "n": 2})
     assert gold_score(task, "Of course! Try these:\n1. puzzles\n2. baking.") == pytest.approx(1.0)

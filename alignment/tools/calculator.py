@@ -25,7 +25,6 @@ from __future__ import annotations
 import ast
 import math
 import operator
-import re
 import time
 from collections.abc import Callable
 
@@ -161,8 +160,17 @@ _BINARY: dict[type[ast.operator], Callable[[Number, Number], Number]] = {
     ast.Pow: _power,
 }
 _UNARY: dict[type[ast.unaryop], Callable[[Number], Number]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_ASK = re.compile(r"\s*=\s*\??\s*$")  # the final "=?" (or "=") asking for the value
 _SPELLINGS = {"^": "**", "×": "*", "÷": "/", "−": "-"}
+
+
+def drop_ask(text: str) -> str:
+    """``text`` without its final ``=?`` (or ``=``) asking for the value, and the whitespace around it:
+    what ``re.sub(r"\\s*=\\s*\\??\\s*$", "", text)`` gives, by stripping from the end (that regex
+    backtracks quadratically on long whitespace runs; this is linear)."""
+    head = text.rstrip()
+    if head.endswith("?"):
+        head = head[:-1].rstrip()
+    return head[:-1].rstrip() if head.endswith("=") else text
 
 
 class _Evaluator:
@@ -223,7 +231,7 @@ def evaluate(expression: str, time_limit_s: float = TIME_LIMIT_S) -> Number:
         parts.pop()
     if not parts:
         raise CalcError("empty expression")
-    parts[-1] = _ASK.sub("", parts[-1])
+    parts[-1] = drop_ask(parts[-1])
     evaluator = _Evaluator(time.monotonic() + time_limit_s)
     value: Number = 0
     try:

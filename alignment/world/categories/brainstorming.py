@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import re
 
 from alignment.world.task import Task, ok, other
 
@@ -33,7 +32,52 @@ PROMPTS = {
     "zh": ["请给我{n}个关于{topic}的点子。", "列出{n}个关于{topic}的点子。"],
 }
 HEAD = {"en": "Here are {n} ideas for {topic}:", "zh": "以下是{n}个关于{topic}的点子："}
-ITEM_RE = re.compile(r"^\s*(\d+)\.\s*(.+?)\s*$", re.MULTILINE)
+
+
+def numbered_items(text: str) -> list[str]:
+    """The items of the numbered lines of ``text`` (``1. cake`` gives ``cake``), in order: what
+    ``[m.group(2) for m in re.finditer(r"^\\s*(\\d+)\\.\\s*(.+?)\\s*$", text, re.MULTILINE)]`` gives,
+    whitespace running across newlines included (``1.\\n cake`` is an item too).
+
+    That regex backtracks quadratically on long runs of blank lines; this scan moves forward only
+    (a failed line start skips every line start its whitespace run covers), so its work is linear
+    in ``len(text)`` whatever a reply holds.
+    """
+    items: list[str] = []
+    n, p = len(text), 0  # p: a line start
+    while p < n:
+        q = _skip_space(text, p)
+        d = q
+        while d < n and text[d].isdecimal():  # \d: a Unicode decimal digit
+            d += 1
+        if d == q or d == n or text[d] != ".":
+            p = text.find("\n", q) + 1  # the line starts up to q skip to q and fail as well
+            if p == 0:
+                break
+            continue
+        r = _skip_space(text, d + 1)
+        if r == n:  # only whitespace is left: the regex backtracks into it for a one-character item,
+            last = len(text.rstrip("\n")) - 1  # its last character that is not a newline
+            if last > d:
+                items.append(text[last])
+            break
+        line_end = text.find("\n", r)
+        line_end = n if line_end < 0 else line_end
+        item = text[r:line_end].rstrip()
+        items.append(item)
+        e = r + len(item)
+        m = _skip_space(text, e)
+        if m == n:
+            break
+        end = text.rfind("\n", e, m)  # the match ends before the last newline of its whitespace run
+        p = end if text[end - 1] == "\n" else end + 1
+    return items
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i].isspace():  # \s: Unicode whitespace
+        i += 1
+    return i
 
 
 def make(rng: random.Random, lang: str) -> Task:
@@ -60,7 +104,7 @@ def respond(task: Task, p: float, rng: random.Random) -> str:
 
 def content_score(task: Task, text: str) -> float:
     n, allowed = task.spec["n"], set(TOPICS[task.lang][task.spec["topic"]])
-    items = [m.group(2).strip(" .。") for m in ITEM_RE.finditer(text)]
+    items = [x.strip(" .。") for x in numbered_items(text)]
     if not items:
         return 0.0
     valid = len({x for x in items if x in allowed})

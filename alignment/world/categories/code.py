@@ -91,7 +91,7 @@ def content_score(task: Task, text: str) -> float:
         return 0.0
     try:
         tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting: not code worth reading
         return 0.0
     funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
     if not funcs:
