@@ -8,8 +8,7 @@ from typing import Any
 
 from alignment.chat_format import Conversation
 from alignment.generation import Generator, RolloutSpec, SamplingSpec, generate_replies
-from alignment.models.tokenizer import special_ids
-from alignment.rollout import end_at_first_stop
+from alignment.rollout import sample_to_first_special
 from alignment.template_format import reply_of
 from alignment.tool_use import generate_with_tools, sample_with_tools
 
@@ -69,10 +68,7 @@ class SamplingRole:
             else:
                 # a reply ends at its first special token (<eom>, or a stray <eoh>, role prefix...):
                 # the tokens after it are not the reply the preference model scores
-                stops = [tok.eos_token_id] if spec.ignore_eos else special_ids(tok)
-                responses, logprobs = gen.sample(prompts, spec, stops, seed + self.rank)
-                if not spec.ignore_eos:
-                    responses, logprobs = end_at_first_stop(responses, logprobs, stops)
+                responses, logprobs = sample_to_first_special(gen, tok, prompts, spec, seed + self.rank)
                 texts = [reply_of(tok, t) for t in tok.batch_decode(responses, skip_special_tokens=False)]
         self.tokens_generated += sum(len(r) for r in responses)
         return responses, logprobs, masks, texts

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from alignment.generation import Generator, RolloutSpec
 from alignment.models.shared_prefix import lm_hidden_states, output_head
+from alignment.models.tokenizer import special_ids
 
 
 @dataclass
@@ -114,6 +117,27 @@ def end_at_first_stop(responses: Sequence[Sequence[int]], logprobs: Sequence[Seq
         out_ids.append(list(ids[:n]))
         out_lps.append(list(lps[:n]))
     return out_ids, out_lps
+
+
+def reply_stop_ids(tokenizer: Any, spec: RolloutSpec) -> list[int]:
+    """Where a sampled reply ends: at its first special token (``<eom>``, or a stray ``<eoh>``, role
+    prefix...: :func:`~alignment.models.tokenizer.special_ids`); with ``spec.ignore_eos`` (fixed
+    lengths, for benchmarks) only ``<eom>`` is named, and the engine ignores it."""
+    return [tokenizer.eos_token_id] if spec.ignore_eos else special_ids(tokenizer)
+
+
+def sample_to_first_special(gen: Generator, tokenizer: Any, prompts: Sequence[Sequence[int]], spec: RolloutSpec,
+                            seed: int | None) -> tuple[list[list[int]], list[list[float]]]:
+    """Each prompt's response ids and log-probs on ``gen``, up to and including its first special
+    token (:func:`reply_stop_ids`), whatever the engine sampled past it (:func:`end_at_first_stop`):
+    the rule of every rollout, a plain reply or a pass of a reply through the tools. The reply the
+    preference model scores ends there too (``alignment.chat_format.reply_text``), so no token after
+    it gets an advantage. ``seed=None`` goes on with torch's current state."""
+    stops = reply_stop_ids(tokenizer, spec)
+    responses, logprobs = gen.sample(prompts, spec, stops, seed)
+    if spec.ignore_eos:
+        return responses, logprobs
+    return end_at_first_stop(responses, logprobs, stops)
 
 
 def ended(rollout: Rollout, eos_id: int) -> torch.Tensor:

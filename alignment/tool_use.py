@@ -10,7 +10,11 @@ until a field's close token:
   most ``max_calls``) and appends ``\n<|Results|>: … <eor>``; then ``\n<|MOSS|>:`` (with PAT's tag,
   when given);
 * at ``<eom>`` the reply is done. A row that writes a role token itself (``<|Commands|>``,
-  ``<|MOSS|>``) gets the ``:`` after it; a row out of tokens in a field gets the field closed.
+  ``<|MOSS|>``) gets the ``:`` after it; a row out of tokens in a field gets the field closed;
+* any other special token (a stray ``<eoh>``, ``<|Human|>``, ``<eor>``...) ends the reply as ``<eom>``
+  does: a pass stops at the first special token, as a plain reply does
+  (``alignment.rollout.sample_to_first_special``), so nothing after it is sampled, scored or given an
+  advantage.
 
 Batched: every active row of a batch generates together in each pass, so rows that stopped for a
 tool wait while the others go on; a reply takes at most three passes. A tool's error is its Results
@@ -19,8 +23,9 @@ text (``No result.``), never an exception here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -35,6 +40,8 @@ from alignment.chat_format import (
     reply_text,
 )
 from alignment.generation import RolloutSpec, SamplingSpec, as_generator
+from alignment.models.tokenizer import special_ids
+from alignment.rollout import sample_to_first_special
 from alignment.tools import NO_RESULT, enabled_tools, run_commands
 
 INNER, COMMANDS, RESULTS, MOSS = (ROLE_TOKENS[s] for s in (Section.INNER_THOUGHTS, Section.COMMANDS,
@@ -45,6 +52,13 @@ STOPS = (EOT, EOC, EOM, COMMANDS, MOSS)
 """Where a pass ends: a field's close token, or a role token the model wrote itself."""
 MAX_PASSES = 3
 """Thoughts, commands, reply: each pass ends at least one field."""
+
+
+def stray_tokens(tokenizer: Any) -> frozenset[str]:
+    """The special tokens of ``tokenizer`` that are not a step of a plugin turn (:data:`STOPS`): where
+    a reply through the tools ends, as a plain reply ends at any special token."""
+    tokens = tokenizer.convert_ids_to_tokens(special_ids(tokenizer))
+    return frozenset(t for t in tokens if t is not None) - set(STOPS)
 
 
 @dataclass(frozen=True)
@@ -90,14 +104,16 @@ class _Row:
         self.reply = ""
         self.done = False
 
-    def advance(self, new: str, enabled: frozenset[str], tag: str, max_calls: int, run: Callable[..., str]) -> str:
+    def advance(self, new: str, enabled: frozenset[str], tag: str, max_calls: int, run: Callable[..., str],
+                strays: Collection[str] = ()) -> str:
         """Take one pass's text (the model's, up to and including its first stop) and return what the
-        program writes after it (empty when the reply is done)."""
-        cuts = sorted((new.find(t), t) for t in STOPS if t in new)
+        program writes after it (empty when the reply is done). A stray special token (``strays``:
+        :func:`stray_tokens`) ends the reply as ``<eom>`` does."""
+        cuts = sorted((new.find(t), t) for t in (*STOPS, *strays) if t in new)
         stop = cuts[0][1] if cuts else None
         body = new[: cuts[0][0]] if cuts else new
         self.text += new
-        if self.field is Section.MOSS or stop == EOM:  # the reply is written (or the model ended early)
+        if self.field is Section.MOSS or stop == EOM or stop in strays:  # the reply is written (or ended early)
             self.reply, self.done = reply_text(body), True
             return ""
         if stop == MOSS:  # the model went to its reply itself (a Commands field it left open runs nothing)
@@ -133,7 +149,7 @@ def generate_with_tools(model, tokenizer, contexts: Sequence[Conversation], spec
     meta-instruction enables; ``quality`` tags the MOSS reply (PAT). ``model``: a model or a
     ``Generator``. Returns the replies and the tokens generated in all passes."""
     gen = as_generator(model, tokenizer)
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in STOPS]
+    stop_ids, strays = special_ids(tokenizer), stray_tokens(tokenizer)  # every special token ends a pass
     tag = f" {quality_tag(quality)}" if quality is not None else ""
     torch.manual_seed(seed)
     out: list[ToolReply] = []
@@ -150,7 +166,7 @@ def generate_with_tools(model, tokenizer, contexts: Sequence[Conversation], spec
             texts, n = gen.until([heads[i] + rows[i].text for i in active], spec, stop_ids)
             n_tokens += n
             for i, new in zip(active, texts):
-                rows[i].advance(new, enabled[i], tag, max_calls, run)
+                rows[i].advance(new, enabled[i], tag, max_calls, run, strays)
         out.extend(r.tool_reply() for r in rows)
     return out, n_tokens
 
@@ -169,7 +185,7 @@ def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enable
     ``quality``: PAT's tag, which the program writes after a tool row's ``<|MOSS|>:`` (a plain row's
     prompt carries its own). ``model``: a model or a ``Generator``."""
     gen = as_generator(model, tokenizer)
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in STOPS]
+    strays = stray_tokens(tokenizer)
     tag = f" {quality_tag(quality)}" if quality is not None else ""
     rows = [_Row(Section.INNER_THOUGHTS if e is not None else Section.MOSS) for e in enabled]
     ids: list[list[int]] = [[] for _ in prompts]
@@ -177,18 +193,20 @@ def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enable
     mask: list[list[int]] = [[] for _ in prompts]
     torch.manual_seed(seed)
     for n_pass in range(MAX_PASSES + 1):
-        # pass 0: the plain rows, to <eom> as a plain rollout samples them; then the tool rows' passes
+        # pass 0: the plain rows, to their first special token as a plain rollout samples them; then the tool rows
         active = [i for i, (r, e) in enumerate(zip(rows, enabled)) if not r.done and (e is None) == (n_pass == 0)]
         if not active:
             continue
-        stops = tokenizer.eos_token_id if n_pass == 0 else stop_ids
-        new, new_lps = gen.sample([list(prompts[i]) + ids[i] for i in active], spec, stops, seed=None)
+        # every pass ends at its first special token, as a plain rollout's reply does: a field's close
+        # token or role token goes on to the next field, any other ends the reply
+        new, new_lps = sample_to_first_special(gen, tokenizer, [list(prompts[i]) + ids[i] for i in active], spec,
+                                               seed=None)
         for i, toks, lp in zip(active, new, new_lps):
             ids[i] += toks
             lps[i] += lp
             mask[i] += [1] * len(toks)
             program = rows[i].advance(tokenizer.decode(toks, skip_special_tokens=False), enabled[i] or frozenset(),
-                                      tag, max_calls, run)
+                                      tag, max_calls, run, strays)
             if program:
                 written = tokenizer(program, add_special_tokens=False)["input_ids"]
                 ids[i] += written
@@ -198,4 +216,5 @@ def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enable
     return ids, lps, mask, replies
 
 
-__all__ = ["NO_RESULT", "ToolReply", "commands_of", "generate_with_tools", "sample_with_tools", "tool_prompt"]
+__all__ = ["NO_RESULT", "ToolReply", "commands_of", "generate_with_tools", "sample_with_tools", "stray_tokens",
+           "tool_prompt"]

@@ -87,3 +87,58 @@ def test_missing_eos_penalty_is_off_by_default_and_checked():
     lab.algo.missing_eos_penalty = -1.0
     with pytest.raises(ValueError, match=r"algo\.missing_eos_penalty"):
         validate(lab)
+
+
+class _ScriptedPasses:
+    """An engine that writes the scripted continuation of each prompt (by how its text ends) whatever
+    the stop ids: one that missed a stop, or a model that went on after a stray special token."""
+
+    def __init__(self, tokenizer, script):
+        self.tok, self.script, self.stops = tokenizer, script, []
+
+    def until(self, texts, spec, stop):
+        raise AssertionError("rollouts sample token ids")
+
+    def sample(self, prompts, spec, stop, seed):
+        self.stops.append(stop)
+        out = []
+        for p in prompts:
+            text = self.tok.decode(p, skip_special_tokens=False)
+            cont = next((v for k, v in self.script.items() if text.endswith(k)), " and so on<eom>")
+            out.append(self.tok(cont, add_special_tokens=False)["input_ids"])
+        return out, [[-1.0] * len(r) for r in out]
+
+
+def test_a_reply_through_the_tools_ends_at_its_first_special_token(tokenizer):
+    """A stray special token ends a reply through the tools as it ends a plain reply: in the MOSS
+    field, in the thoughts (before any tool runs) and in a plain row of the same batch, nothing
+    after it is in the rollout, so nothing after it gets an advantage; the reply is what came before."""
+    from alignment.tool_use import sample_with_tools
+
+    script = {
+        "sum?<eoh>\n<|Inner Thoughts|>:": " add<eot>",
+        "add<eot>\n<|Commands|>:": " None<eoc>",
+        "None<eoc>\n<|MOSS|>:": " yes<eoh> more text<eom>",
+        "odd?<eoh>\n<|Inner Thoughts|>:": " hmm<|Human|> hi<eot>",
+        "hi<eoh>\n<|MOSS|>:": " ok<|Results|> extra<eom>",
+    }
+    gen = _ScriptedPasses(tokenizer, script)
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (
+        "<|Human|>: sum?<eoh>\n<|Inner Thoughts|>:", "<|Human|>: odd?<eoh>\n<|Inner Thoughts|>:",
+        "<|Human|>: hi<eoh>\n<|MOSS|>:")]
+    calc = frozenset({"Calculate"})
+    ids, lps, masks, replies = sample_with_tools(gen, tokenizer, prompts, [calc, calc, None],
+                                                 RolloutSpec(max_new_tokens=32), seed=0,
+                                                 run=lambda *a, **k: "No result.")
+    eoh, human, results = (tokenizer.convert_tokens_to_ids(t) for t in ("<eoh>", "<|Human|>", "<|Results|>"))
+    assert [row[-1] for row in ids] == [eoh, human, results]  # each response ends at its stray token
+    for row in range(3):
+        assert len(ids[row]) == len(lps[row]) == len(masks[row]) and masks[row][-1] == 1
+        text = tokenizer.decode(ids[row], skip_special_tokens=False)
+        assert "more" not in text and "hi<eot>" not in text and "extra" not in text
+    assert replies[0].endswith("<|MOSS|>: yes") and replies[0].startswith("<|Inner Thoughts|>: add<eot>")
+    assert replies[1] == "<|Inner Thoughts|>: <eot>\n<|MOSS|>: hmm"  # the reply ended in its thoughts
+    assert replies[2] == "ok"
+    assert all(set(special_ids(tokenizer)) <= set(stops) for stops in gen.stops)  # every pass stops there
+    rollout = pack(prompts, ids, lps, tokenizer.pad_token_id, masks)
+    assert rollout.response_mask.sum(1).tolist() == [sum(m) for m in masks]
