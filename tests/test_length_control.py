@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignment.statistics.winrate import _rate, length_controlled
+from alignment.statistics.winrate import length_controlled, point_win_rate
 
 
 def design(n_long_a: int, n_long_b: int, n_near: int, base: float = 200.0):
@@ -38,7 +38,7 @@ def test_length_explains_everything_gives_half():
 
     # A longer on 80% of prompts: raw 0.8, but length explains it all
     results, len_a, len_b = design(75, 15, 10)
-    assert _rate(results) == pytest.approx(0.8)
+    assert point_win_rate(results) == pytest.approx(0.8)
     lc = length_controlled(results, len_a, len_b, n_boot=200)
     assert lc["value"] == pytest.approx(0.5, abs=0.05)
     assert lc["length_coef"] > 5
@@ -53,7 +53,7 @@ def test_a_wins_regardless_of_length_keeps_the_raw_rate():
             results.append(-1 if j == 0 else 1)
             len_a.append(200 + 10 * level)
             len_b.append(200)
-    raw = _rate(results)
+    raw = point_win_rate(results)
     lc = length_controlled(results, len_a, len_b, n_boot=200)
     assert raw == pytest.approx(0.9)
     assert lc["value"] == pytest.approx(raw, abs=0.02)
@@ -69,7 +69,7 @@ def test_a_wins_regardless_of_length_keeps_the_raw_rate():
 def test_equal_lengths_give_the_raw_win_rate(results):
     n = len(results)
     lc = length_controlled(results, [150] * n, [150] * n, n_boot=100)
-    assert lc["value"] == pytest.approx(_rate(results), abs=1e-3)
+    assert lc["value"] == pytest.approx(point_win_rate(results), abs=1e-3)
     assert lc["length_coef"] == pytest.approx(0.0, abs=1e-9)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from alignment.statistics.winrate import outcomes
+from alignment.statistics.winrate import outcomes, point_win_rate
 
 BUDGETS = (0.5, 1.0, 2.0, 4.0)  # nats of KL(policy || SFT), per reply
 
@@ -36,8 +36,7 @@ def at_budget(kls: Sequence[float], values: Sequence[float], budget: float) -> f
 
 def win_share(golds: Sequence[float], reference: Sequence[float]) -> float:
     """The win rate (ties half) of ``golds`` over ``reference``, prompt by prompt."""
-    res = outcomes(golds, reference)
-    return (sum(r == 1 for r in res) + 0.5 * sum(r == 0 for r in res)) / len(res)
+    return point_win_rate(outcomes(golds, reference))
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:

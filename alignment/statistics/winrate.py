@@ -36,7 +36,9 @@ def outcomes(scores_a: Sequence[float], scores_b: Sequence[float], tie_margin: f
     return [0 if abs(a - b) <= tie_margin else (1 if a > b else -1) for a, b in zip(scores_a, scores_b)]
 
 
-def _rate(results: Sequence[int]) -> float:
+def point_win_rate(results: Sequence[int]) -> float:
+    """The win rate of A over B in ``results`` (:func:`outcomes`): the share of wins plus half the share of
+    ties, without an interval (:func:`win_rate` gives one)."""
     return (sum(r == 1 for r in results) + 0.5 * sum(r == 0 for r in results)) / len(results)
 
 
@@ -46,11 +48,11 @@ def win_rate(results: Sequence[int], n_boot: int = 2000, seed: int = 0, level: f
         raise ValueError("no outcomes to summarise")
     n = len(results)
     rng = random.Random(seed)
-    boots = sorted(_rate([results[rng.randrange(n)] for _ in range(n)]) for _ in range(n_boot))
+    boots = sorted(point_win_rate([results[rng.randrange(n)] for _ in range(n)]) for _ in range(n_boot))
     lo = boots[int((1 - level) / 2 * n_boot)]
     hi = boots[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
     return WinRate(win=sum(r == 1 for r in results) / n, tie=sum(r == 0 for r in results) / n,
-                   lose=sum(r == -1 for r in results) / n, win_rate=_rate(results), ci_low=lo, ci_high=hi, n=n)
+                   lose=sum(r == -1 for r in results) / n, win_rate=point_win_rate(results), ci_low=lo, ci_high=hi, n=n)
 
 
 def _ranks(xs: Sequence[float]) -> list[float]:

@@ -29,7 +29,7 @@ from alignment.statistics.intervals import (
     t_interval,
     win_rate_interval,
 )
-from alignment.statistics.winrate import length_controlled, outcomes
+from alignment.statistics.winrate import length_controlled, outcomes, point_win_rate
 from experiments.config import JUDGES, METHODS
 from experiments.evaluation.equal_kl import job_at_kl, sweep_at_kl
 from experiments.reports.frontier import TRAINING_PATH, final_kl, frontier, training_kl
@@ -120,9 +120,9 @@ def _win(per_seed: list[list[int]], shared: bool) -> dict[str, Any]:
     """Win rate (ties half) over seeds and prompts with its interval and p-value against 0.5, the
     win / tie / lose shares, and the win rate over decided pairs only (``decided``)."""
     if len({len(o) for o in per_seed}) > 1:  # seeds judged on different numbers of prompts: nested
-        w, d = t_interval([_rate(o) for o in per_seed], null=0.5, bounds=(0.0, 1.0)), None
+        w, d = t_interval([point_win_rate(o) for o in per_seed], null=0.5, bounds=(0.0, 1.0)), None
     elif len(per_seed) == 1 and len(per_seed[0]) == 1:
-        w, d = t_interval([_rate(per_seed[0])], null=0.5), None
+        w, d = t_interval([point_win_rate(per_seed[0])], null=0.5), None
     else:
         w = win_rate_interval(per_seed, shared_prompts=shared)
         d = decided_interval(per_seed, shared_prompts=shared)
@@ -133,10 +133,6 @@ def _win(per_seed: list[list[int]], shared: bool) -> dict[str, Any]:
 
     return {**w.as_dict(), "win": share(1), "tie": share(0), "lose": share(-1), "n": sum(len(s) for s in per_seed),
             "seeds": k, "decided": d.as_dict() if d else None}
-
-
-def _rate(o: Sequence[int]) -> float:
-    return (sum(r == 1 for r in o) + 0.5 * sum(r == 0 for r in o)) / len(o)
 
 
 def _seed_level(values: list[float], bounds: tuple[float, float] | None = None) -> dict[str, Any]:
@@ -207,7 +203,7 @@ def win_rates(scores: dict[int, dict[str, dict[str, list[float]]]],
             a, b = key.split("_vs_")
             seeds, per_seed = list(per), list(per.values())
             w = _win(per_seed, shared)
-            w["per_seed"] = {str(s): _rate(o) for s, o in zip(seeds, per_seed)}
+            w["per_seed"] = {str(s): point_win_rate(o) for s, o in zip(seeds, per_seed)}
             lens = [scores.get(s, {}).get("lengths", {}) for s in seeds]
             if all(a in ln and b in ln for ln in lens):
                 n = len(per_seed[0])
@@ -270,8 +266,8 @@ def ranking(outs: dict[str, dict[str, dict[int, list[int]]]], methods: Sequence[
             if p < 1 - LEVEL:
                 better[(a, b) if t.value > 0 else (b, a)] = True
         ranks = rank_intervals(names, better)
-        rows = [{"method": m, "value": sum(_rate(o) for o in vs[m].values()) / len(vs[m]), "rank": list(ranks[m])}
-                for m in names]
+        rows = [{"method": m, "value": sum(point_win_rate(o) for o in vs[m].values()) / len(vs[m]),
+                 "rank": list(ranks[m])} for m in names]
         out[judge] = sorted(rows, key=lambda r: -r["value"])  # stable: ties keep METHODS' order
     return out
 
@@ -294,7 +290,7 @@ def overoptimisation(outs: dict[str, dict[str, dict[int, list[int]]]],
             continue
         ties = gap_interval([p[s] for s in seeds], [g[s] for s in seeds], shared_prompts=shared)
         decided = gap_interval([p[s] for s in seeds], [g[s] for s in seeds], decided=True, shared_prompts=shared)
-        out[m] = ties.as_dict() | {"per_seed": [_rate(p[s]) - _rate(g[s]) for s in seeds],
+        out[m] = ties.as_dict() | {"per_seed": [point_win_rate(p[s]) - point_win_rate(g[s]) for s in seeds],
                                    "tie_gold": sum(x == 0 for s in seeds for x in g[s]) / sum(len(g[s]) for s in seeds),
                                    "tie_pm": sum(x == 0 for s in seeds for x in p[s]) / sum(len(p[s]) for s in seeds),
                                    "decided": decided.as_dict() if decided else None}
@@ -473,7 +469,7 @@ def tool_use(runs: list[Run], scores: dict[int, dict[str, dict[str, list[Any]]]]
                 a, b = k.split("_vs_")
                 per = [outcomes(part(s, a, tool), part(s, b, tool)) for s in seeds]
                 if all(per):
-                    out[name][k] = _win(per, shared) | {"per_seed": [_rate(o) for o in per]}
+                    out[name][k] = _win(per, shared) | {"per_seed": [point_win_rate(o) for o in per]}
         return out
 
     def seed_values(part_name: str, name: str) -> dict[int, Any]:
