@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from alignment.atomic import atomic_dir, write_json, write_text
@@ -108,3 +110,31 @@ def test_atomic_writes_fsync_the_file_before_the_rename_and_the_directory_after(
     synced = [path for kind, path in events[:renamed] if kind == "fsync"]
     assert any(p.endswith("/sub/weights.bin") for p in synced) and any(p.endswith("/sub") for p in synced)
     assert ("fsync", str(tmp_path)) in events[renamed:]
+
+
+class _SavingGroup:
+    """A role group whose ``save`` writes a weights file, or fails (a rank lost while saving)."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+
+    def call(self, method, path):
+        assert method == "save"
+        if self.fail:
+            raise RuntimeError("rank 0 died while saving")
+        (Path(path) / "weights.bin").write_bytes(b"trained")
+
+
+def test_commit_trained_drops_the_checkpoints_only_once_the_artifact_is_saved(tmp_path):
+    from experiments.runtime.loop import Checkpoints, commit_trained
+
+    cache = ArtifactCache(tmp_path / "cache")
+    ckpts = Checkpoints(tmp_path / "cache" / "dpo-checkpoints" / "k", every=1)
+    (ckpts.root / "step_000001").mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="died while saving"):
+        commit_trained(cache, "dpo", "k", {"x": 1}, _SavingGroup(fail=True), {"loss": 0.5}, "policy", ckpts)
+    assert cache.get("dpo", "k") is None and (ckpts.root / "step_000001").is_dir()  # a rerun resumes from it
+    art = commit_trained(cache, "dpo", "k", {"x": 1}, _SavingGroup(), {"loss": 0.5}, "policy", ckpts)
+    assert art.path == cache.get("dpo", "k") and not art.cached and art.info == {"loss": 0.5}
+    assert (art.path / "weights.bin").read_bytes() == b"trained"
+    assert not ckpts.root.exists()

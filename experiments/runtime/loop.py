@@ -19,6 +19,7 @@ from actors.group import RoleGroup
 from alignment.atomic import atomic_dir, write_json
 from alignment.data.batching import shard
 from experiments.config import TrainerConfig
+from experiments.runtime.cache import Artifact, ArtifactCache, commit
 from experiments.runtime.tracking import Tracker
 
 
@@ -83,6 +84,16 @@ class Checkpoints:
     def clear(self) -> None:
         """Drop them all (the stage's artifact is committed)."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def commit_trained(cache: ArtifactCache, stage: str, key: str, payload: dict[str, Any], group: RoleGroup,
+                   info: dict[str, Any], what: str, checkpoints: Checkpoints) -> Artifact:
+    """A stage's tail once its ``train_loop`` is done: save the model held by ``group`` and ``info`` as
+    the artifact (``experiments.runtime.cache.commit``), then drop the checkpoints it was trained
+    through. In that order: a run that fails while saving keeps them and resumes from them."""
+    art = commit(cache, stage, key, payload, group, info, what)
+    checkpoints.clear()
+    return art
 
 
 def _rng_state(state: Any) -> Any:

@@ -29,9 +29,9 @@ from experiments.evaluation.head_to_head import method_metrics
 from experiments.evaluation.replies import Job
 from experiments.evaluation.versus_sft import method_run_results, publish, versus_sft
 from experiments.reports.report import print_win_rates
-from experiments.runtime.cache import Artifact, commit
+from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
-from experiments.runtime.loop import Checkpoints, total_steps, train_loop
+from experiments.runtime.loop import Checkpoints, commit_trained, total_steps, train_loop
 from experiments.runtime.specs import model_spec, optim_config, strategy_spec
 from experiments.stages.pm import comparison_groups, pm_payload, pm_stage
 from experiments.stages.sft import sft_stage
@@ -140,9 +140,7 @@ def dpo_stage(ctx: RunContext, sft: Artifact) -> Artifact:
                                        call_kwargs={"spec": DPOSpec(loss=d.loss, beta=d.beta)},
                                        checkpoints=(ckpts := Checkpoints.of(ctx, "dpo", key, d.trainer)))
             info["train_seconds"] = time.time() - started
-            art = commit(ctx.cache, "dpo", key, payload, group, info, "policy")
-            ckpts.clear()
-            return art
+            return commit_trained(ctx.cache, "dpo", key, payload, group, info, "policy", ckpts)
         finally:
             ref.shutdown()
             group.shutdown()

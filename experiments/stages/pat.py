@@ -27,9 +27,9 @@ from experiments.evaluation.head_to_head import Judged, method_metrics
 from experiments.evaluation.replies import Job
 from experiments.evaluation.versus_sft import method_run_results, publish, versus_sft
 from experiments.reports.report import JUDGE_NAMES, print_win_rates, write_pat_report
-from experiments.runtime.cache import Artifact, commit
+from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
-from experiments.runtime.loop import Checkpoints, total_steps, train_loop
+from experiments.runtime.loop import Checkpoints, commit_trained, total_steps, train_loop
 from experiments.runtime.specs import model_spec, optim_config, strategy_spec
 from experiments.stages.pm import pm_stage
 from experiments.stages.sft import sft_stage
@@ -81,9 +81,7 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
             ckpts = Checkpoints.of(ctx, "pat", key, cfg.pat.trainer)
             info["train"] = train_loop(group, "sft_step", examples, cfg.pat.trainer, ctx.tracker, "pat", "tokens",
                                        cfg.seed, batcher=bucketed_batches, checkpoints=ckpts)
-            art = commit(ctx.cache, "pat", key, payload, group, info, "model")
-            ckpts.clear()
-            return art
+            return commit_trained(ctx.cache, "pat", key, payload, group, info, "model", ckpts)
         finally:
             scorer.shutdown()
             group.shutdown()

@@ -21,9 +21,9 @@ from alignment.world import AIFeedbackLabeller
 from experiments.choices import pm_feedback
 from experiments.config import as_key
 from experiments.evaluation.replies import Job, generate_with, sampler_key
-from experiments.runtime.cache import Artifact, commit
+from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
-from experiments.runtime.loop import Checkpoints, total_steps, train_loop
+from experiments.runtime.loop import Checkpoints, commit_trained, total_steps, train_loop
 from experiments.runtime.specs import optim_config, strategy_spec
 from experiments.stages.feedback import feedback_contexts, feedback_payload, judge_feedback
 from experiments.stages.sft import sft_stage
@@ -145,9 +145,7 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
             info["train"] = train_loop(group, "pm_step", train_seqs, cfg.pm.trainer, ctx.tracker, "pm", "n", cfg.seed,
                                        checkpoints=ckpts)
             info["eval"] = held_out_accuracy(group, val_seqs, gold, cfg.eval.batch_size)
-            art = commit(ctx.cache, "pm", key, payload, group, info, "preference model")
-            ckpts.clear()
-            return art
+            return commit_trained(ctx.cache, "pm", key, payload, group, info, "preference model", ckpts)
         finally:
             group.shutdown()
 

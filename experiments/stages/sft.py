@@ -20,10 +20,10 @@ from alignment.models.tokenizer import load_tokenizer, train_bpe
 from alignment.world import WorldPrompt
 from experiments.config import LabConfig, as_key
 from experiments.evaluation.replies import Job, generate, generate_with, replies_key, save_replies
-from experiments.runtime.cache import Artifact, commit
+from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
 from experiments.runtime.engines import uses_vllm
-from experiments.runtime.loop import Checkpoints, total_steps, train_loop
+from experiments.runtime.loop import Checkpoints, commit_trained, total_steps, train_loop
 from experiments.runtime.specs import model_spec, optim_config, strategy_spec
 
 
@@ -120,8 +120,7 @@ def sft_stage(ctx: RunContext) -> Artifact:
             info["train_seconds"] = time.time() - started
             info["eval"], replies = evaluate_policy(ctx, group, prompts)
             info["sources"] = source_reference(ctx.world, prompts, cfg.seed) if info["eval"]["gold"] is not None else []
-            art = commit(ctx.cache, "sft", key, payload, group, info, "checkpoint")
-            ckpts.clear()
+            art = commit_trained(ctx.cache, "sft", key, payload, group, info, "checkpoint", ckpts)
             # the replies join the evaluation-reply cache once the model they belong to is stored,
             # so later head-to-heads of this checkpoint reuse them instead of sampling again (when
             # they come from the engine the head-to-heads use: the training actors sample with hf)
