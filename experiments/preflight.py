@@ -31,16 +31,6 @@ def _read(key: str, load: Callable[[], list[Any]]) -> list[Any]:
     return rows
 
 
-def check_model_dir(key: str, path: str | None) -> None:
-    if not path:
-        raise ValueError(f"{key} is required: a local Hugging Face checkpoint directory")
-    p = Path(path)
-    if not p.is_dir():
-        raise ValueError(f"{key}: {path} is not a directory (checkpoints load from local directories only)")
-    if not (p / "config.json").is_file():
-        raise ValueError(f"{key}: {path} has no config.json; is it a Hugging Face checkpoint directory?")
-
-
 def built_model(name: str, cache_root: Path) -> Path:
     """``model.build``: the directory of a model the lab builds from an installed package, found or
     built (atomically, once) in the artifact cache. Missing packages fail here, with how to install them."""
@@ -103,7 +93,9 @@ def preflight(lab: LabConfig, cache_root: Path | None = None) -> None:
     if lab.model.build is not None:
         lab.model.path = str(built_model(lab.model.build, cache_root))
     if lab.model.name == "pretrained":
-        check_model_dir("model.path", lab.model.path)
+        from experiments.commands.chat import check_model_dir
+
+        check_model_dir("model.path", lab.model.path, "not a directory (checkpoints load from local directories only)")
     elif lab.model.name != "tiny":
         raise ValueError(f"model.name: {lab.model.name!r}; choose tiny or pretrained")
     check_chat_format(lab)

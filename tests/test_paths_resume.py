@@ -19,6 +19,7 @@ def test_a_home_relative_model_path_that_passes_preflight_loads_in_the_stage(tmp
     model = tmp_path / "models" / "x"
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")  # preflight looks for the weights; the stage never loads them
     tokenizer.save_pretrained(model)
     lab = OmegaConf.to_object(_compose(["+experiment=sft", "model.name=pretrained", "model.path='~/models/x'",
                                         "pm.val_path='$LAB_DATA/val.jsonl'", "cache_dir='~/cache'"]))
@@ -28,6 +29,22 @@ def test_a_home_relative_model_path_that_passes_preflight_loads_in_the_stage(tmp
     (tmp_path / "run").mkdir()
     ctx = RunContext(lab, tmp_path / "run", ArtifactCache(lab.cache_dir), tracker=None, run_tag="paths")
     assert tokenizer_stage(ctx) == model
+
+
+@pytest.mark.parametrize("missing, message", [
+    ("model.safetensors", "has no weights"), ("tokenizer.json", "has no tokenizer"), ("config.json", "has no config.json")])
+def test_a_pretrained_model_path_is_checked_as_the_chat_checks_its_model(tmp_path, missing, message):
+    # one check of a model directory (experiments.commands.chat.check_model_dir) for model.path and chat.model
+    from experiments.preflight import preflight
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in {"config.json", "model.safetensors", "tokenizer.json"} - {missing}:
+        (model / name).write_text("{}")
+    lab = OmegaConf.to_object(_compose(["+experiment=sft", "model.name=pretrained", f"model.path={model}",
+                                        f"cache_dir={tmp_path / 'cache'}"]))
+    with pytest.raises(ValueError, match=rf"^model\.path: {model} {message}"):
+        preflight(lab)
 
 
 def test_an_unset_variable_in_a_path_names_the_key(monkeypatch):

@@ -117,21 +117,22 @@ def cached_model(lab: LabConfig, name: str) -> Path:
     return made[name].path
 
 
-def check_model_dir(key: str, value: str) -> Path:
-    """``value`` as a directory the chat can load (config.json, weights, tokenizer), or a
-    ``ValueError`` naming ``key``."""
+def check_model_dir(key: str, value: str | None, not_a_dir: str = "not a directory") -> Path:
+    """``value`` as a local Hugging Face model directory the lab can load (``config.json``, weights and
+    the model's own tokenizer), resolved; else a ``ValueError`` naming ``key`` (``not_a_dir``: what
+    it says of a value that names no directory). Checked without loading anything: the chat's model,
+    and preflight's ``model.path``."""
+    if not value:
+        raise ValueError(f"{key} is required: a local Hugging Face checkpoint directory")
     p = Path(value).expanduser()
     if not p.is_dir():
-        names = ", ".join(NAMED)
-        what = f"neither a name ({names}: this config's model in the cache) nor a directory" \
-            if key == "chat.model" else "not a directory"
-        raise ValueError(f"{key}: {value!r} is {what}")
+        raise ValueError(f"{key}: {value!r} is {not_a_dir}")
     if not (p / "config.json").is_file():
         raise ValueError(f"{key}: {value} has no config.json: not a model directory (save_pretrained writes one)")
     if not any((p / w).is_file() for w in WEIGHTS):
         raise ValueError(f"{key}: {value} has no weights ({' or '.join(WEIGHTS[::2])})")
     if not any((p / t).is_file() for t in TOKENIZER_FILES):
-        raise ValueError(f"{key}: {value} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); the chat loads "
+        raise ValueError(f"{key}: {value} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); the lab loads "
                          "the model's own")
     return p.resolve()
 
@@ -153,7 +154,8 @@ def resolve_model(lab: LabConfig) -> ChatModel:
         if c.model == "pat" and tag is None:
             tag, tag_from = lab.pat.inference_tag, "pat.inference_tag"
     else:
-        path = check_model_dir("chat.model", c.model)
+        path = check_model_dir("chat.model", c.model, f"neither a name ({', '.join(NAMED)}: this config's model "
+                               "in the cache) nor a directory")
     if c.model_path is not None and Path(c.model_path).expanduser().resolve() != path:
         raise ValueError(f"chat.model ({c.model}) and chat.model_path ({c.model_path}) name different models; "
                          "set chat.model only")
