@@ -7,7 +7,7 @@ from __future__ import annotations
 from experiments.config import LabConfig
 
 RL_STAGES = ("ppo", "grpo", "rloo")  # the stages that run the PPO loop; their presets set algo.advantage
-EVALUATING_METHODS = ("pat", "ppo", "grpo", "rloo", "compare", "bon", "dpo")  # the stages with a head-to-head
+NO_HEAD_TO_HEAD = ("sft", "pm", "report", "chat")  # every other stage (each method, compare) judges head to head
 
 
 def eval_judges(lab: LabConfig) -> list[str]:
@@ -27,7 +27,7 @@ def pm_feedback(lab: LabConfig) -> str:
 def judges_used(lab: LabConfig) -> list[str]:
     """The judges the run will call: the evaluation's (for the stages that evaluate methods) and
     the preference model's AI feedback (``pm.feedback=judge``)."""
-    used = eval_judges(lab) if lab.stage in EVALUATING_METHODS else []
+    used = eval_judges(lab) if lab.stage not in NO_HEAD_TO_HEAD else []
     if pm_feedback(lab) == "judge" and lab.stage != "sft" and lab.pm.judge not in used:
         used.append(lab.pm.judge)
     return used

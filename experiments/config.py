@@ -340,12 +340,9 @@ class JudgesConfig:
     llm: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)
 
 
-METHODS = ("pat", "ppo", "dpo", "grpo", "rloo", "bon")  # every method the lab compares, in the order it reports them
-
-
 @dataclass
 class CompareConfig:
-    # the methods trained and judged against SFT and each other (any of METHODS)
+    # the methods trained and judged against SFT and each other (any of experiments.stages.chain.METHODS)
     methods: List[str] = field(default_factory=lambda: ["pat", "ppo"])
     concurrent: bool = True  # train the methods side by side; false: one after the other (for timing)
     max_parallel: int = 2  # with concurrent: how many methods train at once

@@ -8,7 +8,7 @@ imports happen only for the options that need them: the built-in default reads n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,21 @@ def _read(key: str, load: Callable[[], list[Any]]) -> list[Any]:
     if not rows:
         raise ValueError(f"{key}: the file holds no usable rows")
     return rows
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """``compare.methods``: at least one method, each a row of the stage table
+    (``experiments.stages.chain.METHODS``, the one list of the methods) and named once. The table
+    imports the stages, so the check runs here, for a compare run only, not in ``validate``."""
+    from experiments.stages.chain import METHODS
+
+    if not methods:
+        raise ValueError("compare.methods is empty; list at least one of " + ", ".join(METHODS))
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"compare.methods: {m!r}; choose one of {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"compare.methods: {list(methods)} names a method twice")
 
 
 def built_model(name: str, cache_root: Path) -> Path:
@@ -77,6 +92,8 @@ def preflight(lab: LabConfig, cache_root: Path | None = None) -> None:
     cache_root = default_cache_root(lab.cache_dir) if cache_root is None else cache_root
     if lab.stage == "report":
         return
+    if lab.stage == "compare":
+        check_methods(lab.compare.methods)
     if lab.stage == "chat":  # the model chat.model names: in the cache, or a directory with a model
         from experiments.commands.chat import resolve_model
 

@@ -11,7 +11,7 @@ from typing import Any
 from alignment.data.formats import PREFERENCE_FORMATS, PROMPT_FORMATS
 from alignment.pat import check_bucketing
 from experiments.choices import RL_STAGES, eval_judges, pm_feedback
-from experiments.config import JUDGES, METHODS, DPOConfig, LabConfig, PPOConfig, RayConfig
+from experiments.config import JUDGES, DPOConfig, LabConfig, PPOConfig, RayConfig
 
 FEEDBACK = ("auto", "world", "data", "judge")
 # the closed sets of the config, checked by ``validate`` before anything starts
@@ -286,12 +286,7 @@ def validate_compare(lab: LabConfig) -> None:
         raise ValueError(f"compare.pat_nice: {c.pat_nice}; a Linux nice value from 0 to 19")
     if c.max_parallel < 1:
         raise ValueError(f"compare.max_parallel must be at least 1, got {c.max_parallel}")
-    if not c.methods:
-        raise ValueError("compare.methods is empty; list at least one of " + ", ".join(METHODS))
-    for m in c.methods:
-        _choice("compare.methods", m, METHODS)
-    if len(set(c.methods)) != len(c.methods):
-        raise ValueError(f"compare.methods: {list(c.methods)} names a method twice")
+    # compare.methods' names are checked in preflight (check_methods): the stage table lists the methods
     if lab.stage == "compare":
         for m in ("grpo", "rloo"):
             if m in c.methods:

@@ -125,16 +125,30 @@ def test_settings_no_stage_can_run_with_fail_before_anything_starts(override, ke
     ("compare.grpo.advantage=gae", r"compare\.grpo\.advantage: 'gae'"),
 ])
 def test_compare_methods_and_their_settings_are_checked(override, match):
+    from experiments.preflight import check_methods
     from experiments.validation import validate
 
     methods = "compare.methods=[pat,ppo,dpo,grpo,rloo,bon]"
     lab = OmegaConf.to_object(_compose(["+experiment=compare", methods]))
     validate(lab)
+    check_methods(lab.compare.methods)
     assert (lab.compare.grpo.advantage, lab.compare.rloo.advantage, lab.algo.advantage) == ("grpo", "rloo", "gae")
     assert lab.compare.grpo.kl_in == "loss" and lab.compare.rloo.kl_in == "reward"
     overrides = ["+experiment=compare", *([] if override.startswith("compare.methods") else [methods]), override]
-    with pytest.raises(ValueError, match=match):
-        validate(OmegaConf.to_object(_compose(overrides)))
+    with pytest.raises(ValueError, match=match):  # the methods' names against the stage table, in preflight
+        bad = OmegaConf.to_object(_compose(overrides))
+        validate(bad)
+        check_methods(bad.compare.methods)
+
+
+def test_the_methods_are_the_rows_of_the_stage_table_after_the_chain():
+    # a new method is a stage file and a row of experiments.stages.chain.STAGES (and its config): no other list
+    from experiments.registry import DRIVERS
+    from experiments.reports.sweep import METHODS as REPORTED
+    from experiments.stages.chain import CHAIN, METHODS, STAGES
+
+    assert METHODS == ("pat", "ppo", "dpo", "grpo", "rloo", "bon")  # the reports' order: pairs are named by it
+    assert REPORTED is METHODS and set(METHODS) | set(CHAIN) == set(STAGES) and set(METHODS) <= set(DRIVERS)
 
 
 def test_ppo_cross_key_limits_name_the_keys():

@@ -32,7 +32,8 @@ def test_a_home_relative_model_path_that_passes_preflight_loads_in_the_stage(tmp
 
 
 @pytest.mark.parametrize("missing, message", [
-    ("model.safetensors", "has no weights"), ("tokenizer.json", "has no tokenizer"), ("config.json", "has no config.json")])
+    ("model.safetensors", "has no weights"), ("tokenizer.json", "has no tokenizer"),
+    ("config.json", "has no config.json")])
 def test_a_pretrained_model_path_is_checked_as_the_chat_checks_its_model(tmp_path, missing, message):
     # one check of a model directory (experiments.commands.chat.check_model_dir) for model.path and chat.model
     from experiments.preflight import preflight

@@ -30,10 +30,11 @@ from alignment.statistics.intervals import (
     win_rate_interval,
 )
 from alignment.statistics.winrate import length_controlled, outcomes, point_win_rate
-from experiments.config import JUDGES, METHODS
+from experiments.config import JUDGES
 from experiments.evaluation.equal_kl import job_at_kl, sweep_at_kl
 from experiments.reports.frontier import TRAINING_PATH, final_kl, frontier, training_kl
 from experiments.reports.runs import Run
+from experiments.stages.chain import METHODS
 
 
 def pairs_of(methods: Sequence[str]) -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """The table of stages: each stage's name, the upstream artifacts it needs, its cache key and its
 build. The chat finds a model's chain in the cache with these keys, ``compare`` trains its methods
 with these builds, and the key tests read the same table; a new method is a file of its own and a
-row here.
+row here (the rows after the chain's shared stages, ``CHAIN``, are :data:`METHODS`, in the order the
+reports give them).
 
 The chain's root is the tokenizer (``tokenizer_stage``); every other stage needs some of
 ``tokenizer``, ``sft`` and ``pm``. A key and a build take the run's context as the method sees it
@@ -24,6 +25,7 @@ from experiments.stages.ppo import ppo_key, ppo_stage
 from experiments.stages.sft import sft_payload, sft_stage
 
 ROOT = "tokenizer"  # the chain's first artifact (``experiments.stages.sft.tokenizer_stage``)
+CHAIN = ("sft", "pm")  # the stages every method builds on; every other row of STAGES is a method
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,14 @@ STAGES: dict[str, Stage] = {
     "pm": Stage("pm", ("sft",), _pm_key, pm_stage),
     "pat": Stage("pat", ("sft", "pm"), _pat_key, pat_stage),
     "ppo": Stage("ppo", ("sft", "pm"), _rl_key, ppo_stage),
+    "dpo": Stage("dpo", ("sft",), _dpo_key, dpo_stage),  # learns from the PM's labelled pairs, not the PM
     "grpo": Stage("grpo", ("sft", "pm"), _rl_key, ppo_stage),  # the PPO loop, compare.grpo as algo
     "rloo": Stage("rloo", ("sft", "pm"), _rl_key, ppo_stage),
-    "dpo": Stage("dpo", ("sft",), _dpo_key, dpo_stage),  # learns from the PM's labelled pairs, not the PM
     "bon": Stage("bon", ("sft", "pm"), None, bon.draw),
 }
+METHODS: tuple[str, ...] = tuple(name for name in STAGES if name not in CHAIN)
+"""Every method the lab trains and compares (``compare.methods``), in the order the reports give them:
+the one place that lists them."""
 
 
 def chain_of(name: str) -> list[str]:
