@@ -65,6 +65,8 @@ def replies_key(ctx: RunContext, model_path: Path, job: Job) -> str:
     texts = [generation_prompt(p.conversation(), job.quality) for p in job.prompts]
     digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
     payload = {"model": str(model_path), "prompts": digest, "sampling": sampling_key(ctx.cfg), "seed": ctx.cfg.seed}
+    if ctx.cfg.model.chat_format == "template":  # prompted in the model's chat template (MOSS's format: no entry)
+        payload["chat_format"] = "template"
     return ctx.cache_key(STAGE, payload)
 
 
@@ -118,9 +120,8 @@ def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | lis
             out[i] = reply
     plain = [i for i, t in enumerate(with_tools) if not t]
     if plain:
-        texts = [generation_prompt(convs[i], quality) for i in plain]
-        for i, reply in zip(plain, group.map_sharded("generate", texts, sampling=sampling_spec(cfg),
-                                                     batch_size=cfg.eval.batch_size, seed=cfg.seed)):
+        for i, reply in zip(plain, group.map_sharded("reply_to", [convs[i] for i in plain], sampling=sampling_spec(cfg),
+                                                     batch_size=cfg.eval.batch_size, seed=cfg.seed, quality=quality)):
             out[i] = reply
     return out
 
