@@ -264,3 +264,34 @@ def test_the_quark_preset_composes():
         lab = OmegaConf.to_object(compose(config_name="config", overrides=["+experiment=quark"]))
     validate(lab)
     assert lab.stage == "quark" and lab.quark.rounds == 3 and lab.quark.kl_coef == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("max_parallel", [1, 2])
+def test_compare_builds_pat_before_quark_and_hands_it_over(monkeypatch, max_parallel):
+    """``compare`` trains Quark on the PAT model it trains (never twice, never a deadlock with one
+    worker), and builds PAT itself for Quark when PAT is not compared."""
+    from types import SimpleNamespace
+
+    from experiments.commands import compare
+    from experiments.stages.chain import Stage
+
+    built: list[str] = []
+
+    def stage(name: str, needs: tuple[str, ...]) -> Stage:
+        def build(ctx, *ups):
+            built.append(name)
+            return f"{name}({','.join(map(str, ups))})"
+        return Stage(name, needs, None, build)
+
+    fake = {"pat": stage("pat", ("sft", "pm")), "quark": stage("quark", ("sft", "pm", "pat")),
+            "dpo": stage("dpo", ("sft",))}
+    monkeypatch.setattr(compare, "STAGES", fake)
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        lab = OmegaConf.to_object(compose(config_name="config", overrides=[
+            "+experiment=compare", f"compare.max_parallel={max_parallel}"]))
+    ctx = SimpleNamespace(cfg=lab, nice={}, for_method=lambda m: ctx, widen=lambda *a: None)
+    made = compare.train_all(ctx, "sft", "pm", ["quark", "pat", "dpo"])
+    assert made["quark"] == "quark(sft,pm,pat(sft,pm))" and built.count("pat") == 1
+    built.clear()
+    made = compare.train_all(ctx, "sft", "pm", ["quark"])
+    assert made == {"quark": "quark(sft,pm,pat(sft,pm))"} and built == ["pat", "quark"]
