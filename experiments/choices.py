@@ -7,7 +7,7 @@ from __future__ import annotations
 from experiments.config import LabConfig
 
 RL_STAGES = ("ppo", "grpo", "rloo")  # the stages that run the PPO loop; their presets set algo.advantage
-EVALUATING_METHODS = ("pat", "ppo", "grpo", "rloo", "compare", "bon", "dpo")  # the stages with a head-to-head
+EVALUATING_METHODS = ("pat", "ppo", "grpo", "rloo", "compare", "bon", "dpo", "quark")  # the stages with a head-to-head
 
 
 def eval_judges(lab: LabConfig) -> list[str]:

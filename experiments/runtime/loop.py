@@ -8,7 +8,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,8 @@ def rank_mean(results: Sequence[dict[str, float]], weight_key: str) -> dict[str,
 def train_loop(
     group: RoleGroup, method: str, items: Sequence[Any], t: TrainerConfig, tracker: Tracker, name: str,
     weight_key: str, seed: int, batcher=None, call_kwargs: dict[str, Any] | None = None,
-    checkpoints: Checkpoints | None = None,
+    checkpoints: Checkpoints | None = None, prepare: Callable[[list[Any]], list[Any]] | None = None,
+    step_offset: int = 0,
 ) -> dict[str, float]:
     """Run ``t.epochs`` over ``items``: each step calls ``method`` on every rank with its shard.
 
@@ -127,7 +128,9 @@ def train_loop(
     every rank of a data-parallel step needs an item. ``call_kwargs`` go to every call of ``method``
     (e.g. ``spec=``). With ``checkpoints`` the loop saves every ``checkpoints.every`` steps and, when
     one of the same stage and key is there, resumes from the newest (a stage interrupted by a crash,
-    a kill or a lost actor continues where it was, and ends with the same weights).
+    a kill or a lost actor continues where it was, and ends with the same weights). ``prepare`` turns
+    each batch into what the ranks get (Quark adds the reference's outputs to its examples), and
+    ``step_offset`` is added to the steps logged (a stage that trains in rounds logs one axis).
     """
     steps = total_steps(len(items), t)
     rng = random.Random(seed)
@@ -149,7 +152,7 @@ def train_loop(
     def flush() -> None:  # log the newest stats with the throughput since the previous log
         nonlocal window_weight, window_start
         rate = window_weight / max(time.time() - window_start, 1e-9)
-        tracker.log(last | {f"{name}/{weight_key}_per_s": rate}, step=step)
+        tracker.log(last | {f"{name}/{weight_key}_per_s": rate}, step=step + step_offset)
         window_weight, window_start = 0.0, time.time()
 
     with tqdm(total=steps, initial=step, desc=name, unit="step", dynamic_ncols=True) as bar:
@@ -165,6 +168,8 @@ def train_loop(
                     continue
                 if len(batch) < group.size:
                     continue
+                if prepare is not None:
+                    batch = prepare(batch)
                 results = group.call_sharded(method, shard(batch, group.size), **(call_kwargs or {}))
                 step += 1
                 window_weight += sum(r[weight_key] for r in results)

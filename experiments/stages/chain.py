@@ -21,6 +21,7 @@ from experiments.stages.dpo import dpo_key, dpo_stage
 from experiments.stages.pat import pat_key, pat_stage
 from experiments.stages.pm import pm_payload, pm_stage
 from experiments.stages.ppo import ppo_key, ppo_stage
+from experiments.stages.quark import quark_key, quark_stage
 from experiments.stages.sft import sft_payload, sft_stage
 
 ROOT = "tokenizer"  # the chain's first artifact (``experiments.stages.sft.tokenizer_stage``)
@@ -74,6 +75,7 @@ STAGES: dict[str, Stage] = {
     "rloo": Stage("rloo", ("sft", "pm"), _rl_key, ppo_stage),
     "dpo": Stage("dpo", ("sft",), _dpo_key, dpo_stage),  # learns from the PM's labelled pairs, not the PM
     "bon": Stage("bon", ("sft", "pm"), None, bon.draw),
+    "quark": Stage("quark", ("sft", "pm", "pat"), quark_key, quark_stage),  # PAT is its round 1
 }
 
 
