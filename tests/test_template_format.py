@@ -175,3 +175,4 @@ def test_evaluation_prompts_each_model_in_its_own_format(tok, tokenizer, world):
     assert all(p.startswith("<|im_start|>system") and "<|MOSS|>" not in p and p.endswith("<quality: 100>\n")
                for p in template.prompts)
     assert moss.prompts == [generation_prompt(p.conversation(), 100) for p in prompts]
+
