@@ -15,6 +15,7 @@ from ray.util import get_node_ip_address
 
 from actors.devices import actor_device
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine, free_cached_memory
+from alignment.models.causal_lm import LoraSpec, apply_lora
 from alignment.models.tokenizer import load_tokenizer
 from alignment.models.value_head import load_value_model
 
@@ -203,13 +204,16 @@ class ValueModelActor(TrainableActor):
     preference model and the critic."""
 
     def init_model(self, path: str, drop_last_layer: bool, strategy: StrategySpec, optim: OptimConfig | None = None,
-                   seed: int = 0) -> int:
+                   seed: int = 0, lora: LoraSpec | None = None) -> int:
         """A value model from ``path``: a preference model keeps its head; an SFT model gets a new one.
-        Without ``optim`` it only scores. Returns the number of trainable parameters."""
+        Without ``optim`` it only scores. With ``lora`` enabled (and ``optim``) the decoder trains LoRA
+        adapters and the head trains in full. Returns the number of trainable parameters."""
         torch.manual_seed(seed)
         self.tokenizer = load_tokenizer(path)
         model = load_value_model(path, drop_last_layer=drop_last_layer)
         model.config.pad_token_id = self.tokenizer.pad_token_id
+        if optim is not None and lora is not None:
+            model = apply_lora(model, lora, task_type="SEQ_CLS")
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.engine = TrainingEngine(model, optim, strategy, self.device)  # frozen without ``optim``
         return n_params

@@ -21,6 +21,7 @@ from alignment.losses.kl import kl_estimate
 from alignment.losses.lm import masked_lm_loss
 from alignment.losses.logprobs import entropy, token_logprobs
 from alignment.losses.masked import masked_mean
+from alignment.losses.quark import quark_loss
 from alignment.losses.registry import POLICY_LOSSES, PREFERENCE_LOSSES
 from alignment.models.causal_lm import (
     ArchSpec,
@@ -48,6 +49,22 @@ class PolicyUpdateSpec:
     policy_loss: str = "ppo_clip"  # a name in alignment.losses.registry.POLICY_LOSSES
     kl_coef: float = 0.0  # with reference log-probs: + kl_coef * mean KL(policy || reference) in the loss
     kl_estimator: str = "k1"  # a name in alignment.losses.registry.KL_ESTIMATORS
+
+
+@dataclass(frozen=True)
+class QuarkSpec:
+    kl_coef: float = 0.05  # weight of the per-token KL(policy || reference) over the vocabulary
+    entropy_coef: float = 0.0  # weight of the entropy bonus (subtracted from the loss)
+
+
+@dataclass(frozen=True)
+class QuarkExample:
+    """One tagged example for ``quark_step``, with the reference's next-token log-distributions at
+    its labelled tokens (``[n, V]``, from the untagged conversation) and where they are known (``[n]``)."""
+
+    example: Encoded
+    ref_logprobs: torch.Tensor
+    ref_mask: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,33 @@ class PolicyActor(TrainableActor, SamplingRole):
 
         stats = self.accumulate(list(zip(parts, shares)), loss_fn)
         return {"loss": stats["loss"], "tokens": float(total), **self.engine.step()}
+
+    def quark_step(self, items: list[QuarkExample], spec: QuarkSpec) -> dict[str, float]:
+        """One optimizer step of Quark's loss (``alignment.losses.quark.quark_loss``: the tag-conditioned
+        next-token loss plus ``spec.kl_coef`` times the per-token KL to the reference, minus
+        ``spec.entropy_coef`` times the entropy) on this rank's share, in micro-batches weighted by their
+        share of the labelled tokens, as ``sft_step``."""
+        parts = shard(items, self.micro_batches(len(items)))
+        tokens = [sum(sum(q.example.loss_mask[1:]) for q in part) for part in parts]
+        total = sum(tokens)
+        shares = [t / total for t in tokens] if total else [1.0 / len(parts)] * len(parts)
+
+        def loss_fn(part: list[QuarkExample]) -> tuple[torch.Tensor, dict[str, Any]]:
+            batch = {k: v.to(self.device) for k, v in
+                     collate([q.example for q in part], self.tokenizer.pad_token_id).items()}
+            hidden = lm_hidden_states(self.engine, batch["input_ids"], batch["attention_mask"])
+            targets = batch["labels"][:, 1:]
+            keep = targets != -100
+            logits = output_head(self.engine)(hidden[:, :-1][keep])
+            ref = torch.cat([q.ref_logprobs for q in part]).to(self.device)
+            mask = torch.cat([q.ref_mask for q in part]).to(self.device)
+            if ref.size(0) != logits.size(0):
+                raise ValueError(f"quark_step: {ref.size(0)} reference rows for {logits.size(0)} labelled tokens")
+            loss, st = quark_loss(logits, targets[keep], ref, mask, spec.kl_coef, spec.entropy_coef)
+            return loss, {"loss": loss.detach(), **st}
+
+        stats = self.accumulate(list(zip(parts, shares)), loss_fn)
+        return {**stats, "tokens": float(total), **self.engine.step()}
 
     def sequence_logprobs(self, rows: list[tuple[list[int], ...]]) -> torch.Tensor:
         """``[B]`` summed log-probs of each row's reply tokens given its prompt (with autograd); a row

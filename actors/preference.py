@@ -10,6 +10,7 @@ from alignment.data.batching import pad_right, shard
 from alignment.generation import eval_mode
 from alignment.lockstep import agreed_max
 from alignment.losses.pairwise import pairwise_loss
+from alignment.models.causal_lm import save_merged
 from alignment.models.value_head import sequence_scores
 
 
@@ -67,7 +68,7 @@ class PreferenceActor(ValueModelActor):
 
     def save(self, path: str) -> None:
         def save_fn(module: torch.nn.Module, out: str) -> None:
-            module.save_pretrained(out)
+            save_merged(module, out)  # LoRA adapters (if any) merged, the trained head in place
             self.tokenizer.save_pretrained(out)
 
         self.engine.save_model(path, save_fn)

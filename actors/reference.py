@@ -1,4 +1,4 @@
-"""The reference actor: the frozen SFT model, for the per-token KL penalty of PPO."""
+"""The reference actor: the frozen SFT model, for the per-token KL penalty of PPO and Quark."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import torch
 
 from actors.base import RoleActor
 from actors.engine import StrategySpec, TrainingEngine
+from alignment.data.batching import collate
+from alignment.loss_mask import Encoded
 from alignment.losses.logprobs import token_logprobs
 from alignment.models.causal_lm import load_causal_lm
+from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import load_tokenizer
 from alignment.rollout import Rollout, response_logits, response_tokens
 
@@ -29,3 +32,15 @@ class ReferenceActor(RoleActor):
         with torch.inference_mode():  # no autograd bookkeeping in the pass
             out = token_logprobs(response_logits(self.engine, ro), response_tokens(ro), temperature)
         return out.to("cpu", copy=True)  # one copy, made outside inference mode: a plain tensor for autograd
+
+    def label_logprobs(self, examples: list[Encoded]) -> list[torch.Tensor]:
+        """Per example, ``[n, V]``: the reference's next-token log-distribution at each of its ``n``
+        labelled tokens (``loss_mask`` 1, the first token aside: what the LM loss predicts), in order,
+        for Quark's KL over the vocabulary."""
+        batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
+        keep = batch["labels"][:, 1:] != -100
+        with torch.inference_mode():
+            hidden = lm_hidden_states(self.engine, batch["input_ids"], batch["attention_mask"])
+            logp = torch.log_softmax(output_head(self.engine)(hidden[:, :-1][keep]).float(), dim=-1)
+            parts = torch.split(logp, keep.sum(1).tolist())
+        return [part.to("cpu", copy=True) for part in parts]  # plain tensors, made outside inference mode

@@ -9,7 +9,7 @@ from typing import Any
 from alignment.chat_format import Conversation
 from alignment.generation import Generator, RolloutSpec, SamplingSpec, generate_replies
 from alignment.rollout import sample_to_first_special
-from alignment.template_format import reply_of
+from alignment.template_format import prompt_text, reply_of
 from alignment.tool_use import generate_with_tools, sample_with_tools
 
 
@@ -33,12 +33,18 @@ class SamplingRole:
         return max(n, 1) if self.whole_batches else batch_size
 
     def generate(self, prompts: list[str], sampling: SamplingSpec, batch_size: int, seed: int) -> list[str]:
-        """One reply body per prompt text (each ending ``<|MOSS|>:``)."""
+        """One reply body per prompt text (a generation prompt: ``reply_to`` writes it)."""
         with self.sampling_context():
             replies, n_tokens = generate_replies(self.generator(), self.tokenizer, prompts, sampling,
                                                  self._batch(batch_size, len(prompts)), seed + self.rank)
         self.tokens_generated += n_tokens
         return replies
+
+    def reply_to(self, contexts: list[Conversation], sampling: SamplingSpec, batch_size: int, seed: int,
+                 quality: int | None = None) -> list[str]:
+        """``generate`` for conversations, each prompted in the tokenizer's own format (MOSS's, or the
+        model's chat template), ``quality`` the tag that opens the reply."""
+        return self.generate([prompt_text(self.tokenizer, c, quality) for c in contexts], sampling, batch_size, seed)
 
     def generate_tools(self, contexts: list[Conversation], sampling: SamplingSpec, batch_size: int, seed: int,
                        quality: int | None = None, max_calls: int = 8) -> list[str]:

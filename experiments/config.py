@@ -158,6 +158,28 @@ class PATConfig:
 
 
 @dataclass
+class QuarkConfig:
+    """Quark (Lu et al., 2022), PAT made online: round 1 is PAT (``pat.*``); each later round samples
+    replies to training prompts from the current model at tags drawn across the buckets, scores them
+    with the preference model, adds them to the pool (the SFT data and every earlier round's samples),
+    re-buckets the whole pool into ``pat.n_buckets`` quantile tags and fine-tunes on the tagged pool
+    with a per-token KL penalty to the SFT model. Inference uses ``pat.inference_tag``."""
+
+    rounds: int = 3  # round 1 is PAT; rounds 2.. sample, score, re-bucket and train
+    prompts_per_round: int = 256  # training prompts sampled each round (world train prompts, from prompt_offset)
+    samples_per_prompt: int = 2  # replies per prompt, each at its own tag drawn across the buckets
+    prompt_offset: int = 5000  # world train prompts start here (the preference model's come first)
+    kl_coef: float = 0.05  # weight of the per-token KL(policy || SFT) over the vocabulary (Quark's 0.05)
+    entropy_coef: float = 0.0  # weight of Quark's entropy bonus (0: off)
+    examples_per_round: int = 2000  # pool records each later round trains on, drawn anew; -1: the whole pool
+    max_new_tokens: int = 96  # sampling of the pool's new replies
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # the optimiser of rounds 2.. (each round starts a fresh one from the previous round's model)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
 class OptimizerConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
@@ -426,6 +448,7 @@ class LabConfig:
     pat: PATConfig = field(default_factory=PATConfig)
     algo: PPOConfig = field(default_factory=PPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    quark: QuarkConfig = field(default_factory=QuarkConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -491,7 +514,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="lab_schema", node=LabConfig)
     groups = {"model": ModelConfig, "data": DataConfig, "trainer": TrainerConfig, "pm": PMConfig, "pat": PATConfig,
-              "algo": PPOConfig, "dpo": DPOConfig,
+              "algo": PPOConfig, "dpo": DPOConfig, "quark": QuarkConfig,
               "strategy": StrategyConfig, "ray": RayConfig, "logger": LoggerConfig}
     for group, node in groups.items():
         cs.store(group=group, name=f"{group}_schema", node=node)

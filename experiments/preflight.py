@@ -17,8 +17,8 @@ from experiments.config import LabConfig, expand_user_paths
 from experiments.runtime.cache import cache_root as default_cache_root
 
 # stages whose SFT stage answers the held-out prompts
-EVALUATING = ("sft", "pm", "pat", "ppo", "grpo", "rloo", "compare", "bon")
-USING_PM = ("pm", "pat", "ppo", "grpo", "rloo", "compare", "bon")
+EVALUATING = ("sft", "pm", "pat", "ppo", "grpo", "rloo", "compare", "bon", "quark")
+USING_PM = ("pm", "pat", "ppo", "grpo", "rloo", "compare", "bon", "quark")
 
 
 def _read(key: str, load: Callable[[], list[Any]]) -> list[Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from experiments.commands import chat, compare
 from experiments.reports import sweep_report
-from experiments.stages import bon, dpo, pat, pm, ppo, sft
+from experiments.stages import bon, dpo, pat, pm, ppo, quark, sft
 
 DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
     "sft": sft.run,
@@ -19,6 +19,7 @@ DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
     "compare": compare.run,
     "bon": bon.run,
     "dpo": dpo.run,
+    "quark": quark.run,
     "report": sweep_report.run,
     "chat": chat.run,
 }

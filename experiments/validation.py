@@ -222,7 +222,8 @@ def validate(lab: LabConfig) -> None:
     _choice("strategy.precision", lab.strategy.precision, PRECISIONS)
     _choice("model.chat_format", lab.model.chat_format, ("moss", "template"))
     for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer),
-                   ("dpo.trainer", lab.dpo.trainer), ("algo.policy_optim", lab.algo.policy_optim),
+                   ("dpo.trainer", lab.dpo.trainer), ("quark.trainer", lab.quark.trainer),
+                   ("algo.policy_optim", lab.algo.policy_optim),
                    ("algo.critic_optim", lab.algo.critic_optim)):
         if t.micro_batch_size < 0:
             raise ValueError(f"{key}.micro_batch_size: {t.micro_batch_size}; at least 0 (0: the whole batch at once)")
@@ -239,7 +240,7 @@ def validate(lab: LabConfig) -> None:
     if lab.chat.tag is not None and not 0 <= lab.chat.tag <= 100:
         raise ValueError(f"chat.tag: {lab.chat.tag}; a quality tag from 0 to 100, or null")
     for key, t in (("trainer", lab.trainer), ("pm.trainer", lab.pm.trainer), ("pat.trainer", lab.pat.trainer),
-                   ("dpo.trainer", lab.dpo.trainer)):
+                   ("dpo.trainer", lab.dpo.trainer), ("quark.trainer", lab.quark.trainer)):
         for name in ("epochs", "batch_size", "log_every", "num_threads"):
             if getattr(t, name) < 1:
                 raise ValueError(f"{key}.{name} must be at least 1, got {getattr(t, name)}")
@@ -277,6 +278,7 @@ def validate(lab: LabConfig) -> None:
     if lab.stage in (*RL_STAGES, "compare"):
         validate_rl(lab.algo, lab.ray)
     validate_dpo(lab)
+    validate_quark(lab)
     validate_inputs(lab)
 
 
@@ -311,3 +313,20 @@ def validate_dpo(lab: LabConfig) -> None:
         from alignment.losses.registry import PREFERENCE_LOSSES
 
         PREFERENCE_LOSSES.check("dpo.loss", d.loss)
+
+
+def validate_quark(lab: LabConfig) -> None:
+    """Quark's settings (``quark.*``); its buckets and inference tag are PAT's, checked above."""
+    q = lab.quark
+    if q.rounds < 2:
+        raise ValueError(f"quark.rounds must be at least 2 (round 1 is PAT: +experiment=pat), got {q.rounds}")
+    for name in ("prompts_per_round", "samples_per_prompt", "max_new_tokens"):
+        if getattr(q, name) < 1:
+            raise ValueError(f"quark.{name} must be at least 1, got {getattr(q, name)}")
+    for name in ("kl_coef", "entropy_coef", "prompt_offset"):
+        if getattr(q, name) < 0:
+            raise ValueError(f"quark.{name} must be >= 0, got {getattr(q, name)}")
+    if q.examples_per_round == 0 or q.examples_per_round < -1:
+        raise ValueError(f"quark.examples_per_round: {q.examples_per_round}; at least 1, or -1 for the whole pool")
+    if not (q.temperature > 0 and 0 < q.top_p <= 1):
+        raise ValueError(f"quark.temperature must be > 0 and quark.top_p in (0, 1], got {q.temperature}, {q.top_p}")

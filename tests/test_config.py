@@ -116,7 +116,7 @@ def test_settings_no_stage_can_run_with_fail_before_anything_starts(override, ke
 
 
 @pytest.mark.parametrize("override, match", [
-    ("compare.methods=[pat,sft]", r"compare\.methods: 'sft'; choose one of pat, ppo, dpo, grpo, rloo, bon"),
+    ("compare.methods=[pat,sft]", r"compare\.methods: 'sft'; choose one of quark, pat, ppo, dpo, grpo, rloo, bon"),
     ("compare.methods=[ppo,ppo]", r"compare\.methods: \['ppo', 'ppo'\] names a method twice"),
     ("compare.methods=[]", r"compare\.methods is empty"),
     ("compare.max_parallel=0", r"compare\.max_parallel"),
@@ -147,7 +147,7 @@ def test_the_methods_are_the_rows_of_the_stage_table_after_the_chain():
     from experiments.reports.sweep import METHODS as REPORTED
     from experiments.stages.chain import CHAIN, METHODS, STAGES
 
-    assert METHODS == ("pat", "ppo", "dpo", "grpo", "rloo", "bon")  # the reports' order: pairs are named by it
+    assert METHODS == ("quark", "pat", "ppo", "dpo", "grpo", "rloo", "bon")  # the reports' order: pairs are named by it
     assert REPORTED is METHODS and set(METHODS) | set(CHAIN) == set(STAGES) and set(METHODS) <= set(DRIVERS)
 
 

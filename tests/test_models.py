@@ -117,6 +117,39 @@ def test_value_model_can_replace_the_last_layer(tmp_path, tokenizer):
     assert float(vm.score.weight.abs().sum()) == 0.0  # the head starts at zero
 
 
+def test_value_model_on_lora_trains_adapters_and_head_and_saves_them_merged(tmp_path, tokenizer):
+    """A preference model or critic on a pretrained model with LoRA: the decoder trains adapters
+    only, the scalar head trains in full, and the saved model (adapters merged, the trained head in
+    place) is a plain value model that scores as the live one does."""
+    from alignment.losses.pairwise import pairwise_loss
+    from alignment.models.causal_lm import save_merged
+
+    build_tiny(SMALL, tokenizer).save_pretrained(tmp_path / "lm")
+    vm = apply_lora(load_value_model(str(tmp_path / "lm")), LoraSpec(enabled=True, r=4, alpha=8), task_type="SEQ_CLS")
+    trainable = {n for n, p in vm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".score." in n for n in trainable)
+    assert any(".score." in n for n in trainable) and any("lora_" in n for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in vm.named_parameters() if not p.requires_grad}
+    ids = torch.randint(3, len(tokenizer), (4, 8))
+    mask = torch.ones_like(ids)
+    opt = torch.optim.AdamW([p for p in vm.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        scores = sequence_scores(vm, ids, mask)
+        loss, _ = pairwise_loss(scores[:2], scores[2:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in vm.named_parameters() if not p.requires_grad)
+    with torch.no_grad():
+        live = sequence_scores(vm, ids, mask)
+    assert float(live.abs().sum()) > 0  # the head left zero
+    save_merged(vm, str(tmp_path / "pm"))
+    saved = load_value_model(str(tmp_path / "pm"))  # a saved value model keeps its trained head
+    assert not any("lora" in n for n, _ in saved.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_scores(saved, ids, mask), live, atol=1e-5, rtol=1e-5)
+
+
 def test_scored_sequence_can_show_only_the_last_turns(tokenizer):
     from alignment.chat_format import Conversation, Turn, meta_instruction, written_body
     from alignment.sequences import scored_sequence

@@ -94,7 +94,9 @@ def test_prompt_plus_reply_is_the_rendered_conversation(tok, conv):
     assert enc.loss_mask == [0] * (len(enc.input_ids) - len(reply) - 1) + [1] * len(reply) + [0]
     assert written_lengths(tok, [last.moss]) == [len(reply)]
     generated = tok.decode(reply + [tok.pad_token_id] * 3, skip_special_tokens=False)
-    assert reply_of(tok, generated) == last.moss.strip()
+    normalizer = tok.backend_tokenizer.normalizer  # the tokenizer's own Unicode normalization (NFKC)
+    written = normalizer.normalize_str(last.moss) if normalizer is not None else last.moss
+    assert reply_of(tok, generated) == written.strip()
     assert scored_sequences(tok, [conv], [last.moss], 10_000)[0] == head + reply
 
 
@@ -136,3 +138,41 @@ def test_sft_on_the_template_trains_only_on_replies(tok, qwen_dir, world):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] * 0.8, losses
+
+
+def test_evaluation_prompts_each_model_in_its_own_format(tok, tokenizer, world):
+    """The evaluation's replies (``experiments.evaluation.replies.generate``, through a role's
+    ``reply_to``) start from the generation prompt of the role's own format: the chat template's for
+    a template tokenizer, with PAT's tag opening the reply, and MOSS's for a MOSS tokenizer."""
+    from types import SimpleNamespace
+
+    from actors.sampling import SamplingRole
+    from alignment.chat_format import generation_prompt
+    from experiments.config import LabConfig
+    from experiments.evaluation.replies import generate
+
+    class Recorder(SamplingRole):
+        def __init__(self, tokenizer) -> None:
+            self.tokenizer, self.prompts = tokenizer, []
+
+        def generate(self, prompts, sampling, batch_size, seed):
+            self.prompts += prompts
+            return ["reply"] * len(prompts)
+
+    class OneRank:  # a role group of one rank, called in-process
+        def __init__(self, role) -> None:
+            self.role = role
+
+        def map_sharded(self, method, items, **kwargs):
+            return getattr(self.role, method)(list(items), **kwargs)
+
+    prompts = world.prompts("test", 3)
+    ctx = SimpleNamespace(cfg=LabConfig())
+    template, moss = Recorder(tok), Recorder(tokenizer)
+    for role in (template, moss):
+        assert generate(ctx, OneRank(role), prompts, quality=100) == ["reply"] * 3
+    assert template.prompts == [prompt_text(tok, p.conversation(), 100) for p in prompts]
+    assert all(p.startswith("<|im_start|>system") and "<|MOSS|>" not in p and p.endswith("<quality: 100>\n")
+               for p in template.prompts)
+    assert moss.prompts == [generation_prompt(p.conversation(), 100) for p in prompts]
+

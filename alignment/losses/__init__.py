@@ -14,5 +14,6 @@ from alignment.losses import (  # noqa: F401  (imported for their registrations)
     masked,
     pairwise,
     ppo,
+    quark,
     reward,
 )

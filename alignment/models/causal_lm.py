@@ -94,20 +94,23 @@ def _saved_vocabulary(checkpoint: str) -> dict[str, int]:
         return {}
 
 
-def apply_lora(model: PreTrainedModel, spec: LoraSpec, new_token_ids: Sequence[int] = ()) -> PreTrainedModel:
+def apply_lora(model: PreTrainedModel, spec: LoraSpec, new_token_ids: Sequence[int] = (),
+               task_type: str = "CAUSAL_LM") -> PreTrainedModel:
     """Wrap ``model`` with LoRA adapters when enabled; otherwise return it unchanged.
 
     ``new_token_ids``: embedding rows the lab added to a pretrained model (MOSS's special tokens).
     They start random, so they train too (peft's ``trainable_token_indices``: only those rows, in
     the input embedding and a tied output head), and they merge into the saved weights with the
-    adapters (``mergeable``)."""
+    adapters (``mergeable``). ``task_type`` ``SEQ_CLS``: a value model (``alignment.models.value_head``),
+    whose scalar head trains in full beside the adapters (peft's ``modules_to_save``) and is saved
+    with them."""
     if not spec.enabled:
         return model
     from peft import LoraConfig, get_peft_model
 
     tokens = {"trainable_token_indices": sorted(set(new_token_ids))} if new_token_ids else {}
     cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                     target_modules=list(spec.target_modules), task_type="CAUSAL_LM", **tokens)
+                     target_modules=list(spec.target_modules), task_type=task_type, **tokens)
     return get_peft_model(model, cfg)
 
 
@@ -135,7 +138,7 @@ def merged_weights(model: torch.nn.Module, only_adapted: bool = False) -> Iterat
                 yield layer + ".bias", sub.base_layer.bias
         return
     for name, t in model.state_dict().items():
-        if "lora_" not in name and "trainable_tokens_" not in name:
+        if "lora_" not in name and "trainable_tokens_" not in name and ".original_module." not in name:
             plain = _plain_name(name)
             layer, _, kind = plain.rpartition(".")
             yield plain, merged(adapted[layer]) if kind == "weight" and layer in adapted else t
@@ -143,8 +146,11 @@ def merged_weights(model: torch.nn.Module, only_adapted: bool = False) -> Iterat
 
 def _plain_name(peft_name: str) -> str:
     """A PEFT-wrapped module's or parameter's transformers name: ``base_model.model.``,
-    ``.base_layer`` and ``.token_adapter`` go."""
+    ``.base_layer``, ``.token_adapter`` and ``.modules_to_save.<adapter>`` go."""
     plain = peft_name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+    head, sep, rest = plain.partition(".modules_to_save.")  # a module trained in full: its adapter's copy
+    if sep:
+        plain = head + "." + rest.partition(".")[2]
     return plain.replace(".token_adapter.", ".").removesuffix(".token_adapter")  # trainable token rows
 
 

@@ -52,7 +52,9 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def token_values(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  lockstep: bool = False) -> torch.Tensor:
-    """Per-token values ``[B, T]`` (the critic's view); ``lockstep``: ZeRO-3 over several ranks."""
+    """Per-token values ``[B, T]`` (the critic's view); ``lockstep``: ZeRO-3 over several ranks.
+    ``model`` may be LoRA-wrapped (peft): its adapters sit inside the transformers model."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(model, model.base_model_prefix)
     hidden = shared_prefix_forward(backbone, input_ids, attention_mask, lambda out: out.last_hidden_state,
                                    lockstep=lockstep)

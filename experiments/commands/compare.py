@@ -1,12 +1,13 @@
 """Compare driver: SFT → preference model → the methods of ``compare.methods`` (default PAT and PPO;
-any of pat, ppo, dpo, grpo, rloo, bon) trained side by side on one Ray cluster → every pair (each
+any of quark, pat, ppo, dpo, grpo, rloo, bon) trained side by side on one Ray cluster → every pair (each
 method against SFT, then every two methods) judged by each judge. ``+experiment=compare``.
 
 The methods share the cached SFT and preference-model artifacts. Each trains in a driver thread
 that starts its own actor groups, ``compare.max_parallel`` at a time, so they overlap whenever
 the cluster has room (``compare.concurrent=false`` runs them one after the other, for timing).
 GRPO and RLOO run the PPO loop with ``compare.grpo`` / ``compare.rloo`` as their settings
-(``RunContext.for_method``); best-of-n's "training" is drawing and scoring its samples. The spans
+(``RunContext.for_method``); best-of-n's "training" is drawing and scoring its samples; Quark
+starts from PAT's model (waiting for PAT when PAT is compared too). The spans
 go to ``timing.jsonl``; the report is the sweep report of this one run.
 """
 
@@ -17,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from alignment.pat import bucket_tags
+from alignment.quark import round_summary
 from experiments.evaluation.equal_kl import bon_path, final_kls, job_at_kl, sft_point, training_path
 from experiments.evaluation.head_to_head import frontier_points, head_to_head, judge_replies, method_results
 from experiments.evaluation.replies import Job, generate_many
@@ -32,6 +34,7 @@ from experiments.stages.chain import STAGES
 from experiments.stages.pat import controllability, tag_jobs
 from experiments.stages.pm import pm_stage
 from experiments.stages.ppo import snapshots
+from experiments.stages.quark import round_path
 from experiments.stages.sft import base_model, sft_stage
 
 POLICIES = ("ppo", "grpo", "rloo", "dpo")  # the methods whose product is one policy answering every prompt
@@ -56,8 +59,16 @@ def train_all(ctx: RunContext, sft: Artifact, pm: Artifact, methods: list[str]) 
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
         made = {"sft": sft, "pm": pm}  # what each method trains from (the table of stages: stages/chain.py)
-        futures: dict[str, Future] = {m: pool.submit(STAGES[m].build, ctx.for_method(m), *STAGES[m].upstream(made))
-                                      for m in methods}
+        futures: dict[str, Future] = {}
+
+        def build(m: str) -> Any:  # a method built on another (Quark on PAT) waits for it, or builds it here
+            ups = [made[n] if n in made else futures[n].result() if n in futures
+                   else STAGES[n].build(ctx.for_method(n), *STAGES[n].upstream(made)) for n in STAGES[m].needs]
+            return STAGES[m].build(ctx.for_method(m), *ups)
+
+        # upstream methods first, so that a waiting method never holds the only worker
+        for m in sorted(methods, key=lambda m: any(n in methods for n in STAGES[m].needs)):
+            futures[m] = pool.submit(build, m)
         if workers > 1 and set(methods) == {"pat", "ppo"} and c.pat_threads_after_ppo > 0:
             futures["ppo"].add_done_callback(lambda _: ctx.widen("pat", c.pat_threads_after_ppo))
         return {m: f.result() for m, f in futures.items()}
@@ -69,8 +80,8 @@ def frontiers(ctx: RunContext, made: dict[str, Any], sft: Artifact, pm: Artifact
     """The reward-KL points of every trained policy on the first ``pat.control_prompts`` test prompts
     (PAT: one per tag), two at a time (one with vLLM engines on a shared GPU)."""
     control = ctx.test_prompts[: ctx.cfg.pat.control_prompts]
-    tags = {"pat": list(bucket_tags(ctx.cfg.pat.n_buckets))}
-    todo = [m for m in ("pat", *POLICIES) if m in made]
+    tags = {"pat": list(bucket_tags(ctx.cfg.pat.n_buckets)), "quark": [ctx.cfg.pat.inference_tag]}
+    todo = [m for m in ("pat", *POLICIES, "quark") if m in made]
     with ThreadPoolExecutor(max_workers=1 if shares_gpu(ctx.cfg) else 2) as pool:  # engines.shares_gpu
         futures = {m: pool.submit(frontier_points, ctx.for_method(m), m, made[m].path, sft.path, pm.path, control,
                                   tags.get(m, [None])) for m in todo}
@@ -93,7 +104,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         pairs += [(p, "base") for p in policies]
         policies = (*policies, "base")
     with ctx.costs.span("eval"):
-        work = {f"{m}-eval": (made[m].path, tag_jobs(cfg, prompts) if m == "pat" else {m: Job(prompts)})
+        work = {f"{m}-eval": (made[m].path, tag_jobs(cfg, prompts) if m == "pat" else
+                              {m: Job(prompts, cfg.pat.inference_tag if m == "quark" else None)})
                 for m in methods if m != "bon"}
         work["sft-eval"] = (sft.path, {"sft": Job(prompts)})
         if base is not None:
@@ -108,6 +120,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
         for m in ("ppo", "grpo", "rloo"):
             if m in made:
                 frontier[f"{m}_path"] = training_path(ctx.for_method(m), m, snapshots(made[m].path), sft.path, pm.path)
+        if "quark" in made:
+            frontier["quark_path"] = round_path(ctx, made["quark"], sft, pm)
+            frontier["quark"] = [p | {"step": cfg.quark.rounds, "round": cfg.quark.rounds} for p in frontier["quark"]]
         if "bon" in made:
             frontier["bon_path"] = bon_path(ctx, sft.path, pm.path)
         bon_curve = bon.summary(ctx, made["bon"], judged, pm, sft) if "bon" in made else None
@@ -126,6 +141,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
         **{m: {"final": trained[m].info["final"], "train_seconds": trained[m].info.get("train_seconds"),
                "restarts": len(trained[m].info.get("restarts", []))} for m in ("ppo", "grpo", "rloo") if m in trained},
         **({"bon": bon_curve} if bon_curve else {}),
+        **({"quark": {"rounds": round_summary([*frontier["quark_path"], *frontier["quark"]]),
+                      "n_rounds": cfg.quark.rounds, "kl_coef": cfg.quark.kl_coef, "pool": trained["quark"].info["pool"],
+                      "train_seconds": trained["quark"].info.get("train_seconds")}} if "quark" in trained else {}),
         "frontier": frontier,
         "cost": cost,
         "concurrency": {"concurrent": cfg.compare.concurrent, "max_parallel": cfg.compare.max_parallel,

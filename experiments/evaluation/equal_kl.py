@@ -8,6 +8,8 @@ are the reference of the win rates. Paths:
 
 - PPO, GRPO and RLOO by iteration: SFT, the policies saved along training (``algo.path_points``), the
   trained policy;
+- Quark by round: SFT, each round's policy (round 1 is PAT's model), the last round's, all prompted
+  with ``pat.inference_tag``;
 - PAT by tag, lowest to highest;
 - best-of-n by n, on ``bon.n_max`` samples of the SFT model per prompt drawn like the others (the
   same prompts and sampler); its KL is the analytic ``log n - (n-1)/n``, an upper bound, not an
@@ -27,7 +29,9 @@ from alignment.statistics.equal_kl import BUDGETS, at_budget, t_interval, win_sh
 from experiments.evaluation.head_to_head import frontier_points
 from experiments.runtime.context import RunContext
 
-RL_PATHS = ("ppo", "grpo", "rloo")
+# the methods whose path is SFT -> the policies saved along training -> the final policy, and what
+# their knob counts (the one table the frontier, the equal-KL table and the report read)
+SNAPSHOT_PATHS = {"ppo": "iteration", "grpo": "iteration", "rloo": "iteration", "quark": "round"}
 
 
 def budget_key(budget: float) -> str:
@@ -70,7 +74,7 @@ def paths(frontier: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Each method's path in a job's ``results["frontier"]``, in the order its knob moves it."""
     out: dict[str, list[dict[str, Any]]] = {}
     sft = frontier.get("sft")
-    for m in RL_PATHS:
+    for m in SNAPSHOT_PATHS:
         if m in frontier and f"{m}_path" in frontier and sft is not None:
             out[m] = [sft, *frontier[f"{m}_path"], *frontier[m]]
     if "pat" in frontier:
@@ -101,7 +105,7 @@ def job_at_kl(frontier: dict[str, Any], budgets: tuple[float, ...] = BUDGETS) ->
 def final_kls(frontier: dict[str, Any], inference_tag: int) -> dict[str, float]:
     """Each method's final KL, measured alike: PAT's at its inference tag, best-of-n's the analytic
     bound at the largest n."""
-    out = {m: frontier[m][0]["kl"] for m in (*RL_PATHS, "dpo") if frontier.get(m)}
+    out = {m: frontier[m][0]["kl"] for m in (*SNAPSHOT_PATHS, "dpo") if frontier.get(m)}
     at_tag = [p for p in frontier.get("pat", []) if p["tag"] == inference_tag]
     if at_tag:
         out["pat"] = at_tag[0]["kl"]

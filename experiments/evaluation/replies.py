@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ def replies_key(ctx: RunContext, model_path: Path, job: Job) -> str:
     texts = [generation_prompt(p.conversation(), job.quality) for p in job.prompts]
     digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
     payload = {"model": str(model_path), "prompts": digest, "sampling": sampling_key(ctx.cfg), "seed": ctx.cfg.seed}
+    if ctx.cfg.model.chat_format == "template":  # prompted in the model's chat template (MOSS's format: no entry)
+        payload["chat_format"] = "template"
     return ctx.cache_key(STAGE, payload)
 
 
@@ -118,18 +121,18 @@ def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | lis
             out[i] = reply
     plain = [i for i, t in enumerate(with_tools) if not t]
     if plain:
-        texts = [generation_prompt(convs[i], quality) for i in plain]
-        for i, reply in zip(plain, group.map_sharded("generate", texts, sampling=sampling_spec(cfg),
-                                                     batch_size=cfg.eval.batch_size, seed=cfg.seed)):
+        for i, reply in zip(plain, group.map_sharded("reply_to", [convs[i] for i in plain], sampling=sampling_spec(cfg),
+                                                     batch_size=cfg.eval.batch_size, seed=cfg.seed, quality=quality)):
             out[i] = reply
     return out
 
 
 def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role: str,
-                  progress: tqdm | None = None, stage: str = "eval") -> dict[str, list[str]]:
+                  progress: tqdm | None = None, stage: str = "eval",
+                  threads: int | None = None) -> dict[str, list[str]]:
     """Every job's replies from the policy at ``model_path``: cached ones are read back, the rest
     are generated on one policy group and cached (``progress`` counts the prompts answered; the
-    group's cost joins ``stage``)."""
+    group's cost joins ``stage``; ``threads``: its ranks' torch threads, default ``trainer.num_threads``)."""
     cfg = ctx.cfg
     keys = {name: replies_key(ctx, model_path, job) for name, job in jobs.items()}
     out: dict[str, list[str]] = {}
@@ -146,7 +149,7 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
     if uses_vllm(cfg):  # the engines sample with the policy's calls (actors/sampling.py)
         group = start_engines(ctx, model_path, f"{role}-rollout", stage)
     else:
-        group = ctx.group(PolicyActor, role, cfg.ray.policy, cfg.trainer.num_threads, stage)
+        group = ctx.group(PolicyActor, role, cfg.ray.policy, threads or cfg.trainer.num_threads, stage)
     try:
         if not uses_vllm(cfg):
             group.call("init_model", model_spec(cfg, model_path, str(model_path)),
@@ -161,13 +164,35 @@ def generate_with(ctx: RunContext, model_path: Path, jobs: dict[str, Job], role:
     return {name: out[name] for name in jobs}
 
 
+def side_by_side(cfg: LabConfig, n: int, cpus: float | None = None) -> tuple[int, int]:
+    """How ``n`` policy groups sample: (groups side by side, torch threads per rank). Engines on a
+    shared GPU go one at a time (they start one at a time); on GPUs all go at once with
+    ``trainer.num_threads``. On CPUs the cluster's cores (``cpus``, default Ray's count) are shared
+    out: at most one group per core's worth of ranks, each rank with its share of the cores, never
+    more than ``trainer.num_threads``, so that torch's threads never outnumber the cores (threads
+    that do slow each other down far more than they gain)."""
+    threads = max(cfg.trainer.num_threads, 1)
+    if shares_gpu(cfg):
+        return 1, threads
+    if cfg.ray.policy.num_gpus > 0:
+        return max(n, 1), threads
+    if cpus is None:
+        import ray
+
+        cpus = ray.cluster_resources().get("CPU", 1.0) if ray.is_initialized() else float(os.cpu_count() or 1)
+    ranks = max(cfg.ray.policy.num_actors, 1)
+    groups = max(1, min(n, int(cpus // ranks)))
+    return groups, max(1, min(threads, int(cpus // (groups * ranks))))
+
+
 def generate_many(ctx: RunContext, work: dict[str, tuple[Path, dict[str, Job]]]) -> dict[str, list[str]]:
     """``generate_with`` for several models at once (``{role: (model, jobs)}``), one policy group
-    each, side by side when the cluster has room."""
+    each, side by side as far as the cores allow (``parallel_groups``)."""
     total = sum(len(job.prompts) for _, jobs in work.values() for job in jobs.values())
-    workers = 1 if shares_gpu(ctx.cfg) else len(work)  # engines on a shared GPU start one at a time
+    workers, threads = side_by_side(ctx.cfg, len(work))
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=total, desc="eval replies") as bar:
-        futures = [pool.submit(generate_with, ctx, path, jobs, role, bar) for role, (path, jobs) in work.items()]
+        futures = [pool.submit(generate_with, ctx, path, jobs, role, bar, threads=threads)
+                   for role, (path, jobs) in work.items()]
         out: dict[str, list[str]] = {}
         for f in futures:
             out |= f.result()

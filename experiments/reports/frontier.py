@@ -7,11 +7,13 @@ from collections import defaultdict
 from typing import Any
 
 from alignment.statistics.scaling import fit
-from experiments.evaluation.equal_kl import final_kls
+from experiments.evaluation.equal_kl import SNAPSHOT_PATHS, final_kls
 from experiments.reports.runs import Run
 
-FINAL_POINT = ("ppo", "dpo", "grpo", "rloo")  # methods whose job puts its final policy in results["frontier"][m]
-TRAINING_PATH = ("ppo", "grpo", "rloo")  # methods of the PPO loop, whose training path the frontier draws
+# methods whose job puts its final policy in results["frontier"][m]
+FINAL_POINT = ("ppo", "dpo", "grpo", "rloo", "quark")
+TRAINING_PATH = ("ppo", "grpo", "rloo")  # methods of the PPO loop, whose training rollouts' path the frontier draws
+SAVED_PATH = tuple(SNAPSHOT_PATHS)  # methods whose saved policies (by iteration, by round) the frontier draws
 
 
 def final_kl(runs: list[Run]) -> dict[str, dict[int, float]]:
@@ -67,12 +69,13 @@ def frontier(runs: list[Run]) -> dict[str, Any]:
     """Reward against KL to SFT: PAT's points per tag (mean over seeds), PPO's final policy per
     seed, and PPO's training path (``ppo_training``: KL, gold and PM per iteration, mean over seeds);
     where the sweep ran them, DPO's, GRPO's and RLOO's final policy per seed (under their names),
-    GRPO's and RLOO's training paths, and best-of-n's curve (``bon``: KL, gold and PM per n, mean
-    over seeds)."""
+    GRPO's and RLOO's training paths, Quark's final policy per seed and its path by round
+    (``quark_path``: SFT, each round's policy and the last, mean over seeds), and best-of-n's curve
+    (``bon``: KL, gold and PM per n, mean over seeds)."""
     pat: dict[Any, list[dict[str, float]]] = defaultdict(list)
     final: dict[str, list[dict[str, Any]]] = {m: [] for m in FINAL_POINT}
     bon: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    measured: dict[str, dict[int, list[dict[str, Any]]]] = {m: defaultdict(list) for m in TRAINING_PATH}
+    measured: dict[str, dict[int, list[dict[str, Any]]]] = {m: defaultdict(list) for m in SAVED_PATH}
     for r in runs:
         f = r.results.get("frontier", {})
         if "pat" in f and r.stage in ("pat", "compare"):
@@ -84,9 +87,10 @@ def frontier(runs: list[Run]) -> dict[str, Any]:
         if r.stage in ("bon", "compare"):  # measured like the rest where the job has it; else the evaluation's curve
             for p in f.get("bon_path") or r.results.get("bon", {}).get("curve", []):
                 bon[p["n"]].append(p)
-        for m in TRAINING_PATH:
+        for m in SAVED_PATH:
             if r.stage in (m, "compare") and f.get(m) and f.get("sft") and f"{m}_path" in f:
-                ends = [f["sft"], *f[f"{m}_path"], *(p | {"step": r.results.get(m, {}).get("iterations", -1)}
+                # a final point without its own step (PPO's) is at the job's last iteration
+                ends = [f["sft"], *f[f"{m}_path"], *({"step": r.results.get(m, {}).get("iterations", -1)} | p
                                                       for p in f[m])]
                 for p in ends:
                     measured[m][p["step"]].append(p)
@@ -116,7 +120,7 @@ def frontier_fits(f: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     iteration (``<method>_training``, the RL form) and best-of-n by n (``bon``); a path too short
     to fit says so (``fitted: False`` and a ``reason``)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for m in TRAINING_PATH:
+    for m in dict.fromkeys((*SAVED_PATH, *TRAINING_PATH)):
         for name in (f"{m}_path", f"{m}_training"):
             path = f.get(name) or []
             if path:

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from alignment.atomic import write_text  # noqa: E402
 
 JUDGE_NAMES = {"gold": "gold judge", "pm": "preference model", "rm": "reward model", "llm": "LLM judge"}
-METHOD_NAMES = {"sft": "SFT", "pat": "PAT", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO", "bon": "BoN"}
+METHOD_NAMES = {"sft": "SFT", "pat": "PAT", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO", "bon": "BoN",
+                "quark": "Quark"}
 
 
 def win_rows(r: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:

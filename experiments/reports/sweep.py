@@ -48,6 +48,7 @@ PAIRS = pairs_of(("pat", "ppo"))  # what ``+experiment=compare`` judges
 COST_KEYS = ("wall_s", "cpu_s", "peak_rss_mb", "gpu_peak_mb", "tokens_generated", "param_updates")
 LOOP_CURVES = ["ppo/reward", "ppo/gold", "ppo/kl", "policy/entropy", "policy/clip_frac"]  # logged by all three
 CURVES = {"sft": ["sft/loss"], "pm": ["pm/loss", "pm/accuracy"], "pat": ["pat/loss"], "dpo": ["dpo/loss"],
+          "quark": ["quark/loss", "quark/kl"],
           "ppo": [*LOOP_CURVES, "critic/explained_variance"], "grpo": LOOP_CURVES,
           "rloo": LOOP_CURVES}  # {method: metrics}, each read from the jobs that trained that method
 

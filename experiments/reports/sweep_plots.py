@@ -14,7 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from alignment.statistics.scaling import fitted_points  # noqa: E402
-from experiments.reports.frontier import FINAL_POINT, TRAINING_PATH  # noqa: E402
+from experiments.evaluation.equal_kl import SNAPSHOT_PATHS  # noqa: E402
+from experiments.reports.frontier import FINAL_POINT, SAVED_PATH  # noqa: E402
 from experiments.reports.report import JUDGE_NAMES, METHOD_NAMES, draw_win_tie_lose, save_png  # noqa: E402
 from experiments.reports.sweep import COST_KEYS, METHODS  # noqa: E402
 from experiments.reports.sweep_words import (  # noqa: E402
@@ -128,8 +129,8 @@ def trailing_mean(values: list[float], k: int) -> list[float]:
 
 
 def frontier_plot(r: dict[str, Any], path: Path) -> Path:
-    """Reward against KL to SFT: the PPO loop's training paths (PPO, GRPO, RLOO), every method's final
-    policy, PAT's tag sweep and the best-of-n curve."""
+    """Reward against KL to SFT: the PPO loop's training paths (PPO, GRPO, RLOO) and Quark's path by
+    round, every method's final policy, PAT's tag sweep and the best-of-n curve."""
     f = r["frontier"]
     panels = [("pm", "preference-model score")]
     if any(p.get("gold") is not None for p in f["pat"] + f["ppo"] + f.get("bon", [])
@@ -139,7 +140,7 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
     axes = axes[0]
     f_fits = f.get("fits", {})
     for ax, key, label in ((ax, k, lb) for ax, (k, lb) in zip(axes, panels)):
-        for m in TRAINING_PATH:
+        for m in SAVED_PATH:
             traj = [p for p in f.get(f"{m}_training", []) if p.get(key) is not None]
             if traj:
                 k = max(1, len(traj) // 10)  # moving average over ~10% of the iterations
@@ -149,7 +150,7 @@ def frontier_plot(r: dict[str, Any], path: Path) -> Path:
             measured = [p for p in f.get(f"{m}_path", []) if p.get(key) is not None]
             if measured:
                 ax.plot([p["kl"] for p in measured], [p[key] for p in measured], marker=".", color=COLORS[m],
-                        lw=1.6, label=f"{NAMES[m]} saved policies by iteration (measured)")
+                        lw=1.6, label=f"{NAMES[m]} saved policies by {SNAPSHOT_PATHS[m]} (measured)")
         if f["ppo"]:
             ax.scatter([p["kl"] for p in f["ppo"]], [p[key] for p in f["ppo"]], marker="*", s=140,
                        color=COLORS["ppo"], edgecolor="black", zorder=3, label="PPO final policy (per seed)")

@@ -18,8 +18,12 @@ import matplotlib
 matplotlib.use("Agg")
 
 from alignment.atomic import write_json, write_text  # noqa: E402
-from experiments.evaluation.equal_kl import at_kl_markdown, at_kl_sentences  # noqa: E402
-from experiments.reports.frontier import FINAL_POINT, TRAINING_PATH  # noqa: E402
+from experiments.evaluation.equal_kl import (  # noqa: E402
+    SNAPSHOT_PATHS,  # noqa: E402
+    at_kl_markdown,
+    at_kl_sentences,
+)
+from experiments.reports.frontier import FINAL_POINT, SAVED_PATH, TRAINING_PATH  # noqa: E402
 from experiments.reports.report import JUDGE_NAMES  # noqa: E402
 from experiments.reports.runs import by_variant, load_runs  # noqa: E402
 from experiments.reports.sweep import COST_KEYS, METHODS, aggregate, pairs_of  # noqa: E402
@@ -147,7 +151,8 @@ def markdown(r: dict[str, Any]) -> str:
               "Every point is measured alike: the first `pat.control_prompts` held-out prompts, replies sampled "
               "at temperature 1 with no top-p (as PPO trains), the KL to the SFT model the mean over replies of "
               "the summed log-ratio of the sampled tokens (k1). PAT: one point per inference tag; PPO, GRPO, "
-              "RLOO: the policies saved along training and the final one; DPO: its final policy; best-of-n: one "
+              "RLOO: the policies saved along training and the final one; Quark: each round's policy (round 1 is "
+              "PAT's model) at PAT's inference tag; DPO: its final policy; best-of-n: one "
               "point per n on the same prompts and sampler, whose KL is the analytic bound log n - (n-1)/n, not "
               "an estimate. The faint lines of the figure are the training rollouts' own KL estimates (training "
               "prompts; GRPO's a k3 term), not comparable with the points.",
@@ -162,20 +167,21 @@ def markdown(r: dict[str, Any]) -> str:
     for m in FINAL_POINT[1:]:
         for p in r["frontier"].get(m, []):
             lines.append(f"| {NAMES[m]} final, seed {p['seed']} | {p['kl']:.2f} | {num(p['gold'])} | {num(p['pm'])} |")
-    for m in TRAINING_PATH:
+    for m in SAVED_PATH:
         for p in r["frontier"].get(f"{m}_path", [])[1:-1]:
-            lines.append(f"| {NAMES[m]} after {p['step']} iterations (mean of {p['seeds']} seeds) | {p['kl']:.2f} | "
+            after = f"round {p['step']}" if SNAPSHOT_PATHS[m] == "round" else f"after {p['step']} iterations"
+            lines.append(f"| {NAMES[m]} {after} (mean of {p['seeds']} seeds) | {p['kl']:.2f} | "
                          f"{num(p['gold'])} | {num(p['pm'])} |")
     for p in r["frontier"].get("bon", []):
         lines.append(f"| best-of-{p['n']} | {p['kl']:.2f} (bound) | {num(p['gold'])} | {num(p['pm'])} |")
     lines += fits_markdown(r)
     if r.get("at_kl"):
         lines += ["", "## At equal KL", "",
-                  "Each method's path (PPO, GRPO, RLOO by iteration from the SFT model; PAT by tag; best-of-n by "
-                  "n) read at fixed KL budgets: linear interpolation on the first segment that reaches the "
-                  "budget, never extrapolated. The win rate is against the SFT model's own samples of the same "
-                  "prompts (gold judge, ties half); intervals are t-intervals over seeds. A method whose path "
-                  "does not reach a budget in every seed has no value there.", "",
+                  "Each method's path (PPO, GRPO, RLOO by iteration and Quark by round, from the SFT model; PAT "
+                  "by tag; best-of-n by n) read at fixed KL budgets: linear interpolation on the first segment "
+                  "that reaches the budget, never extrapolated. The win rate is against the SFT model's own "
+                  "samples of the same prompts (gold judge, ties half); intervals are t-intervals over seeds. A "
+                  "method whose path does not reach a budget in every seed has no value there.", "",
                   *at_kl_sentences(r["at_kl"], NAMES), "", *at_kl_markdown(r["at_kl"], NAMES)]
     lines += ["", "![frontier](frontier.png)", "", "## Learning curves", "", "![learning curves](learning_curves.png)",
               "", "## Cost", "", "Mean over seeds of what each stage cost when it was made (a reused artifact "
@@ -222,7 +228,7 @@ def fits_markdown(r: dict[str, Any]) -> list[str]:
     if not fits:
         return []
     names = {f"{m}_training": f"{NAMES[m]} training rollouts" for m in TRAINING_PATH} | {
-        f"{m}_path": f"{NAMES[m]} saved policies (measured)" for m in TRAINING_PATH} | {"bon": "best-of-n"}
+        f"{m}_path": f"{NAMES[m]} saved policies (measured)" for m in SAVED_PATH} | {"bon": "best-of-n"}
     lines = ["", "Over-optimisation fits (Gao et al. 2022), with d = sqrt(KL): R(d) = R0 + d (alpha - beta log d) "
              "for the RL training paths, R0 + d (alpha - beta d) for best-of-n; the peak is the KL where the fitted "
              "score is highest (none when beta <= 0). Drawn dashed on the frontier.", "",

@@ -10,8 +10,8 @@ from experiments.reports.sweep import JUDGE_ORDER, METHODS, pairs_of
 
 NAMES = METHOD_NAMES
 COLORS = {"pat": "#2a9d8f", "ppo": "#e76f51", "sft": "#8d99ae", "dpo": "#6a4c93", "grpo": "#f4a261",
-          "rloo": "#457b9d", "bon": "#e9c46a"}
-MARKERS = {"ppo": "*", "dpo": "D", "grpo": "P", "rloo": "X"}
+          "rloo": "#457b9d", "bon": "#e9c46a", "quark": "#264653"}
+MARKERS = {"ppo": "*", "dpo": "D", "grpo": "P", "rloo": "X", "quark": "h"}
 BASELINE = ("pat", "ppo")  # a sweep of these alone gets the report it always had
 COST_LABELS = {"wall_s": "wall time (s)", "cpu_s": "CPU time (s)", "peak_rss_mb": "peak memory (MB)",
                "gpu_peak_mb": "peak GPU memory (MB)", "tokens_generated": "tokens generated",

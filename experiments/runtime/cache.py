@@ -124,11 +124,14 @@ def reuse(cache: ArtifactCache, stage: str, key: str, what: str) -> Artifact | N
 
 
 def commit(cache: ArtifactCache, stage: str, key: str, payload: dict[str, Any], group: Any,
-           info: dict[str, Any], what: str) -> Artifact:
-    """Save the model held by ``group`` (rank 0 writes) and ``info`` as the artifact, atomically."""
+           info: dict[str, Any], what: str, files: dict[str, Any] | None = None) -> Artifact:
+    """Save the model held by ``group`` (rank 0 writes), ``info`` and ``files`` (``{name: JSON-able}``,
+    written beside them) as the artifact, atomically."""
     with cache.put(stage, key, payload) as tmp:
         group.call("save", str(tmp))
         write_json(tmp / INFO_FILE, info)
+        for name, body in (files or {}).items():
+            write_json(tmp / name, body)
     path = cache.path(stage, key)
     print(f"{stage.upper()}: {what} written to {path}", flush=True)
     return Artifact(path, False, info)

@@ -8,7 +8,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,11 +87,12 @@ class Checkpoints:
 
 
 def commit_trained(cache: ArtifactCache, stage: str, key: str, payload: dict[str, Any], group: RoleGroup,
-                   info: dict[str, Any], what: str, checkpoints: Checkpoints) -> Artifact:
+                   info: dict[str, Any], what: str, checkpoints: Checkpoints,
+                   files: dict[str, Any] | None = None) -> Artifact:
     """A stage's tail once its ``train_loop`` is done: save the model held by ``group`` and ``info`` as
-    the artifact (``experiments.runtime.cache.commit``), then drop the checkpoints it was trained
+    the artifact (``experiments.runtime.cache.commit``, ``files`` beside it), then drop the checkpoints it was trained
     through. In that order: a run that fails while saving keeps them and resumes from them."""
-    art = commit(cache, stage, key, payload, group, info, what)
+    art = commit(cache, stage, key, payload, group, info, what, files)
     checkpoints.clear()
     return art
 
@@ -128,7 +129,8 @@ def rank_mean(results: Sequence[dict[str, float]], weight_key: str) -> dict[str,
 def train_loop(
     group: RoleGroup, method: str, items: Sequence[Any], t: TrainerConfig, tracker: Tracker, name: str,
     weight_key: str, seed: int, batcher=None, call_kwargs: dict[str, Any] | None = None,
-    checkpoints: Checkpoints | None = None,
+    checkpoints: Checkpoints | None = None, prepare: Callable[[list[Any]], list[Any]] | None = None,
+    step_offset: int = 0,
 ) -> dict[str, float]:
     """Run ``t.epochs`` over ``items``: each step calls ``method`` on every rank with its shard.
 
@@ -138,7 +140,9 @@ def train_loop(
     every rank of a data-parallel step needs an item. ``call_kwargs`` go to every call of ``method``
     (e.g. ``spec=``). With ``checkpoints`` the loop saves every ``checkpoints.every`` steps and, when
     one of the same stage and key is there, resumes from the newest (a stage interrupted by a crash,
-    a kill or a lost actor continues where it was, and ends with the same weights).
+    a kill or a lost actor continues where it was, and ends with the same weights). ``prepare`` turns
+    each batch into what the ranks get (Quark adds the reference's outputs to its examples), and
+    ``step_offset`` is added to the steps logged (a stage that trains in rounds logs one axis).
     """
     steps = total_steps(len(items), t)
     rng = random.Random(seed)
@@ -160,7 +164,7 @@ def train_loop(
     def flush() -> None:  # log the newest stats with the throughput since the previous log
         nonlocal window_weight, window_start
         rate = window_weight / max(time.time() - window_start, 1e-9)
-        tracker.log(last | {f"{name}/{weight_key}_per_s": rate}, step=step)
+        tracker.log(last | {f"{name}/{weight_key}_per_s": rate}, step=step + step_offset)
         window_weight, window_start = 0.0, time.time()
 
     with tqdm(total=steps, initial=step, desc=name, unit="step", dynamic_ncols=True) as bar:
@@ -176,6 +180,8 @@ def train_loop(
                     continue
                 if len(batch) < group.size:
                     continue
+                if prepare is not None:
+                    batch = prepare(batch)
                 results = group.call_sharded(method, shard(batch, group.size), **(call_kwargs or {}))
                 step += 1
                 window_weight += sum(r[weight_key] for r in results)

@@ -16,7 +16,7 @@ from alignment.losses.gae import needs_values
 from experiments.choices import RL_STAGES
 from experiments.runtime.context import RunContext
 from experiments.runtime.engines import start_engines, uses_vllm
-from experiments.runtime.specs import model_spec, optim_config, strategy_spec
+from experiments.runtime.specs import lora_spec, model_spec, optim_config, strategy_spec
 
 
 def method_name(cfg: Any) -> str:
@@ -92,7 +92,7 @@ def start_roles(ctx: RunContext, sft: Path, pm: Path, local: bool = False) -> Ro
         *([(roles.critic, roles.critic.submit(
             "init_model", None, path=str(critic_path), drop_last_layer=cfg.pm.drop_last_layer,
             strategy=strategy_spec(cfg, r.critic.num_gpus > 0), optim=optim_config(a.critic_optim, steps),
-            seed=cfg.seed))]
+            seed=cfg.seed, lora=lora_spec(cfg)))]
           if roles.critic is not None else []),
         (roles.reference, roles.reference.submit(
             "init_model", None, path=str(sft), strategy=strategy_spec(cfg, r.reference.num_gpus > 0))),

@@ -30,8 +30,13 @@ def model_spec(cfg: LabConfig, tokenizer_dir: Path, path: str | None = None) -> 
     return ModelSpec(
         tokenizer_path=str(tokenizer_dir),
         path=path if path is not None else (cfg.model.path if cfg.model.name == "pretrained" else None),
-        arch=ArchSpec(**as_plain(cfg.model.arch)), lora=LoraSpec(**as_plain(cfg.model.lora)), seed=cfg.seed,
+        arch=ArchSpec(**as_plain(cfg.model.arch)), lora=lora_spec(cfg), seed=cfg.seed,
     )
+
+
+def lora_spec(cfg: LabConfig) -> LoraSpec:
+    """The run's LoRA settings (``model.lora``), for the policy and the value models alike."""
+    return LoraSpec(**as_plain(cfg.model.lora))
 
 
 def sampling_spec(cfg: LabConfig) -> SamplingSpec:

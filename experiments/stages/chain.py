@@ -22,6 +22,7 @@ from experiments.stages.dpo import dpo_key, dpo_stage
 from experiments.stages.pat import pat_key, pat_stage
 from experiments.stages.pm import pm_payload, pm_stage
 from experiments.stages.ppo import ppo_key, ppo_stage
+from experiments.stages.quark import quark_key, quark_stage
 from experiments.stages.sft import sft_payload, sft_stage
 
 ROOT = "tokenizer"  # the chain's first artifact (``experiments.stages.sft.tokenizer_stage``)
@@ -70,6 +71,7 @@ def _dpo_key(ctx: RunContext, sft: Artifact) -> str:
 STAGES: dict[str, Stage] = {
     "sft": Stage("sft", (ROOT,), _sft_key, _sft_build),
     "pm": Stage("pm", ("sft",), _pm_key, pm_stage),
+    "quark": Stage("quark", ("sft", "pm", "pat"), quark_key, quark_stage),  # PAT is its round 1; quark_vs_<m>
     "pat": Stage("pat", ("sft", "pm"), _pat_key, pat_stage),
     "ppo": Stage("ppo", ("sft", "pm"), _rl_key, ppo_stage),
     "dpo": Stage("dpo", ("sft",), _dpo_key, dpo_stage),  # learns from the PM's labelled pairs, not the PM

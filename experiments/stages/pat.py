@@ -34,6 +34,8 @@ from experiments.runtime.specs import model_spec, optim_config, strategy_spec
 from experiments.stages.pm import pm_stage
 from experiments.stages.sft import sft_stage
 
+SCORES = "pat_scores.json"  # in a PAT artifact: the preference model's score of each tagged conversation
+
 
 def pat_conversations(ctx: RunContext) -> list[Conversation]:
     """The SFT conversations PAT samples, scores and tags."""
@@ -81,7 +83,9 @@ def pat_stage(ctx: RunContext, sft: Artifact, pm: Artifact) -> Artifact:
             ckpts = Checkpoints.of(ctx, "pat", key, cfg.pat.trainer)
             info["train"] = train_loop(group, "sft_step", examples, cfg.pat.trainer, ctx.tracker, "pat", "tokens",
                                        cfg.seed, batcher=bucketed_batches, checkpoints=ckpts)
-            return commit_trained(ctx.cache, "pat", key, payload, group, info, "model", ckpts)
+            # the scores of the tagged conversations, in order: Quark's pool starts from them
+            return commit_trained(ctx.cache, "pat", key, payload, group, info, "model", ckpts,
+                                  files={SCORES: list(scores)})
         finally:
             scorer.shutdown()
             group.shutdown()

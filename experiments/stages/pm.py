@@ -24,7 +24,7 @@ from experiments.evaluation.replies import Job, generate_with, sampler_key
 from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
 from experiments.runtime.loop import Checkpoints, commit_trained, total_steps, train_loop
-from experiments.runtime.specs import optim_config, strategy_spec
+from experiments.runtime.specs import lora_spec, optim_config, strategy_spec
 from experiments.stages.feedback import feedback_contexts, feedback_payload, judge_feedback
 from experiments.stages.sft import sft_stage
 
@@ -138,7 +138,7 @@ def pm_stage(ctx: RunContext, sft: Artifact | None = None) -> Artifact:
             steps = total_steps(len(train_seqs), cfg.pm.trainer)
             use_gpu = cfg.ray.preference.num_gpus > 0
             n_params = group.call("init_model", str(sft.path), cfg.pm.drop_last_layer, strategy_spec(cfg, use_gpu),
-                                  optim_config(cfg.pm.trainer, steps), cfg.seed)[0]
+                                  optim_config(cfg.pm.trainer, steps), cfg.seed, lora_spec(cfg))[0]
             info: dict[str, Any] = {"trainable_params": n_params, "train_groups": len(train_seqs),
                                     "train_pairs": sum(len(p) for _, p in train_seqs)}
             ckpts = Checkpoints.of(ctx, "pm", key, cfg.pm.trainer)
