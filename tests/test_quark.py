@@ -250,13 +250,20 @@ def test_round_summary_names_the_keys_per_round():
     ("quark.examples_per_round=0", "quark.examples_per_round: 0"),
     ("quark.top_p=0", "quark.top_p in"),
     ("quark.trainer.batch_size=0", "quark.trainer.batch_size must be at least 1"),
-    ("compare.methods=[quark,sac]", "compare.methods: 'sac'"),
 ])
 def test_bad_quark_settings_fail_before_anything_starts(override, message):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         lab = OmegaConf.to_object(compose(config_name="config", overrides=["+experiment=quark", override]))
     with pytest.raises(ValueError, match=message):
         validate(lab)
+
+
+def test_compare_knows_quark_and_refuses_an_unknown_method():
+    from experiments.preflight import check_methods
+
+    check_methods(["quark", "pat", "ppo"])
+    with pytest.raises(ValueError, match="compare.methods: 'sac'; choose one of quark, pat"):
+        check_methods(["quark", "sac"])
 
 
 def test_the_quark_preset_composes():
