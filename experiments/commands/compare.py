@@ -21,7 +21,7 @@ from alignment.pat import bucket_tags
 from alignment.quark import round_summary
 from experiments.evaluation.equal_kl import bon_path, final_kls, job_at_kl, sft_point, training_path
 from experiments.evaluation.head_to_head import frontier_points, head_to_head, judge_replies, method_results
-from experiments.evaluation.replies import Job, generate_many
+from experiments.evaluation.replies import Job, generate_many, side_by_side
 from experiments.reports.runs import Run
 from experiments.reports.sweep import METHODS, aggregate, pairs_of
 from experiments.reports.sweep_plots import timeline_plot
@@ -78,13 +78,15 @@ def train_all(ctx: RunContext, sft: Artifact, pm: Artifact, methods: list[str]) 
 
 def frontiers(ctx: RunContext, made: dict[str, Any], sft: Artifact, pm: Artifact) -> dict[str, Any]:
     """The reward-KL points of every trained policy on the first ``pat.control_prompts`` test prompts
-    (PAT: one per tag), two at a time (one with vLLM engines on a shared GPU)."""
+    (PAT: one per tag), side by side as far as the cores allow (``side_by_side``: one at a time with
+    vLLM engines on a shared GPU)."""
     control = ctx.test_prompts[: ctx.cfg.pat.control_prompts]
     tags = {"pat": list(bucket_tags(ctx.cfg.pat.n_buckets)), "quark": [ctx.cfg.pat.inference_tag]}
     todo = [m for m in ("pat", *POLICIES, "quark") if m in made]
-    with ThreadPoolExecutor(max_workers=1 if shares_gpu(ctx.cfg) else 2) as pool:  # engines.shares_gpu
+    workers, threads = side_by_side(ctx.cfg, min(len(todo), 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {m: pool.submit(frontier_points, ctx.for_method(m), m, made[m].path, sft.path, pm.path, control,
-                                  tags.get(m, [None])) for m in todo}
+                                  tags.get(m, [None]), threads) for m in todo}
         return {m: f.result() for m, f in futures.items()}
 
 

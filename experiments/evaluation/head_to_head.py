@@ -238,23 +238,24 @@ def write_scores(ctx: RunContext, prompts: list[Prompt], judged: Judged, policie
 
 
 def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path, pm_path: Path,
-                    prompts: list[Prompt], tags: list[int | None]) -> list[dict[str, Any]]:
+                    prompts: list[Prompt], tags: list[int | None], threads: int | None = None) -> list[dict[str, Any]]:
     """Reward against KL to the SFT model, one point per quality tag (``None``: no tag).
 
     The policy samples as PPO does (``algo`` temperature and length, no top-p), so the mean of
     ``sum_t log pi(y_t) - log pi_SFT(y_t)`` over its samples estimates KL(pi || pi_SFT). The SFT
     model sees the prompt without the tag. Each point holds that KL, the gold score and the
     preference-model score of the same samples (their means, and per prompt in ``golds`` and
-    ``pms``). ``name`` labels the actors (``<name>-frontier-policy``)."""
+    ``pms``). ``name`` labels the actors (``<name>-frontier-policy``); ``threads``: their torch
+    threads (default ``trainer.num_threads``; less when several measurements share the cores)."""
     cfg, a = ctx.cfg, ctx.cfg.algo
+    threads = threads or cfg.trainer.num_threads
     tok = load_tokenizer(str(sft_path))
     spec = RolloutSpec(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=1.0)
     plain = [prompt_ids(tok, p.conversation()) for p in prompts]
-    policy = ctx.group(PolicyActor, f"{name}-frontier-policy", cfg.ray.policy, cfg.trainer.num_threads, "eval")
-    reference = ctx.group(ReferenceActor, f"{name}-frontier-reference", cfg.ray.reference, cfg.trainer.num_threads,
-                          "eval")
+    policy = ctx.group(PolicyActor, f"{name}-frontier-policy", cfg.ray.policy, threads, "eval")
+    reference = ctx.group(ReferenceActor, f"{name}-frontier-reference", cfg.ray.reference, threads, "eval")
     scorer = ctx.group(PreferenceActor, f"{name}-frontier-preference", cfg.ray.preference,
-                       cfg.pm.trainer.num_threads, "eval")
+                       min(threads, cfg.pm.trainer.num_threads), "eval")
     engines = None
     try:
         inits = (policy.submit("init_model", None, spec=model_spec(cfg, model_path, str(model_path)),
@@ -293,6 +294,8 @@ def frontier_points(ctx: RunContext, name: str, model_path: Path, sft_path: Path
                            "pm": sum(pm) / len(pm), "n": len(prompts),
                            # per prompt, for win rates against SFT's samples and the equal-KL table
                            "golds": gold, "pms": list(pm)})
+            print(f"KL: {name}{'' if tag is None else f' <quality: {tag}>'}: {points[-1]['kl']:.3f} nats to SFT over "
+                  f"{len(prompts)} samples ({len(points)}/{len(tags)})", flush=True)
         return points
     finally:
         for g in (policy, reference, scorer, engines):
