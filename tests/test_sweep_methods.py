@@ -128,3 +128,22 @@ def test_the_report_names_each_method_and_draws_the_fits(ppo_grpo):
     assert images["frontier"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((ppo_grpo / "results.json").read_text())
     assert saved["kl"]["final"]["grpo"]["per_seed"] == [0.05, 0.06]
+
+
+def test_a_pretrained_models_jobs_are_judged_against_the_untrained_model_too(tmp_path):
+    """Jobs that judged the untrained checkpoint (``base``, ``model=smollm2``): the sweep has
+    ``sft_vs_base`` and ``<method>_vs_base`` (in the judge's Holm family), and the report ranks the
+    policies against it, so "beats SFT" alone cannot hide whether SFT helped at all."""
+    for seed in (0, 1):
+        d = tmp_path / f"ppo-{seed}"
+        _job(d, "ppo", seed)
+        scores = json.loads((d / "scores.json").read_text())
+        for judge in ("gold", "pm", "lengths"):
+            scores[judge]["base"] = [x - 0.2 if judge != "lengths" else x for x in scores[judge]["sft"]]
+        (d / "scores.json").write_text(json.dumps(scores))
+    r, _ = build(tmp_path)
+    gold = r["win_rate"]["gold"]
+    assert {"sft_vs_base", "ppo_vs_base", "ppo_vs_sft"} <= set(gold)
+    assert gold["sft_vs_base"]["value"] == 1.0 and gold["sft_vs_base"]["p_holm"] is not None
+    report = (tmp_path / "report.md").read_text()
+    assert "against the untrained pretrained model (base)" in report and "SFT 1.000" in report

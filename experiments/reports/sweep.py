@@ -383,7 +383,11 @@ def aggregate(runs: list[Run]) -> dict[str, Any]:
     scores = seed_scores(runs)
     methods = methods_present(runs)
     shared = prompts_shared(runs)
-    outs = pair_outcomes(scores, seed_pairwise(runs), pairs_of(methods))
+    pairs = pairs_of(methods)
+    if any(isinstance(ps, dict) and "base" in ps for d in scores.values() for j, ps in d.items()
+           if j not in NOT_JUDGES):
+        pairs += [(m, "base") for m in ("sft", *methods)]  # a pretrained model's jobs: did training help at all?
+    outs = pair_outcomes(scores, seed_pairwise(runs), pairs)
     wins = win_rates(scores, shared=shared, outs=outs)
     seeds = sorted({r.seed for r in runs})
 
