@@ -210,7 +210,7 @@ def curves_plot(r: dict[str, Any], path: Path) -> Path:
 
 def cost_plot(r: dict[str, Any], path: Path) -> Path:
     stages = list(r["cost"])
-    keys = [k for k in COST_KEYS if any(r["cost"][s][k] for s in stages)]
+    keys = [k for k in COST_KEYS if any(r["cost"][s][k] for s in stages)] or ["wall_s"]  # all cached: empty bars
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 0.45 * len(stages) + 1.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
         vals = [r["cost"][s][key] for s in stages]
