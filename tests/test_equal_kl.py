@@ -49,6 +49,20 @@ def test_one_jobs_table_reads_the_path_from_the_sft_point_through_the_snapshots(
     assert final_kls(frontier, 100) == {"ppo": 2.0}
 
 
+def test_quarks_path_starts_at_its_round_1_not_at_sft():
+    """Quark's round 1 is the PAT model: no trained policy lies between SFT and it, so its path runs
+    over its rounds only, and a budget below round 1's KL has no figure (as PAT's tags)."""
+    from experiments.evaluation.equal_kl import job_at_kl, paths
+
+    sft = _point(0.0, [0.5, 0.5], tag=None, step=0)
+    frontier = {"sft": sft, "quark_path": [_point(4.0, [0.7, 0.6], tag=100, step=1)],
+                "quark": [_point(3.0, [0.8, 0.6], tag=100, step=2)]}
+    assert [p["kl"] for p in paths(frontier)["quark"]] == [4.0, 3.0]
+    table = job_at_kl(frontier, budgets=(1.0, 3.5))
+    assert table["1"]["quark"]["gold"] is None and table["1"]["quark"]["kl_range"] == [3.0, 4.0]
+    assert table["3.5"]["quark"]["gold"] == pytest.approx((0.65 + 0.7) / 2)
+
+
 def test_pat_path_goes_by_tag_and_best_of_n_is_flagged_as_a_bound():
     from experiments.evaluation.equal_kl import job_at_kl, paths
 

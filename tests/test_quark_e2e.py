@@ -46,7 +46,7 @@ def test_quark_rounds_write_their_keys_and_join_the_sweep(ray_address, tmp_path)
 
     report = aggregate(load_runs(tmp_path / "sweep"))  # what the sweep's report reads
     assert [r["method"] for r in report["ranking"]["gold"]][:2] in (["quark", "pat"], ["pat", "quark"])
-    assert [p["step"] for p in report["frontier"]["quark_path"]] == [0, 1, 2, 3]
+    assert [p["step"] for p in report["frontier"]["quark_path"]] == [1, 2, 3]  # from round 1 (PAT), not from SFT
     assert report["frontier"]["quark"][0]["seed"] == 0
     assert any("quark" in by_method for by_method in report["at_kl"].values())
     assert "quark_vs_pat" in report["win_rate"]["gold"]

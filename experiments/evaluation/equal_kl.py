@@ -32,6 +32,9 @@ from experiments.runtime.context import RunContext
 # the methods whose path is SFT -> the policies saved along training -> the final policy, and what
 # their knob counts (the one table the frontier, the equal-KL table and the report read)
 SNAPSHOT_PATHS = {"ppo": "iteration", "grpo": "iteration", "rloo": "iteration", "quark": "round"}
+# the paths that start at the SFT model (their step 0 is the policy before training). Quark's starts at
+# its round 1, the PAT model: no trained policy lies between SFT and it, so nothing is read in between
+STARTS_AT_SFT = ("ppo", "grpo", "rloo")
 
 
 def budget_key(budget: float) -> str:
@@ -76,7 +79,7 @@ def paths(frontier: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     sft = frontier.get("sft")
     for m in SNAPSHOT_PATHS:
         if m in frontier and f"{m}_path" in frontier and sft is not None:
-            out[m] = [sft, *frontier[f"{m}_path"], *frontier[m]]
+            out[m] = [*([sft] if m in STARTS_AT_SFT else []), *frontier[f"{m}_path"], *frontier[m]]
     if "pat" in frontier:
         out["pat"] = sorted(frontier["pat"], key=lambda p: -1 if p["tag"] is None else p["tag"])
     if "bon_path" in frontier:

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from alignment.statistics.scaling import fit
-from experiments.evaluation.equal_kl import SNAPSHOT_PATHS, final_kls
+from experiments.evaluation.equal_kl import SNAPSHOT_PATHS, STARTS_AT_SFT, final_kls
 from experiments.reports.runs import Run
 
 # methods whose job puts its final policy in results["frontier"][m]
@@ -90,8 +90,9 @@ def frontier(runs: list[Run]) -> dict[str, Any]:
         for m in SAVED_PATH:
             if r.stage in (m, "compare") and f.get(m) and f.get("sft") and f"{m}_path" in f:
                 # a final point without its own step (PPO's) is at the job's last iteration
-                ends = [f["sft"], *f[f"{m}_path"], *({"step": r.results.get(m, {}).get("iterations", -1)} | p
-                                                      for p in f[m])]
+                last = r.results.get(m, {}).get("iterations", -1)
+                ends = [*([f["sft"]] if m in STARTS_AT_SFT else []), *f[f"{m}_path"],
+                        *({"step": last} | p for p in f[m])]
                 for p in ends:
                     measured[m][p["step"]].append(p)
     pat_mean = [{"tag": t, **{k: _mean_known([p[k] for p in ps]) for k in ("kl", "gold", "pm")}, "seeds": len(ps)}
