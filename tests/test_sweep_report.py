@@ -126,6 +126,18 @@ def test_a_knob_sweep_gets_one_report_per_setting(sweep_dir):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in images.values())
 
 
+def test_where_a_job_ran_is_not_a_knob(sweep_dir):
+    """Jobs run on another cluster or with other logging (``ray.address=local``, ``logger.wandb=false``)
+    trained the same thing: they pool with the rest, not into a variant of their own."""
+    for i, job in enumerate(sorted(sweep_dir.iterdir())):
+        extra = "- ray.address=local\n- logger.wandb=false\n" if i % 2 else ""
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "overrides.yaml").write_text(
+            f"- +experiment={job.name.split('-')[1]}\n{extra}- seed={job.name[-1]}\n")
+    r, _ = build(sweep_dir)
+    assert "variants" not in r and r["win_rate"]["gold"]["pat_vs_sft"]["value"] is not None
+
+
 def test_runs_judged_on_other_prompts_are_refused(sweep_dir):
     scores = sweep_dir / "1-ppo-seed0" / "scores.json"
     s = json.loads(scores.read_text())

@@ -25,15 +25,19 @@ class Run:
 
 
 _METHOD_OR_SEED = re.compile(r"^[+~]{0,2}(experiment|seed)=")
+# where a job ran and how it was logged, not what it trained: never a knob of the sweep
+_WHERE_NOT_WHAT = re.compile(r"^[+~]{0,2}(ray|logger|hydra)[.=]")
 
 
 def overrides_of(job_dir: Path) -> tuple[str, ...]:
     """The Hydra overrides a job ran with (``.hydra/overrides.yaml``), without its method
-    (``+experiment=``) and seed: what a knob sweep varies. Empty for a job without the file."""
+    (``+experiment=``), its seed and where it ran (``ray.*``, ``logger.*``, ``hydra.*``): what a knob
+    sweep varies. Empty for a job without the file."""
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return ()
-    return tuple(sorted(str(o) for o in OmegaConf.load(path) if not _METHOD_OR_SEED.match(str(o))))
+    return tuple(sorted(str(o) for o in OmegaConf.load(path)
+                        if not _METHOD_OR_SEED.match(str(o)) and not _WHERE_NOT_WHAT.match(str(o))))
 
 
 def by_variant(runs: list[Run]) -> dict[str, list[Run]]:
