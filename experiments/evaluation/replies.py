@@ -106,23 +106,29 @@ def rollouts(group: RoleGroup, ids: list[list[int]], tools: list[frozenset[str] 
 
 def generate(ctx: RunContext, group: RoleGroup, prompts: list[WorldPrompt] | list[FilePrompt],
              quality: int | None = None) -> list[str]:
-    """The group's replies to ``prompts`` with the run's fixed sampling settings (sharded over ranks);
-    with ``tools.enabled``, prompts whose meta-instruction switches tools on go through the two passes
-    of tool use (``PolicyActor.generate_tools``)."""
+    """The group's replies to ``prompts`` with the run's fixed sampling settings (``reply_all``)."""
+    return reply_all(ctx, group, [p.conversation() for p in prompts], sampling_spec(ctx.cfg), ctx.cfg.seed, quality)
+
+
+def reply_all(ctx: RunContext, group: RoleGroup, convs: list[Conversation], sampling: Any, seed: int,
+              quality: int | None = None) -> list[str]:
+    """The group's reply to each conversation (sharded over ranks), each prompted in the model's own
+    format (``SamplingRole.reply_to``) with ``quality`` opening it; with ``tools.enabled``,
+    conversations whose meta-instruction switches tools on go through the two passes of tool use
+    (``PolicyActor.generate_tools``)."""
     cfg = ctx.cfg
-    convs = [p.conversation() for p in prompts]
     with_tools = [t is not None for t in tool_rows(cfg, convs)]
-    out: list[str | None] = [None] * len(prompts)
+    out: list[str | None] = [None] * len(convs)
     if any(with_tools):
         tooled = [i for i, t in enumerate(with_tools) if t]
         for i, reply in zip(tooled, group.map_sharded(
-                "generate_tools", [convs[i] for i in tooled], sampling=sampling_spec(cfg),
-                batch_size=cfg.eval.batch_size, seed=cfg.seed, quality=quality, max_calls=cfg.tools.max_calls)):
+                "generate_tools", [convs[i] for i in tooled], sampling=sampling,
+                batch_size=cfg.eval.batch_size, seed=seed, quality=quality, max_calls=cfg.tools.max_calls)):
             out[i] = reply
     plain = [i for i, t in enumerate(with_tools) if not t]
     if plain:
-        for i, reply in zip(plain, group.map_sharded("reply_to", [convs[i] for i in plain], sampling=sampling_spec(cfg),
-                                                     batch_size=cfg.eval.batch_size, seed=cfg.seed, quality=quality)):
+        for i, reply in zip(plain, group.map_sharded("reply_to", [convs[i] for i in plain], sampling=sampling,
+                                                     batch_size=cfg.eval.batch_size, seed=seed, quality=quality)):
             out[i] = reply
     return out
 

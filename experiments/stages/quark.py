@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from actors.policy import PolicyActor, QuarkExample, QuarkSpec
 from actors.preference import PreferenceActor
 from actors.reference import ReferenceActor
-from alignment.chat_format import Conversation, generation_prompt
+from alignment.chat_format import Conversation
 from alignment.data.batching import bucketed_batches
 from alignment.generation import SamplingSpec
 from alignment.loss_mask import Encoded, LossPolicy, encode_many, truncate
@@ -56,7 +56,7 @@ from alignment.sequences import scored_sequences
 from experiments.config import as_key
 from experiments.evaluation.equal_kl import control_prompts, print_at_kl
 from experiments.evaluation.head_to_head import frontier_points, method_metrics
-from experiments.evaluation.replies import Job, tool_rows
+from experiments.evaluation.replies import Job, reply_all
 from experiments.evaluation.versus_sft import method_run_results, publish, versus_sft
 from experiments.reports.report import print_win_rates
 from experiments.runtime.cache import INFO_FILE, Artifact, commit
@@ -105,29 +105,19 @@ def round_contexts(ctx: RunContext, k: int) -> list[Conversation]:
 
 def sample_replies(ctx: RunContext, group: Any, contexts: list[Conversation], tags: list[int],
                    bar: tqdm, k: int) -> list[str]:
-    """A reply to each context under its tag (``quark.*`` sampling), one batch of rows per tag; rows
-    whose meta-instruction switches tools on go through the passes of tool use."""
+    """A reply to each context under its tag (``quark.*`` sampling), one batch of rows per tag, prompted
+    in the model's own format (``reply_all``: rows whose meta-instruction switches tools on go through
+    the passes of tool use)."""
     cfg, q = ctx.cfg, ctx.cfg.quark
     spec = SamplingSpec(max_new_tokens=q.max_new_tokens, temperature=q.temperature, top_p=q.top_p, top_k=0,
                         repetition_penalty=1.0, do_sample=True)
-    tools = [t is not None for t in tool_rows(cfg, contexts)]
     out: list[str | None] = [None] * len(contexts)
     for tag in sorted(set(tags)):
-        for with_tools in (True, False):
-            rows = [i for i, (t, on) in enumerate(zip(tags, tools)) if t == tag and on == with_tools]
-            if not rows:
-                continue
-            seed = cfg.seed * 1009 + 101 * k + tag
-            if with_tools:
-                replies = group.map_sharded("generate_tools", [contexts[i] for i in rows], sampling=spec,
-                                            batch_size=cfg.eval.batch_size, seed=seed, quality=tag,
-                                            max_calls=cfg.tools.max_calls)
-            else:
-                replies = group.map_sharded("generate", [generation_prompt(contexts[i], tag) for i in rows],
-                                            sampling=spec, batch_size=cfg.eval.batch_size, seed=seed)
-            for i, reply in zip(rows, replies):
-                out[i] = reply
-            bar.update(len(rows))
+        rows = [i for i, t in enumerate(tags) if t == tag]
+        replies = reply_all(ctx, group, [contexts[i] for i in rows], spec, cfg.seed * 1009 + 101 * k + tag, tag)
+        for i, reply in zip(rows, replies):
+            out[i] = reply
+        bar.update(len(rows))
     return out
 
 
