@@ -175,7 +175,12 @@ class TrainableActor(RoleActor):
 
 def token_shares(masks: Sequence[torch.Tensor]) -> list[float]:
     """Each micro-batch's share of a token-mean loss: its tokens (mask sum) over all of them."""
-    counts = [float(m.sum()) for m in masks]
+    return shares_of([float(m.sum()) for m in masks])
+
+
+def shares_of(counts: Sequence[float]) -> list[float]:
+    """Each micro-batch's share of a mean over ``counts`` (its tokens, its pairs): its count over
+    all of them, equal shares when there is nothing to count."""
     total = sum(counts)
     return [c / total for c in counts] if total > 0 else [1.0 / len(counts)] * len(counts)
 

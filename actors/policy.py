@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from actors.base import TrainableActor, token_shares
+from actors.base import TrainableActor, shares_of, token_shares
 from actors.devices import SYNC_TIMEOUT_S, synchronize
 from actors.engine import OptimConfig, StrategySpec, TrainingEngine
 from actors.sampling import SamplingRole
@@ -121,8 +121,8 @@ class PolicyActor(TrainableActor, SamplingRole):
         micro-batches of ``micro_batch_size`` examples, each weighted by its share of the labelled tokens)."""
         parts = shard(examples, self.micro_batches(len(examples)))
         tokens = [sum(sum(e.loss_mask[1:]) for e in part) for part in parts]  # the targets masked_lm_loss counts
-        total = sum(tokens)
-        shares = [t / total for t in tokens] if total else [1.0 / len(parts)] * len(parts)
+        total, shares = sum(tokens), shares_of(tokens)
+
         def loss_fn(part: list[Encoded]) -> tuple[torch.Tensor, dict[str, Any]]:
             loss, _ = self.lm_loss(part)
             return loss, {"loss": loss.detach()}
@@ -137,8 +137,7 @@ class PolicyActor(TrainableActor, SamplingRole):
         share of the labelled tokens, as ``sft_step``."""
         parts = shard(items, self.micro_batches(len(items)))
         tokens = [sum(sum(q.example.loss_mask[1:]) for q in part) for part in parts]
-        total = sum(tokens)
-        shares = [t / total for t in tokens] if total else [1.0 / len(parts)] * len(parts)
+        total, shares = sum(tokens), shares_of(tokens)
 
         def loss_fn(part: list[QuarkExample]) -> tuple[torch.Tensor, dict[str, Any]]:
             batch = {k: v.to(self.device) for k, v in

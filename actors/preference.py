@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from actors.base import ValueModelActor
+from actors.base import ValueModelActor, shares_of
 from alignment.data.batching import pad_right, shard
 from alignment.generation import eval_mode
 from alignment.lockstep import agreed_max
@@ -30,8 +30,7 @@ class PreferenceActor(ValueModelActor):
         parts = shard(groups, self.micro_batches(len(groups)))
         n_pairs = [sum(len(pairs) for _, pairs in part) for part in parts]
         total = sum(n_pairs)
-        shares = [n / total for n in n_pairs] if total else [1.0 / len(parts)] * len(parts)
-        stats = self.accumulate(list(zip(parts, shares)), self._pm_loss)
+        stats = self.accumulate(list(zip(parts, shares_of(n_pairs))), self._pm_loss)
         return {**stats, "n": float(total), **self.engine.step()}
 
     def _pm_loss(self, groups: list[tuple[list[list[int]], list[tuple[int, int]]]]) -> tuple[torch.Tensor, dict]:
