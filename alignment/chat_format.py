@@ -18,6 +18,7 @@ Token ids and loss masks are built from the same segments (see ``alignment.loss_
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -59,6 +60,8 @@ PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = tuple(ROLE_TOKENS.values()) + tuple(CLOSE_TOKENS.values())
 """Tokens that must be single ids in every tokenizer the lab uses."""
+REPLY_STOPS: tuple[str, ...] = (EOS_TOKEN, *(t for t in SPECIAL_TOKENS if t != EOS_TOKEN))
+"""The texts that end a reply in the MOSS format (:func:`reply_text`): ``<eom>`` and every other special token."""
 
 QUALITY_RE = re.compile(r"<quality: (\d{1,3})>")
 
@@ -429,9 +432,13 @@ def reply_split(context: Conversation, reply: str) -> tuple[str, str]:
     return generation_prompt(context), written_body(reply)
 
 
+def before_first(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the first place any of ``stops`` starts in it (all of it where none does)."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return text[: min(found)] if found else text
+
+
 def reply_text(generated: str) -> str:
-    """The reply body of generated text: everything before the first ``<eom>``, stripped."""
-    cut = generated.split(EOS_TOKEN, 1)[0]
-    for token in SPECIAL_TOKENS:
-        cut = cut.split(token, 1)[0]
-    return cut.strip()
+    """The reply body of generated text: everything before the first ``<eom>`` or other special
+    token (:data:`REPLY_STOPS`), stripped."""
+    return before_first(generated, REPLY_STOPS).strip()

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from alignment.generation import Generator, RolloutSpec
 from alignment.models.shared_prefix import lm_hidden_states, output_head
 from alignment.models.tokenizer import special_ids
+from alignment.template_format import reply_stops
 
 
 @dataclass
@@ -119,6 +120,38 @@ def end_at_first_stop(responses: Sequence[Sequence[int]], logprobs: Sequence[Seq
     return out_ids, out_lps
 
 
+def first_stop_text(tokenizer: Any, ids: Sequence[int], stops: Sequence[str]) -> int:
+    """How many of ``ids`` it takes for their text to hold one of ``stops`` (``len(ids)`` when it
+    never does): a reply can spell a special token's text out of ordinary sub-tokens (``<``, ``eo``,
+    ``m>``), and its text then ends there (``alignment.template_format.reply_of``) though no stop id
+    was sampled. A prefix's text holds a stop whenever a shorter one does, so the count is found by
+    bisection: O(log n) decodes of at most n tokens."""
+    def holds(k: int) -> bool:
+        text = tokenizer.decode(list(ids[:k]), skip_special_tokens=False)
+        return any(s in text for s in stops)
+
+    if not ids or not holds(len(ids)):
+        return len(ids)
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def end_at_stop_text(tokenizer: Any, responses: Sequence[Sequence[int]], logprobs: Sequence[Sequence[float]],
+                     ) -> tuple[list[list[int]], list[list[float]]]:
+    """Each response up to and including the token that completes its first stop text
+    (:func:`first_stop_text` over ``alignment.template_format.reply_stops``): the ids end where the
+    reply's text ends, so no token the preference model never saw gets an advantage."""
+    stops = reply_stops(tokenizer)
+    cut = [first_stop_text(tokenizer, ids, stops) for ids in responses]
+    return [list(r[:n]) for r, n in zip(responses, cut)], [list(lp[:n]) for lp, n in zip(logprobs, cut)]
+
+
 def reply_stop_ids(tokenizer: Any, spec: RolloutSpec) -> list[int]:
     """Where a sampled reply ends: at its first special token (``<eom>``, or a stray ``<eoh>``, role
     prefix...: :func:`~alignment.models.tokenizer.special_ids`); with ``spec.ignore_eos`` (fixed
@@ -129,15 +162,16 @@ def reply_stop_ids(tokenizer: Any, spec: RolloutSpec) -> list[int]:
 def sample_to_first_special(gen: Generator, tokenizer: Any, prompts: Sequence[Sequence[int]], spec: RolloutSpec,
                             seed: int | None) -> tuple[list[list[int]], list[list[float]]]:
     """Each prompt's response ids and log-probs on ``gen``, up to and including its first special
-    token (:func:`reply_stop_ids`), whatever the engine sampled past it (:func:`end_at_first_stop`):
+    token (:func:`reply_stop_ids`), whatever the engine sampled past it (:func:`end_at_first_stop`),
+    or at the first special token's text spelled out in ordinary tokens (:func:`end_at_stop_text`):
     the rule of every rollout, a plain reply or a pass of a reply through the tools. The reply the
-    preference model scores ends there too (``alignment.chat_format.reply_text``), so no token after
-    it gets an advantage. ``seed=None`` goes on with torch's current state."""
+    preference model scores ends there too (``alignment.template_format.reply_of``), so no token
+    after it gets an advantage. ``seed=None`` goes on with torch's current state."""
     stops = reply_stop_ids(tokenizer, spec)
     responses, logprobs = gen.sample(prompts, spec, stops, seed)
     if spec.ignore_eos:
         return responses, logprobs
-    return end_at_first_stop(responses, logprobs, stops)
+    return end_at_stop_text(tokenizer, *end_at_first_stop(responses, logprobs, stops))
 
 
 def ended(rollout: Rollout, eos_id: int) -> torch.Tensor:

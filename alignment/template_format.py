@@ -25,11 +25,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from alignment.chat_format import (
+    REPLY_STOPS,
     Conversation,
     FormatError,
     Section,
     Segment,
     Turn,
+    before_first,
     generation_prompt,
     quality_tag,
     reply_text,
@@ -140,11 +142,12 @@ def template_body(reply: str, tokenizer) -> str:
 
 def template_reply_text(generated: str, tokenizer) -> str:
     """The reply in generated text: everything before the first special token (the end of turn), stripped."""
-    cut = generated
-    for token in [tokenizer.eos_token, *tokenizer.all_special_tokens]:
-        if token:
-            cut = cut.split(token, 1)[0]
-    return cut.strip()
+    return before_first(generated, template_stops(tokenizer)).strip()
+
+
+def template_stops(tokenizer) -> tuple[str, ...]:
+    """The texts that end a reply in the template format: the end-of-turn token and every other special token."""
+    return tuple(dict.fromkeys(t for t in (tokenizer.eos_token, *tokenizer.all_special_tokens) if t))
 
 
 def conversation_segments(conv: Conversation, tokenizer) -> list[Segment]:
@@ -160,3 +163,9 @@ def prompt_text(tokenizer, conv: Conversation, quality: int | None = None) -> st
 def reply_of(tokenizer, generated: str) -> str:
     """The reply body in generated text, in the format ``tokenizer`` speaks."""
     return template_reply_text(generated, tokenizer) if uses_template(tokenizer) else reply_text(generated)
+
+
+def reply_stops(tokenizer) -> tuple[str, ...]:
+    """The texts at which :func:`reply_of` ends a reply in the format ``tokenizer`` speaks, however the
+    model wrote them (as one special token's id, or spelled out in ordinary sub-tokens)."""
+    return template_stops(tokenizer) if uses_template(tokenizer) else REPLY_STOPS

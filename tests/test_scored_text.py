@@ -142,3 +142,47 @@ def test_a_reply_through_the_tools_ends_at_its_first_special_token(tokenizer):
     assert all(set(special_ids(tokenizer)) <= set(stops) for stops in gen.stops)  # every pass stops there
     rollout = pack(prompts, ids, lps, tokenizer.pad_token_id, masks)
     assert rollout.response_mask.sum(1).tolist() == [sum(m) for m in masks]
+
+
+def _spelled(tokenizer, text: str) -> list[int]:
+    """``text`` written one character at a time in ordinary tokens: a special token's text spelled
+    out, not its id."""
+    return [i for ch in text for i in tokenizer(ch, add_special_tokens=False)["input_ids"]]
+
+
+def test_a_special_token_spelled_in_ordinary_tokens_ends_the_reply_and_its_ids(tokenizer):
+    """The text of ``<eom>`` (or any special token) written from sub-tokens ends the reply the
+    preference model scores; the rollout's ids end there too, so nothing after gets an advantage."""
+    word = tokenizer(" hello", add_special_tokens=False)["input_ids"]
+    eom = tokenizer.eos_token_id
+    for token in ("<eom>", "<eoh>", "<|Human|>"):
+        spelled = _spelled(tokenizer, token)
+        assert eom not in spelled and tokenizer.convert_tokens_to_ids(token) not in spelled
+        gen = _Scripted([word + spelled + word + [eom], word + [eom]])
+        responses, logprobs, masks, texts = _Role(tokenizer, gen).sample([[1, 2]] * 2, RolloutSpec(max_new_tokens=64),
+                                                                        seed=0)
+        assert responses == [word + spelled, word + [eom]], token
+        assert [len(lp) for lp in logprobs] == [len(r) for r in responses]
+        assert texts == ["hello", "hello"]
+
+
+def test_first_stop_text_is_the_shortest_prefix_holding_a_stop(tokenizer):
+    """Bisection gives what a token-by-token scan gives, on random mixes of ordinary and spelled tokens."""
+    import random
+
+    from alignment.rollout import first_stop_text
+    from alignment.template_format import reply_stops
+
+    stops = reply_stops(tokenizer)
+    pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" a", " plan", "<", "e", "o", "m", ">",
+                                                                             "<|", "Human", "|>", "\n")]
+    pieces.append([tokenizer.eos_token_id])
+    rng = random.Random(0)
+    for _ in range(300):
+        ids = [i for _ in range(rng.randint(0, 30)) for i in rng.choice(pieces)]
+
+        def holds(k):
+            return any(s in tokenizer.decode(ids[:k], skip_special_tokens=False) for s in stops)
+
+        scan = next((k for k in range(1, len(ids) + 1) if holds(k)), len(ids))
+        assert first_stop_text(tokenizer, ids, stops) == scan
