@@ -181,8 +181,6 @@ def test_first_stop_text_is_the_shortest_prefix_holding_a_stop(tokenizer):
     for _ in range(300):
         ids = [i for _ in range(rng.randint(0, 30)) for i in rng.choice(pieces)]
 
-        def holds(k):
-            return any(s in tokenizer.decode(ids[:k], skip_special_tokens=False) for s in stops)
-
-        scan = next((k for k in range(1, len(ids) + 1) if holds(k)), len(ids))
+        texts = [tokenizer.decode(ids[:k], skip_special_tokens=False) for k in range(1, len(ids) + 1)]
+        scan = next((k for k, text in enumerate(texts, 1) if any(s in text for s in stops)), len(ids))
         assert first_stop_text(tokenizer, ids, stops) == scan
