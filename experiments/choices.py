@@ -6,8 +6,29 @@ from __future__ import annotations
 
 from experiments.config import LabConfig
 
+# The stages by what they do. Every stage not named here is a method (a row of the stage table,
+# ``experiments.stages.chain.STAGES``, and a driver), so a new method is counted in each rule below
+# without an edit here.
+CHAIN = ("sft", "pm")  # the stages every method builds on
+READERS = ("report", "chat")  # read what other runs made: they train and evaluate nothing
 RL_STAGES = ("ppo", "grpo", "rloo")  # the stages that run the PPO loop; their presets set algo.advantage
-NO_HEAD_TO_HEAD = ("sft", "pm", "report", "chat")  # every other stage (each method, compare) judges head to head
+NO_HEAD_TO_HEAD = (*CHAIN, *READERS)  # every other stage (each method, compare) judges head to head
+
+
+def evaluates(stage: str) -> bool:
+    """Whether the stage's SFT model answers the held-out prompts (every stage but the readers)."""
+    return stage not in READERS
+
+
+def uses_pm(stage: str) -> bool:
+    """Whether the stage trains (or loads) the preference model: every stage after SFT but the readers."""
+    return stage not in ("sft", *READERS)
+
+
+def runs_rl_loop(stage: str) -> bool:
+    """Whether the stage may run the PPO loop (its roles, ``algo.*`` and ``algo.prompts_path``): an RL
+    stage, or compare (which runs the RL methods among its own)."""
+    return stage in (*RL_STAGES, "compare")
 
 
 def eval_judges(lab: LabConfig) -> list[str]:

@@ -12,13 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.choices import judges_used, pm_feedback
+from experiments.choices import evaluates, judges_used, pm_feedback, runs_rl_loop, uses_pm
 from experiments.config import LabConfig, expand_user_paths
 from experiments.runtime.cache import cache_root as default_cache_root
-
-# stages whose SFT stage answers the held-out prompts
-EVALUATING = ("sft", "pm", "pat", "ppo", "grpo", "rloo", "compare", "bon", "quark")
-USING_PM = ("pm", "pat", "ppo", "grpo", "rloo", "compare", "bon", "quark")
 
 
 def _read(key: str, load: Callable[[], list[Any]]) -> list[Any]:
@@ -110,7 +106,7 @@ def preflight(lab: LabConfig, cache_root: Path | None = None) -> None:
     if lab.model.build is not None:
         lab.model.path = str(built_model(lab.model.build, cache_root))
     if lab.model.name == "pretrained":
-        from experiments.commands.chat import check_model_dir
+        from alignment.models.model_dir import check_model_dir
 
         check_model_dir("model.path", lab.model.path, "not a directory (checkpoints load from local directories only)")
     elif lab.model.name != "tiny":
@@ -128,7 +124,7 @@ def preflight(lab: LabConfig, cache_root: Path | None = None) -> None:
     from alignment.data.formats import load_preferences, load_prompts
 
     pm = lab.pm
-    if lab.stage in USING_PM:
+    if uses_pm(lab.stage):
         feedback = pm_feedback(lab)
         if feedback == "data" and pm.data_path:
             _read("pm.data_path", lambda: load_preferences(pm.data_path, pm.data_format))
@@ -143,9 +139,9 @@ def preflight(lab: LabConfig, cache_root: Path | None = None) -> None:
 
             rows = _read("pm.prompts_path", lambda: load_prompts(pm.prompts_path, pm.prompts_format))
             split_prompts(len(rows), pm.n_prompts, pm.n_val_prompts, "pm.prompts_path", val_elsewhere=bool(pm.val_path))
-    if lab.stage in EVALUATING and lab.eval.prompts_path:
+    if evaluates(lab.stage) and lab.eval.prompts_path:
         _read("eval.prompts_path", lambda: load_prompts(lab.eval.prompts_path, lab.eval.prompts_format))
-    if lab.stage in ("ppo", "grpo", "rloo", "compare") and lab.algo.prompts_path:
+    if runs_rl_loop(lab.stage) and lab.algo.prompts_path:
         _read("algo.prompts_path", lambda: load_prompts(lab.algo.prompts_path, lab.algo.prompts_format))
     used = judges_used(lab)
     if "rm" in used or "llm" in used:

@@ -1,4 +1,5 @@
-"""Which driver runs each ``stage`` (set by ``+experiment=<name>``)."""
+"""Which driver runs each ``stage`` (set by ``+experiment=<name>``): every row of the stage table
+(``experiments.stages.chain.STAGES``, each with its own ``run``) and the commands."""
 
 from __future__ import annotations
 
@@ -7,19 +8,11 @@ from typing import Any
 
 from experiments.commands import chat, compare
 from experiments.reports import sweep_report
-from experiments.stages import bon, dpo, pat, pm, ppo, quark, sft
+from experiments.stages.chain import STAGES
 
 DRIVERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "sft": sft.run,
-    "pm": pm.run,
-    "pat": pat.run,
-    "ppo": ppo.run,
-    "grpo": ppo.run,  # the PPO loop with algo.advantage=grpo, no critic (conf/algo/grpo.yaml)
-    "rloo": ppo.run,  # the PPO loop with algo.advantage=rloo, no critic (conf/algo/rloo.yaml)
+    **{name: stage.run for name, stage in STAGES.items()},
     "compare": compare.run,
-    "bon": bon.run,
-    "dpo": dpo.run,
-    "quark": quark.run,
     "report": sweep_report.run,
     "chat": chat.run,
 }

@@ -10,7 +10,7 @@ from typing import Any
 
 from alignment.data.formats import PREFERENCE_FORMATS, PROMPT_FORMATS
 from alignment.pat import check_bucketing
-from experiments.choices import RL_STAGES, eval_judges, pm_feedback
+from experiments.choices import eval_judges, pm_feedback, runs_rl_loop
 from experiments.config import JUDGES, DPOConfig, LabConfig, PPOConfig, RayConfig
 
 FEEDBACK = ("auto", "world", "data", "judge")
@@ -159,7 +159,7 @@ def validate_resources(lab: LabConfig) -> None:
         if res.num_actors < 1 or res.num_cpus < 0 or res.num_gpus < 0:
             raise ValueError(f"ray.{role}: num_actors must be at least 1 and num_cpus, num_gpus >= 0, got "
                              f"{res.num_actors}, {res.num_cpus}, {res.num_gpus}")
-    colocated = r.colocate and lab.stage in (*RL_STAGES, "compare")  # then a bundle's sum counts, below
+    colocated = r.colocate and runs_rl_loop(lab.stage)  # then a bundle's sum counts, below
     for role in ("judge",) if colocated else ("policy", "critic", "reference", "preference", "judge"):
         res = getattr(r, role)  # the roles' ranks form NCCL groups (the engines' do not)
         why = shared_gpu_error(f"ray.{role}", res.num_actors, res.num_gpus)
@@ -275,7 +275,7 @@ def validate(lab: LabConfig) -> None:
         raise ValueError("best-of-n samples its candidates with the eval.* settings, and eval.do_sample is false: "
                          "every candidate would be the same reply")
     validate_algo(lab.algo)
-    if lab.stage in (*RL_STAGES, "compare"):
+    if runs_rl_loop(lab.stage):
         validate_rl(lab.algo, lab.ray)
     validate_dpo(lab)
     validate_quark(lab)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -35,7 +37,7 @@ def test_a_home_relative_model_path_that_passes_preflight_loads_in_the_stage(tmp
     ("model.safetensors", "has no weights"), ("tokenizer.json", "has no tokenizer"),
     ("config.json", "has no config.json")])
 def test_a_pretrained_model_path_is_checked_as_the_chat_checks_its_model(tmp_path, missing, message):
-    # one check of a model directory (experiments.commands.chat.check_model_dir) for model.path and chat.model
+    # one check of a model directory (alignment.models.model_dir.check_model_dir) for model.path and chat.model
     from experiments.preflight import preflight
 
     model = tmp_path / "model"
@@ -62,3 +64,20 @@ def test_rl_stages_resume_by_themselves_and_start_fresh_on_request():
     lab = OmegaConf.to_object(_compose(["+experiment=ppo"]))
     assert lab.resume is True
     assert OmegaConf.to_object(_compose(["+experiment=ppo", "resume=false"])).resume is False
+
+
+def test_every_method_reads_its_files_in_preflight(tmp_path):
+    """Which stages read the preference data and the held-out prompts follows what a stage is
+    (``experiments.choices``), not a list of names: every method of the stage table, DPO included,
+    has a bad ``pm.data_path`` and ``eval.prompts_path`` refused before anything starts."""
+    from experiments.preflight import preflight
+    from experiments.stages.chain import METHODS
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"chosen": "only one side"}\n')
+    for method in METHODS:
+        for key in ("pm.data_path", "eval.prompts_path"):
+            lab = OmegaConf.to_object(_compose([f"+experiment={method}", f"{key}={bad}",
+                                                f"cache_dir={tmp_path / 'cache'}"]))
+            with pytest.raises(ValueError, match="^" + re.escape(key)):
+                preflight(lab)

@@ -10,7 +10,6 @@ Nothing is downloaded: every load is ``local_files_only``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,27 +23,17 @@ from transformers import (
 
 from alignment.chat_format import Conversation
 from alignment.data.batching import pad_right
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+from alignment.models.model_dir import check_model_dir, model_config
 
 
 def check_reward_model(path: str | Path) -> None:
     """Fail fast (no weights read) unless ``path`` is a directory holding a one-label sequence
     classifier: ``config.json`` whose ``architectures`` name a ``*ForSequenceClassification``
     class, one label (``len(id2label) == 1`` or ``num_labels == 1``; transformers' default
-    without either is 2), and tokenizer files. Raises ``ValueError`` naming the path and the fault."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"{path}: not a directory")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{path}: no config.json")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: config.json is not readable JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: config.json is not a JSON object")
+    without either is 2), and tokenizer files (``alignment.models.model_dir.check_model_dir``).
+    Raises ``ValueError`` naming the path and the fault."""
+    key = str(path)
+    config = model_config(key, check_model_dir(key, path, weights=False))
     archs = config.get("architectures") or []
     if not any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in archs):
         raise ValueError(f"{path}: architectures {archs} name no *ForSequenceClassification class "
@@ -53,8 +42,6 @@ def check_reward_model(path: str | Path) -> None:
     num_labels = len(id2label) if isinstance(id2label, dict) else config.get("num_labels", 2)
     if num_labels != 1:
         raise ValueError(f"{path}: {num_labels} labels; a reward model has exactly one (num_labels=1)")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise ValueError(f"{path}: no tokenizer files ({' or '.join(TOKENIZER_FILES)})")
 
 
 def load_reward_model(path: str | Path,

@@ -34,6 +34,7 @@ from alignment.chat_format import (
     meta_instruction,
     quality_tag,
 )
+from alignment.models.model_dir import check_model_dir
 from alignment.template_format import prompt_text
 from experiments.config import LabConfig
 from experiments.runtime.cache import ArtifactCache
@@ -48,8 +49,6 @@ NAMED = {  # chat.model's names: what the artifact is, and the experiment whose 
     "dpo": ("DPO policy", "dpo"),
 }
 UPSTREAM = {"tokenizer": "tokenizer", "sft": "SFT checkpoint", "pm": "preference model"}
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 PLUGIN = (Section.INNER_THOUGHTS, Section.COMMANDS, Section.RESULTS)
 LABELS = {Section.INNER_THOUGHTS: "Inner Thoughts", Section.COMMANDS: "Commands", Section.RESULTS: "Results"}
 COMMANDS_HELP = "/reset starts a new conversation; /quit or Ctrl-D leaves."
@@ -115,26 +114,6 @@ def cached_model(lab: LabConfig, name: str) -> Path:
             raise NotCached(name, stage, key, root)
         made[stage] = Artifact(path, True, {})
     return made[name].path
-
-
-def check_model_dir(key: str, value: str | None, not_a_dir: str = "not a directory") -> Path:
-    """``value`` as a local Hugging Face model directory the lab can load (``config.json``, weights and
-    the model's own tokenizer), resolved; else a ``ValueError`` naming ``key`` (``not_a_dir``: what
-    it says of a value that names no directory). Checked without loading anything: the chat's model,
-    and preflight's ``model.path``."""
-    if not value:
-        raise ValueError(f"{key} is required: a local Hugging Face checkpoint directory")
-    p = Path(value).expanduser()
-    if not p.is_dir():
-        raise ValueError(f"{key}: {value!r} is {not_a_dir}")
-    if not (p / "config.json").is_file():
-        raise ValueError(f"{key}: {value} has no config.json: not a model directory (save_pretrained writes one)")
-    if not any((p / w).is_file() for w in WEIGHTS):
-        raise ValueError(f"{key}: {value} has no weights ({' or '.join(WEIGHTS[::2])})")
-    if not any((p / t).is_file() for t in TOKENIZER_FILES):
-        raise ValueError(f"{key}: {value} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); the lab loads "
-                         "the model's own")
-    return p.resolve()
 
 
 def resolve_model(lab: LabConfig) -> ChatModel:

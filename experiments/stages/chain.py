@@ -15,29 +15,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments.choices import CHAIN  # the stages every method builds on; every other row of STAGES is a method
 from experiments.runtime.cache import Artifact
 from experiments.runtime.context import RunContext
-from experiments.stages import bon
-from experiments.stages.dpo import dpo_key, dpo_stage
-from experiments.stages.pat import pat_key, pat_stage
-from experiments.stages.pm import pm_payload, pm_stage
-from experiments.stages.ppo import ppo_key, ppo_stage
-from experiments.stages.quark import quark_key, quark_stage
-from experiments.stages.sft import sft_payload, sft_stage
+from experiments.stages import bon, dpo, pat, pm, ppo, quark, sft
 
 ROOT = "tokenizer"  # the chain's first artifact (``experiments.stages.sft.tokenizer_stage``)
-CHAIN = ("sft", "pm")  # the stages every method builds on; every other row of STAGES is a method
 
 
 @dataclass(frozen=True)
 class Stage:
     """One stage of the chain. ``key`` is ``None`` where the product is not one cache entry
-    (best-of-n's draw is an evaluation job of the SFT model)."""
+    (best-of-n's draw is an evaluation job of the SFT model); ``run`` is its ``+experiment=<name>``
+    driver (``experiments.registry.DRIVERS``)."""
 
     name: str
     needs: tuple[str, ...]
     key: Callable[..., str] | None
     build: Callable[..., Any]
+    run: Callable[[RunContext], dict[str, Any]]
 
     def upstream(self, made: dict[str, Any]) -> list[Any]:
         """The artifacts this stage needs, from ``made`` (``{stage: artifact}``), in ``needs``' order."""
@@ -45,39 +41,41 @@ class Stage:
 
 
 def _sft_key(ctx: RunContext, tokenizer: Path) -> str:
-    return ctx.cache_key("sft", sft_payload(ctx.cfg, tokenizer))
+    return ctx.cache_key("sft", sft.sft_payload(ctx.cfg, tokenizer))
 
 
 def _sft_build(ctx: RunContext, tokenizer: Path) -> Artifact:
-    return sft_stage(ctx)  # the SFT stage finds its tokenizer by itself (cached)
+    return sft.sft_stage(ctx)  # the SFT stage finds its tokenizer by itself (cached)
 
 
 def _pm_key(ctx: RunContext, sft: Artifact) -> str:
-    return ctx.cache_key("pm", pm_payload(ctx, sft))
+    return ctx.cache_key("pm", pm.pm_payload(ctx, sft))
 
 
 def _pat_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> str:
-    return pat_key(ctx, sft, pm)[0]
+    return pat.pat_key(ctx, sft, pm)[0]
 
 
 def _rl_key(ctx: RunContext, sft: Artifact, pm: Artifact) -> str:
-    return ppo_key(ctx, sft, pm)[0]
+    return ppo.ppo_key(ctx, sft, pm)[0]
 
 
 def _dpo_key(ctx: RunContext, sft: Artifact) -> str:
-    return dpo_key(ctx, sft)[0]
+    return dpo.dpo_key(ctx, sft)[0]
 
 
 STAGES: dict[str, Stage] = {
-    "sft": Stage("sft", (ROOT,), _sft_key, _sft_build),
-    "pm": Stage("pm", ("sft",), _pm_key, pm_stage),
-    "quark": Stage("quark", ("sft", "pm", "pat"), quark_key, quark_stage),  # PAT is its round 1; quark_vs_<m>
-    "pat": Stage("pat", ("sft", "pm"), _pat_key, pat_stage),
-    "ppo": Stage("ppo", ("sft", "pm"), _rl_key, ppo_stage),
-    "dpo": Stage("dpo", ("sft",), _dpo_key, dpo_stage),  # learns from the PM's labelled pairs, not the PM
-    "grpo": Stage("grpo", ("sft", "pm"), _rl_key, ppo_stage),  # the PPO loop, compare.grpo as algo
-    "rloo": Stage("rloo", ("sft", "pm"), _rl_key, ppo_stage),
-    "bon": Stage("bon", ("sft", "pm"), None, bon.draw),
+    "sft": Stage("sft", (ROOT,), _sft_key, _sft_build, sft.run),
+    "pm": Stage("pm", ("sft",), _pm_key, pm.pm_stage, pm.run),
+    "quark": Stage("quark", ("sft", "pm", "pat"), quark.quark_key, quark.quark_stage, quark.run),  # PAT is its round 1
+    "pat": Stage("pat", ("sft", "pm"), _pat_key, pat.pat_stage, pat.run),
+    "ppo": Stage("ppo", ("sft", "pm"), _rl_key, ppo.ppo_stage, ppo.run),
+    "dpo": Stage("dpo", ("sft",), _dpo_key, dpo.dpo_stage, dpo.run),  # learns from the PM's labelled pairs, not the PM
+    # GRPO and RLOO: the PPO loop with algo.advantage=grpo|rloo and no critic (conf/algo/<name>.yaml;
+    # compare.<name> as algo in a compare run)
+    "grpo": Stage("grpo", ("sft", "pm"), _rl_key, ppo.ppo_stage, ppo.run),
+    "rloo": Stage("rloo", ("sft", "pm"), _rl_key, ppo.ppo_stage, ppo.run),
+    "bon": Stage("bon", ("sft", "pm"), None, bon.draw, bon.run),
 }
 METHODS: tuple[str, ...] = tuple(name for name in STAGES if name not in CHAIN)
 """Every method the lab trains and compares (``compare.methods``), in the order the reports give them:
