@@ -163,10 +163,13 @@ def test_names_resolve_with_the_chains_keys(calc_model, tmp_path):
     chosen = resolve_model(lab)
     assert chosen.path.parent == cache.resolve() / "pat" and (chosen.tag, chosen.tag_from) == (100, "pat.inference_tag")
     assert resolve_model(_lab(f"cache_dir={cache}", "chat.model=pat", "chat.tag=60")).tag == 60
-    for name in ("sft", "ppo", "dpo"):  # the rest of each chain is there now
+    for name in ("sft", "ppo", "dpo", "grpo", "rloo"):  # the rest of each chain is there now
         lab = _lab(f"cache_dir={cache}", f"chat.model={name}")
         assert _fill(lab) == ([] if name == "sft" else [name])
         assert resolve_model(lab).path.parent.name == name and resolve_model(lab).tag is None
+    quark = _lab(f"cache_dir={cache}", "chat.model=quark")
+    assert _fill(quark) == ["quark"]  # on the same PAT model; it answers at PAT's tag
+    assert resolve_model(quark).path.parent.name == "quark" and resolve_model(quark).tag == 100
     # a seed the chain never ran with is another config: nothing of it is cached
     with pytest.raises(NotCached, match="tokenizer on"):
         resolve_model(_lab(f"cache_dir={cache}", "chat.model=sft", "data.world.seed=1"))
@@ -194,7 +197,7 @@ def test_model_path_is_the_older_spelling_of_a_directory(calc_model, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("chat.model=bogus", "config error: chat.model: 'bogus' is neither a name (sft, pat, ppo, dpo"),
+    ("chat.model=bogus", "config error: chat.model: 'bogus' is neither a name (sft, quark, pat, ppo, dpo, grpo, rloo:"),
     ("chat.model=ppo", "config error: chat.model=ppo: the cache {cache} holds no PPO policy (stage ppo)"),
     ("chat.model={empty}", "config error: chat.model: {empty} has no config.json"),
     ("chat.model={weightless}", "config error: chat.model: {weightless} has no weights"),
@@ -212,3 +215,19 @@ def test_a_bad_chat_model_fails_before_anything_loads(tmp_path, override, messag
                          cwd=ROOT, env=ENV, input="hello\n", capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and message.format(**fill) in out.stderr, out.stderr[-3000:]
     assert "Chatting with" not in out.stdout
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo", "rloo"])
+def test_the_chat_finds_an_rl_policy_under_the_key_its_own_run_gives_it(method, tmp_path):
+    """``+experiment=grpo`` trains with conf/algo/grpo.yaml; the chat (whose algo is PPO's) reads
+    each method's settings as compare does (``RunContext.for_method``), so the keys agree."""
+    from experiments.runtime.cache import Artifact, ArtifactCache
+    from experiments.runtime.context import RunContext
+    from experiments.stages.chain import STAGES
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        own = OmegaConf.to_object(compose(config_name="config", overrides=[f"+experiment={method}"]))
+    chat = _lab("chat.model=" + method)
+    sft, pm = Artifact(tmp_path / "sft", True, {}), Artifact(tmp_path / "pm", True, {})
+    own_ctx, chat_ctx = (RunContext(lab, tmp_path, ArtifactCache(tmp_path / "c"), None, "t") for lab in (own, chat))
+    assert STAGES[method].key(own_ctx, sft, pm) == STAGES[method].key(chat_ctx.for_method(method), sft, pm)

@@ -273,6 +273,16 @@ def test_the_quark_preset_composes():
     assert lab.stage == "quark" and lab.quark.rounds == 3 and lab.quark.kl_coef == pytest.approx(0.05)
 
 
+def test_the_paper_preset_composes_with_a_real_checkpoint():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        lab = OmegaConf.to_object(compose(config_name="config", overrides=[
+            "+experiment=quark", "quark=paper", "pat=paper", "model=pretrained", "model.path=/models/x"]))
+    validate(lab)
+    q = lab.quark
+    assert (q.kl_coef, q.entropy_coef, q.trainer.lr, q.trainer.batch_size) == (0.05, 0.06, 1e-5, 128)
+    assert q.trainer.lr < lab.pat.trainer.lr * 2  # rounds continue from PAT's model, no faster than it trained
+
+
 @pytest.mark.parametrize("max_parallel", [1, 2])
 def test_compare_builds_pat_before_quark_and_hands_it_over(monkeypatch, max_parallel):
     """``compare`` trains Quark on the PAT model it trains (never twice, never a deadlock with one

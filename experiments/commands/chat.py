@@ -41,14 +41,17 @@ from experiments.runtime.cache import ArtifactCache
 
 if TYPE_CHECKING:  # the drivers' modules import torch and Ray: they load when a chat needs them
     from experiments.runtime.context import RunContext
+    from experiments.stages.chain import Stage
 
-NAMED = {  # chat.model's names: what the artifact is, and the experiment whose chain builds it
-    "sft": ("SFT checkpoint", "sft"),
-    "pat": ("PAT model", "pat"),
-    "ppo": ("PPO policy", "ppo"),
-    "dpo": ("DPO policy", "dpo"),
-}
-UPSTREAM = {"tokenizer": "tokenizer", "sft": "SFT checkpoint", "pm": "preference model"}
+
+
+def chat_names() -> dict[str, Stage]:
+    """``chat.model``'s names: every model of the stage table (``experiments.stages.chain.STAGES``)
+    that is one cache entry, each built by ``+experiment=<name>``. (The table imports the stages, so
+    it is read when a name is resolved, not when the chat module loads.)"""
+    from experiments.stages.chain import STAGES
+
+    return {name: s for name, s in STAGES.items() if s.key is not None and name != "pm"}
 PLUGIN = (Section.INNER_THOUGHTS, Section.COMMANDS, Section.RESULTS)
 LABELS = {Section.INNER_THOUGHTS: "Inner Thoughts", Section.COMMANDS: "Commands", Section.RESULTS: "Results"}
 COMMANDS_HELP = "/reset starts a new conversation; /quit or Ctrl-D leaves."
@@ -70,10 +73,12 @@ class NotCached(ValueError):
 
     def __init__(self, name: str, stage: str, key: str, root: Path):
         self.name, self.stage, self.key, self.root = name, stage, key, root
-        what, experiment = NAMED[name]
-        upstream = "" if stage == name else f" (its chain is missing from the {UPSTREAM.get(stage, stage)} on)"
-        super().__init__(f"chat.model={name}: the cache {root} holds no {what} (stage {name}) for this config"
-                         f"{upstream}; `python run.py +experiment={experiment}` builds it (give the chat the "
+        from experiments.stages.chain import STAGES
+
+        what = STAGES[stage].product if stage in STAGES else stage
+        upstream = "" if stage == name else f" (its chain is missing from the {what} on)"
+        super().__init__(f"chat.model={name}: the cache {root} holds no {STAGES[name].product} (stage {name}) for "
+                         f"this config{upstream}; `python run.py +experiment={name}` builds it (give the chat the "
                          "overrides that run had: the cache is keyed by the config)")
 
 
@@ -91,8 +96,9 @@ class _ReadOnlyCache(ArtifactCache):
 
 
 def cached_model(lab: LabConfig, name: str) -> Path:
-    """The directory of this config's ``name`` model (sft, pat, ppo, dpo) in the cache, found with
-    the chain's own keys; raises ``NotCached`` at the first stage of its chain that is missing."""
+    """The directory of this config's ``name`` model (:func:`chat_names`) in the cache, found with
+    the chain's own keys (each stage's as the method sees the config: ``RunContext.for_method``);
+    raises ``NotCached`` at the first stage of its chain that is missing."""
     from experiments.runtime.cache import Artifact, cache_root
     from experiments.runtime.context import RunContext
     from experiments.stages.chain import ROOT, STAGES, chain_of
@@ -108,7 +114,7 @@ def cached_model(lab: LabConfig, name: str) -> Path:
     except FileNotFoundError as err:  # model.name=pretrained without its directory: "model.path: ..."
         raise ValueError(str(err)) from None
     for stage in chain_of(name):  # each stage's key from the artifacts found upstream of it
-        key = STAGES[stage].key(ctx, *STAGES[stage].upstream(made))
+        key = STAGES[stage].key(ctx.for_method(stage), *STAGES[stage].upstream(made))
         path = ctx.cache.get(stage, key)
         if path is None:
             raise NotCached(name, stage, key, root)
@@ -121,19 +127,20 @@ def resolve_model(lab: LabConfig) -> ChatModel:
     checked without loading it; raises ``ValueError`` naming the key."""
     c = lab.chat
     tag_from = "chat.tag" if c.tag is not None else None
+    names = chat_names()
     if c.model is None:
         if c.model_path is None:
-            raise ValueError(f"chat.model is required: {', '.join(NAMED)} (this config's model in the cache, "
+            raise ValueError(f"chat.model is required: {', '.join(names)} (this config's model in the cache, "
                              "e.g. chat.model=pat after `bash scripts/run.sh`) or a model directory")
         path = check_model_dir("chat.model_path", c.model_path)
         return ChatModel(str(path), path, c.tag, tag_from)
     tag = c.tag
-    if c.model in NAMED:
+    if c.model in names:
         path = cached_model(lab, c.model).resolve()
-        if c.model == "pat" and tag is None:
+        if names[c.model].tagged and tag is None:
             tag, tag_from = lab.pat.inference_tag, "pat.inference_tag"
     else:
-        path = check_model_dir("chat.model", c.model, f"neither a name ({', '.join(NAMED)}: this config's model "
+        path = check_model_dir("chat.model", c.model, f"neither a name ({', '.join(names)}: this config's model "
                                "in the cache) nor a directory")
     if c.model_path is not None and Path(c.model_path).expanduser().resolve() != path:
         raise ValueError(f"chat.model ({c.model}) and chat.model_path ({c.model_path}) name different models; "

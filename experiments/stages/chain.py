@@ -27,13 +27,16 @@ ROOT = "tokenizer"  # the chain's first artifact (``experiments.stages.sft.token
 class Stage:
     """One stage of the chain. ``key`` is ``None`` where the product is not one cache entry
     (best-of-n's draw is an evaluation job of the SFT model); ``run`` is its ``+experiment=<name>``
-    driver (``experiments.registry.DRIVERS``)."""
+    driver (``experiments.registry.DRIVERS``); ``product`` names what it makes (the chat's words);
+    ``tagged``: its model answers at PAT's quality tag (``pat.inference_tag``)."""
 
     name: str
     needs: tuple[str, ...]
     key: Callable[..., str] | None
     build: Callable[..., Any]
     run: Callable[[RunContext], dict[str, Any]]
+    product: str
+    tagged: bool = False
 
     def upstream(self, made: dict[str, Any]) -> list[Any]:
         """The artifacts this stage needs, from ``made`` (``{stage: artifact}``), in ``needs``' order."""
@@ -65,17 +68,19 @@ def _dpo_key(ctx: RunContext, sft: Artifact) -> str:
 
 
 STAGES: dict[str, Stage] = {
-    "sft": Stage("sft", (ROOT,), _sft_key, _sft_build, sft.run),
-    "pm": Stage("pm", ("sft",), _pm_key, pm.pm_stage, pm.run),
-    "quark": Stage("quark", ("sft", "pm", "pat"), quark.quark_key, quark.quark_stage, quark.run),  # PAT is its round 1
-    "pat": Stage("pat", ("sft", "pm"), _pat_key, pat.pat_stage, pat.run),
-    "ppo": Stage("ppo", ("sft", "pm"), _rl_key, ppo.ppo_stage, ppo.run),
-    "dpo": Stage("dpo", ("sft",), _dpo_key, dpo.dpo_stage, dpo.run),  # learns from the PM's labelled pairs, not the PM
+    "sft": Stage("sft", (ROOT,), _sft_key, _sft_build, sft.run, "SFT checkpoint"),
+    "pm": Stage("pm", ("sft",), _pm_key, pm.pm_stage, pm.run, "preference model"),
+    "quark": Stage("quark", ("sft", "pm", "pat"), quark.quark_key, quark.quark_stage, quark.run,  # PAT is its round 1
+                   "Quark model", tagged=True),
+    "pat": Stage("pat", ("sft", "pm"), _pat_key, pat.pat_stage, pat.run, "PAT model", tagged=True),
+    "ppo": Stage("ppo", ("sft", "pm"), _rl_key, ppo.ppo_stage, ppo.run, "PPO policy"),
+    # DPO learns from the preference model's labelled pairs, not from the model
+    "dpo": Stage("dpo", ("sft",), _dpo_key, dpo.dpo_stage, dpo.run, "DPO policy"),
     # GRPO and RLOO: the PPO loop with algo.advantage=grpo|rloo and no critic (conf/algo/<name>.yaml;
-    # compare.<name> as algo in a compare run)
-    "grpo": Stage("grpo", ("sft", "pm"), _rl_key, ppo.ppo_stage, ppo.run),
-    "rloo": Stage("rloo", ("sft", "pm"), _rl_key, ppo.ppo_stage, ppo.run),
-    "bon": Stage("bon", ("sft", "pm"), None, bon.draw, bon.run),
+    # compare.<name> as algo in a compare run and in the chat)
+    "grpo": Stage("grpo", ("sft", "pm"), _rl_key, ppo.ppo_stage, ppo.run, "GRPO policy"),
+    "rloo": Stage("rloo", ("sft", "pm"), _rl_key, ppo.ppo_stage, ppo.run, "RLOO policy"),
+    "bon": Stage("bon", ("sft", "pm"), None, bon.draw, bon.run, "best-of-n draw"),
 }
 METHODS: tuple[str, ...] = tuple(name for name in STAGES if name not in CHAIN)
 """Every method the lab trains and compares (``compare.methods``), in the order the reports give them:
