@@ -40,6 +40,7 @@ from alignment.chat_format import (
     reply_text,
 )
 from alignment.generation import RolloutSpec, SamplingSpec, as_generator
+from alignment.lockstep import agreed_max
 from alignment.models.tokenizer import special_ids
 from alignment.rollout import sample_to_first_special
 from alignment.tools import NO_RESULT, enabled_tools, run_commands
@@ -154,17 +155,21 @@ def generate_with_tools(model, tokenizer, contexts: Sequence[Conversation], spec
     torch.manual_seed(seed)
     out: list[ToolReply] = []
     n_tokens = 0
-    for start in range(0, len(contexts), batch_size):
-        chunk = list(contexts[start:start + batch_size])
-        heads = [tool_prompt(c) for c in chunk]
+    # ranks in lockstep (ZeRO-3: every forward pass is collective) make the same calls: as many
+    # chunks as the rank with the most, and a pass whenever any rank has a row to continue; a rank
+    # with none generates a filler row and drops it (``alignment.lockstep``)
+    synced = getattr(gen, "synced_gpus", False)
+    for c in range(agreed_max(-(-len(contexts) // batch_size), synced)):
+        chunk = list(contexts[c * batch_size:(c + 1) * batch_size])
+        heads = [tool_prompt(conv) for conv in chunk]
         rows = [_Row() for _ in chunk]
-        enabled = [enabled_tools(c.meta_instruction) for c in chunk]
+        enabled = [enabled_tools(conv.meta_instruction) for conv in chunk]
         for _ in range(MAX_PASSES):
             active = [i for i, r in enumerate(rows) if not r.done]
-            if not active:
+            if not agreed_max(int(bool(active)), synced):
                 break
-            texts, n = gen.until([heads[i] + rows[i].text for i in active], spec, stop_ids)
-            n_tokens += n
+            texts, n = gen.until([heads[i] + rows[i].text for i in active] or [tokenizer.eos_token], spec, stop_ids)
+            n_tokens += n if active else 0
             for i, new in zip(active, texts):
                 rows[i].advance(new, enabled[i], tag, max_calls, run, strays)
         out.extend(r.tool_reply() for r in rows)
@@ -192,15 +197,18 @@ def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enable
     lps: list[list[float]] = [[] for _ in prompts]
     mask: list[list[int]] = [[] for _ in prompts]
     torch.manual_seed(seed)
+    synced = getattr(gen, "synced_gpus", False)
     for n_pass in range(MAX_PASSES + 1):
         # pass 0: the plain rows, to their first special token as a plain rollout samples them; then the tool rows
         active = [i for i, (r, e) in enumerate(zip(rows, enabled)) if not r.done and (e is None) == (n_pass == 0)]
-        if not active:
+        # ranks in lockstep (ZeRO-3) sample a pass whenever any rank has a row for it; a rank with
+        # none samples a filler row and drops it (``alignment.lockstep``)
+        if not agreed_max(int(bool(active)), synced):
             continue
         # every pass ends at its first special token, as a plain rollout's reply does: a field's close
         # token or role token goes on to the next field, any other ends the reply
-        new, new_lps = sample_to_first_special(gen, tokenizer, [list(prompts[i]) + ids[i] for i in active], spec,
-                                               seed=None)
+        batch = [list(prompts[i]) + ids[i] for i in active] or [[tokenizer.eos_token_id]]
+        new, new_lps = sample_to_first_special(gen, tokenizer, batch, spec, seed=None)
         for i, toks, lp in zip(active, new, new_lps):
             ids[i] += toks
             lps[i] += lp

@@ -120,9 +120,10 @@ def validate_algo(a: PPOConfig, key: str = "algo") -> None:
                          f"must be at least 2, got {a.group_size}")
 
 
-def validate_rl(a: PPOConfig, r: RayConfig, key: str = "algo") -> None:
+def validate_rl(a: PPOConfig, r: RayConfig, key: str = "algo", zero3: bool = False) -> None:
     """The PPO loop's settings against each other and against the roles' ranks (``key``: where the
-    settings sit, ``compare.grpo`` for compare's GRPO)."""
+    settings sit, ``compare.grpo`` for compare's GRPO; ``zero3``: DeepSpeed ZeRO-3, whose ranks must
+    run the same forward passes)."""
     from alignment.losses.gae import needs_values
 
     _choice(f"{key}.critic_init", a.critic_init, CRITIC_INITS)
@@ -147,6 +148,29 @@ def validate_rl(a: PPOConfig, r: RayConfig, key: str = "algo") -> None:
         if a.rollout_batch_size // n < need:
             raise ValueError(f"{key}.rollout_batch_size ({a.rollout_batch_size}) gives each of the {n} ranks of "
                              f"ray.{role}.num_actors fewer than {need} rows ({key}.mini_batches: {a.mini_batches})")
+        if zero3 and n > 1 and role in ("policy", "critic"):
+            _lockstep_steps(a, key, role, n)
+
+
+def _lockstep_steps(a: PPOConfig, key: str, role: str, n: int) -> None:
+    """Under ZeRO-3 every forward pass is a collective of the role's ranks, so each of their update
+    steps must run the same passes: equal rows per rank and step (hence equal micro-batches), and
+    PPO-ptx examples in every policy step (a step without any skips the SFT pass the others run)."""
+    steps = n * a.mini_batches
+    if a.rollout_batch_size % steps:
+        raise ValueError(f"{key}.rollout_batch_size ({a.rollout_batch_size}) does not split evenly over ray.{role}."
+                         f"num_actors x {key}.mini_batches ({n} x {a.mini_batches}): under ZeRO-3 every rank's "
+                         "every step must run the same forward passes")
+    if role == "policy" and a.ptx_coef and a.ptx_batch_size < steps:
+        raise ValueError(f"{key}.ptx_batch_size ({a.ptx_batch_size}) is below ray.policy.num_actors x "
+                         f"{key}.mini_batches ({n} x {a.mini_batches}): under ZeRO-3 every rank's every step needs "
+                         "PPO-ptx examples, or its SFT forward pass is missing from the others' collective")
+
+
+def partitions_weights(lab: LabConfig) -> bool:
+    """Whether the run's trainers partition their weights (DeepSpeed ZeRO-3): then every forward pass
+    is a collective of a role's ranks."""
+    return lab.strategy.name == "deepspeed" and lab.strategy.zero_stage == 3
 
 
 def validate_resources(lab: LabConfig) -> None:
@@ -276,7 +300,7 @@ def validate(lab: LabConfig) -> None:
                          "every candidate would be the same reply")
     validate_algo(lab.algo)
     if runs_rl_loop(lab.stage):
-        validate_rl(lab.algo, lab.ray)
+        validate_rl(lab.algo, lab.ray, zero3=partitions_weights(lab))
     validate_dpo(lab)
     validate_quark(lab)
     validate_inputs(lab)
@@ -293,7 +317,7 @@ def validate_compare(lab: LabConfig) -> None:
         for m in ("grpo", "rloo"):
             if m in c.methods:
                 validate_algo(getattr(c, m), f"compare.{m}")
-                validate_rl(getattr(c, m), lab.ray, f"compare.{m}")
+                validate_rl(getattr(c, m), lab.ray, f"compare.{m}", partitions_weights(lab))
                 if getattr(c, m).advantage != m:
                     raise ValueError(f"compare.{m}.advantage: {getattr(c, m).advantage!r}; compare's {m.upper()} "
                                      f"runs the {m} advantage estimator")

@@ -368,6 +368,69 @@ def test_zero3_ranks_stay_in_step_with_unequal_stop_points_prefixes_and_batches(
     assert (r0["replies"], r1["replies"]) == (3, 1) and (r0["scores"], r1["scores"]) == (5, 1)
 
 
+class _CountingEngine:
+    """An engine in lockstep (``synced_gpus``) that answers every pass with " ok<eom>" and counts its calls."""
+
+    synced_gpus = True
+
+    def __init__(self, tokenizer):
+        self.tok, self.calls = tokenizer, []
+
+    def sample(self, prompts, spec, stop, seed):
+        self.calls.append(len(prompts))
+        reply = self.tok(" ok<eom>", add_special_tokens=False)["input_ids"]
+        return [list(reply) for _ in prompts], [[-1.0] * len(reply) for _ in prompts]
+
+    def until(self, texts, spec, stop):
+        self.calls.append(len(texts))
+        return [" ok<eom>" for _ in texts], 2 * len(texts)
+
+
+def _another_rank_still_passing(monkeypatch):
+    """``agreed_max`` as it answers a rank whose peer still has rows to continue in every pass."""
+    import alignment.tool_use as tool_use
+
+    monkeypatch.setattr(tool_use, "agreed_max", lambda value, lockstep: max(value, 1) if lockstep else value)
+
+
+def test_tool_passes_stay_in_step_with_a_rank_that_needs_more(monkeypatch, tokenizer):
+    """Tool use takes a data-dependent number of passes. Under ZeRO-3 a rank whose replies are done
+    keeps sampling (a filler row, dropped) while its peer still passes, for rollouts and for the
+    evaluation's replies alike; its own replies are what they would have been."""
+    from alignment.chat_format import Conversation, Turn
+    from alignment.generation import RolloutSpec, SamplingSpec
+    from alignment.tool_use import MAX_PASSES, generate_with_tools, sample_with_tools
+
+    prompt = tokenizer("<|Human|>: hi<eoh>\n<|MOSS|>:", add_special_tokens=False)["input_ids"]
+    alone = _CountingEngine(tokenizer)
+    alone.synced_gpus = False
+    want = sample_with_tools(alone, tokenizer, [prompt], [None], RolloutSpec(max_new_tokens=8), seed=0)
+    _another_rank_still_passing(monkeypatch)
+    eng = _CountingEngine(tokenizer)
+    got = sample_with_tools(eng, tokenizer, [prompt], [None], RolloutSpec(max_new_tokens=8), seed=0)
+    assert got == want and len(alone.calls) == 1
+    assert len(eng.calls) == MAX_PASSES + 1  # its plain row was done after pass 0; it kept step with its peer
+
+    conv = Conversation("You are MOSS.\n- Calculator: enabled. API: Calculate(expression)", [Turn("1+1?", "")])
+    eng = _CountingEngine(tokenizer)
+    replies, _ = generate_with_tools(eng, tokenizer, [conv], SamplingSpec(max_new_tokens=8), batch_size=4)
+    assert len(eng.calls) == MAX_PASSES and replies[0].reply == "ok"
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["algo.ptx_batch_size=2"], r"algo\.ptx_batch_size \(2\) is below ray\.policy\.num_actors x algo\.mini_batches"),
+    (["algo.rollout_batch_size=34"], r"algo\.rollout_batch_size \(34\) does not split evenly over ray\.policy"),
+])
+def test_zero3_refuses_update_steps_whose_passes_differ_by_rank(overrides, match):
+    from experiments.validation import validate
+
+    ranks = ["strategy=deepspeed_zero3", "ray.policy.num_actors=2"]
+    validate(_lab(*ranks))  # the preset itself keeps its ranks in step
+    validate(_lab("algo.ptx_batch_size=2"))  # one rank: nothing to keep in step
+    with pytest.raises(ValueError, match=match):
+        validate(_lab(*ranks, *overrides))
+
+
 def test_saving_a_lora_policy_copies_no_model(tmp_path, tokenizer, monkeypatch):
     """The merged checkpoint equals ``mergeable``'s, written without a deep copy of the model (under
     ZeRO-3 the model is gathered in full for the save: a copy would double that)."""
