@@ -68,7 +68,9 @@ class SamplingRole:
         tok, gen = self.tokenizer, self.generator()
         masks = None
         with self.sampling_context():
-            if tools is not None and any(t is not None for t in tools):
+            # ranks in lockstep (ZeRO-3) take one path whatever their share: a rank whose rows are all
+            # plain still goes through the tool passes when the batch has tools, as its peers do
+            if tools is not None and (any(t is not None for t in tools) or getattr(gen, "synced_gpus", False)):
                 responses, logprobs, masks, texts = sample_with_tools(gen, tok, prompts, tools, spec, max_calls,
                                                                       seed + self.rank, quality=quality)
             else:

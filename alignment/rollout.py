@@ -126,13 +126,15 @@ def first_stop_text(tokenizer: Any, ids: Sequence[int], stops: Sequence[str]) ->
     ``m>``), and its text then ends there (``alignment.template_format.reply_of``) though no stop id
     was sampled. A prefix's text holds a stop whenever a shorter one does, so the count is found by
     bisection: O(log n) decodes of at most n tokens."""
+    stops = [s for s in stops if s]
+
     def holds(k: int) -> bool:
         text = tokenizer.decode(list(ids[:k]), skip_special_tokens=False)
         return any(s in text for s in stops)
 
-    if not ids or not holds(len(ids)):
+    if not ids or not holds(len(ids)) or not holds(len(ids) - 1):  # no stop, or only the last token's (a stop id)
         return len(ids)
-    lo, hi = 1, len(ids)
+    lo, hi = 1, len(ids) - 1
     while lo < hi:
         mid = (lo + hi) // 2
         if holds(mid):
@@ -146,7 +148,9 @@ def end_at_stop_text(tokenizer: Any, responses: Sequence[Sequence[int]], logprob
                      ) -> tuple[list[list[int]], list[list[float]]]:
     """Each response up to and including the token that completes its first stop text
     (:func:`first_stop_text` over ``alignment.template_format.reply_stops``): the ids end where the
-    reply's text ends, so no token the preference model never saw gets an advantage."""
+    reply's text ends, so no token the preference model never saw gets an advantage. A reply cut at a
+    stop spelled out in ordinary tokens does not end with the end-of-turn id, so :func:`ended` counts
+    it as not ended (``algo.missing_eos_penalty`` applies), as it does a reply cut at a stray special id."""
     stops = reply_stops(tokenizer)
     cut = [first_stop_text(tokenizer, ids, stops) for ids in responses]
     return [list(r[:n]) for r, n in zip(responses, cut)], [list(lp[:n]) for lp, n in zip(logprobs, cut)]

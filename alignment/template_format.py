@@ -34,7 +34,6 @@ from alignment.chat_format import (
     before_first,
     generation_prompt,
     quality_tag,
-    reply_text,
     segments,
 )
 
@@ -140,11 +139,6 @@ def template_body(reply: str, tokenizer) -> str:
     return reply + tokenizer.eos_token
 
 
-def template_reply_text(generated: str, tokenizer) -> str:
-    """The reply in generated text: everything before the first special token (the end of turn), stripped."""
-    return before_first(generated, template_stops(tokenizer)).strip()
-
-
 def template_stops(tokenizer) -> tuple[str, ...]:
     """The texts that end a reply in the template format: the end-of-turn token and every other special token."""
     return tuple(dict.fromkeys(t for t in (tokenizer.eos_token, *tokenizer.all_special_tokens) if t))
@@ -161,11 +155,17 @@ def prompt_text(tokenizer, conv: Conversation, quality: int | None = None) -> st
 
 
 def reply_of(tokenizer, generated: str) -> str:
-    """The reply body in generated text, in the format ``tokenizer`` speaks."""
-    return template_reply_text(generated, tokenizer) if uses_template(tokenizer) else reply_text(generated)
+    """The reply body in generated text, in the format ``tokenizer`` speaks: everything before the
+    first of :func:`reply_stops`, stripped."""
+    return before_first(generated, reply_stops(tokenizer)).strip()
 
 
 def reply_stops(tokenizer) -> tuple[str, ...]:
-    """The texts at which :func:`reply_of` ends a reply in the format ``tokenizer`` speaks, however the
-    model wrote them (as one special token's id, or spelled out in ordinary sub-tokens)."""
-    return template_stops(tokenizer) if uses_template(tokenizer) else REPLY_STOPS
+    """The texts that end a reply in the format ``tokenizer`` speaks, however the model wrote them (as
+    one special token's id, or spelled out in ordinary sub-tokens): in the template format the
+    end-of-turn token and every other special token; in MOSS's, ``<eom>`` and MOSS's other special
+    tokens (``alignment.chat_format.REPLY_STOPS``), then any other special token of the tokenizer
+    (padding, or one a checkpoint brings), as a tool pass ends at them too."""
+    if uses_template(tokenizer):
+        return template_stops(tokenizer)
+    return tuple(dict.fromkeys((*REPLY_STOPS, *(t for t in tokenizer.all_special_tokens if t))))

@@ -217,17 +217,19 @@ def test_a_bad_chat_model_fails_before_anything_loads(tmp_path, override, messag
     assert "Chatting with" not in out.stdout
 
 
+@pytest.mark.parametrize("preset", [[], ["model=smollm2"], ["algo.iterations=7", "algo.max_new_tokens=40"]])
 @pytest.mark.parametrize("method", ["ppo", "grpo", "rloo"])
-def test_the_chat_finds_an_rl_policy_under_the_key_its_own_run_gives_it(method, tmp_path):
-    """``+experiment=grpo`` trains with conf/algo/grpo.yaml; the chat (whose algo is PPO's) reads
-    each method's settings as compare does (``RunContext.for_method``), so the keys agree."""
+def test_the_chat_finds_an_rl_policy_under_the_key_its_own_run_gives_it(method, preset, tmp_path):
+    """``+experiment=grpo`` trains with conf/algo/grpo.yaml sized by any model preset or ``algo.*``
+    on the command line; the chat (whose algo is PPO's) reads each method's settings as compare does
+    (``RunContext.for_method``: conf/rl_methods takes the budgets from ``algo.*``), so the keys agree."""
     from experiments.runtime.cache import Artifact, ArtifactCache
     from experiments.runtime.context import RunContext
     from experiments.stages.chain import STAGES
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        own = OmegaConf.to_object(compose(config_name="config", overrides=[f"+experiment={method}"]))
-    chat = _lab("chat.model=" + method)
+        own = OmegaConf.to_object(compose(config_name="config", overrides=[f"+experiment={method}", *preset]))
+    chat = _lab("chat.model=" + method, *preset)
     sft, pm = Artifact(tmp_path / "sft", True, {}), Artifact(tmp_path / "pm", True, {})
     own_ctx, chat_ctx = (RunContext(lab, tmp_path, ArtifactCache(tmp_path / "c"), None, "t") for lab in (own, chat))
     assert STAGES[method].key(own_ctx, sft, pm) == STAGES[method].key(chat_ctx.for_method(method), sft, pm)

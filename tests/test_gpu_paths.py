@@ -305,6 +305,7 @@ ZERO3_SCRIPT = """
 
     class Tok:  # what generate_replies and the samplers read of a tokenizer
         eos_token, eos_token_id, pad_token_id, pad_token = "e", 63, 0, None
+        all_special_tokens = ["e"]
 
         def __call__(self, texts, **kw):
             ids = [[5 + (ord(c) % 50) for c in t] for t in texts]
@@ -415,6 +416,31 @@ def test_tool_passes_stay_in_step_with_a_rank_that_needs_more(monkeypatch, token
     eng = _CountingEngine(tokenizer)
     replies, _ = generate_with_tools(eng, tokenizer, [conv], SamplingSpec(max_new_tokens=8), batch_size=4)
     assert len(eng.calls) == MAX_PASSES and replies[0].reply == "ok"
+
+
+def test_a_rank_whose_share_has_no_tool_rows_still_passes_with_its_peers(monkeypatch, tokenizer):
+    """The batch has tool rows but this rank's share has none: under ZeRO-3 it still takes the tool
+    passes (its peers do), not the one-pass plain path; alone, it takes the plain path as before."""
+    from actors.sampling import SamplingRole
+    from alignment.generation import RolloutSpec
+    from alignment.tool_use import MAX_PASSES
+
+    class Role(SamplingRole):
+        def __init__(self, gen):
+            self.tokenizer, self.gen, self.tokens_generated, self.rank = tokenizer, gen, 0, 0
+
+        def generator(self):
+            return self.gen
+
+    prompt = tokenizer("<|Human|>: hi<eoh>\n<|MOSS|>:", add_special_tokens=False)["input_ids"]
+    alone = _CountingEngine(tokenizer)
+    alone.synced_gpus = False
+    want = Role(alone).sample([prompt], RolloutSpec(max_new_tokens=8), seed=0, tools=[None])
+    _another_rank_still_passing(monkeypatch)
+    eng = _CountingEngine(tokenizer)
+    got = Role(eng).sample([prompt], RolloutSpec(max_new_tokens=8), seed=0, tools=[None])
+    assert len(alone.calls) == 1 and len(eng.calls) == MAX_PASSES + 1
+    assert got[0] == want[0] and got[3] == want[3]  # the same reply, sampled in step with the peer
 
 
 @pytest.mark.parametrize("overrides, match", [
