@@ -298,7 +298,7 @@ def test_compare_builds_pat_before_quark_and_hands_it_over(monkeypatch, max_para
         def build(ctx, *ups):
             built.append(name)
             return f"{name}({','.join(map(str, ups))})"
-        return Stage(name, needs, None, build)
+        return Stage(name, needs, None, build, run=lambda ctx: {}, product=f"{name} model")
 
     fake = {"pat": stage("pat", ("sft", "pm")), "quark": stage("quark", ("sft", "pm", "pat")),
             "dpo": stage("dpo", ("sft",))}
