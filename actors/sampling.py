@@ -7,7 +7,7 @@ import contextlib
 from typing import Any
 
 from alignment.chat_format import Conversation
-from alignment.generation import Generator, RolloutSpec, SamplingSpec, generate_replies
+from alignment.generation import Generator, RolloutSpec, SamplingSpec, generate_replies, in_lockstep
 from alignment.rollout import sample_to_first_special
 from alignment.template_format import prompt_text, reply_of
 from alignment.tool_use import generate_with_tools, sample_with_tools
@@ -70,7 +70,7 @@ class SamplingRole:
         with self.sampling_context():
             # ranks in lockstep (ZeRO-3) take one path whatever their share: a rank whose rows are all
             # plain still goes through the tool passes when the batch has tools, as its peers do
-            if tools is not None and (any(t is not None for t in tools) or getattr(gen, "synced_gpus", False)):
+            if tools is not None and (any(t is not None for t in tools) or in_lockstep(gen)):
                 responses, logprobs, masks, texts = sample_with_tools(gen, tok, prompts, tools, spec, max_calls,
                                                                       seed + self.rank, quality=quality)
             else:

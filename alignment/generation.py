@@ -91,6 +91,12 @@ class HFGenerator:
                                 synced_gpus=self.synced_gpus, logprobs=self.logprobs)
 
 
+def in_lockstep(gen: Any) -> bool:
+    """Whether ``gen`` samples on a ZeRO-3 rank whose every forward pass is collective (its calls
+    must match its peers': ``alignment.lockstep``)."""
+    return bool(getattr(gen, "synced_gpus", False))
+
+
 def as_generator(model: Any, tokenizer: Any) -> Generator:
     """``model`` itself when it is a :class:`Generator`, else the transformers engine over it."""
     return model if isinstance(model, Generator) else HFGenerator(model, tokenizer)
@@ -108,7 +114,7 @@ def generate_replies(
     n_tokens = 0
     # ranks in lockstep (ZeRO-3) make as many calls as the rank with the most; a spare call generates
     # after the end token and is dropped
-    n_calls = agreed_max(-(-len(prompts) // batch_size), getattr(gen, "synced_gpus", False))
+    n_calls = agreed_max(-(-len(prompts) // batch_size), in_lockstep(gen))
     for b in range(n_calls):
         part = prompts[b * batch_size:(b + 1) * batch_size]
         texts, n = gen.until(part or [tokenizer.eos_token], spec, [tokenizer.eos_token_id])

@@ -39,7 +39,7 @@ from alignment.chat_format import (
     quality_tag,
     reply_text,
 )
-from alignment.generation import RolloutSpec, SamplingSpec, as_generator
+from alignment.generation import RolloutSpec, SamplingSpec, as_generator, in_lockstep
 from alignment.lockstep import agreed_max
 from alignment.models.tokenizer import special_ids
 from alignment.rollout import sample_to_first_special
@@ -158,7 +158,7 @@ def generate_with_tools(model, tokenizer, contexts: Sequence[Conversation], spec
     # ranks in lockstep (ZeRO-3: every forward pass is collective) make the same calls: as many
     # chunks as the rank with the most, and a pass whenever any rank has a row to continue; a rank
     # with none generates a filler row and drops it (``alignment.lockstep``)
-    synced = getattr(gen, "synced_gpus", False)
+    synced = in_lockstep(gen)
     for c in range(agreed_max(-(-len(contexts) // batch_size), synced)):
         chunk = list(contexts[c * batch_size:(c + 1) * batch_size])
         heads = [tool_prompt(conv) for conv in chunk]
@@ -197,7 +197,7 @@ def sample_with_tools(model, tokenizer, prompts: Sequence[Sequence[int]], enable
     lps: list[list[float]] = [[] for _ in prompts]
     mask: list[list[int]] = [[] for _ in prompts]
     torch.manual_seed(seed)
-    synced = getattr(gen, "synced_gpus", False)
+    synced = in_lockstep(gen)
     for n_pass in range(MAX_PASSES + 1):
         # pass 0: the plain rows, to their first special token as a plain rollout samples them; then the tool rows
         active = [i for i, (r, e) in enumerate(zip(rows, enabled)) if not r.done and (e is None) == (n_pass == 0)]
